@@ -1,0 +1,71 @@
+"""Applying a state-machine transition together with its history row.
+
+Every FSM in Cloud PACS keeps its state in a protected ``state`` field
+(django-fsm-2) and changes it only through :func:`apply_transition`, called by
+a ``do_*`` action that holds the row lock. The transition row and an audit
+event are written in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import models, transaction
+
+from . import audit
+from .models import Transition
+
+
+def apply_transition(
+    obj: models.Model,
+    method: str,
+    *,
+    actor: Any = None,
+    actor_label: str = "",
+    institution: Any = None,
+    reason: str = "",
+    update_fields: tuple[str, ...] | list[str] = (),
+    audit_detail: dict | None = None,
+    **kwargs: Any,
+) -> Transition:
+    """Call ``obj.<method>(**kwargs)``, save ``state`` and ``update_fields``, log it.
+
+    Preconditions: inside ``transaction.atomic`` with ``obj`` re-read via
+    ``select_for_update()``. Raises ``django_fsm.TransitionNotAllowed`` (and
+    changes nothing) when the transition is not allowed from the current state.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("apply_transition must run inside transaction.atomic")
+    source = obj.state  # type: ignore[attr-defined]
+    getattr(obj, method)(**kwargs)
+    obj.save(update_fields=["state", *update_fields])
+    target = obj.state  # type: ignore[attr-defined]
+    label = obj._meta.label_lower
+    row = Transition.objects.create(
+        content_type=ContentType.objects.get_for_model(obj),
+        object_id=obj.pk,
+        source=source,
+        target=target,
+        method=method,
+        actor=actor if getattr(actor, "pk", None) else None,
+        actor_label=actor_label,
+        institution_id=getattr(institution, "pk", institution),
+        reason=reason,
+    )
+    audit.record(
+        f"{label}.{method}",
+        actor=actor,
+        actor_label=actor_label,
+        institution=institution,
+        object_type=label,
+        object_id=obj.pk,
+        detail={"source": source, "target": target, "reason": reason, **(audit_detail or {})},
+    )
+    return row
+
+
+def history(obj: models.Model) -> models.QuerySet[Transition]:
+    return Transition.objects.filter(
+        content_type=ContentType.objects.get_for_model(obj), object_id=obj.pk
+    ).select_related("actor")

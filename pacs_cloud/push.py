@@ -1,0 +1,70 @@
+"""Live pushes to browsers over WebSockets.
+
+``notify(group, topic, data)`` delivers after the current transaction commits
+to every socket in ``group``. Groups are ``user.<user pk>`` and
+``institution.<institution id>.<role>``; a socket joins its user's groups when
+it connects (``pacs_cloud.consumers``).
+
+With the in-memory channel layer (the embedded demo) a layer reaches only its
+own process, so a push that starts in the worker or the DICOM service is
+relayed to the web server over HTTP, signed with the SECRET_KEY.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import requests
+from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
+from django.core import signing
+from django.db import transaction
+
+log = logging.getLogger(__name__)
+
+RELAY_SALT = "pacs_cloud.push.relay"
+# Set by the ASGI application: pushes from this process need no relay.
+IN_WEB_PROCESS = False
+
+
+def user_group(user_pk: object) -> str:
+    return f"user.{user_pk}"
+
+
+def institution_group(institution_id: object, role: str) -> str:
+    return f"institution.{institution_id}.{role}"
+
+
+def notify(group: str, topic: str, data: dict[str, Any]) -> None:
+    """Push ``{"topic": topic, "data": data}`` to ``group`` once the transaction commits."""
+    transaction.on_commit(lambda: send_now(group, topic, data))
+
+
+def send_now(group: str, topic: str, data: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    if isinstance(layer, InMemoryChannelLayer) and not IN_WEB_PROCESS:
+        _relay(group, topic, data)
+        return
+    async_to_sync(layer.group_send)(group, {"type": "push.message", "topic": topic, "data": data})
+
+
+def _relay(group: str, topic: str, data: dict[str, Any]) -> None:
+    token = signing.dumps({"group": group, "topic": topic, "data": data}, salt=RELAY_SALT)
+    try:
+        requests.post(f"{settings.CLOUD_URL}/internal/push/", data={"token": token}, timeout=2)
+    except requests.RequestException as exc:  # a missed push is redrawn on the next page load
+        log.info("push relay to the web server failed: %s", exc)
+
+
+def accept_relay(token: str) -> bool:
+    """Deliver a relayed push inside the web process; False if the token is bad."""
+    try:
+        message = signing.loads(token, salt=RELAY_SALT, max_age=60)
+    except signing.BadSignature:
+        return False
+    send_now(message["group"], message["topic"], message["data"])
+    return True

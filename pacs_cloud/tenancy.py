@@ -1,0 +1,40 @@
+"""The browser's current institution (the institution switcher)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from .models import Institution, Membership
+
+SESSION_KEY = "current_institution_id"
+
+
+def current_institution(request: HttpRequest) -> Institution | None:
+    """The institution the user works for in this session (first membership by default)."""
+    from . import access
+
+    rows = access.memberships(request.user).select_related("institution")
+    wanted = request.session.get(SESSION_KEY)
+    first = None
+    for membership in rows:
+        if str(membership.institution_id) == wanted:
+            return membership.institution
+        first = first or membership.institution
+    return first
+
+
+def current_membership_context(request: HttpRequest, rows: QuerySet[Membership]) -> dict[str, Any]:
+    rows = rows.select_related("institution").order_by("institution__name", "role")
+    institutions: dict[Any, Institution] = {}
+    for membership in rows:
+        institutions[membership.institution_id] = membership.institution
+    current = current_institution(request)
+    current_roles = sorted({m.role for m in rows if current and m.institution_id == current.pk})
+    return {
+        "my_institutions": list(institutions.values()),
+        "current_institution": current,
+        "current_roles": current_roles,
+    }

@@ -1,0 +1,175 @@
+"""Fixtures shared by the whole suite.
+
+The base fixture ``tenants`` gives three institutions with a user in every
+role: ``a`` and ``b`` work together (referrals, shared reading), ``c`` is the
+outsider who must get 404 everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from pacs_cloud.authentication import issue_token
+from pacs_cloud.models import Institution, Membership, Role, User
+
+PASSWORD = "test-password-123"
+
+# Playwright's sync API keeps an event loop running in the test thread, which
+# Django would otherwise take for an async context around every ORM call.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+requires_postgres = pytest.mark.skipif(
+    not settings.USING_POSTGRES, reason="needs PostgreSQL: set DATABASE_URL to a PostgreSQL database"
+)
+
+
+@dataclass
+class Tenant:
+    institution: Institution
+    users: dict[str, User] = field(default_factory=dict)
+
+    def __getattr__(self, role: str) -> User:
+        try:
+            return self.__dict__["users"][role]
+        except KeyError:
+            raise AttributeError(role) from None
+
+
+@dataclass
+class Tenants:
+    a: Tenant
+    b: Tenant
+    c: Tenant
+
+    def __iter__(self):
+        return iter((self.a, self.b, self.c))
+
+
+def make_tenant(slug: str, name: str, prefix: str) -> Tenant:
+    institution = Institution.objects.create(
+        slug=slug, name=name, accession_prefix=prefix, patient_id_issuer=slug.upper(), time_zone="Asia/Shanghai"
+    )
+    tenant = Tenant(institution)
+    for role in Role:
+        user = User.objects.create_user(f"{role.value}@{slug}", password=PASSWORD)
+        Membership.objects.create(user=user, institution=institution, role=role)
+        tenant.users[role.value] = user
+    return tenant
+
+
+@pytest.fixture
+def tenants(db) -> Tenants:
+    return Tenants(
+        a=make_tenant("alpha", "Alpha County Hospital", "ACH"),
+        b=make_tenant("bravo", "Bravo City Hospital", "BCH"),
+        c=make_tenant("charlie", "Charlie Outsider Hospital", "COH"),
+    )
+
+
+def api_client(user: User) -> APIClient:
+    """An API client authenticated with a real bearer token, as external callers are."""
+    _, key = issue_token(user, name="test")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    return client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# A live ASGI server and a real browser --------------------------------------
+
+
+class _ServerThread:
+    """uvicorn serving the ASGI app in a thread of the test process.
+
+    Sharing the process means sharing the test database and the in-memory
+    channel layer, so WebSocket pushes work as in the product.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        import uvicorn
+
+        from pacs_cloud.asgi import application
+
+        self.port = free_port()
+        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        import time
+
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("live server did not start")
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def _asgi_server():
+    server = _ServerThread()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def live_url(_asgi_server, transactional_db, settings) -> str:
+    """Base URL of a running ASGI server (HTTP and WebSockets) on the test database."""
+    settings.CLOUD_URL = _asgi_server.url
+    return _asgi_server.url
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="session")
+def _chromium():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_context(_chromium):
+    """A fresh browser context (own cookies) per use; call it for each user."""
+    contexts = []
+
+    def make(**options):
+        context = _chromium.new_context(**options)
+        context.set_default_timeout(10_000)
+        contexts.append(context)
+        return context
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def browser_login(context, live_url: str, username: str, password: str = PASSWORD):
+    page = context.new_page()
+    page.goto(f"{live_url}/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+    return page

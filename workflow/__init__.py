@@ -1,0 +1,8 @@
+"""The cross-institution workflow engine.
+
+Owns routing policies (versioned process definitions per institution),
+radiologist pools and reading agreements, process instances and the
+``ReadingTask`` state machine with SLA timers and escalation, the
+radiologists' live worklists, and two-way referrals with the sharing grants
+they imply (the ``Referral`` state machine).
+"""

@@ -163,3 +163,23 @@ class StudyUserObjectPermission(UserObjectPermissionBase):
 
 class StudyGroupObjectPermission(GroupObjectPermissionBase):
     content_object = models.ForeignKey(Study, on_delete=models.CASCADE)
+
+
+class DicomNode(models.Model):
+    """A remote DICOM application entity (modality, PACS, workstation) of one institution.
+
+    Only configured nodes may associate with our DICOM services; the calling
+    AE title (and, when set, the peer's address) decides the institution.
+    ``port`` is where C-MOVE sends images to this node.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="dicom_nodes")
+    ae_title = models.CharField(max_length=16, unique=True)
+    host = models.CharField(max_length=255, blank=True, help_text="Allowed peer address; blank accepts any.")
+    port = models.PositiveIntegerField(null=True, blank=True)
+    description = models.CharField(max_length=200, blank=True)
+    is_active = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title} ({self.institution})"

@@ -17,7 +17,8 @@ a caller learns nothing about other institutions' data.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from uuid import UUID
 
 from django.apps import apps

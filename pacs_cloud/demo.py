@@ -6,7 +6,7 @@ from django.db import transaction
 
 from .models import Institution, Membership, Role, User
 
-DEMO_PASSWORD = "demo-password"
+DEMO_PASSWORD = "demo-password"  # noqa: S105 (the published demo password)
 
 INSTITUTIONS = [
     # slug, name, kind, accession prefix, issuer, time zone
@@ -37,7 +37,13 @@ def seed() -> list[str]:
     for slug, name, kind, prefix, issuer, tz in INSTITUTIONS:
         institutions[slug], _ = Institution.objects.update_or_create(
             slug=slug,
-            defaults={"name": name, "kind": kind, "accession_prefix": prefix, "patient_id_issuer": issuer, "time_zone": tz},
+            defaults={
+                "name": name,
+                "kind": kind,
+                "accession_prefix": prefix,
+                "patient_id_issuer": issuer,
+                "time_zone": tz,
+            },
         )
     lines = []
     for username, display, slug, role in USERS:

@@ -60,9 +60,7 @@ class Role(models.TextChoices):
 
 
 # Roles whose work needs the institution's own patient data.
-CLINICAL_ROLES = frozenset(
-    {Role.TECHNOLOGIST, Role.RADIOLOGIST, Role.REFERRAL_COORDINATOR, Role.CLINICIAN}
-)
+CLINICAL_ROLES = frozenset({Role.TECHNOLOGIST, Role.RADIOLOGIST, Role.REFERRAL_COORDINATOR, Role.CLINICIAN})
 
 
 class Membership(models.Model):

@@ -263,6 +263,8 @@ EDGE_TOKEN = env.str("EDGE_TOKEN", default="")
 # Seconds without a new instance after which a study counts as complete.
 STUDY_STABILITY_SECONDS = env.int("STUDY_STABILITY_SECONDS", default=120)
 MAX_INSTANCE_BYTES = env.int("MAX_INSTANCE_BYTES", default=2 * 1024**3)
+# Apps contributing DICOM services (see archive.dimse); C-ECHO is always served.
+DIMSE_SERVICE_PROVIDERS: list[str] = []
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [

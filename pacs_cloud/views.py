@@ -45,11 +45,17 @@ class TokenView(APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(
-        request=inline_serializer("TokenRequest", {"username": serializers.CharField(), "password": serializers.CharField()}),
+        request=inline_serializer(
+            "TokenRequest", {"username": serializers.CharField(), "password": serializers.CharField()}
+        ),
         responses={
             201: inline_serializer(
                 "TokenResponse",
-                {"token": serializers.CharField(), "expires_at": serializers.DateTimeField(), "id": serializers.UUIDField()},
+                {
+                    "token": serializers.CharField(),
+                    "expires_at": serializers.DateTimeField(),
+                    "id": serializers.UUIDField(),
+                },
             )
         },
     )
@@ -61,7 +67,9 @@ class TokenView(APIView):
             audit.record("auth.token.refused", request=request._request, actor_label=username, outcome="denied")
             return Response({"detail": "Invalid credentials or account locked."}, status=status.HTTP_401_UNAUTHORIZED)
         token, key = issue_token(user, name=str(request.data.get("name", "api")))
-        audit.record("auth.token.issued", request=request._request, actor=user, object_type="api_token", object_id=token.pk)
+        audit.record(
+            "auth.token.issued", request=request._request, actor=user, object_type="api_token", object_id=token.pk
+        )
         return Response({"id": token.pk, "token": key, "expires_at": token.expires_at}, status=status.HTTP_201_CREATED)
 
 
@@ -117,7 +125,12 @@ def healthz(request: HttpRequest) -> JsonResponse:
         "channel_layer": _timed(_channel_layer),
     }
     healthy = all(c["status"] == "ok" for c in checks.values())
-    body = {"status": "ok" if healthy else "degraded", "role": settings.PACS_ROLE, "version": settings.PACS_VERSION, "checks": checks}
+    body = {
+        "status": "ok" if healthy else "degraded",
+        "role": settings.PACS_ROLE,
+        "version": settings.PACS_VERSION,
+        "checks": checks,
+    }
     return JsonResponse(body, status=200 if healthy else 503)
 
 

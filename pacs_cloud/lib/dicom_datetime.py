@@ -23,7 +23,9 @@ def parse_da(value: str | None) -> dt.date | None:
     if not value:
         return None
     try:
-        return dt.datetime.strptime(value, "%Y%m%d").date()
+        if len(value) != 8 or not value.isdigit():
+            raise ValueError(value)
+        return dt.date(int(value[:4]), int(value[4:6]), int(value[6:]))
     except ValueError as exc:
         raise InvalidDicomDateTime(f"{value!r} is not a DICOM date (YYYYMMDD)") from exc
 
@@ -96,7 +98,7 @@ def _end_of_precision(value: str) -> dt.time | None:
 def to_aware(day: dt.date, moment: dt.time | None, tz_name: str) -> dt.datetime:
     """A local DICOM date and time at an institution, as an aware UTC datetime."""
     local = dt.datetime.combine(day, moment or dt.time(0, 0), tzinfo=ZoneInfo(tz_name))
-    return local.astimezone(dt.timezone.utc)
+    return local.astimezone(dt.UTC)
 
 
 def local_date_time(value: dt.datetime, tz_name: str) -> tuple[str, str]:

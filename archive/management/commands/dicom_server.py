@@ -1,0 +1,32 @@
+"""Serve the cloud's DICOM services: ``manage.py dicom_server``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from archive.dimse import start_server
+
+
+class Command(BaseCommand):
+    help = "Serve C-ECHO and the DICOM services of every app on the cloud AE."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--ae-title", default=settings.DICOM_AE_TITLE)
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=settings.DICOM_PORT)
+
+    def handle(self, *args: Any, ae_title: str, host: str, port: int, **options: Any) -> None:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        server = start_server(ae_title, host, port)
+        self.stdout.write(f"DICOM services of {ae_title} on {host}:{port}")
+        stop.wait()
+        # Stop accepting; associations in progress finish their current request.
+        server.shutdown()
+        self.stdout.write("DICOM services stopped")

@@ -1,0 +1,39 @@
+import os
+import subprocess
+
+import pytest
+
+from archive.dimse import start_server
+from archive.models import DicomNode
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.dcmtk]
+
+
+@pytest.fixture
+def cloud_ae(tenants, transactional_db):
+    DicomNode.objects.create(institution=tenants.a.institution, ae_title="ALPHA_CT")
+    port = free_port()
+    server = start_server("PACSCLOUD", "127.0.0.1", port)
+    yield port
+    server.shutdown()
+
+
+def echoscu(port: int, calling: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["echoscu", "-aet", calling, "-aec", "PACSCLOUD", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        timeout=30,
+    )
+
+
+def test_a_configured_modality_gets_an_echo(cloud_ae):
+    assert echoscu(cloud_ae, "ALPHA_CT").returncode == 0
+
+
+def test_an_unknown_calling_ae_is_rejected(cloud_ae):
+    result = echoscu(cloud_ae, "STRANGER")
+    assert result.returncode != 0
+    assert "Rejected" in result.stderr + result.stdout

@@ -116,8 +116,9 @@ def order_record(order: Order) -> dict[str, Any]:
     }
 
 
-def _exact_values(element: Any) -> list[str] | None:
+def _exact_values(ds: Dataset, keyword: str) -> list[str] | None:
     """The values of a key usable as an SQL equality filter, or None."""
+    element = ds[keyword] if keyword in ds else None
     if element is None or element.VR == "SQ":
         return None
     text = element_text(element)
@@ -138,29 +139,29 @@ def candidate_orders(identifier: Dataset, institution: Institution) -> QuerySet[
     sps_seq = identifier.get("ScheduledProcedureStepSequence")
     step = sps_seq[0] if sps_seq else None
     if step is not None:
-        if values := _exact_values(step.get("ScheduledStationAETitle")):
+        if values := _exact_values(step, "ScheduledStationAETitle"):
             qs = qs.filter(station__node__ae_title__in=values)
-        if values := _exact_values(step.get("Modality")):
+        if values := _exact_values(step, "Modality"):
             qs = qs.filter(modality__in=values)
-        if values := _exact_values(step.get("ScheduledProcedureStepID")):
+        if values := _exact_values(step, "ScheduledProcedureStepID"):
             qs = qs.filter(sps_id__in=values)
-        if values := _exact_values(step.get("ScheduledProcedureStepStatus")):
+        if values := _exact_values(step, "ScheduledProcedureStepStatus"):
             qs = qs.filter(state__in=[s for s, text in SPS_STATUS.items() if text in values])
-        date_key = step.get("ScheduledProcedureStepStartDate")
-        date_text = element_text(date_key) if date_key is not None else ""
+        date_key = "ScheduledProcedureStepStartDate"
+        date_text = element_text(step[date_key]) if date_key in step else ""
         if not is_universal(date_text):
             low, high = dicom_datetime.parse_da_range(date_text)
             if low:
                 qs = qs.filter(scheduled_date__gte=low)
             if high:
                 qs = qs.filter(scheduled_date__lte=high)
-    if values := _exact_values(identifier.get("PatientID")):
+    if values := _exact_values(identifier, "PatientID"):
         qs = qs.filter(patient__patient_id__in=values)
-    if values := _exact_values(identifier.get("AccessionNumber")):
+    if values := _exact_values(identifier, "AccessionNumber"):
         qs = qs.filter(accession_number__in=values)
-    if values := _exact_values(identifier.get("RequestedProcedureID")):
+    if values := _exact_values(identifier, "RequestedProcedureID"):
         qs = qs.filter(requested_procedure_id__in=values)
-    if values := _exact_values(identifier.get("StudyInstanceUID")):
+    if values := _exact_values(identifier, "StudyInstanceUID"):
         qs = qs.filter(study_instance_uid__in=values)
     return qs.order_by("scheduled_at", "accession_number")
 

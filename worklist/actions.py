@@ -831,6 +831,14 @@ def do_update_mpps(
         fields = ["attributes", "ended_at", "updated_at"]
         if new_state == PerformedProcedureStep.State.IN_PROGRESS:
             step.save(update_fields=fields)
+            audit.record(
+                "worklist.mpps.update",
+                actor_label=label,
+                institution=institution,
+                object_type="worklist.performedprocedurestep",
+                object_id=step.pk,
+                detail={"attributes": sorted(e.keyword or str(e.tag) for e in modifications)},
+            )
             return step
         method = "complete" if new_state == PerformedProcedureStep.State.COMPLETED else "discontinue"
         apply_transition(

@@ -17,8 +17,8 @@ from archive.ingest import store_instance
 from archive.models import Study
 from pacs_cloud.lib.uids import new_uid
 from pacs_cloud.models import AuditEvent
-from worklist.models import Order, PerformedProcedureStep
 from tests.conftest import free_port
+from worklist.models import Order, PerformedProcedureStep
 
 PROVIDERS = ["worklist.dimse.services"]
 
@@ -184,7 +184,11 @@ def test_discontinued_mpps_discontinues_the_order(modality, order_factory):
     ct.create(uid, in_progress(order))
     stop = completed([(new_uid(), [])], status="DISCONTINUED")
     reason = Dataset()
-    reason.CodeValue, reason.CodingSchemeDesignator, reason.CodeMeaning = "110514", "DCM", "Incorrect worklist entry selected"
+    reason.CodeValue, reason.CodingSchemeDesignator, reason.CodeMeaning = (
+        "110514",
+        "DCM",
+        "Incorrect worklist entry selected",
+    )
     stop.PerformedProcedureStepDiscontinuationReasonCodeSequence = [reason]
     assert ct.set(uid, stop).Status == 0x0000
     order.refresh_from_db()

@@ -170,10 +170,8 @@ def do_register_patient(
     if patient_id and Patient.objects.filter(institution=institution, patient_id=patient_id).exists():
         raise ValidationError({"patient_id": f"Patient ID {patient_id} is already registered here."})
     if not allow_possible_duplicate and likely_duplicates(institution, name, birth_date):
-        raise ValidationError(
-            {"name": "A patient with this name and birth date is already registered; choose them instead."},
-            code="possible_duplicate",
-        )
+        message = "A patient with this name and birth date is already registered; choose them instead."
+        raise ValidationError({"name": ValidationError(message, code="possible_duplicate")})
     with transaction.atomic():
         patient = Patient.objects.create(
             institution=institution,
@@ -194,6 +192,49 @@ def do_register_patient(
             patient_id=patient.patient_id,
         )
     return patient
+
+
+def do_find_or_register_patient(
+    institution: Institution,
+    *,
+    pk: Any = None,
+    patient_id: str = "",
+    name: str = "",
+    birth_date: dt.date | None = None,
+    sex: str = "",
+    actor: Any = None,
+    request: HttpRequest | None = None,
+    allow_possible_duplicate: bool = False,
+) -> Patient:
+    """The institution's patient with ``pk`` or ``patient_id`` if registered, else a new one.
+
+    Finding first keeps one record per patient: an ID already registered
+    under a different name is refused rather than silently reused.
+    """
+    patients = Patient.objects.filter(institution=institution)
+    if pk:
+        found = patients.filter(pk=pk).first()
+        if found is None:
+            raise ValidationError({"patient": "No such patient at this institution."})
+        return found
+    patient_id = patient_id.strip()
+    found = patients.filter(patient_id=patient_id).first() if patient_id else None
+    if found is not None:
+        if name and not {fold_name(g) for g in name_groups(name) if g} & {
+            fold_name(g) for g in name_groups(found.name) if g
+        }:
+            raise ValidationError({"patient_id": f"Patient ID {patient_id} is registered as {found.name}."})
+        return found
+    return do_register_patient(
+        institution,
+        name=name,
+        patient_id=patient_id,
+        birth_date=birth_date,
+        sex=sex,
+        actor=actor,
+        request=request,
+        allow_possible_duplicate=allow_possible_duplicate,
+    )
 
 
 # Orders --------------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""Forms of the registration desk, the worklist and the reconciliation queue."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django import forms
+from pypinyin import Style, lazy_pinyin
+
+from pacs_cloud.models import Institution
+
+from .models import Order, Procedure, Station
+
+# Family names whose reading differs from the character's everyday one; the
+# pinyin library reads characters as common words.
+SURNAME_READINGS = {
+    "单": "shan",
+    "曾": "zeng",
+    "解": "xie",
+    "仇": "qiu",
+    "朴": "piao",
+    "查": "zha",
+    "区": "ou",
+    "覃": "qin",
+    "乐": "yue",
+    "盖": "ge",
+    "缪": "miao",
+    "秘": "bi",
+    "种": "chong",
+    "折": "she",
+    "翟": "zhai",
+    "繁": "po",
+    "员": "yun",
+    "卜": "bu",
+    "召": "shao",
+    "长": "chang",
+    "尉": "yu",
+}
+
+
+def pinyin(text: str, *, family: bool = False) -> str:
+    """Upper-case toneless pinyin of Chinese characters (other text kept), for the alphabetic group."""
+    if family and text and text[0] in SURNAME_READINGS:
+        return (SURNAME_READINGS[text[0]] + "".join(lazy_pinyin(text[1:], style=Style.NORMAL))).upper()
+    return "".join(lazy_pinyin(text, style=Style.NORMAL)).upper()
+
+
+def person_name(groups: list[tuple[str, str]]) -> str:
+    """A DICOM PN from (family, given) per group: alphabetic, ideographic, phonetic (PS3.5 6.2.1.1)."""
+    parts = []
+    for family, given in groups:
+        family, given = (
+            family.strip().replace("^", " ").replace("=", " "),
+            given.strip().replace("^", " ").replace("=", " "),
+        )
+        parts.append(f"{family}^{given}" if given else family)
+    while parts and not parts[-1]:
+        parts.pop()
+    return "=".join(parts)
+
+
+class PatientSearchForm(forms.Form):
+    q = forms.CharField(label="Patient ID or name", max_length=100, required=False)
+
+
+class PatientForm(forms.Form):
+    """A new patient, with the name in Latin letters (or pinyin), Chinese characters and phonetic form."""
+
+    patient_id = forms.CharField(label="Patient ID", max_length=64, required=False, help_text="Blank: issue one")
+    family_name = forms.CharField(label="Family name (Latin/pinyin)", max_length=64, required=False)
+    given_name = forms.CharField(label="Given name (Latin/pinyin)", max_length=64, required=False)
+    ideographic_family = forms.CharField(label="Family name (汉字)", max_length=64, required=False)
+    ideographic_given = forms.CharField(label="Given name (汉字)", max_length=64, required=False)
+    phonetic_family = forms.CharField(label="Family name (phonetic)", max_length=64, required=False)
+    phonetic_given = forms.CharField(label="Given name (phonetic)", max_length=64, required=False)
+    birth_date = forms.DateField(label="Birth date", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    sex = forms.ChoiceField(
+        label="Sex", choices=[("", "—"), ("F", "Female"), ("M", "Male"), ("O", "Other")], required=False
+    )
+    allow_possible_duplicate = forms.BooleanField(
+        label="This is a different person: register anyway", required=False, widget=forms.HiddenInput
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if not data.get("family_name") and data.get("ideographic_family"):
+            # Modalities often show only Latin letters: fill the alphabetic group with pinyin.
+            data["family_name"] = pinyin(data["ideographic_family"], family=True)
+            data["given_name"] = data.get("given_name") or pinyin(data.get("ideographic_given", ""))
+        if not data.get("family_name") and not data.get("ideographic_family"):
+            raise forms.ValidationError("Give the family name, in Latin letters or in Chinese characters.")
+        data["name"] = person_name(
+            [
+                (data.get("family_name", "").upper(), data.get("given_name", "").upper()),
+                (data.get("ideographic_family", ""), data.get("ideographic_given", "")),
+                (data.get("phonetic_family", ""), data.get("phonetic_given", "")),
+            ]
+        )
+        return data
+
+
+class OrderForm(forms.Form):
+    """An exam: what, where, when, how urgent and why. Times are the institution's local time."""
+
+    procedure = forms.ModelChoiceField(queryset=Procedure.objects.none())
+    station = forms.ModelChoiceField(queryset=Station.objects.none())
+    scheduled_date = forms.DateField(label="Date", widget=forms.DateInput(attrs={"type": "date"}))
+    scheduled_time = forms.TimeField(label="Time", widget=forms.TimeInput(attrs={"type": "time"}))
+    priority = forms.ChoiceField(choices=Order.Priority.choices, initial=Order.Priority.ROUTINE)
+    referring_physician = forms.CharField(
+        label="Referring physician", max_length=200, required=False, help_text="e.g. LI^YISHENG=李^医生"
+    )
+    clinical_info = forms.CharField(
+        label="Clinical information", widget=forms.Textarea(attrs={"rows": 3}), required=False
+    )
+
+    def __init__(self, *args: Any, institution: Institution, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.institution = institution
+        self.fields["procedure"].queryset = Procedure.objects.filter(institution=institution, is_active=True)
+        self.fields["station"].queryset = Station.objects.filter(
+            institution=institution, is_active=True
+        ).select_related("node")
+        self.fields["procedure"].label_from_instance = lambda p: (
+            f"{p.modality} · {p.name} ({p.code}, {p.duration_minutes} min)"
+        )
+        self.fields["station"].label_from_instance = lambda s: f"{s.name} — {s.modality} ({s.node.ae_title})"
+
+    def scheduled_at(self) -> dt.datetime:
+        data = self.cleaned_data
+        return dt.datetime.combine(
+            data["scheduled_date"], data["scheduled_time"], tzinfo=ZoneInfo(self.institution.time_zone)
+        )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        procedure, station = data.get("procedure"), data.get("station")
+        if procedure and station and procedure.modality != station.modality:
+            self.add_error(
+                "station",
+                f"{procedure.name} is a {procedure.modality} procedure; choose a {procedure.modality} station.",
+            )
+        return data
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(label="Reason", max_length=1000, widget=forms.TextInput(attrs={"required": True}))
+
+
+class DismissForm(forms.Form):
+    note = forms.CharField(label="Why this study needs no order", max_length=1000)
+
+
+class LinkForm(forms.Form):
+    order = forms.UUIDField(widget=forms.HiddenInput)

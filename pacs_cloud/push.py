@@ -12,7 +12,9 @@ relayed to the web server over HTTP, signed with the SECRET_KEY.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from typing import Any
 
 import requests
@@ -49,7 +51,18 @@ def send_now(group: str, topic: str, data: dict[str, Any]) -> None:
     if isinstance(layer, InMemoryChannelLayer) and not IN_WEB_PROCESS:
         _relay(group, topic, data)
         return
-    async_to_sync(layer.group_send)(group, {"type": "push.message", "topic": topic, "data": data})
+    send = async_to_sync(layer.group_send)
+    message = {"type": "push.message", "topic": topic, "data": data}
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        send(group, message)
+        return
+    # This thread runs an event loop (an async caller, or a test driving a
+    # browser), where blocking on the layer is refused: deliver from a helper.
+    helper = threading.Thread(target=send, args=(group, message), name="push")
+    helper.start()
+    helper.join(timeout=5)
 
 
 def _relay(group: str, topic: str, data: dict[str, Any]) -> None:

@@ -114,23 +114,34 @@ def name_search_key(pn: str) -> str:
     return "=".join("".join(ch for ch in g if not unicodedata.combining(ch)).upper() for g in folded)[:324]
 
 
+def _name_forms(pn: str) -> list[str]:
+    """Each name group folded, with components joined by a space and, for CJK, by nothing."""
+    forms = []
+    for group in name_groups(pn):
+        folded = fold_name(group)
+        if folded:
+            forms += [folded.replace("^", " "), folded.replace("^", "")]
+    return forms
+
+
 def find_patients(institution: Institution, query: str, *, limit: int = 25) -> list[Patient]:
-    """Patients of ``institution`` whose ID is ``query`` or whose name (any group) contains it."""
+    """Patients of ``institution`` whose ID is ``query`` or whose name, in any of
+    its forms (Latin, characters, phonetic), contains every word of it."""
     query = query.strip()
     if not query:
         return []
-    folded = fold_name(query).replace("^", " ")
-    candidates = Patient.objects.filter(institution=institution).filter(
-        Q(patient_id__iexact=query)
-        | Q(name__icontains=query)
-        | Q(name_search__icontains=folded.upper())
-        | Q(name__icontains=folded)
-    )
-    exact = [p for p in candidates if p.patient_id.lower() == query.lower()]
+    words = fold_name(query).replace("^", " ").split()
+    narrowed = Q()
+    for word in words:
+        # Characters are matched one by one: 王小明 is stored as 王^小明.
+        for term in [word] if word.isascii() else list(word):
+            narrowed &= Q(name__icontains=term) | Q(name_search__icontains=term.upper())
+    patients = Patient.objects.filter(institution=institution)
+    exact = list(patients.filter(patient_id__iexact=query))
     rest = [
         p
-        for p in candidates.order_by("name")[: limit * 4]
-        if p not in exact and any(folded in fold_name(g).replace("^", " ") for g in name_groups(p.name))
+        for p in patients.filter(narrowed).exclude(pk__in=[p.pk for p in exact]).order_by("name")[: limit * 4]
+        if any(all(w in form for w in words) for form in _name_forms(p.name))
     ]
     return (exact + rest)[:limit]
 

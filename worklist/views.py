@@ -72,7 +72,8 @@ def order_list(request: HttpRequest) -> HttpResponse:
         "stations": stations,
         "station": station,
         "can_change": has_role(request.user, institution, Role.TECHNOLOGIST),
-        "counts": {state.label: sum(1 for o in rows if o.state == state) for state in Order.State},
+        # Where row actions return to, also when the rows were fetched as a fragment.
+        "page_url": f"{request.path}?date={day.isoformat()}" + (f"&station={station}" if station else ""),
     }
     template = "worklist/_order_rows.html" if request.GET.get("fragment") else "worklist/orders.html"
     return render(request, template, context)

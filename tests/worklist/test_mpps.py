@@ -18,6 +18,7 @@ from archive.models import Study
 from pacs_cloud.lib.uids import new_uid
 from pacs_cloud.models import AuditEvent
 from tests.conftest import free_port
+from worklist.actions import MppsError, do_create_mpps, do_update_mpps
 from worklist.models import Order, PerformedProcedureStep
 
 PROVIDERS = ["worklist.dimse.services"]
@@ -150,6 +151,23 @@ def image(order: Order, series_uid: str, sop_uid: str, tmp_path: Path) -> Path:
     return path
 
 
+def create_directly(order: Order, ds: Dataset, uid: str | None = None) -> int:
+    """N-CREATE through the action the DIMSE handler calls; the status it would answer."""
+    try:
+        do_create_mpps(uid or new_uid(), ds, institution=order.institution, ae_title="ALPHA_CT")
+    except MppsError as exc:
+        return exc.status
+    return 0x0000
+
+
+def set_directly(order: Order, uid: str, ds: Dataset) -> int:
+    try:
+        do_update_mpps(uid, ds, institution=order.institution, ae_title="ALPHA_CT")
+    except MppsError as exc:
+        return exc.status
+    return 0x0000
+
+
 def state(order: Order) -> str:
     return Order.objects.get(pk=order.pk).state
 
@@ -177,11 +195,10 @@ def test_an_mpps_sequence_moves_the_order_and_completes_the_study(modality, orde
     assert step.order == order
 
 
-def test_discontinued_mpps_discontinues_the_order(modality, order_factory):
+def test_discontinued_mpps_discontinues_the_order(order_factory):
     order = order_factory()
-    ct = modality()
     uid = new_uid()
-    ct.create(uid, in_progress(order))
+    create_directly(order, in_progress(order), uid)
     stop = completed([(new_uid(), [])], status="DISCONTINUED")
     reason = Dataset()
     reason.CodeValue, reason.CodingSchemeDesignator, reason.CodeMeaning = (
@@ -190,7 +207,7 @@ def test_discontinued_mpps_discontinues_the_order(modality, order_factory):
         "Incorrect worklist entry selected",
     )
     stop.PerformedProcedureStepDiscontinuationReasonCodeSequence = [reason]
-    assert ct.set(uid, stop).Status == 0x0000
+    assert set_directly(order, uid, stop) == 0x0000
     order.refresh_from_db()
     assert order.state == Order.State.DISCONTINUED
     assert "Incorrect worklist entry selected" in order.cancel_reason
@@ -203,12 +220,12 @@ def test_the_scp_assigns_a_uid_when_the_modality_gives_none(modality, order_fact
     assert PerformedProcedureStep.objects.get().order == order
 
 
-def test_an_unscheduled_step_is_recorded_without_an_order(modality, order_factory):
+def test_an_unscheduled_step_is_recorded_without_an_order(order_factory):
     order = order_factory()
     ds = in_progress(order)
     ds.ScheduledStepAttributesSequence[0].StudyInstanceUID = new_uid()
     ds.ScheduledStepAttributesSequence[0].AccessionNumber = ""
-    assert modality().create(new_uid(), ds).Status == 0x0000
+    assert create_directly(order, ds) == 0x0000
     assert PerformedProcedureStep.objects.get().order is None
     assert state(order) == Order.State.SCHEDULED
 
@@ -230,9 +247,17 @@ def _nothing_changed(order: Order, steps: int = 0) -> None:
         ({"PerformedProcedureStepStartDate": "20241301"}, 0x0106),
     ],
 )
-def test_a_bad_n_create_is_refused_and_changes_nothing(modality, order_factory, overrides, status):
+def test_a_bad_n_create_is_refused_and_changes_nothing(order_factory, overrides, status):
     order = order_factory()
-    assert modality().create(new_uid(), in_progress(order, **overrides)).Status == status
+    assert create_directly(order, in_progress(order, **overrides)) == status
+    _nothing_changed(order)
+
+
+def test_a_refused_n_create_reaches_the_modality_with_its_status(modality, order_factory):
+    order = order_factory()
+    status = modality().create(new_uid(), in_progress(order, PerformedProcedureStepStatus="COMPLETED"))
+    assert status.Status == 0x0106
+    assert "IN PROGRESS" in status.ErrorComment
     _nothing_changed(order)
 
 
@@ -244,11 +269,11 @@ def test_a_duplicate_n_create_is_refused(modality, order_factory):
     assert PerformedProcedureStep.objects.count() == 1
 
 
-def test_an_n_create_for_a_cancelled_order_is_refused(modality, order_factory):
+def test_an_n_create_for_a_cancelled_order_is_refused(order_factory):
     from worklist.actions import do_cancel_order
 
     order = do_cancel_order(order_factory(), reason="wrong patient")
-    assert modality().create(new_uid(), in_progress(order)).Status == 0x0110
+    assert create_directly(order, in_progress(order)) == 0x0110
     assert PerformedProcedureStep.objects.count() == 0
     assert state(order) == Order.State.CANCELLED
 
@@ -282,27 +307,26 @@ def test_an_n_set_after_completion_may_no_longer_update(modality, order_factory)
         ({"PerformedProcedureStepEndTime": ""}, 0x0121),  # COMPLETED needs its end time
     ],
 )
-def test_a_bad_n_set_is_refused_and_changes_nothing(modality, order_factory, change, status):
+def test_a_bad_n_set_is_refused_and_changes_nothing(order_factory, change, status):
     order = order_factory()
-    ct, uid = modality(), new_uid()
-    ct.create(uid, in_progress(order))
+    uid = new_uid()
+    create_directly(order, in_progress(order), uid)
     before = PerformedProcedureStep.objects.get().attributes
     ds = completed([(new_uid(), [])])
     for keyword, value in change.items():
         setattr(ds, keyword, value)
-    assert ct.set(uid, ds).Status == status
+    assert set_directly(order, uid, ds) == status
     step = PerformedProcedureStep.objects.get()
     assert step.state == PerformedProcedureStep.State.IN_PROGRESS
     assert step.attributes == before
     assert state(order) == Order.State.IN_PROGRESS
 
 
-def test_completed_without_performed_series_is_refused(modality, order_factory):
+def test_completed_without_performed_series_is_refused(order_factory):
     order = order_factory()
-    ct, uid = modality(), new_uid()
-    ct.create(uid, in_progress(order))
-    ds = completed([])
-    assert ct.set(uid, ds).Status == 0x0121
+    uid = new_uid()
+    create_directly(order, in_progress(order), uid)
+    assert set_directly(order, uid, completed([])) == 0x0121
     assert state(order) == Order.State.IN_PROGRESS
 
 
@@ -314,13 +338,13 @@ def test_another_institutions_modality_cannot_touch_the_step(modality, order_fac
     assert state(order) == Order.State.IN_PROGRESS
 
 
-def test_an_intermediate_n_set_keeps_the_step_in_progress(modality, order_factory):
+def test_an_intermediate_n_set_keeps_the_step_in_progress(order_factory):
     order = order_factory()
-    ct, uid = modality(), new_uid()
-    ct.create(uid, in_progress(order))
+    uid = new_uid()
+    create_directly(order, in_progress(order), uid)
     ds = Dataset()
     ds.PerformedProcedureStepDescription = "CT chest, 2 series"
-    assert ct.set(uid, ds).Status == 0x0000
+    assert set_directly(order, uid, ds) == 0x0000
     step = PerformedProcedureStep.objects.get()
     assert step.state == PerformedProcedureStep.State.IN_PROGRESS
     assert Dataset.from_json(step.attributes).PerformedProcedureStepDescription == "CT chest, 2 series"

@@ -221,7 +221,7 @@ def scheduled_step_answers(
     """Like :func:`find_scheduled_steps`, with the matched record beside each answer."""
     check_keys(identifier)
     requested = requested_character_set(identifier)
-    for order in candidate_orders(identifier, institution).iterator(chunk_size=500):
+    for order in candidate_orders(identifier, institution):
         record = order_record(order)
         if record_matches(identifier, record):
             charset = answer_character_set(record, requested=requested, preferred=character_set)

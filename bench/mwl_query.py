@@ -194,7 +194,7 @@ def worklist_files(folder: Path, institution_slugs: list[str]) -> int:
             if isinstance(value, list):
                 setattr(everything, keyword, Sequence([]))
             else:
-                setattr(everything, keyword, "")
+                setattr(everything, keyword, None)
         item = response_identifier(everything, record, character_set="ISO_IR 192")
         item.file_meta = FileMetaDataset()
         item.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.31"

@@ -13,10 +13,11 @@ discontinued and cancelled orders have left it.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from pydicom import Dataset
 from pydicom.charset import python_encoding
 
@@ -24,6 +25,7 @@ from pacs_cloud.lib import dicom_datetime
 from pacs_cloud.lib.dicom_match import (
     check_keys,
     element_text,
+    fold_name,
     has_wildcard,
     is_universal,
     record_matches,
@@ -127,6 +129,28 @@ def _exact_values(ds: Dataset, keyword: str) -> list[str] | None:
     return [v.strip() for v in text.split("\\")]
 
 
+def _name_prefilter(identifier: Dataset) -> Q | None:
+    """A superset filter for a Patient's Name key of one component group.
+
+    The longest literal run of the key must appear in the name as stored, or
+    in its folded form (``Patient.name_search``: upper case, accent-free).
+    """
+    if "PatientName" not in identifier:
+        return None
+    key = element_text(identifier["PatientName"])
+    if is_universal(key) or "=" in key or "\\" in key:
+        return None
+    chunk = max(re.split(r"[*?]", key), key=len).strip()
+    folded = fold_name(chunk).upper()
+    if len(chunk) < 2 or not folded:
+        return None
+    return (
+        Q(patient__name_search__contains=folded)
+        | Q(patient__name__icontains=chunk)
+        | Q(patient__name__icontains=folded)
+    )
+
+
 def candidate_orders(identifier: Dataset, institution: Institution) -> QuerySet[Order]:
     """Orders that may match: a superset narrowed in SQL by the exact keys.
 
@@ -134,7 +158,7 @@ def candidate_orders(identifier: Dataset, institution: Institution) -> QuerySet[
     and times are left to :func:`record_matches`, which decides.
     """
     qs = Order.objects.filter(institution=institution, state__in=Order.WORKLIST_STATES).select_related(
-        "patient", "procedure", "station__node", "institution"
+        "patient", "procedure", "station__node"
     )
     sps_seq = identifier.get("ScheduledProcedureStepSequence")
     step = sps_seq[0] if sps_seq else None
@@ -155,6 +179,8 @@ def candidate_orders(identifier: Dataset, institution: Institution) -> QuerySet[
                 qs = qs.filter(scheduled_date__gte=low)
             if high:
                 qs = qs.filter(scheduled_date__lte=high)
+    if name_filter := _name_prefilter(identifier):
+        qs = qs.filter(name_filter)
     if values := _exact_values(identifier, "PatientID"):
         qs = qs.filter(patient__patient_id__in=values)
     if values := _exact_values(identifier, "AccessionNumber"):
@@ -222,6 +248,7 @@ def scheduled_step_answers(
     check_keys(identifier)
     requested = requested_character_set(identifier)
     for order in candidate_orders(identifier, institution):
+        order.institution = institution  # known already: no join, no second copy per row
         record = order_record(order)
         if record_matches(identifier, record):
             charset = answer_character_set(record, requested=requested, preferred=character_set)

@@ -245,3 +245,11 @@ def test_an_order_is_answered_with_its_keys_filled(sites, order_factory):
     assert step.ScheduledProcedureStepStartTime == "100000"
     assert step.Modality == "CT"
     assert step.ScheduledProcedureStepStatus == "SCHEDULED"
+
+
+@pytest.mark.parametrize("key", ["wang*", "WANG^XIAO*", "*小明", "王*", "ＷＡＮＧ*", "*xiao?ing", "WANG^XIAOMING"])
+def test_the_database_narrowing_keeps_every_name_the_matcher_accepts(sites, order_factory, key):
+    wanted = order_factory(name="WANG^XIAOMING=王^小明")
+    order_factory(name="LI^NA=李^娜")
+    answers = list(find_scheduled_steps(query(PatientName=key, AccessionNumber=""), sites["a"].institution))
+    assert [a.AccessionNumber for a in answers] == [wanted.accession_number]

@@ -155,3 +155,42 @@ class DismissForm(forms.Form):
 
 class LinkForm(forms.Form):
     order = forms.UUIDField(widget=forms.HiddenInput)
+
+
+class ProcedureForm(forms.ModelForm):
+    class Meta:
+        model = Procedure
+        fields = ["code", "coding_scheme", "name", "modality", "body_part", "duration_minutes", "is_active"]
+
+    def __init__(self, *args: Any, institution: Institution, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.institution = institution
+
+    def clean_code(self) -> str:
+        code = self.cleaned_data["code"].strip()
+        clash = Procedure.objects.filter(institution=self.institution, code=code).exclude(pk=self.instance.pk)
+        if clash.exists():
+            raise forms.ValidationError("This code is already in the catalogue.")
+        return code
+
+    def clean_modality(self) -> str:
+        return self.cleaned_data["modality"].strip().upper()
+
+
+class StationForm(forms.ModelForm):
+    class Meta:
+        model = Station
+        fields = ["node", "name", "modality", "location", "character_set", "is_active"]
+        labels = {"node": "DICOM node (AE title)"}
+
+    def __init__(self, *args: Any, institution: Institution, **kwargs: Any) -> None:
+        from archive.models import DicomNode
+
+        super().__init__(*args, **kwargs)
+        self.institution = institution
+        taken = Station.objects.exclude(pk=self.instance.pk).values("node_id")
+        self.fields["node"].queryset = DicomNode.objects.filter(institution=institution).exclude(pk__in=taken)
+        self.fields["node"].label_from_instance = lambda n: f"{n.ae_title} {n.description}".strip()
+
+    def clean_modality(self) -> str:
+        return self.cleaned_data["modality"].strip().upper()

@@ -25,5 +25,10 @@ urlpatterns = [
         views.reconciliation_dismiss,
         name="worklist-dismiss-reconciliation",
     ),
+    path("worklist/catalogue/", views.catalogue, name="worklist-show-catalogue"),
+    path("worklist/catalogue/procedures/new/", views.procedure_edit, name="worklist-add-procedure"),
+    path("worklist/catalogue/procedures/<uuid:pk>/", views.procedure_edit, name="worklist-edit-procedure"),
+    path("worklist/catalogue/stations/new/", views.station_edit, name="worklist-add-station"),
+    path("worklist/catalogue/stations/<uuid:pk>/", views.station_edit, name="worklist-edit-station"),
     path("api/v1/", include(router.urls)),
 ]

@@ -9,8 +9,9 @@ from zoneinfo import ZoneInfo
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -27,8 +28,17 @@ from pacs_cloud.tenancy import current_institution
 
 from . import actions
 from .access import access_order, access_reconciliation_item, visible_reconciliation
-from .forms import DismissForm, LinkForm, OrderForm, PatientForm, PatientSearchForm, ReasonForm
-from .models import Order, Station
+from .forms import (
+    DismissForm,
+    LinkForm,
+    OrderForm,
+    PatientForm,
+    PatientSearchForm,
+    ProcedureForm,
+    ReasonForm,
+    StationForm,
+)
+from .models import Order, Procedure, Station
 
 
 def _institution(request: HttpRequest, *roles: str) -> Institution:
@@ -347,3 +357,55 @@ def reconciliation_dismiss(request: HttpRequest, pk: Any) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     return redirect("worklist-list-reconciliation")
+
+
+# The catalogue (institution administrators) ------------------------------------
+
+
+@login_required
+def catalogue(request: HttpRequest) -> HttpResponse:
+    institution = _institution(request, Role.INSTITUTION_ADMIN)
+    return render(
+        request,
+        "worklist/catalogue.html",
+        {
+            "procedures": Procedure.objects.filter(institution=institution).order_by("-is_active", "modality", "name"),
+            "stations": Station.objects.filter(institution=institution).select_related("node").order_by("name"),
+        },
+    )
+
+
+def _edit_catalogue(request: HttpRequest, model: type, form_class: type, pk: Any, what: str) -> HttpResponse:
+    institution = _institution(request, Role.INSTITUTION_ADMIN)
+    instance = None
+    if pk is not None:
+        instance = model.objects.filter(institution=institution, pk=pk).first()
+        if instance is None:
+            raise Http404(f"No such {what}")
+    form = form_class(request.POST or None, instance=instance, institution=institution)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            item = form.save(commit=False)
+            item.institution = institution
+            item.save()
+            audit.record(
+                f"worklist.{what}.save",
+                request=request,
+                institution=institution,
+                object_type=f"worklist.{what}",
+                object_id=item.pk,
+                detail={k: str(v) for k, v in form.cleaned_data.items()},
+            )
+        messages.success(request, f"{item} saved.")
+        return redirect("worklist-show-catalogue")
+    return render(request, "worklist/catalogue_edit.html", {"form": form, "what": what, "instance": instance})
+
+
+@login_required
+def procedure_edit(request: HttpRequest, pk: Any = None) -> HttpResponse:
+    return _edit_catalogue(request, Procedure, ProcedureForm, pk, "procedure")
+
+
+@login_required
+def station_edit(request: HttpRequest, pk: Any = None) -> HttpResponse:
+    return _edit_catalogue(request, Station, StationForm, pk, "station")

@@ -117,3 +117,32 @@ def test_pages_are_closed_to_other_institutions_and_other_roles(client, tenants,
     client.force_login(tenants.a.institution_admin)
     assert client.get(reverse("worklist-list-orders")).status_code == 403  # an administrator sees no PHI
     assert Order.objects.get(pk=order.pk).state == Order.State.SCHEDULED
+
+
+def test_an_institution_administrator_keeps_the_catalogue(client, tenants, sites):
+    from archive.models import DicomNode
+    from worklist.models import Procedure, Station
+
+    client.force_login(tenants.a.institution_admin)
+    response = client.post(
+        reverse("worklist-add-procedure"),
+        {"code": "DX-CHEST", "coding_scheme": "99LOCAL", "name": "Chest X-ray", "modality": "dx",
+         "body_part": "CHEST", "duration_minutes": 5, "is_active": "on"},
+    )  # fmt: skip
+    assert response.status_code == 302
+    assert Procedure.objects.get(code="DX-CHEST").modality == "DX"
+    clash = client.post(reverse("worklist-add-procedure"), {"code": "DX-CHEST", "coding_scheme": "99LOCAL",
+                        "name": "again", "modality": "DX", "duration_minutes": 5})  # fmt: skip
+    assert "already in the catalogue" in clash.content.decode()
+    node = DicomNode.objects.create(institution=sites["a"].institution, ae_title="ALPHA_DX")
+    other = DicomNode.objects.create(institution=sites["b"].institution, ae_title="BRAVO_DX")
+    page = client.get(reverse("worklist-add-station")).content.decode()
+    assert "ALPHA_DX" in page and "BRAVO_DX" not in page and "ALPHA_CT" not in page  # free nodes of this institution
+    client.post(reverse("worklist-add-station"), {"node": str(node.pk), "name": "DR room 1", "modality": "DX",
+                "character_set": "GB18030", "is_active": "on"})  # fmt: skip
+    assert Station.objects.get(node=node).character_set == "GB18030"
+    refused = client.post(reverse("worklist-add-station"), {"node": str(other.pk), "name": "x", "modality": "DX"})
+    assert refused.status_code == 200 and not Station.objects.filter(node=other).exists()
+    assert AuditEvent.objects.filter(action="worklist.procedure.save").count() == 1
+    client.force_login(tenants.a.technologist)
+    assert client.get(reverse("worklist-show-catalogue")).status_code == 403

@@ -12,7 +12,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from archive.dimse import start_server
-from tests.conftest import free_port
+from tests.conftest import api_client, free_port
+from worklist.models import Order
 
 from .conftest import local, today
 
@@ -44,8 +45,21 @@ def findscu(port: int, calling: str, keys: list, out: Path) -> list[Dataset]:
 STEP = "ScheduledProcedureStepSequence[0]."
 
 
-def test_a_modality_gets_its_days_steps_with_the_keys_filled(scp, sites, order_factory, tmp_path):
-    order = order_factory(name="ZHANG^WEI", priority="urgent", clinical_info="cough for 3 weeks")
+def test_an_order_registered_through_the_api_reaches_the_modality(scp, sites, tenants, order_factory, tmp_path):
+    registered = api_client(tenants.a.technologist).post(
+        "/api/v1/orders/",
+        {
+            "patient": {"name": "ZHANG^WEI", "patient_id": "ACH-5", "birth_date": "1981-04-05", "sex": "M"},
+            "procedure": str(sites["a"].ct.pk),
+            "station": str(sites["a"].ct_station.pk),
+            "scheduled_at": local(today(), 10).isoformat(),
+            "priority": "urgent",
+            "clinical_info": "cough for 3 weeks",
+        },
+        format="json",
+    )
+    assert registered.status_code == 201
+    order = Order.objects.get(pk=registered.json()["id"])
     order_factory(modality="MR")
     keys = [
         "PatientName",
@@ -67,7 +81,9 @@ def test_a_modality_gets_its_days_steps_with_the_keys_filled(scp, sites, order_f
     ]
     (answer,) = findscu(scp, "ALPHA_CT", keys, tmp_path)
     assert answer.PatientName == "ZHANG^WEI"
-    assert answer.PatientID == order.patient.patient_id
+    assert answer.PatientID == "ACH-5"
+    assert answer.PatientBirthDate == "19810405"
+    assert answer.PatientSex == "M"
     assert answer.AccessionNumber == order.accession_number
     assert answer.StudyInstanceUID == order.study_instance_uid
     assert answer.RequestedProcedureID == order.requested_procedure_id

@@ -433,14 +433,14 @@ def do_arrive_order(order: Order, *, actor: Any = None) -> Order:
     return _transition(order, "arrive", actor=actor)
 
 
-def do_cancel_order(order: Order, *, reason: str, actor: Any = None, actor_label: str = "") -> Order:
-    """Withdraw an exam that has not started; it leaves the worklist. Needs a reason."""
+def _withdraw(order: Order, method: str, *, reason: str, actor: Any, actor_label: str) -> Order:
+    """Cancel or discontinue with a reason, and announce it (``order_cancelled``) after commit."""
     reason = reason.strip()
     if not reason:
-        raise ValidationError({"reason": "Say why the order is cancelled."})
+        raise ValidationError({"reason": "Say why the exam is stopped."})
     locked = _transition(
         order,
-        "cancel",
+        method,
         actor=actor,
         actor_label=actor_label,
         reason=reason,
@@ -449,24 +449,16 @@ def do_cancel_order(order: Order, *, reason: str, actor: Any = None, actor_label
     )
     transaction.on_commit(lambda: signals.order_cancelled.send(Order, order=locked))
     return locked
+
+
+def do_cancel_order(order: Order, *, reason: str, actor: Any = None, actor_label: str = "") -> Order:
+    """Withdraw an exam that has not started; it leaves the worklist. Needs a reason."""
+    return _withdraw(order, "cancel", reason=reason, actor=actor, actor_label=actor_label)
 
 
 def do_discontinue_order(order: Order, *, reason: str, actor: Any = None, actor_label: str = "") -> Order:
     """Stop an exam that has started and will not be finished (announced like a cancellation)."""
-    reason = reason.strip()
-    if not reason:
-        raise ValidationError({"reason": "Say why the exam is discontinued."})
-    locked = _transition(
-        order,
-        "discontinue",
-        actor=actor,
-        actor_label=actor_label,
-        reason=reason,
-        update_fields=["cancel_reason"],
-        cancel_reason=reason,
-    )
-    transaction.on_commit(lambda: signals.order_cancelled.send(Order, order=locked))
-    return locked
+    return _withdraw(order, "discontinue", reason=reason, actor=actor, actor_label=actor_label)
 
 
 def do_start_order(order: Order, *, actor: Any = None, actor_label: str = "", reason: str = "") -> bool:
@@ -924,10 +916,7 @@ def _finish_order(step: PerformedProcedureStep, label: str) -> None:
     codes = Dataset.from_json(step.attributes).get("PerformedProcedureStepDiscontinuationReasonCodeSequence") or []
     if codes and _text(codes[0], "CodeMeaning"):
         reason += f": {_text(codes[0], 'CodeMeaning')}"
-    locked = _transition(
-        order, "discontinue", actor_label=label, reason=reason, update_fields=["cancel_reason"], cancel_reason=reason
-    )
-    transaction.on_commit(lambda: signals.order_cancelled.send(Order, order=locked))
+    _withdraw(order, "discontinue", reason=reason, actor=None, actor_label=label)
 
 
 def check_mpps_completion(step: PerformedProcedureStep) -> bool:

@@ -129,6 +129,20 @@ def _exact_values(ds: Dataset, keyword: str) -> list[str] | None:
     return [v.strip() for v in text.split("\\")]
 
 
+# Keys whose exact values narrow the candidates in SQL (PS3.4 single value and UID list matching).
+STEP_LOOKUPS = {
+    "ScheduledStationAETitle": "station__node__ae_title__in",
+    "Modality": "modality__in",
+    "ScheduledProcedureStepID": "sps_id__in",
+}
+TOP_LOOKUPS = {
+    "PatientID": "patient__patient_id__in",
+    "AccessionNumber": "accession_number__in",
+    "RequestedProcedureID": "requested_procedure_id__in",
+    "StudyInstanceUID": "study_instance_uid__in",
+}
+
+
 def _name_prefilter(identifier: Dataset) -> Q | None:
     """A superset filter for a Patient's Name key of one component group.
 
@@ -162,13 +176,11 @@ def candidate_orders(identifier: Dataset, institution: Institution) -> QuerySet[
     )
     sps_seq = identifier.get("ScheduledProcedureStepSequence")
     step = sps_seq[0] if sps_seq else None
+    for ds, lookups in ((step, STEP_LOOKUPS), (identifier, TOP_LOOKUPS)):
+        for keyword, lookup in lookups.items() if ds is not None else ():
+            if values := _exact_values(ds, keyword):
+                qs = qs.filter(**{lookup: values})
     if step is not None:
-        if values := _exact_values(step, "ScheduledStationAETitle"):
-            qs = qs.filter(station__node__ae_title__in=values)
-        if values := _exact_values(step, "Modality"):
-            qs = qs.filter(modality__in=values)
-        if values := _exact_values(step, "ScheduledProcedureStepID"):
-            qs = qs.filter(sps_id__in=values)
         if values := _exact_values(step, "ScheduledProcedureStepStatus"):
             qs = qs.filter(state__in=[s for s, text in SPS_STATUS.items() if text in values])
         date_key = "ScheduledProcedureStepStartDate"
@@ -181,14 +193,6 @@ def candidate_orders(identifier: Dataset, institution: Institution) -> QuerySet[
                 qs = qs.filter(scheduled_date__lte=high)
     if name_filter := _name_prefilter(identifier):
         qs = qs.filter(name_filter)
-    if values := _exact_values(identifier, "PatientID"):
-        qs = qs.filter(patient__patient_id__in=values)
-    if values := _exact_values(identifier, "AccessionNumber"):
-        qs = qs.filter(accession_number__in=values)
-    if values := _exact_values(identifier, "RequestedProcedureID"):
-        qs = qs.filter(requested_procedure_id__in=values)
-    if values := _exact_values(identifier, "StudyInstanceUID"):
-        qs = qs.filter(study_instance_uid__in=values)
     return qs.order_by("scheduled_at", "accession_number")
 
 

@@ -247,22 +247,19 @@ def order_arrive(request: HttpRequest, pk: Any) -> HttpResponse:
     return _order_action(request, pk, lambda o: actions.do_arrive_order(o, actor=request.user), "marked arrived")
 
 
-@login_required
-@require_POST
-def order_cancel(request: HttpRequest, pk: Any) -> HttpResponse:
-    reason = request.POST.get("reason", "")
-    return _order_action(
-        request, pk, lambda o: actions.do_cancel_order(o, reason=reason, actor=request.user), "cancelled"
-    )
+WITHDRAW = {
+    "cancel": (actions.do_cancel_order, "cancelled"),
+    "discontinue": (actions.do_discontinue_order, "discontinued"),
+}
 
 
 @login_required
 @require_POST
-def order_discontinue(request: HttpRequest, pk: Any) -> HttpResponse:
+def order_withdraw(request: HttpRequest, pk: Any, how: str) -> HttpResponse:
+    """Cancel (not started) or discontinue (started) an exam, with the reason given."""
+    do, done = WITHDRAW[how]
     reason = request.POST.get("reason", "")
-    return _order_action(
-        request, pk, lambda o: actions.do_discontinue_order(o, reason=reason, actor=request.user), "discontinued"
-    )
+    return _order_action(request, pk, lambda o: do(o, reason=reason, actor=request.user), done)
 
 
 # Reconciliation --------------------------------------------------------------

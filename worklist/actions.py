@@ -183,25 +183,51 @@ def do_register_patient(
     if not allow_possible_duplicate and likely_duplicates(institution, name, birth_date):
         message = "A patient with this name and birth date is already registered; choose them instead."
         raise ValidationError({"name": ValidationError(message, code="possible_duplicate")})
-    with transaction.atomic():
-        patient = Patient.objects.create(
-            institution=institution,
-            patient_id=patient_id or issue_patient_id(institution),
-            issuer=institution.patient_id_issuer,
-            name=name,
-            name_search=name_search_key(name),
-            birth_date=birth_date,
-            sex=sex,
-        )
-        audit.record(
-            "worklist.patient.register",
-            request=request,
-            actor=actor,
-            institution=institution,
-            object_type="archive.patient",
-            object_id=patient.pk,
-            patient_id=patient.patient_id,
-        )
+    try:
+        with transaction.atomic():
+            patient = _create_patient(
+                institution,
+                name=name,
+                patient_id=patient_id,
+                birth_date=birth_date,
+                sex=sex,
+                actor=actor,
+                request=request,
+            )
+    except IntegrityError:
+        # Registered a moment ago by someone else.
+        raise ValidationError({"patient_id": f"Patient ID {patient_id} is already registered here."}) from None
+    return patient
+
+
+def _create_patient(
+    institution: Institution,
+    *,
+    name: str,
+    patient_id: str,
+    birth_date: dt.date | None,
+    sex: str,
+    actor: Any,
+    request: HttpRequest | None,
+) -> Patient:
+    patient = Patient.objects.create(
+        institution=institution,
+        patient_id=patient_id or issue_patient_id(institution),
+        issuer=institution.patient_id_issuer,
+        name=name,
+        name_search=name_search_key(name),
+        birth_date=birth_date,
+        sex=sex,
+    )
+    audit.record(
+        "worklist.patient.register",
+        request=request,
+        actor=actor,
+        institution=institution,
+        object_type="archive.patient",
+        object_id=patient.pk,
+        patient_id=patient.patient_id,
+    )
     return patient
 
 

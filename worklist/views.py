@@ -201,6 +201,10 @@ def order_edit(request: HttpRequest, pk: Any) -> HttpResponse:
         "clinical_info": order.clinical_info,
     }
     form = OrderForm(request.POST or None, institution=order.institution, initial=initial)
+    if order.state not in Order.OPEN_STATES:
+        # The exam has started: what, where and when are history now.
+        for name in ("procedure", "station", "scheduled_date", "scheduled_time"):
+            form.fields[name].disabled = True
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         changes = {

@@ -146,3 +146,17 @@ def test_an_institution_administrator_keeps_the_catalogue(client, tenants, sites
     assert AuditEvent.objects.filter(action="worklist.procedure.save").count() == 1
     client.force_login(tenants.a.technologist)
     assert client.get(reverse("worklist-show-catalogue")).status_code == 403
+
+
+def test_a_started_exam_keeps_its_schedule_when_edited(tech_client, sites, order_factory):
+    from worklist.actions import do_start_order
+
+    order = order_factory("a")
+    do_start_order(order, actor_label="test")
+    url = reverse("worklist-edit-order", args=[order.pk])
+    assert "only its priority" in tech_client.get(url).content.decode()
+    moved = order_post(sites["a"], scheduled_time="18:00", priority="stat", procedure=str(sites["a"].mr.pk))
+    assert tech_client.post(url, moved).status_code == 302
+    order.refresh_from_db()
+    assert order.priority == "stat"
+    assert order.scheduled_time.strftime("%H:%M") == "10:00" and order.procedure == sites["a"].ct

@@ -31,7 +31,7 @@ from pacs_cloud.fsm import apply_transition
 from pacs_cloud.lib import dicom_datetime
 from pacs_cloud.lib.dicom_match import fold_name, name_groups
 from pacs_cloud.lib.uids import is_valid_uid, new_uid
-from pacs_cloud.models import Institution, Role
+from pacs_cloud.models import CLINICAL_ROLES, Institution, Role
 
 from . import signals
 from .models import (
@@ -278,9 +278,10 @@ def do_find_or_register_patient(
 
 
 def notify_order(order: Order, event: str) -> None:
-    """Tell the institution's technologists' open pages that an order changed."""
+    """Tell the open worklist pages of the institution's clinical staff that an order changed."""
     data = {"id": str(order.pk), "event": event, "state": order.state, "date": order.scheduled_date.isoformat()}
-    push.notify(push.institution_group(order.institution_id, Role.TECHNOLOGIST), ORDER_TOPIC, data)
+    for role in sorted(CLINICAL_ROLES):
+        push.notify(push.institution_group(order.institution_id, role), ORDER_TOPIC, data)
 
 
 def _local_schedule(institution: Institution, when: dt.datetime) -> tuple[dt.date, dt.time]:

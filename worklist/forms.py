@@ -128,6 +128,13 @@ class OrderForm(forms.Form):
         )
         self.fields["station"].label_from_instance = lambda s: f"{s.name} — {s.modality} ({s.node.ae_title})"
 
+    def modalities(self) -> dict[str, dict[str, str]]:
+        """Procedure and station modalities, for the page script that offers matching stations."""
+        return {
+            "procedures": {str(p.pk): p.modality for p in self.fields["procedure"].queryset},
+            "stations": {str(s.pk): s.modality for s in self.fields["station"].queryset},
+        }
+
     def scheduled_at(self) -> dt.datetime:
         data = self.cleaned_data
         return dt.datetime.combine(

@@ -104,3 +104,24 @@ def test_the_day_worklist_shows_a_new_exam_without_reloading(live_url, browser_c
     row.query_selector("button:has-text('Arrived')").click()
     page.wait_for_selector(f"tr[data-order='{created['id']}'] .badge.state.arrived")
     assert Order.objects.get(pk=created["id"]).state == Order.State.ARRIVED
+
+
+def test_a_technologist_registers_an_exam_for_a_new_patient(live_url, browser_context, tenants, sites):
+    page = browser_login(browser_context(), live_url, tenants.a.technologist.username)
+    page.goto(f"{live_url}/worklist/register/")
+    page.fill("input[name=new-ideographic_family]", "欧阳")
+    page.fill("input[name=new-ideographic_given]", "娜娜")
+    page.fill("input[name=new-birth_date]", "1992-08-30")
+    page.select_option("select[name=new-sex]", "F")
+    page.select_option("select[name=procedure]", str(sites["a"].mr.pk))
+    # Only the MR station fits an MR procedure; it is chosen for the technologist.
+    assert page.input_value("select[name=station]") == str(sites["a"].mr_station.pk)
+    page.fill("input[name=scheduled_time]", "11:45")
+    page.select_option("select[name=priority]", "urgent")
+    page.fill("textarea[name=clinical_info]", "Headaches for two weeks")
+    page.click("button:has-text('Register exam')")
+    page.wait_for_selector("text=registered for")
+    order = Order.objects.get()
+    assert order.patient.name == "OUYANG^NANA=欧阳^娜娜"
+    assert (order.modality, order.priority, order.scheduled_time.strftime("%H:%M")) == ("MR", "urgent", "11:45")
+    assert "Headaches for two weeks" in page.inner_text("main")

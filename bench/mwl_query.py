@@ -355,6 +355,8 @@ def main() -> None:
     out("data.institutions", args.institutions)
     out("data.seed_s", time.perf_counter() - started)
     out("data.database", django.db.connection.vendor)
+    out("machine.cpus", os.cpu_count())
+    out("machine.load_avg_1m_start", os.getloadavg()[0])
     out("method", "dcmtk findscu -W, new process and association per query, TCP_NODELAY=1; "
         f"{args.runs} queries of each kind per server, rotating over the institutions")  # fmt: skip
     ours = run_ours(args, today)
@@ -366,6 +368,7 @@ def main() -> None:
                 out(f"ratio_p95.{name}.ours_over_orthanc_{config}", ratio)
             if statistics.mean(ours[1][name]) != statistics.mean(theirs["all"][1][name]):
                 out(f"warning.{name}", "match counts differ between Cloud PACS and Orthanc")
+    out("machine.load_avg_1m_end", os.getloadavg()[0])
     results = Path(os.environ["BENCH_HOME"]) / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "mwl-query.txt").write_text("\n".join(RESULTS) + "\n")

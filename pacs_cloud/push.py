@@ -55,7 +55,7 @@ def send_now(group: str, topic: str, data: dict[str, Any]) -> None:
 def _relay(group: str, topic: str, data: dict[str, Any]) -> None:
     token = signing.dumps({"group": group, "topic": topic, "data": data}, salt=RELAY_SALT)
     try:
-        requests.post(f"{settings.CLOUD_URL}/internal/push/", data={"token": token}, timeout=2)
+        requests.post(f"{settings.PUSH_RELAY_URL}/internal/push/", data={"token": token}, timeout=2)
     except requests.RequestException as exc:  # a missed push is redrawn on the next page load
         log.info("push relay to the web server failed: %s", exc)
 

@@ -179,7 +179,13 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# `collectstatic` fills it for production; WhiteNoise serves from the app
+# folders directly (WHITENOISE_USE_FINDERS) in the embedded setup.
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+try:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+except OSError:  # a read-only image: collectstatic made it at build time
+    pass
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -194,14 +200,29 @@ S3_ENDPOINT_URL = env.str("S3_ENDPOINT_URL", default="")
 AWS_ACCESS_KEY_ID = env.str("AWS_ACCESS_KEY_ID", default="")
 AWS_SECRET_ACCESS_KEY = env.str("AWS_SECRET_ACCESS_KEY", default="")
 AWS_DEFAULT_REGION = env.str("AWS_DEFAULT_REGION", default="us-east-1")
+# Dotted path of a callable probing the object store for /healthz; empty uses
+# pacs_cloud.health.probe_storage.
+HEALTH_STORAGE_PROBE = ""
 
 # Cache, channels, Celery ---------------------------------------------------
 
 REDIS_URL = env.str("REDIS_URL", default="")
+# Several deployments (or test runs) may share one Redis: every key we write
+# starts with this prefix.
+REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="pacs")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": REDIS_KEY_PREFIX,
+        }
+    }
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}},
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_KEY_PREFIX}:asgi"},
+        },
     }
 else:
     CACHES = {
@@ -215,14 +236,19 @@ else:
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _celery_dir = DATA_DIR / "celery"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_celery_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_celery_dir / "queue"),
         "data_folder_out": str(_celery_dir / "queue"),
         "processed_folder": str(_celery_dir / "processed"),
+        # Broadcast (remote control) tables; kombu's default is ./control in
+        # whatever directory the worker happens to start in.
+        "control_folder": str(_celery_dir / "control"),
         "store_processed": False,
     }
+elif REDIS_URL and CELERY_BROKER_URL == REDIS_URL:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:"}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -260,6 +286,9 @@ EDGE_AE_TITLE = env.str("EDGE_AE_TITLE", default="PACSEDGE")
 EDGE_DICOM_PORT = env.int("EDGE_DICOM_PORT", default=11113)
 CLOUD_URL = env.str("CLOUD_URL", default="http://127.0.0.1:8000")
 EDGE_TOKEN = env.str("EDGE_TOKEN", default="")
+# Where worker and DICOM processes relay WebSocket pushes when the channel
+# layer is in-memory (the embedded setup): this host's own web server.
+PUSH_RELAY_URL = env.str("PUSH_RELAY_URL", default="http://127.0.0.1:8000")
 # Seconds without a new instance after which a study counts as complete.
 STUDY_STABILITY_SECONDS = env.int("STUDY_STABILITY_SECONDS", default=120)
 MAX_INSTANCE_BYTES = env.int("MAX_INSTANCE_BYTES", default=2 * 1024**3)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.contrib.auth.decorators import login_required
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
@@ -20,7 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import access, audit, push
+from . import access, audit, health, push
 from .authentication import issue_token
 from .tenancy import SESSION_KEY
 
@@ -73,57 +71,9 @@ class TokenView(APIView):
         return Response({"id": token.pk, "token": key, "expires_at": token.expires_at}, status=status.HTTP_201_CREATED)
 
 
-def _timed(check: Any) -> dict[str, Any]:
-    started = time.perf_counter()
-    try:
-        detail = check()
-        result: dict[str, Any] = {"status": "ok", **(detail or {})}
-    except Exception as exc:  # health reports any failure rather than raising
-        result = {"status": "error", "error": str(exc)[:200]}
-    result["ms"] = round((time.perf_counter() - started) * 1000, 1)
-    return result
-
-
-def _database() -> dict[str, Any]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-    return {"vendor": connection.vendor}
-
-
-def _storage() -> dict[str, Any]:
-    from django.utils.module_loading import import_string
-
-    probe = import_string(settings.HEALTH_STORAGE_PROBE) if getattr(settings, "HEALTH_STORAGE_PROBE", "") else None
-    if probe is None:
-        return {"url": settings.STORAGE_URL.split("?")[0]}
-    return probe()
-
-
-def _broker() -> dict[str, Any]:
-    from .celery import app
-
-    with app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
-    return {"url": settings.CELERY_BROKER_URL.split("@")[-1]}
-
-
-def _channel_layer() -> dict[str, Any]:
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
-    layer = get_channel_layer()
-    async_to_sync(layer.send)("healthz.probe", {"type": "healthz"})
-    async_to_sync(layer.flush)() if hasattr(layer, "flush") and not settings.REDIS_URL else None
-    return {"backend": type(layer).__name__}
-
-
 def healthz(request: HttpRequest) -> JsonResponse:
-    checks = {
-        "database": _timed(_database),
-        "storage": _timed(_storage),
-        "broker": _timed(_broker),
-        "channel_layer": _timed(_channel_layer),
-    }
+    """Status of every dependency; 503 when any of them fails (for load balancers)."""
+    checks = health.run_checks()
     healthy = all(c["status"] == "ok" for c in checks.values())
     body = {
         "status": "ok" if healthy else "degraded",

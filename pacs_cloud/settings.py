@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "guardian",
     "axes",
     "channels",
@@ -141,9 +142,13 @@ AXES_COOLOFF_TIME = env.float("LOGIN_COOLOFF_HOURS", default=0.25)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
+# JSON for the API, a page for the browser (both 429).
+AXES_LOCKOUT_CALLABLE = "pacs_cloud.views.lockout_response"
 ANONYMOUS_USER_NAME = None  # guardian: no anonymous grants, ever
 
 API_TOKEN_TTL_HOURS = env.int("API_TOKEN_TTL_HOURS", default=12)
+# Longest validity a user may ask for (an edge gateway or an integration).
+API_TOKEN_MAX_TTL_HOURS = env.int("API_TOKEN_MAX_TTL_HOURS", default=24 * 365)
 
 # Security headers --------------------------------------------------------
 
@@ -276,6 +281,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": PACS_VERSION,
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": "/api/v1",
+    # Swagger UI and Redoc from our own static files: no CDN, and the CSP
+    # allows no third-party scripts.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"RoleEnum": "pacs_cloud.models.Role"},
 }
 
 # DICOM -------------------------------------------------------------------
@@ -294,6 +305,11 @@ STUDY_STABILITY_SECONDS = env.int("STUDY_STABILITY_SECONDS", default=120)
 MAX_INSTANCE_BYTES = env.int("MAX_INSTANCE_BYTES", default=2 * 1024**3)
 # Apps contributing DICOM services (see archive.dimse); C-ECHO is always served.
 DIMSE_SERVICE_PROVIDERS: list[str] = []
+
+# Home-page panels: each app appends its provider (see pacs_cloud.home).
+HOME_PANELS = [
+    "pacs_cloud.home.role_panels",
+]
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [

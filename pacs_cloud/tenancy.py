@@ -7,7 +7,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .models import Institution, Membership
+from .models import Institution, Membership, Role
 
 SESSION_KEY = "current_institution_id"
 
@@ -37,4 +37,7 @@ def current_membership_context(request: HttpRequest, rows: QuerySet[Membership])
         "my_institutions": list(institutions.values()),
         "current_institution": current,
         "current_roles": current_roles,
+        # For templates: {% if roles.radiologist or roles.clinician %}
+        "roles": dict.fromkeys(current_roles, True),
+        "current_role_labels": [Role(role).label for role in current_roles],
     }

@@ -320,32 +320,47 @@ class MembershipViewSet(
 
 
 class MemberSerializer(serializers.ModelSerializer):
+    """A member as listed: their account and their roles at this institution."""
+
     id = serializers.UUIDField(source="uuid", read_only=True)
-    roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices), allow_empty=False)
+    roles = serializers.SerializerMethodField()
+    is_active = serializers.SerializerMethodField()
+
+    class Meta:
+        model = User
+        fields = ["id", "username", "display_name", "email", "roles", "is_active"]
+        read_only_fields = fields
+
+    def _rows(self, user: User) -> list[Membership]:
+        return self.context["rows"].get(user.pk, [])
+
+    def get_roles(self, user: User) -> list[str]:
+        return sorted(m.role for m in self._rows(user))
+
+    def get_is_active(self, user: User) -> bool:
+        return user.is_active and any(m.is_active for m in self._rows(user))
+
+
+class MemberCreateSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    display_name = serializers.CharField(max_length=200, required=False, default="")
+    email = serializers.EmailField(required=False, default="")
     password = serializers.CharField(
         write_only=True,
         trim_whitespace=False,
         style={"input_type": "password"},
         help_text=" ".join(password_validators_help_texts()),
     )
-    is_active = serializers.SerializerMethodField()
-
-    class Meta:
-        model = User
-        fields = ["id", "username", "display_name", "email", "roles", "password", "is_active"]
-
-    def get_is_active(self, user: User) -> bool:
-        return user.is_active and any(m.is_active for m in self.context["rows"].get(user.pk, []))
-
-    def to_representation(self, user: User) -> dict[str, Any]:
-        body = super().to_representation(user)
-        body["roles"] = sorted(m.role for m in self.context["rows"].get(user.pk, []))
-        return body
+    roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices), allow_empty=False)
 
 
 @extend_schema_view(
     list=extend_schema(summary="Members of an institution you administer"),
-    create=extend_schema(summary="Create a user account with roles at an institution you administer"),
+    create=extend_schema(
+        summary="Create a user account with roles at an institution you administer",
+        request=MemberCreateSerializer,
+        responses={201: MemberSerializer},
+    ),
 )
 class MemberViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
     serializer_class = MemberSerializer
@@ -368,7 +383,7 @@ class MemberViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.Gen
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         institution = self.institution()
-        form = self.get_serializer(data=request.data)
+        form = MemberCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         data = form.validated_data
         try:
@@ -377,15 +392,14 @@ class MemberViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.Gen
                 username=data["username"],
                 password=data["password"],
                 roles=data["roles"],
-                display_name=data.get("display_name", ""),
-                email=data.get("email", ""),
+                display_name=data["display_name"],
+                email=data["email"],
                 acting_user=request.user,
                 request=request._request,
             )
         except (actions.ActionError, DjangoValidationError) as exc:
             raise _action_error(exc) from None
-        context = {**self.get_serializer_context()}
-        return Response(MemberSerializer(member, context=context).data, status=status.HTTP_201_CREATED)
+        return Response(self.get_serializer(member).data, status=status.HTTP_201_CREATED)
 
 
 def member_or_404(institution: Institution, user_uuid: Any) -> User:

@@ -325,5 +325,5 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"pynetdicom": {"level": "WARNING"}},
+    "loggers": {"pynetdicom": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

@@ -13,10 +13,14 @@ SESSION_KEY = "current_institution_id"
 
 
 def current_institution(request: HttpRequest) -> Institution | None:
-    """The institution the user works for in this session (first membership by default)."""
+    """The institution the user works for in this session.
+
+    By default the one they joined first (their own hospital, for a reader who
+    also reads for others); the switcher stores another choice in the session.
+    """
     from . import access
 
-    rows = access.memberships(request.user).select_related("institution")
+    rows = access.memberships(request.user).select_related("institution").order_by("created_at", "institution__name")
     wanted = request.session.get(SESSION_KEY)
     first = None
     for membership in rows:

@@ -1,5 +1,6 @@
 """Top-level URLs. Each app owns its routes (UI, /api/v1/ and /dicomweb/) in its urls.py."""
 
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -14,6 +15,10 @@ router.register("api/v1/institutions", api.InstitutionViewSet, basename="pacs_cl
 router.register("api/v1/memberships", api.MembershipViewSet, basename="pacs_cloud-membership")
 
 members_api = api.MemberViewSet.as_view({"get": "list", "post": "create"})
+
+# Swagger UI and Redoc set styles inline and Redoc searches in a blob: worker;
+# the documentation pages (no patient data) relax the policy for exactly that.
+docs_csp = csp_update({"style-src": ["'unsafe-inline'"], "worker-src": ["'self'", "blob:"]})
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -39,8 +44,12 @@ urlpatterns = [
     path("api/v1/institutions/<uuid:institution_id>/members/", members_api, name="pacs_cloud-members"),
     *router.urls,
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    path("api/docs/", docs_csp(SpectacularSwaggerSplitView.as_view(url_name="schema")), name="api-docs"),
+    path(
+        "api/redoc/",
+        docs_csp(SpectacularRedocView.as_view(url_name="schema", template_name="pacs_cloud/redoc.html")),
+        name="api-redoc",
+    ),
     path("admin/", admin.site.urls),
     path("", include("archive.urls")),
     path("", include("worklist.urls")),

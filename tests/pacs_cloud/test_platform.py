@@ -152,7 +152,12 @@ class TestApiSchema:
         assert response.status_code == 200
         schema = json.loads(response.content)
         assert schema["info"]["title"] == "Cloud PACS API"
-        for path in ("/api/v1/auth/token/", "/api/v1/auth/tokens/{id}/", "/api/v1/institutions/", "/api/v1/memberships/"):
+        for path in (
+            "/api/v1/auth/token/",
+            "/api/v1/auth/tokens/{id}/",
+            "/api/v1/institutions/",
+            "/api/v1/memberships/",
+        ):
             assert path in schema["paths"]
         assert schema["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
 

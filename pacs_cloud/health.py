@@ -78,7 +78,7 @@ def probe_broker() -> dict[str, Any]:
     url = settings.CELERY_BROKER_URL
     if url.startswith("filesystem://"):
         options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
-        _write_read_delete(Path(options["data_folder_in"]))
+        _write_read_delete(Path(str(options["data_folder_in"])))
         return {"transport": "filesystem"}
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=PROBE_TIMEOUT)
@@ -92,8 +92,9 @@ def probe_channel_layer() -> dict[str, Any]:
     """Send a message to a fresh channel and receive it back."""
     import asyncio
 
-    from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
+
+    from .lib.asyncio_bridge import block_on
 
     layer = get_channel_layer()
     if layer is None:
@@ -105,7 +106,7 @@ def probe_channel_layer() -> dict[str, Any]:
         await layer.send(channel, {"type": "healthz", "token": token})
         return await asyncio.wait_for(layer.receive(channel), PROBE_TIMEOUT)
 
-    message = async_to_sync(round_trip)()
+    message = block_on(round_trip)
     if message.get("token") != token:
         raise RuntimeError("channel layer returned another message")
     return {"backend": type(layer).__name__}

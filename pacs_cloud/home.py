@@ -149,7 +149,7 @@ def role_panels(request: HttpRequest, institution: Institution | None, roles: se
 
 def admin_panel(institution: Institution) -> Panel:
     rows = Membership.objects.filter(institution=institution)
-    by_role = {
+    by_role: dict[str, Any] = {
         row["role"]: row
         for row in rows.values("role").annotate(
             active=Count("id", filter=Q(is_active=True, user__is_active=True)),

@@ -16,11 +16,12 @@ import logging
 from typing import Any
 
 import requests
-from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core import signing
 from django.db import transaction
+
+from .lib.asyncio_bridge import block_on
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def send_now(group: str, topic: str, data: dict[str, Any]) -> None:
     if isinstance(layer, InMemoryChannelLayer) and not IN_WEB_PROCESS:
         _relay(group, topic, data)
         return
-    async_to_sync(layer.group_send)(group, {"type": "push.message", "topic": topic, "data": data})
+    block_on(layer.group_send, group, {"type": "push.message", "topic": topic, "data": data})
 
 
 def _relay(group: str, topic: str, data: dict[str, Any]) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -25,12 +27,26 @@ PACS_VERSION = "0.1.0"
 
 
 def _local_secret_key() -> str:
-    """A per-checkout key for the embedded demo, kept out of the repository."""
+    """A per-checkout key for the embedded demo, kept out of the repository.
+
+    Every process of one deployment must agree on it (relayed pushes are
+    signed with it), and several start at once: the first creates the file
+    exclusively, the others wait until it holds the key.
+    """
     path = DATA_DIR / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    for _ in range(100):
+        key = path.read_text().strip()
+        if key:
+            return key
+        time.sleep(0.05)
+    raise ImproperlyConfigured(f"{path} is empty: delete it, or set SECRET_KEY")
 
 
 SECRET_KEY = env.str("SECRET_KEY", default="") or _local_secret_key()

@@ -54,7 +54,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
             request=request,
         )
         form = TokenForm()
-    rows = ApiToken.objects.filter(user=request.user).order_by("revoked_at", "-created_at")
+    rows = ApiToken.objects.filter(user=request.user.pk).order_by("revoked_at", "-created_at")
     response = render(request, "pacs_cloud/tokens.html", {"form": form, "tokens": rows, "new_key": new_key})
     response["Cache-Control"] = "no-store"  # the page may hold a secret
     return response
@@ -104,14 +104,14 @@ def members(request: HttpRequest, institution_id: Any) -> HttpResponse:
                 messages.success(request, f"{member.username} can now sign in.")
                 return redirect(_members_url(institution))
             if add_form.is_bound and add_form.is_valid():
-                member = User.objects.filter(username__iexact=add_form.cleaned_data["username"]).first()
-                if member is None:
+                existing = User.objects.filter(username__iexact=add_form.cleaned_data["username"]).first()
+                if existing is None:
                     add_form.add_error("username", "No user has this username.")
                 else:
                     actions.do_add_role(
-                        institution, member, add_form.cleaned_data["role"], acting_user=acting, request=request
+                        institution, existing, add_form.cleaned_data["role"], acting_user=acting, request=request
                     )
-                    messages.success(request, f"{member.username} now works here as well.")
+                    messages.success(request, f"{existing.username} now works here as well.")
                     return redirect(_members_url(institution))
         except actions.ActionError as exc:
             (create_form if create_form.is_bound else add_form).add_error(None, exc.message)

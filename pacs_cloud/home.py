@@ -80,66 +80,46 @@ def role_panels(request: HttpRequest, institution: Institution | None, roles: se
         return panels
     Study = apps.get_model("archive", "Study")
     mine = access.visible_studies(user).filter(institution=institution)
+
+    def studies_panel(role: Role, title: str, queryset: Any, order: int, empty: str, **extra: Any) -> Panel:
+        rows = _studies(request, role.value, queryset, institution)
+        context = {"studies": rows, "count": queryset.count(), "empty": empty, **extra}
+        return Panel(title, "pacs_cloud/home/studies.html", context, order=order, role=role.label)
+
     if Role.TECHNOLOGIST in roles:
         received = mine.filter(received_at__gte=_today_start(institution)).order_by("-received_at")
         panels.append(
-            Panel(
-                "Received today",
-                "pacs_cloud/home/studies.html",
-                {
-                    "studies": _studies(request, "technologist", received, institution),
-                    "count": received.count(),
-                    "empty": "No study has arrived today yet.",
-                },
-                order=100,
-                role=Role.TECHNOLOGIST.label,
-            )
+            studies_panel(Role.TECHNOLOGIST, "Received today", received, 100, "No study has arrived today yet.")
         )
     if Role.RADIOLOGIST in roles:
         waiting = mine.filter(state__in=[Study.State.COMPLETE, Study.State.ROUTED]).order_by("received_at")
         panels.append(
-            Panel(
+            studies_panel(
+                Role.RADIOLOGIST,
                 "Waiting for a report",
-                "pacs_cloud/home/studies.html",
-                {
-                    "studies": _studies(request, "radiologist", waiting, institution),
-                    "count": waiting.count(),
-                    "empty": "Nothing is waiting for a report.",
-                    "oldest_first": True,
-                },
-                order=200,
-                role=Role.RADIOLOGIST.label,
+                waiting,
+                200,
+                "Nothing is waiting for a report.",
+                oldest_first=True,
             )
         )
     if Role.REFERRAL_COORDINATOR in roles:
         shared = access.visible_studies(user).exclude(institution=institution).order_by("-received_at")
         panels.append(
-            Panel(
+            studies_panel(
+                Role.REFERRAL_COORDINATOR,
                 "Shared with us by other institutions",
-                "pacs_cloud/home/studies.html",
-                {
-                    "studies": _studies(request, "referral_coordinator", shared, institution),
-                    "count": shared.count(),
-                    "empty": "No other institution shares a study with you at the moment.",
-                    "show_institution": True,
-                },
-                order=300,
-                role=Role.REFERRAL_COORDINATOR.label,
+                shared,
+                300,
+                "No other institution shares a study with you at the moment.",
+                show_institution=True,
             )
         )
     if Role.CLINICIAN in roles:
         reported = mine.filter(state__in=[Study.State.REPORTED, Study.State.AMENDED]).order_by("-completed_at")
         panels.append(
-            Panel(
-                "Recently reported",
-                "pacs_cloud/home/studies.html",
-                {
-                    "studies": _studies(request, "clinician", reported, institution),
-                    "count": reported.count(),
-                    "empty": "No study of your institution has a report yet.",
-                },
-                order=400,
-                role=Role.CLINICIAN.label,
+            studies_panel(
+                Role.CLINICIAN, "Recently reported", reported, 400, "No study of your institution has a report yet."
             )
         )
     if Role.INSTITUTION_ADMIN in roles:

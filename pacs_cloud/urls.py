@@ -22,7 +22,11 @@ docs_csp = csp_update({"style-src": ["'unsafe-inline'"], "worker-src": ["'self'"
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(template_name="pacs_cloud/login.html"), name="login"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="pacs_cloud/login.html", redirect_authenticated_user=True),
+        name="login",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("institution/switch/", views.switch_institution, name="pacs_cloud-switch-institution"),
     path("account/tokens/", views.tokens, name="pacs_cloud-list-tokens"),

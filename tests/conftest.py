@@ -2,7 +2,11 @@
 
 The base fixture ``tenants`` gives three institutions with a user in every
 role: ``a`` and ``b`` work together (referrals, shared reading), ``c`` is the
-outsider who must get 404 everywhere.
+outsider who must get 404 everywhere. ``platform_admin`` is the service's
+operator. Helpers: ``make_user`` (password ``PASSWORD``, hashed once per run),
+``web_client(user)`` (a signed-in session), ``api_client(user)`` (a real bearer
+token), ``free_port()``, ``browser_login(context, live_url, username)``.
+Every route is also walked by the isolation harness in ``tests/isolation/``.
 """
 
 from __future__ import annotations

@@ -91,9 +91,8 @@ PRODUCTION_ENV = {
 }
 
 
-def test_check_deploy_passes_with_production_variables(tmp_path):
-    env = clean_env(**PRODUCTION_ENV, PACS_DATA_DIR=str(tmp_path), STATIC_ROOT=str(tmp_path / "static"))
-    result = subprocess.run(
+def check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,
         env=env,
@@ -101,20 +100,16 @@ def test_check_deploy_passes_with_production_variables(tmp_path):
         text=True,
         timeout=120,
     )
+
+
+def test_check_deploy_passes_with_production_variables(tmp_path):
+    result = check_deploy(clean_env(**PRODUCTION_ENV, PACS_DATA_DIR=str(tmp_path), STATIC_ROOT=str(tmp_path / "st")))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
 
 
 def test_check_deploy_warns_without_production_hardening(tmp_path):
-    env = clean_env(PACS_DATA_DIR=str(tmp_path), DEBUG="1")
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = check_deploy(clean_env(PACS_DATA_DIR=str(tmp_path), DEBUG="1"))
     assert result.returncode != 0
     assert "security.W018" in result.stderr + result.stdout  # DEBUG on
 

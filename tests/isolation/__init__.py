@@ -12,8 +12,9 @@ resolver** — every path of the OpenAPI schema, every ``/dicomweb/`` route and
 every page — and for each route and method:
 
 * fills the path parameters with *another* institution's objects and asserts
-  the answer is exactly what the same request gets for objects that do not
-  exist (``404 alike for missing and not yours``), and never a 2xx;
+  the answer is a refusal — 401, 403, 404 or 405 (a redirect to the sign-in
+  page for anonymous callers) — and exactly what the same request gets for
+  objects that do not exist (``404 alike for missing and not yours``);
 * asserts that no response — lists included — contains any *secret string* of
   an institution the user does not belong to (patient names and IDs,
   accession numbers, member names, token names);
@@ -48,9 +49,11 @@ module. In it:
    ``tenant.radiologist``, ...). Use random tokens in secrets so they cannot
    occur by chance; use components that survive rendering (a PN's family
    name rather than ``FAMILY^GIVEN``, which a page shows as ``FAMILY, GIVEN``).
-   Factories run after ``tests/archive/isolation.py``'s, in file order; a
-   factory may read what earlier ones made via ``tenant.made`` (a dict of the
-   values so far). Storage points at a temporary folder.
+   Modules load in layer order (pacs_cloud, archive, worklist, workflow,
+   viewer, reports, then any other), factories in file order; a factory may
+   read what earlier ones made for the same institution from ``tenant.made``
+   (``tenant.made["study.uid"]``), e.g. to hang a report on the archive's
+   study. Storage points at a temporary folder.
 
 2. Which value fills each path parameter. Parameter names used the same way
    everywhere are mapped once; the rest per route (the template is the
@@ -66,10 +69,12 @@ module. In it:
    unsafe method (default: none); values in it are ``isolation.Ref("kind.attr")``,
    ``const`` or plain JSON; wrap it in ``isolation.Form({...})`` for a browser
    form. ``queries`` gives query strings to try on a GET
-   (``queries=[{"PatientID": isolation.Ref("patient.patient_id")}]``). ``open_to={"platform"}`` lets a
-   platform administrator legitimately get a 2xx (still never a secret);
-   ``reachable=False`` (with a reason) skips the owner check for a route no
-   user can GET.
+   (``queries=[{"PatientID": isolation.Ref("patient.patient_id")}]``).
+   ``open_to={"platform"}`` lets a platform administrator legitimately get a
+   2xx (still never a secret). ``also_allowed={400, 415}`` accepts statuses
+   that say nothing about the object (a body refused before any lookup),
+   still only when a missing object gets the same. ``reachable=False`` (with a
+   reason) skips the owner check for a route no user can GET.
 
 3. Routes that hold no tenant data and cannot take another tenant's objects
    may be exempted, with a reason: ``isolation.exempt("/logout/", "...")``.

@@ -18,6 +18,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
+from django.shortcuts import resolve_url
 from django.test import Client
 from django.urls import URLResolver, get_resolver
 from django.utils.regex_helper import normalize
@@ -29,6 +31,9 @@ from pacs_cloud.models import Role, User
 from .registry import Const, Form, Ref, Registry
 
 ALL_METHODS = ["get", "post", "put", "patch", "delete"]
+# What a request naming another institution's object may get back (and a
+# redirect to the sign-in page, for a caller without credentials).
+REFUSALS = frozenset({401, 403, 404, 405})
 MAX_BODY = 4 * 1024 * 1024  # bytes of a response searched for secrets
 
 
@@ -160,6 +165,12 @@ def client_for(user: User | None) -> Client:
 class Answer:
     status: int
     data: bytes
+    location: str = ""
+
+    def refused(self, also_allowed: frozenset[int]) -> bool:
+        if self.status in REFUSALS or self.status in also_allowed:
+            return True
+        return self.status in (301, 302, 303) and self.location.startswith(resolve_url(settings.LOGIN_URL))
 
 
 def ask(client: Client, method: str, path: str, body: dict | None = None, query: dict | None = None) -> Answer:
@@ -183,7 +194,7 @@ def ask(client: Client, method: str, path: str, body: dict | None = None, query:
     else:
         data = response.content[:MAX_BODY]
     headers = "\n".join(f"{k}: {v}" for k, v in response.items()).encode()
-    return Answer(response.status_code, data + b"\n" + headers)
+    return Answer(response.status_code, data + b"\n" + headers, response.get("Location", ""))
 
 
 def _forms(secret: str) -> list[bytes]:
@@ -298,10 +309,13 @@ def walk(routes: tuple[Route, ...], registry: Registry, world: dict[str, Party],
                         judge(method, shown, answer)
                         if open_to_me:
                             continue
-                        if 200 <= answer.status < 300:
+                        if not answer.refused(rule.also_allowed):
                             found.append(
                                 Violation(
-                                    attacker.label, method, shown, f"answered {answer.status} for {victim.key}'s object"
+                                    attacker.label,
+                                    method,
+                                    shown,
+                                    f"answered {answer.status} for {victim.key}'s object (a refusal is 401/403/404/405)",
                                 )
                             )
                         elif answer.status != baseline.status:

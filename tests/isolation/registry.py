@@ -60,6 +60,7 @@ class RouteRule:
     bodies: dict[str, dict[str, Any]] = field(default_factory=dict)
     queries: list[dict[str, Any]] = field(default_factory=list)
     open_to: frozenset[str] = frozenset()
+    also_allowed: frozenset[int] = frozenset()
     reachable: bool = True
     reason: str = ""
 
@@ -91,6 +92,7 @@ class Registry:
         bodies: dict[str, dict[str, Any]] | None = None,
         queries: list[dict[str, Any]] | None = None,
         open_to: set[str] | frozenset[str] = frozenset(),
+        also_allowed: set[int] | frozenset[int] = frozenset(),
         reachable: bool = True,
         reason: str = "",
         **params: Filler | str,
@@ -103,6 +105,7 @@ class Registry:
             bodies={method.lower(): body for method, body in (bodies or {}).items()},
             queries=list(queries or []),
             open_to=frozenset(open_to),
+            also_allowed=frozenset(also_allowed),
             reachable=reachable,
             reason=reason,
         )

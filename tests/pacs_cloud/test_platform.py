@@ -68,16 +68,17 @@ class TestHealth:
         assert "ConnectionError" in checks["redis"]["error"]
 
     def test_the_channel_layer_probe_leaves_other_sockets_subscribed(self, db, settings, tmp_path):
-        from asgiref.sync import async_to_sync
         from channels.layers import get_channel_layer
+
+        from pacs_cloud.lib.asyncio_bridge import block_on
 
         settings.STORAGE_URL = f"file://{tmp_path}"
         layer = get_channel_layer()
-        channel = async_to_sync(layer.new_channel)()
-        async_to_sync(layer.group_add)("user.health-test", channel)
+        channel = block_on(layer.new_channel)
+        block_on(layer.group_add, "user.health-test", channel)
         web_client().get("/healthz")
-        async_to_sync(layer.group_send)("user.health-test", {"type": "push.message", "topic": "t", "data": {}})
-        assert async_to_sync(layer.receive)(channel)["topic"] == "t"
+        block_on(layer.group_send, "user.health-test", {"type": "push.message", "topic": "t", "data": {}})
+        assert block_on(layer.receive, channel)["topic"] == "t"
 
 
 PRODUCTION_ENV = {

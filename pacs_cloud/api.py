@@ -7,6 +7,7 @@ rows answer 404 exactly as missing ones do.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -265,8 +266,8 @@ class MembershipViewSet(
         institution = self.request.query_params.get("institution")
         if institution:
             try:
-                queryset = queryset.filter(institution_id=institution)
-            except DjangoValidationError:
+                queryset = queryset.filter(institution_id=uuid.UUID(institution))
+            except ValueError:
                 raise ValidationError({"institution": "Not a UUID."}) from None
         return queryset
 

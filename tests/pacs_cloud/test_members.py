@@ -232,3 +232,41 @@ class TestTheInstitutionApi:
     def test_a_user_without_membership_sees_none(self, tenants):
         loner = make_user("loner")
         assert api_client(loner).get("/api/v1/institutions/").json()["results"] == []
+
+
+class TestListsStayCheap:
+    @pytest.fixture
+    def crowd(self, tenants):
+        for n in range(15):
+            member = make_user(f"extra{n}@alpha")
+            Membership.objects.create(user=member, institution=tenants.a.institution, role=Role.CLINICIAN)
+            issue_token(tenants.a.institution_admin, name=f"t{n}")
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "/api/v1/memberships/",
+            "/api/v1/institutions/",
+            "/api/v1/auth/tokens/",
+            "/api/v1/institutions/{institution}/members/",
+        ],
+    )
+    def test_the_number_of_queries_does_not_grow_with_the_rows(
+        self, tenants, crowd, url, django_assert_max_num_queries
+    ):
+        client = api_client(tenants.a.institution_admin)
+        url = url.format(institution=tenants.a.institution.pk)
+        client.get(url)  # warm up (token last-used stamp)
+        with django_assert_max_num_queries(8):
+            response = client.get(url)
+        assert response.status_code == 200
+
+    def test_a_filter_that_is_not_a_uuid_is_a_clear_400(self, tenants):
+        response = api_client(tenants.a.institution_admin).get("/api/v1/memberships/?institution=abc")
+        assert response.status_code == 400
+        assert response.json() == {"institution": "Not a UUID."}
+
+    def test_the_members_page_stays_cheap(self, tenants, crowd, django_assert_max_num_queries):
+        client = web_client(tenants.a.institution_admin)
+        with django_assert_max_num_queries(12):
+            assert client.get(members_url(tenants.a)).status_code == 200

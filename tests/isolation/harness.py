@@ -210,6 +210,12 @@ def leaked(answer: Answer, secrets: list[tuple[str, str]]) -> list[str]:
 
 
 @dataclass
+class Probe:
+    shown: str  # the path with its query, for the report
+    answer: Answer
+
+
+@dataclass
 class Violation:
     who: str
     method: str
@@ -267,6 +273,12 @@ def walk(routes: tuple[Route, ...], registry: Registry, world: dict[str, Party],
         for secret in leaked(answer, foreign):
             found.append(Violation(attacker.label, method, path, f"shows {secret}{extra}"))
 
+    def request(method: str, route: Route, body: Any, query: Any, values: dict[str, str]) -> Probe:
+        path = _fill_path(route, registry, values)
+        filled_query = _fill_dict(query, values) if query is not None else None
+        answer = ask(client, method, path, _fill_dict(body, values) if body is not None else None, filled_query)
+        return Probe(path + (f"?{urlencode(filled_query)}" if filled_query else ""), answer)
+
     with quiet_request_log():
         for route in routes:
             if registry.exemption(route.template):
@@ -278,56 +290,36 @@ def walk(routes: tuple[Route, ...], registry: Registry, world: dict[str, Party],
                 found.append(Violation(attacker.label, "*", route.template, f"cannot fill {unfilled}: not walked"))
                 continue
             for method in route.methods:
-                body = rule.bodies.get(method)
-                refers = bool(route.params) or any(isinstance(v, Ref) for v in (body or {}).values())
-                probes = [(body, None)]
+                probes: list[tuple[dict | None, dict | None]] = [(rule.bodies.get(method), None)]
                 if method == "get":
                     probes += [(None, query) for query in rule.queries]
                 for body_spec, query_spec in probes:
-                    missing = _missing(victims[0].values)
-                    path = _fill_path(route, registry, missing)
-                    baseline = ask(
-                        client,
-                        method,
-                        path,
-                        _fill_dict(body_spec, missing) if body_spec is not None else None,
-                        _fill_dict(query_spec, missing) if query_spec is not None else None,
-                    )
-                    judge(method, path, baseline, " (with ids that name nothing)" if refers else "")
-                    if not refers and not query_spec:
+                    # A path or body naming another institution's object must be
+                    # refused; a filter naming it may answer (an empty list), but
+                    # only as it answers for an object that does not exist.
+                    names_object = bool(route.params) or any(isinstance(v, Ref) for v in (body_spec or {}).values())
+                    if not names_object and query_spec is None:
+                        # It names nothing; still it must show nothing of another's.
+                        judge(method, route.template, ask(client, method, route.template, body_spec))
                         continue
+                    missing = _missing(victims[0].values)
+                    baseline = request(method, route, body_spec, query_spec, missing)
+                    judge(method, baseline.shown, baseline.answer, " (with ids that name nothing)")
                     for victim in victims:
-                        path = _fill_path(route, registry, victim.values)
-                        answer = ask(
-                            client,
-                            method,
-                            path,
-                            _fill_dict(body_spec, victim.values) if body_spec is not None else None,
-                            _fill_dict(query_spec, victim.values) if query_spec is not None else None,
-                        )
-                        shown = path + (f"?{query_spec}" if query_spec else "")
-                        judge(method, shown, answer)
+                        probe = request(method, route, body_spec, query_spec, victim.values)
+                        judge(method, probe.shown, probe.answer)
                         if open_to_me:
                             continue
-                        if not answer.refused(rule.also_allowed):
-                            found.append(
-                                Violation(
-                                    attacker.label,
-                                    method,
-                                    shown,
-                                    f"answered {answer.status} for {victim.key}'s object (a refusal is 401/403/404/405)",
-                                )
+                        status = probe.answer.status
+                        if names_object and not probe.answer.refused(rule.also_allowed):
+                            problem = f"answered {status} for {victim.key}'s object (a refusal is 401/403/404/405)"
+                            found.append(Violation(attacker.label, method, probe.shown, problem))
+                        elif status != baseline.answer.status:
+                            problem = (
+                                f"answered {status} for {victim.key}'s object but {baseline.answer.status} "
+                                "for a missing one (tells that it exists)"
                             )
-                        elif answer.status != baseline.status:
-                            found.append(
-                                Violation(
-                                    attacker.label,
-                                    method,
-                                    shown,
-                                    f"answered {answer.status} for {victim.key}'s object but {baseline.status} "
-                                    "for a missing one (tells that it exists)",
-                                )
-                            )
+                            found.append(Violation(attacker.label, method, probe.shown, problem))
     return found
 
 

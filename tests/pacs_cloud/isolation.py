@@ -65,6 +65,7 @@ isolation.route("/api/v1/auth/tokens/{pk}/", pk="token.id")
 isolation.route("/api/v1/institutions/{pk}/", pk="institution.id", open_to={"platform"})
 isolation.route(
     "/api/v1/memberships/",
+    queries=[{"institution": isolation.Ref("institution.id")}],
     bodies={
         "post": {
             "institution": isolation.Ref("institution.id"),

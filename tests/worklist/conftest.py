@@ -16,12 +16,6 @@ from worklist.models import Order, Procedure, Station
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """The base fixture creates fifteen users; Argon2 would spend seconds per test on them."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @dataclass
 class Site:
     institution: Institution

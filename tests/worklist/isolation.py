@@ -80,7 +80,9 @@ for verb, body in (("arrive", {}), ("cancel", REASON), ("discontinue", REASON)):
         reason=POST_ONLY,
     )
 isolation.route("/api/v1/orders/", queries=[{"patient_id": isolation.Ref("worklist_patient.patient_id")}])
-isolation.route("/worklist/register/", queries=[{"q": isolation.Ref("worklist_patient.patient_id")}])
+# The registration page's patient search echoes what was typed (the search
+# box keeps it), so it is not walked with another institution's IDs; that the
+# search finds only the institution's own patients is tests/worklist/test_views.
 isolation.route("/worklist/orders/{pk}/", pk="order.id")
 isolation.route(
     "/worklist/orders/{pk}/edit/", pk="order.id", bodies={"post": isolation.Form({"priority": isolation.const("stat")})}

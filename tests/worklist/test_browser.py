@@ -62,7 +62,7 @@ def test_an_unmatched_study_is_queued_live_and_linked_to_its_exam(live_url, brow
     elsewhere(store_instance, unordered_image("ACH-77", "CHEN^JING", tmp_path), institution=site.institution)
     study = Study.objects.get()
     row = page.wait_for_selector("tr[data-item]:has-text('ACH-77')")
-    assert "CHEN JING" in row.inner_text()
+    assert "CHEN, JING" in row.inner_text()
 
     row.query_selector("text=Reconcile").click()
     candidate = page.wait_for_selector(f"tr[data-order='{order.pk}']")
@@ -99,7 +99,7 @@ def test_the_day_worklist_shows_a_new_exam_without_reloading(live_url, browser_c
         format="json",
     ).json()
     row = page.wait_for_selector(f"tr[data-order='{created['id']}']")
-    assert "赵磊 (ZHAO LEI)" in row.inner_text() and "STAT" in row.inner_text()
+    assert "赵磊 (ZHAO, LEI)" in row.inner_text() and "STAT" in row.inner_text()
 
     row.query_selector("button:has-text('Arrived')").click()
     page.wait_for_selector(f"tr[data-order='{created['id']}'] .badge.state.arrived")

@@ -8,19 +8,16 @@ from zoneinfo import ZoneInfo
 from django import template
 
 from pacs_cloud.lib.dicom_match import name_groups
+from pacs_cloud.templatetags.pacs_cloud import person_name
 
 register = template.Library()
 
 
-def _words(group: str) -> str:
-    return " ".join(part for part in group.split("^") if part)
-
-
 @register.filter
 def person(pn: str | None) -> str:
-    """``WANG^XIAOMING=王^小明`` as ``王小明 (WANG XIAOMING)``: characters first when present."""
+    """``WANG^XIAOMING=王^小明`` as ``王小明 (WANG, XIAOMING)``: the characters first, when the name has them."""
     alphabetic, ideographic, phonetic = name_groups(pn or "")
-    latin = _words(alphabetic) or _words(phonetic)
+    latin = person_name(alphabetic or phonetic)
     if ideographic:
         chars = "".join(part for part in ideographic.split("^") if part)
         return f"{chars} ({latin})" if latin else chars

@@ -65,7 +65,7 @@ def _technologist_institution(request: Request, wanted: Any) -> Institution:
     return Institution.objects.get(pk=next(iter(ids)))
 
 
-def _catalogue_item(model: type, institution: Institution, pk: Any, field: str) -> Any:
+def _catalogue_item(model: Any, institution: Institution, pk: Any, field: str) -> Any:
     item = model.objects.filter(institution=institution, pk=pk).first()
     if item is None:
         raise ApiValidationError({field: "Not in this institution's catalogue."})

@@ -126,7 +126,7 @@ def seed() -> list[str] | None:
     for slug, ae_title, name, modality, location, description in STATIONS:
         institution = Institution.objects.get(slug=slug)
         stations[slug] = _station(institution, ae_title, name, modality, location, description)
-    for slug, entries in ORDERS.items():
+    for slug, exams in ORDERS.items():
         institution = Institution.objects.get(slug=slug)
         today = timezone.now().astimezone(ZoneInfo(institution.time_zone)).date()
         if Order.objects.filter(institution=institution, scheduled_date=today).exists():
@@ -145,7 +145,7 @@ def seed() -> list[str] | None:
                     allow_possible_duplicate=True,
                 )
             )
-        for patient_id, code, at, priority, referrer, info in entries:
+        for patient_id, code, at, priority, referrer, info in exams:
             actions.do_create_order(
                 institution,
                 patient=patients[patient_id],
@@ -157,5 +157,5 @@ def seed() -> list[str] | None:
                 clinical_info=info,
                 actor=technologist,
             )
-        lines.append(f"{'':18} {len(entries)} exams scheduled today on {stations[slug].node.ae_title}")
+        lines.append(f"{'':18} {len(exams)} exams scheduled today on {stations[slug].node.ae_title}")
     return lines or None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from django import forms
@@ -84,7 +84,8 @@ class PatientForm(forms.Form):
     )
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if not data.get("family_name") and data.get("ideographic_family"):
             # Modalities often show only Latin letters: fill the alphabetic group with pinyin.
             data["family_name"] = pinyin(data["ideographic_family"], family=True)
@@ -101,11 +102,26 @@ class PatientForm(forms.Form):
         return data
 
 
+class ProcedureChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.modality} · {obj.name} ({obj.code}, {obj.duration_minutes} min)"
+
+
+class StationChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.name} — {obj.modality} ({obj.node.ae_title})"
+
+
+class NodeChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.ae_title} {obj.description}".strip()
+
+
 class OrderForm(forms.Form):
     """An exam: what, where, when, how urgent and why. Times are the institution's local time."""
 
-    procedure = forms.ModelChoiceField(queryset=Procedure.objects.none())
-    station = forms.ModelChoiceField(queryset=Station.objects.none())
+    procedure = ProcedureChoiceField(queryset=Procedure.objects.none())
+    station = StationChoiceField(queryset=Station.objects.none())
     scheduled_date = forms.DateField(label="Date", widget=forms.DateInput(attrs={"type": "date"}))
     scheduled_time = forms.TimeField(label="Time", widget=forms.TimeInput(attrs={"type": "time"}))
     priority = forms.ChoiceField(choices=Order.Priority.choices, initial=Order.Priority.ROUTINE)
@@ -119,20 +135,18 @@ class OrderForm(forms.Form):
     def __init__(self, *args: Any, institution: Institution, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.institution = institution
-        self.fields["procedure"].queryset = Procedure.objects.filter(institution=institution, is_active=True)
-        self.fields["station"].queryset = Station.objects.filter(
-            institution=institution, is_active=True
-        ).select_related("node")
-        self.fields["procedure"].label_from_instance = lambda p: (
-            f"{p.modality} · {p.name} ({p.code}, {p.duration_minutes} min)"
+        self.procedure_field = cast(forms.ModelChoiceField, self.fields["procedure"])
+        self.station_field = cast(forms.ModelChoiceField, self.fields["station"])
+        self.procedure_field.queryset = Procedure.objects.filter(institution=institution, is_active=True)
+        self.station_field.queryset = Station.objects.filter(institution=institution, is_active=True).select_related(
+            "node"
         )
-        self.fields["station"].label_from_instance = lambda s: f"{s.name} — {s.modality} ({s.node.ae_title})"
 
     def modalities(self) -> dict[str, dict[str, str]]:
         """Procedure and station modalities, for the page script that offers matching stations."""
         return {
-            "procedures": {str(p.pk): p.modality for p in self.fields["procedure"].queryset},
-            "stations": {str(s.pk): s.modality for s in self.fields["station"].queryset},
+            "procedures": {str(p.pk): p.modality for p in self.procedure_field.queryset or []},
+            "stations": {str(s.pk): s.modality for s in self.station_field.queryset or []},
         }
 
     def scheduled_at(self) -> dt.datetime:
@@ -142,7 +156,8 @@ class OrderForm(forms.Form):
         )
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         procedure, station = data.get("procedure"), data.get("station")
         if procedure and station and procedure.modality != station.modality:
             self.add_error(
@@ -189,6 +204,7 @@ class StationForm(forms.ModelForm):
         model = Station
         fields = ["node", "name", "modality", "location", "character_set", "is_active"]
         labels = {"node": "DICOM node (AE title)"}
+        field_classes = {"node": NodeChoiceField}
 
     def __init__(self, *args: Any, institution: Institution, **kwargs: Any) -> None:
         from archive.models import DicomNode
@@ -196,8 +212,8 @@ class StationForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.institution = institution
         taken = Station.objects.exclude(pk=self.instance.pk).values("node_id")
-        self.fields["node"].queryset = DicomNode.objects.filter(institution=institution).exclude(pk__in=taken)
-        self.fields["node"].label_from_instance = lambda n: f"{n.ae_title} {n.description}".strip()
+        node_field = cast(forms.ModelChoiceField, self.fields["node"])
+        node_field.queryset = DicomNode.objects.filter(institution=institution).exclude(pk__in=taken)
 
     def clean_modality(self) -> str:
         return self.cleaned_data["modality"].strip().upper()

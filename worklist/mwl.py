@@ -176,8 +176,11 @@ def candidate_orders(identifier: Dataset, institution: Institution) -> QuerySet[
     )
     sps_seq = identifier.get("ScheduledProcedureStepSequence")
     step = sps_seq[0] if sps_seq else None
-    for ds, lookups in ((step, STEP_LOOKUPS), (identifier, TOP_LOOKUPS)):
-        for keyword, lookup in lookups.items() if ds is not None else ():
+    keyed: list[tuple[Dataset, dict[str, str]]] = [(identifier, TOP_LOOKUPS)]
+    if step is not None:
+        keyed.append((step, STEP_LOOKUPS))
+    for ds, lookups in keyed:
+        for keyword, lookup in lookups.items():
             if values := _exact_values(ds, keyword):
                 qs = qs.filter(**{lookup: values})
     if step is not None:

@@ -89,6 +89,19 @@ def order_list(request: HttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
+def _register_patient(institution: Institution, data: dict[str, Any], request: HttpRequest) -> Patient:
+    return actions.do_register_patient(
+        institution,
+        name=data["name"],
+        patient_id=data["patient_id"],
+        birth_date=data["birth_date"],
+        sex=data["sex"],
+        actor=request.user,
+        request=request,
+        allow_possible_duplicate=bool(request.POST.get("register_anyway")),
+    )
+
+
 @login_required
 def register(request: HttpRequest) -> HttpResponse:
     """Register an exam: find the patient first, or register them, then the order."""
@@ -113,18 +126,10 @@ def register(request: HttpRequest) -> HttpResponse:
     order_form = OrderForm(request.POST or None, institution=institution, initial=initial)
     patient_form = PatientForm(request.POST or None, prefix="new") if chosen is None else None
     duplicates: list[Patient] = []
-    if request.method == "POST" and order_form.is_valid() and (chosen is not None or patient_form.is_valid()):
+    new_patient = patient_form.cleaned_data if patient_form is not None and patient_form.is_valid() else None
+    if request.method == "POST" and order_form.is_valid() and (chosen is not None or new_patient is not None):
         try:
-            patient = chosen or actions.do_register_patient(
-                institution,
-                name=patient_form.cleaned_data["name"],
-                patient_id=patient_form.cleaned_data["patient_id"],
-                birth_date=patient_form.cleaned_data["birth_date"],
-                sex=patient_form.cleaned_data["sex"],
-                actor=request.user,
-                request=request,
-                allow_possible_duplicate=bool(request.POST.get("register_anyway")),
-            )
+            patient = chosen or _register_patient(institution, new_patient or {}, request)
             data = order_form.cleaned_data
             order = actions.do_create_order(
                 institution,
@@ -139,11 +144,9 @@ def register(request: HttpRequest) -> HttpResponse:
                 request=request,
             )
         except ValidationError as exc:
-            if patient_form is not None and hasattr(exc, "error_dict"):
+            if new_patient is not None and hasattr(exc, "error_dict"):
                 if any(e.code == "possible_duplicate" for e in exc.error_dict.get("name", [])):
-                    duplicates = actions.likely_duplicates(
-                        institution, patient_form.cleaned_data["name"], patient_form.cleaned_data["birth_date"]
-                    )
+                    duplicates = actions.likely_duplicates(institution, new_patient["name"], new_patient["birth_date"])
             for message in exc.messages:
                 order_form.add_error(None, message)
         else:
@@ -376,7 +379,7 @@ def catalogue(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _edit_catalogue(request: HttpRequest, model: type, form_class: type, pk: Any, what: str) -> HttpResponse:
+def _edit_catalogue(request: HttpRequest, model: Any, form_class: Any, pk: Any, what: str) -> HttpResponse:
     institution = _institution(request, Role.INSTITUTION_ADMIN)
     instance = None
     if pk is not None:

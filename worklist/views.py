@@ -10,7 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -23,6 +23,7 @@ from archive.models import Patient
 from pacs_cloud import audit
 from pacs_cloud.access import has_role
 from pacs_cloud.fsm import history
+from pacs_cloud.home import Panel
 from pacs_cloud.models import CLINICAL_ROLES, Institution, Role
 from pacs_cloud.tenancy import current_institution
 
@@ -38,7 +39,7 @@ from .forms import (
     ReasonForm,
     StationForm,
 )
-from .models import Order, Procedure, Station
+from .models import Order, Procedure, ReconciliationItem, Station
 
 
 def _institution(request: HttpRequest, *roles: str) -> Institution:
@@ -413,3 +414,37 @@ def procedure_edit(request: HttpRequest, pk: Any = None) -> HttpResponse:
 @login_required
 def station_edit(request: HttpRequest, pk: Any = None) -> HttpResponse:
     return _edit_catalogue(request, Station, StationForm, pk, "station")
+
+
+# Home page ---------------------------------------------------------------------
+
+
+def home_panels(request: HttpRequest, institution: Institution | None, roles: set[str]) -> list[Panel]:
+    """The technologist's panel on the home page: today's exams and the reconciliation queue."""
+    if institution is None or Role.TECHNOLOGIST not in roles:
+        return []
+    today = _today(institution)
+    orders = list(
+        Order.objects.filter(institution=institution, scheduled_date=today, state__in=Order.WORKLIST_STATES)
+        .select_related("patient", "procedure", "station")
+        .order_by("scheduled_at")[:10]
+    )
+    counts = dict(
+        Order.objects.filter(institution=institution, scheduled_date=today)
+        .values_list("state")
+        .annotate(n=Count("id"))
+        .values_list("state", "n")
+    )
+    if orders:
+        audit.record(
+            "worklist.order.list",
+            request=request,
+            institution=institution,
+            detail={"panel": "home", "orders": [str(o.pk) for o in orders]},
+        )
+    context = {
+        "orders": orders,
+        "counts": [(state.label, counts.get(state.value, 0)) for state in Order.State if counts.get(state.value)],
+        "unreconciled": ReconciliationItem.objects.filter(institution=institution, resolved_at__isnull=True).count(),
+    }
+    return [Panel("Today's exams", "worklist/home_panel.html", context, order=110, role=Role.TECHNOLOGIST.label)]

@@ -160,3 +160,12 @@ def test_a_started_exam_keeps_its_schedule_when_edited(tech_client, sites, order
     order.refresh_from_db()
     assert order.priority == "stat"
     assert order.scheduled_time.strftime("%H:%M") == "10:00" and order.procedure == sites["a"].ct
+
+
+def test_a_technologists_home_shows_todays_exams(tech_client, sites, order_factory):
+    order = order_factory("a", name="ZHOU^JIE=周^杰", priority="stat")
+    order_factory("b", name="OUTSIDER^TWO")
+    page = tech_client.get(reverse("home")).content.decode()
+    assert "Today&#x27;s exams" in page or "Today's exams" in page
+    assert "周杰 (ZHOU, JIE)" in page and "STAT" in page and "OUTSIDER" not in page
+    assert AuditEvent.objects.filter(action="worklist.order.list", detail__orders=[str(order.pk)]).exists()

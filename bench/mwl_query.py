@@ -21,7 +21,9 @@ worklist item from a folder and has no notion of institutions, so it is run
 twice: with all the orders in its folder (the same multi-tenant load) and with
 one institution's share (a single-hospital Orthanc). Its files hold the same
 attributes we answer, written by pydicom as ``dump2dcm`` would; queries use
-the same keys, so both sides return the same matches (checked).
+the same keys, so both sides return the same matches (checked). Each query is
+sent to both servers in turn (alternating who goes first), so both meet the
+same machine load; ratios are taken within one phase.
 
 Run from the repository root with a scratch database (bench data replaces
 earlier bench data only: institutions whose slug starts ``bench-mwl-``)::
@@ -247,22 +249,42 @@ def findscu(port: int, calling: str, called: str, keys: list[str]) -> tuple[floa
     return elapsed, (result.stdout + result.stderr).count("Find Response:")
 
 
-def measure(label: str, port: int, called: str, calling_for, institutions: list[int], today, runs: int, per: int):
+class Series:
+    """Latencies and match counts of one server for each kind of query."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.times: dict[str, list[float]] = {}
+        self.matches: dict[str, list[int]] = {}
+
+    def add(self, name: str, elapsed: float, count: int) -> None:
+        self.times.setdefault(name, []).append(elapsed)
+        self.matches.setdefault(name, []).append(count)
+
+    def report(self) -> None:
+        for name, times in self.times.items():
+            out(f"{self.label}.{name}.n", len(times))
+            out(f"{self.label}.{name}.median_ms", statistics.median(times))
+            out(f"{self.label}.{name}.p95_ms", p95(times))
+            out(f"{self.label}.{name}.matches_mean", statistics.mean(self.matches[name]))
+
+
+def compare(ours: Series, theirs: Series, *, our_port: int, their_port: int, their_aet: str,
+            institutions: list[int], today: dt.date, runs: int, per: int) -> None:  # fmt: skip
+    """Alternate the same queries between the two servers, so both meet the same machine load."""
     rng = random.Random(7)
-    times: dict[str, list[float]] = {}
-    matches: dict[str, list[int]] = {}
     for run in range(runs):
         i = institutions[run % len(institutions)]
         for name, keys in queries(i, today, rng, per).items():
-            elapsed, count = findscu(port, calling_for(i), called, keys)
-            times.setdefault(name, []).append(elapsed)
-            matches.setdefault(name, []).append(count)
-    for name in times:
-        out(f"{label}.{name}.n", len(times[name]))
-        out(f"{label}.{name}.median_ms", statistics.median(times[name]))
-        out(f"{label}.{name}.p95_ms", p95(times[name]))
-        out(f"{label}.{name}.matches_mean", statistics.mean(matches[name]))
-    return times, matches
+            pair = [(ours, our_port, station_ae(i, "CT"), "PACSCLOUD"), (theirs, their_port, "BENCHSCU", their_aet)]
+            for series, port, calling, called in pair if run % 2 == 0 else reversed(pair):
+                series.add(name, *findscu(port, calling, called, keys))
+    ours.report()
+    theirs.report()
+    for name in ours.times:
+        out(f"ratio_p95.{name}.{ours.label}_over_{theirs.label}", p95(ours.times[name]) / p95(theirs.times[name]))
+        if ours.matches[name] != theirs.matches[name]:
+            out(f"warning.{name}", f"match counts differ between {ours.label} and {theirs.label}")
 
 
 def free_port() -> int:
@@ -282,58 +304,71 @@ def wait_for_echo(port: int, calling: str, called: str) -> None:
     raise RuntimeError("the DICOM service did not start")
 
 
-def run_ours(args, today: dt.date) -> dict:
+def start_ours() -> tuple[subprocess.Popen, int]:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "dicom_server", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
         start_new_session=True,
     )
+    wait_for_echo(port, station_ae(0, "CT"), "PACSCLOUD")
+    return server, port
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGTERM)
     try:
-        wait_for_echo(port, station_ae(0, "CT"), "PACSCLOUD")
-        per = args.orders // args.institutions
-        # warm-up: first connections and query plans
-        for i in range(min(5, args.institutions)):
-            findscu(port, station_ae(i, "CT"), "PACSCLOUD", queries(i, today, random.Random(1), per)["station_today"])
-        return measure("ours", port, "PACSCLOUD", lambda i: station_ae(i, "CT"), list(range(args.institutions)),
-                       today, args.runs, per)  # fmt: skip
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
 
 
-def run_orthanc(args, today: dt.date) -> dict:
-    harness = Path(os.environ.get("PEER_BENCH_DIR", "/work/shared/bench"))
-    env = {**os.environ, "ORTHANC_TCP_NODELAY": "1"}
+def start_orthanc(harness: Path, env: dict[str, str]) -> dict[str, str]:
     up = subprocess.run([str(harness / "orthanc_up.sh")], env=env, capture_output=True, text=True)
     if up.returncode != 0:
         raise RuntimeError(f"orthanc_up.sh failed: {up.stderr}")
     print(up.stdout.strip(), flush=True)
-    state = dict(
-        line.split("=", 1)
-        for line in (Path(os.environ["BENCH_HOME"]) / "data" / "orthanc.env").read_text().splitlines()
-        if "=" in line
-    )
-    folder, port = Path(state["ORTHANC_WORKLISTS"]), int(state["ORTHANC_DICOM_PORT"])
+    lines = (Path(os.environ["BENCH_HOME"]) / "data" / "orthanc.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def run(args: argparse.Namespace, today: dt.date) -> None:
     per = args.orders // args.institutions
-    results = {}
+    server, port = start_ours()
+    harness = Path(os.environ.get("PEER_BENCH_DIR", "/work/shared/bench"))
+    env = {**os.environ, "ORTHANC_TCP_NODELAY": "1"}
     try:
-        slugs = [f"{SLUG}{i:02d}" for i in range(args.institutions)]
-        started = time.perf_counter()
-        out("orthanc_all.items_written", worklist_files(folder, slugs))
-        out("orthanc_all.write_s", time.perf_counter() - started)
-        wait_for_echo(port, "BENCHSCU", state["ORTHANC_AET"])
-        results["all"] = measure("orthanc_all", port, state["ORTHANC_AET"], lambda i: "BENCHSCU",
-                                 list(range(args.institutions)), today, args.runs, per)  # fmt: skip
-        out("orthanc_one.items_written", worklist_files(folder, slugs[:1]))
-        results["one"] = measure("orthanc_one", port, state["ORTHANC_AET"], lambda i: "BENCHSCU", [0], today,
-                                 args.runs, per)  # fmt: skip
+        for i in range(min(5, args.institutions)):  # warm-up: connections, query plans
+            findscu(port, station_ae(i, "CT"), "PACSCLOUD", queries(i, today, random.Random(1), per)["station_today"])
+        if args.no_orthanc:
+            alone = Series("ours")
+            rng = random.Random(7)
+            for k in range(args.runs):
+                i = k % args.institutions
+                for name, keys in queries(i, today, rng, per).items():
+                    alone.add(name, *findscu(port, station_ae(i, "CT"), "PACSCLOUD", keys))
+            alone.report()
+            return
+        state = start_orthanc(harness, env)
+        try:
+            folder, their_port, their_aet = (
+                Path(state["ORTHANC_WORKLISTS"]), int(state["ORTHANC_DICOM_PORT"]), state["ORTHANC_AET"]
+            )  # fmt: skip
+            slugs = [f"{SLUG}{i:02d}" for i in range(args.institutions)]
+            started = time.perf_counter()
+            out("orthanc_all.items_written", worklist_files(folder, slugs))
+            out("orthanc_all.write_s", time.perf_counter() - started)
+            wait_for_echo(their_port, "BENCHSCU", their_aet)
+            compare(Series("ours_all"), Series("orthanc_all"), our_port=port, their_port=their_port,
+                    their_aet=their_aet, institutions=list(range(args.institutions)), today=today,
+                    runs=args.runs, per=per)  # fmt: skip
+            out("orthanc_one.items_written", worklist_files(folder, slugs[:1]))
+            compare(Series("ours_one"), Series("orthanc_one"), our_port=port, their_port=their_port,
+                    their_aet=their_aet, institutions=[0], today=today, runs=args.runs, per=per)  # fmt: skip
+        finally:
+            subprocess.run([str(harness / "orthanc_down.sh")], env=env, check=False)
     finally:
-        subprocess.run([str(harness / "orthanc_down.sh")], env=env, check=False)
-    return results
+        stop(server)
 
 
 def main() -> None:
@@ -359,15 +394,7 @@ def main() -> None:
     out("machine.load_avg_1m_start", os.getloadavg()[0])
     out("method", "dcmtk findscu -W, new process and association per query, TCP_NODELAY=1; "
         f"{args.runs} queries of each kind per server, rotating over the institutions")  # fmt: skip
-    ours = run_ours(args, today)
-    if not args.no_orthanc:
-        theirs = run_orthanc(args, today)
-        for name in ours[0]:
-            for config in ("all", "one"):
-                ratio = p95(ours[0][name]) / p95(theirs[config][0][name])
-                out(f"ratio_p95.{name}.ours_over_orthanc_{config}", ratio)
-            if statistics.mean(ours[1][name]) != statistics.mean(theirs["all"][1][name]):
-                out(f"warning.{name}", "match counts differ between Cloud PACS and Orthanc")
+    run(args, today)
     out("machine.load_avg_1m_end", os.getloadavg()[0])
     results = Path(os.environ["BENCH_HOME"]) / "results"
     results.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ class AwareDateTimeField(serializers.DateTimeField):
         return super().enforce_timezone(value)
 
 
-class PatientSerializer(serializers.ModelSerializer):
+class OrderPatientSerializer(serializers.ModelSerializer):
     name = serializers.CharField(
         help_text="DICOM PN: alphabetic=ideographic=phonetic groups, components separated by ^, "
         "e.g. WANG^XIAOMING=王^小明"
@@ -47,7 +47,7 @@ class StationSerializer(serializers.ModelSerializer):
 
 
 class OrderSerializer(serializers.ModelSerializer):
-    patient = PatientSerializer(read_only=True)
+    patient = OrderPatientSerializer(read_only=True)
     procedure = ProcedureSerializer(read_only=True)
     station = StationSerializer(read_only=True)
     study = serializers.UUIDField(source="study_id", read_only=True, allow_null=True)
@@ -134,7 +134,7 @@ class ReconciliationItemSerializer(serializers.ModelSerializer):
             "study_date": study.study_date,
             "description": study.description,
             "modalities": study.modalities,
-            "patient": PatientSerializer(study.patient).data,
+            "patient": OrderPatientSerializer(study.patient).data,
         }
 
 

@@ -1,6 +1,8 @@
 """Modality Worklist query latency: Cloud PACS beside Orthanc's worklist plugin.
 
-What it measures: the time a modality waits for its worklist, end to end, as
+What it measures: first the worklist's own work per query in-process
+(``core``: the database query, matching and building the answers), then the
+time a modality waits for its worklist, end to end, as
 dcmtk ``findscu -W`` sees it (a new process and association per query, like
 the peer harness; ``TCP_NODELAY=1`` on the client). Three queries:
 
@@ -73,7 +75,7 @@ from pacs_cloud.lib.dicom_match import response_identifier  # noqa: E402
 from pacs_cloud.lib.uids import new_uid  # noqa: E402
 from pacs_cloud.models import Institution  # noqa: E402
 from worklist.models import Order, Procedure, Station  # noqa: E402
-from worklist.mwl import order_record  # noqa: E402
+from worklist.mwl import find_scheduled_steps, order_record  # noqa: E402
 
 SLUG = "bench-mwl-"
 TZ = "Asia/Shanghai"
@@ -304,6 +306,35 @@ def wait_for_echo(port: int, calling: str, called: str) -> None:
     raise RuntimeError("the DICOM service did not start")
 
 
+def identifier_for(keys: list[str]) -> Dataset:
+    """The C-FIND identifier findscu builds from ``-k`` keys (this script's subset of its syntax)."""
+    ds = Dataset()
+    step = Dataset()
+    ds.ScheduledProcedureStepSequence = Sequence([step])
+    for key in [*keys, *RETURN_KEYS]:
+        path, _, value = key.partition("=")
+        target, keyword = (step, path.split(".", 1)[1]) if "." in path else (ds, path)
+        if keyword not in target or value:
+            setattr(target, keyword, value)
+    return ds
+
+
+def measure_core(args: argparse.Namespace, today: dt.date) -> None:
+    """The worklist's own work per query (database and matching, no network): find_scheduled_steps."""
+    per = args.orders // args.institutions
+    core = Series("core")
+    rng = random.Random(7)
+    institutions = {i: Institution.objects.get(slug=f"{SLUG}{i:02d}") for i in range(args.institutions)}
+    for k in range(args.runs):
+        i = k % args.institutions
+        for name, keys in queries(i, today, rng, per).items():
+            identifier = identifier_for(keys)
+            started = time.perf_counter()
+            count = len(list(find_scheduled_steps(identifier, institutions[i])))
+            core.add(name, (time.perf_counter() - started) * 1000, count)
+    core.report()
+
+
 def start_ours() -> tuple[subprocess.Popen, int]:
     port = free_port()
     server = subprocess.Popen(
@@ -394,6 +425,7 @@ def main() -> None:
     out("machine.load_avg_1m_start", os.getloadavg()[0])
     out("method", "dcmtk findscu -W, new process and association per query, TCP_NODELAY=1; "
         f"{args.runs} queries of each kind per server, rotating over the institutions")  # fmt: skip
+    measure_core(args, today)
     run(args, today)
     out("machine.load_avg_1m_end", os.getloadavg()[0])
     results = Path(os.environ["BENCH_HOME"]) / "results"

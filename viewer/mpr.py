@@ -125,7 +125,7 @@ class Geometry:
     def plane_layout(self, plane: str) -> PlaneLayout:
         labels = self.patient_axes()
         by_patient = {p: (axis, sign) for axis, (p, sign) in enumerate(labels)}
-        fixed_axis, _ = by_patient[_FIXED[plane]]
+        fixed_axis, fixed_sign = by_patient[_FIXED[plane]]
         (row_patient, row_dir), (col_patient, col_dir) = _DISPLAY[plane]
         row_axis, row_sign = by_patient[row_patient]
         col_axis, col_sign = by_patient[col_patient]
@@ -133,6 +133,7 @@ class Geometry:
         return PlaneLayout(
             plane=plane,
             fixed_axis=fixed_axis,
+            reverse_index=fixed_sign < 0,
             row_axis=row_axis,
             column_axis=col_axis,
             flip_rows=row_sign != row_dir,
@@ -165,6 +166,7 @@ class Geometry:
 class PlaneLayout:
     plane: str
     fixed_axis: int
+    reverse_index: bool  # the volume axis runs against the patient axis
     row_axis: int
     column_axis: int
     flip_rows: bool
@@ -331,6 +333,8 @@ def series_volume(series: Series, geom: Geometry | None = None) -> Volume:
 def reformat(volume: Volume, plane: str, index: int, *, slab_mm: float = 0.0, mode: str = "mip") -> np.ndarray:
     """The 2-D plane ``index`` of ``plane`` in display orientation; a slab when ``slab_mm`` > 0.
 
+    ``index`` counts from the patient's right (sagittal), front (coronal) or
+    feet (axial).
     A slab covers round(slab_mm / spacing) planes centred on ``index`` and is
     reduced by maximum (MIP), minimum (MinIP) or mean intensity.
     """
@@ -341,8 +345,11 @@ def reformat(volume: Volume, plane: str, index: int, *, slab_mm: float = 0.0, mo
     layout = volume.geometry.plane_layout(plane)
     if index < 0 or index >= layout.count:
         raise RenderError(f"{plane} position {index} is outside 0–{layout.count - 1}", status=404)
+    # Plane indices count along the patient axis (right→left, anterior→posterior,
+    # feet→head) whichever way the volume was acquired.
+    centre = layout.count - 1 - index if layout.reverse_index else index
     thickness = max(1, int(round(slab_mm / layout.spacing))) if slab_mm > 0 else 1
-    start = max(0, min(index - thickness // 2, layout.count - thickness))
+    start = max(0, min(centre - thickness // 2, layout.count - thickness))
     taken = np.take(volume.data, range(start, start + thickness), axis=layout.fixed_axis)
     if thickness == 1:
         plane_data = np.squeeze(taken, axis=layout.fixed_axis)

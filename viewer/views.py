@@ -26,6 +26,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers, status
 from rest_framework.authentication import BasicAuthentication, SessionAuthentication
 from rest_framework.permissions import IsAuthenticated
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -200,6 +201,11 @@ class DicomWebView(APIView):
     authentication_classes = [BearerTokenAuthentication, BasicAuthentication, SessionAuthentication]
     permission_classes = [IsAuthenticated]
     thumbnail = False
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[Any, str]:
+        # Images are negotiated by _negotiate; DRF's own negotiation would
+        # refuse "Accept: image/png" before the view runs. Errors stay JSON.
+        return (JSONRenderer(), "application/json")
 
     def handle_exception(self, exc: Exception) -> Any:
         if isinstance(exc, RenderError):

@@ -22,6 +22,8 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 @pytest.fixture(autouse=True)
 def _isolated_storage_and_caches(tmp_path, settings):
+    # Hashing fifteen tenant passwords with Argon2 dominates every test's set-up.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.STORAGE_URL = f"file://{tmp_path / 'objects'}"
     caches.clear_all()
     from django.core.cache import cache

@@ -7,15 +7,15 @@ import email
 import io
 
 import numpy as np
-from asgiref.sync import async_to_sync
 import pytest
+from asgiref.sync import async_to_sync
 from PIL import Image
 
 from pacs_cloud.models import AuditEvent
 from viewer import caches, pixels
 
 from ..conftest import PASSWORD, api_client
-from .conftest import store, store_sample, with_new_uids, sample
+from .conftest import sample, store, store_sample, with_new_uids
 
 
 def frame_url(instance, frame=1, kind="rendered"):
@@ -235,7 +235,10 @@ def test_opening_a_study_is_audited_once_not_per_frame(tenants, tmp_path, client
 def parts(response):
     body = body_of(response)
     message = email.message_from_bytes(b"Content-Type: " + response["Content-Type"].encode() + b"\r\n\r\n" + body)
-    return [(part.get_content_type(), part["Content-Location"], part.get_payload(decode=True)) for part in message.get_payload()]
+    return [
+        (part.get_content_type(), part["Content-Location"], part.get_payload(decode=True))
+        for part in message.get_payload()
+    ]
 
 
 def test_several_frames_come_back_as_multipart_related(tenants, tmp_path, client):
@@ -316,7 +319,12 @@ def test_a_colour_image_renders_in_colour(tenants, tmp_path, client):
 
 
 def test_compressed_instances_render_over_http(tenants, tmp_path, client):
-    for name in ("MR_small_jp2klossless.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_gdcm.dcm"):
+    for name in (
+        "MR_small_jp2klossless.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "SC_rgb_jpeg_gdcm.dcm",
+    ):
         instance = store(with_new_uids(sample(name)), tenants.a.institution, tmp_path)
         response = client.get(frame_url(instance), HTTP_ACCEPT="image/png")
         assert response.status_code == 200, name

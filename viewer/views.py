@@ -478,6 +478,20 @@ def _windows(metadata: dict) -> list[dict[str, Any]]:
     return out
 
 
+def _value_range(metadata: dict) -> list[float] | None:
+    """The modality values the stored bits can hold: the starting point for window dragging."""
+    try:
+        bits = int(_value(metadata, "00280101")[0])
+        signed = int((_value(metadata, "00280103") or [0])[0]) == 1
+        slope = float((mpr._functional(metadata, 0, "00289145", "00281053") or [1])[0])
+        intercept = float((mpr._functional(metadata, 0, "00289145", "00281052") or [0])[0])
+    except (IndexError, TypeError, ValueError):
+        return None
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    ends = sorted((lo * slope + intercept, hi * slope + intercept))
+    return [ends[0], ends[1]]
+
+
 def _text(metadata: dict, tag: str) -> str:
     values = _value(metadata, tag)
     if not values:
@@ -548,6 +562,7 @@ def study_manifest(study: Study, user: Any) -> dict[str, Any]:
                 ),
                 "instances": items,
                 "windows": _windows(middle),
+                "value_range": _value_range(middle),
                 "photometric": _text(middle, "00280004"),
                 "mpr": mpr.try_describe(series, instances) if len(items) >= 3 or _multiframe(instances) else None,
             }

@@ -561,9 +561,12 @@
     container.classList.toggle("mpr", state.mpr);
     if (!state.mpr) {
       template.hidden = false;
-      const vp = template.viewport || new Viewport(template, new StackSource(state.series));
+      const previous = template.viewport;
+      // Coming back from MPR to the same series keeps the image the reader was on.
+      const keep = index == null && previous && previous.source.series === state.series ? previous.index : index;
+      const vp = previous || new Viewport(template, new StackSource(state.series));
       template.viewport = vp;
-      vp.setSource(new StackSource(state.series), index);
+      vp.setSource(new StackSource(state.series), keep);
       state.viewports.push(vp);
       vp.resize();
       vp.show(vp.index);
@@ -576,6 +579,7 @@
       el.id = `${plane}-viewport`;
       el.setAttribute("aria-label", `${plane} reformat`);
       el.viewport = null;
+      for (const name of ["shown", "loaded", "index", "window"]) delete el.dataset[name];
       container.appendChild(el);
       const vp = new Viewport(el, new MprSource(state.series, plane));
       state.viewports.push(vp);

@@ -7,6 +7,7 @@ the archive's opaque UUIDs.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from uuid import UUID
 
@@ -14,44 +15,48 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import Http404, HttpRequest
 
-from archive.models import Instance, Series, Study
+from archive.models import Instance, Patient, Series, Study
 from pacs_cloud import audit
-from pacs_cloud.access import CLINICAL_ROLES, access_study, institution_ids, visible_instances, visible_series
+from pacs_cloud.access import CLINICAL_ROLES, access_study, can_view_study, institution_ids, visible_studies
 
 from .models import KeyImage
 
 
-def _prefer_own(user: Any, rows: list, institution_of: Any) -> Any:
-    """The same UIDs may be archived at two institutions (an imported copy): prefer the caller's own."""
-    if not rows:
-        raise Http404("Not found")
-    if len(rows) == 1:
-        return rows[0]
-    own = institution_ids(user, CLINICAL_ROLES)
-    return sorted(rows, key=lambda row: institution_of(row) not in own)[0]
+def _visible(user: Any, rows: list, study_of: Any) -> Any:
+    """The first of ``rows`` whose study the caller may see, preferring their own institution's copy."""
+    if len(rows) > 1:
+        own = institution_ids(user, CLINICAL_ROLES)
+        rows = sorted(rows, key=lambda r: study_of(r).institution_id not in own)
+    for row in rows:
+        if can_view_study(user, study_of(row)):
+            return row
+    raise Http404("Not found")
 
 
 def access_instance(user: Any, study_uid: str, series_uid: str, sop_uid: str) -> Instance:
-    """The instance named by its three UIDs (a DICOMweb path), with series, study and patient."""
+    """The instance named by its three UIDs (a DICOMweb path), with its series and study.
+
+    Looked up by UID first and then checked against the access policy: the
+    same 404 for missing and not-yours, at a fraction of the cost of
+    filtering through ``visible_instances`` on every rendered frame.
+    """
     rows = list(
-        visible_instances(user)
-        .filter(
+        Instance.objects.filter(
             sop_instance_uid=sop_uid,
             series__series_instance_uid=series_uid,
             series__study__study_instance_uid=study_uid,
-        )
-        .select_related("series__study__patient")[:2]
+        ).select_related("series__study")[:4]
     )
-    return _prefer_own(user, rows, lambda i: i.series.study.institution_id)
+    return _visible(user, rows, lambda i: i.series.study)
 
 
 def access_series_by_uid(user: Any, study_uid: str, series_uid: str) -> Series:
     rows = list(
-        visible_series(user)
-        .filter(series_instance_uid=series_uid, study__study_instance_uid=study_uid)
-        .select_related("study__patient")[:2]
+        Series.objects.filter(series_instance_uid=series_uid, study__study_instance_uid=study_uid).select_related(
+            "study__patient"
+        )[:4]
     )
-    return _prefer_own(user, rows, lambda s: s.study.institution_id)
+    return _visible(user, rows, lambda s: s.study)
 
 
 def access_study_by_uid(user: Any, study_uid: str) -> Study:
@@ -63,8 +68,8 @@ def access_series(user: Any, series_id: object) -> Series:
         key = UUID(str(series_id))
     except ValueError:
         raise Http404("No such series") from None
-    series = visible_series(user).filter(pk=key).select_related("study__patient").first()
-    if series is None:
+    series = Series.objects.filter(pk=key).select_related("study__patient").first()
+    if series is None or not can_view_study(user, series.study):
         raise Http404("No such series")
     return series
 
@@ -75,8 +80,6 @@ def access_key_image(user: Any, key_image_id: object) -> KeyImage:
         key = UUID(str(key_image_id))
     except ValueError:
         raise Http404("No such key image") from None
-    from pacs_cloud.access import visible_studies
-
     row = (
         KeyImage.objects.filter(pk=key, study__in=visible_studies(user))
         .select_related("study", "instance__series", "user")
@@ -85,6 +88,10 @@ def access_key_image(user: Any, key_image_id: object) -> KeyImage:
     if row is None:
         raise Http404("No such key image")
     return row
+
+
+# key → monotonic time until which this process need not ask the shared cache again
+_recorded: dict[str, float] = {}
 
 
 def record_study_view(request: HttpRequest, study: Study, *, via: str) -> bool:
@@ -96,15 +103,23 @@ def record_study_view(request: HttpRequest, study: Study, *, via: str) -> bool:
     """
     user = request.user
     key = f"viewer:opened:{getattr(user, 'pk', '')}:{study.pk}"
+    now = time.monotonic()
+    # This process already knows it recorded the opening: skip the shared cache.
+    if _recorded.get(key, 0) > now:
+        return False
     # add() is atomic in every cache backend: two workers cannot both win.
-    if not cache.add(key, 1, timeout=settings.VIEWER_AUDIT_WINDOW_SECONDS):
+    added = cache.add(key, 1, timeout=settings.VIEWER_AUDIT_WINDOW_SECONDS)
+    if len(_recorded) > 10_000:
+        _recorded.clear()
+    _recorded[key] = now + settings.VIEWER_AUDIT_WINDOW_SECONDS / 2
+    if not added:
         return False
     audit.record(
         "study.view",
         request=request,
         object_type="study",
         object_id=study.pk,
-        patient_id=study.patient.patient_id,
+        patient_id=Patient.objects.filter(pk=study.patient_id).values_list("patient_id", flat=True).first() or "",
         institution=study.institution_id,
         detail={"via": via, "study_instance_uid": study.study_instance_uid},
     )

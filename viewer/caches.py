@@ -121,3 +121,6 @@ def clear_all() -> None:
     """Empty both caches (tests and the benchmark's cold runs)."""
     decoded_cache().clear()
     render_cache().clear()
+    from .access import _recorded
+
+    _recorded.clear()

@@ -15,6 +15,7 @@ volume's modality values are decoded once and kept in the process's LRU.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from archive.models import Instance, Series
 from . import pixels
 from .caches import decoded_cache
 from .pixels import FrameInfo, RenderError, Voi, Window
-from .render import instance_cache_id, load_dataset, register_volume_slices
+from .render import instance_cache_id, load_dataset, read_native_frame, register_volume_slices
 
 PLANES = ("axial", "coronal", "sagittal")
 MODES = ("mip", "minip", "avg")
@@ -229,12 +230,8 @@ def geometry(instances: list[Instance]) -> Geometry:
 
 
 def series_geometry(series: Series) -> Geometry:
-    instances = list(
-        series.instances.only(
-            "id", "sha256", "storage_key", "rows", "columns", "number_of_frames", "metadata", "instance_number"
-        )
-    )
-    return geometry(instances)
+    # Whole rows: the decoding threads must not go back to the database.
+    return geometry(list(series.instances.all()))
 
 
 def try_describe(series: Series, instances: list[Instance]) -> dict[str, Any] | None:
@@ -255,74 +252,97 @@ class Volume:
     geometry: Geometry
     infos: list[FrameInfo]
     default_window: Window | None = None
-    value_range: tuple[float, float] = field(default=(0.0, 0.0))
+    _range: tuple[float, float] | None = field(default=None, repr=False)
 
     @property
     def nbytes(self) -> int:
         return int(self.data.nbytes)
 
+    @property
+    def value_range(self) -> tuple[float, float]:
+        if self._range is None:
+            self._range = (float(self.data.min()), float(self.data.max()))
+        return self._range
 
-def volume_key(geom: Geometry) -> tuple:
-    return ("volume", tuple((str(s.instance.pk), s.instance.sha256, s.frame) for s in geom.slices))
+
+def volume_key(series: Series) -> tuple:
+    """The cache key of a series' volume: changes whenever an instance is added or replaced.
+
+    Costs one narrow query, so a warm request never parses metadata.
+    """
+    members = sorted(
+        (str(pk), sha, frames) for pk, sha, frames in series.instances.values_list("pk", "sha256", "number_of_frames")
+    )
+    digest = hashlib.sha256(repr(members).encode()).hexdigest()
+    return ("volume", str(series.pk), digest)
 
 
-def _decode_slices(geom: Geometry) -> tuple[list[np.ndarray], list[FrameInfo]]:
-    """Decode every slice (threads: file reads and codecs release the GIL)."""
+def _exact_int16(arr: np.ndarray, info: FrameInfo) -> int | None:
+    """The integer intercept when ``slope == 1`` maps ``arr`` into int16 exactly, else None."""
+    if info.modality_lut is not None or info.slope != 1 or not float(info.intercept).is_integer():
+        return None
+    if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2:
+        return None
+    intercept = int(info.intercept)
+    if int(arr.min()) + intercept < -32768 or int(arr.max()) + intercept > 32767:
+        return None
+    return intercept
+
+
+def load_volume(geom: Geometry) -> Volume:
+    """Decode every slice straight into one int16 array of modality values.
+
+    Worker threads overlap file reads, codecs and numpy work (all release the
+    GIL for their heavy part). A slice whose rescaling is not an exact int16
+    mapping (fractional slope, LUT, out of range) turns the volume float32.
+    """
+    data = np.empty(geom.shape, dtype=np.int16)
+    infos: list[Any] = [None] * len(geom.slices)
+    inexact: dict[int, np.ndarray] = {}
     by_instance: dict[Any, list[int]] = {}
     for index, ref in enumerate(geom.slices):
         by_instance.setdefault(ref.instance.pk, []).append(index)
-    arrays: list[Any] = [None] * len(geom.slices)
-    infos: list[Any] = [None] * len(geom.slices)
+
+    def store(index: int, frame: pixels.DecodedFrame) -> None:
+        if frame.info.is_color:
+            raise RenderError("MPR needs grayscale images", status=422)
+        infos[index] = frame.info
+        intercept = _exact_int16(frame.pixels, frame.info)
+        if intercept is None:
+            inexact[index] = pixels.modality_values(frame.pixels, frame.info).astype(np.float32)
+        else:
+            np.add(frame.pixels, intercept, out=data[index], casting="unsafe")
 
     def work(indices: list[int]) -> None:
-        ds = load_dataset(geom.slices[indices[0]].instance)
+        instance = geom.slices[indices[0]].instance
+        pending = []
         for index in indices:
-            frame = pixels.decode_frame(ds, geom.slices[index].frame)
-            if frame.info.is_color:
-                raise RenderError("MPR needs grayscale images", status=422)
-            arrays[index] = frame.pixels
-            infos[index] = frame.info
+            frame = read_native_frame(instance, geom.slices[index].frame)
+            if frame is None:
+                pending.append(index)
+            else:
+                store(index, frame)
+        if pending:  # compressed or unusual objects: parse once, decode each frame
+            ds = load_dataset(instance)
+            for index in pending:
+                store(index, pixels.decode_frame(ds, geom.slices[index].frame))
 
     workers = min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(work, by_instance.values()))
-    return arrays, infos
-
-
-def load_volume(geom: Geometry) -> Volume:
-    arrays, infos = _decode_slices(geom)
-    exact = all(
-        info.modality_lut is None and float(info.slope).is_integer() and float(info.intercept).is_integer()
-        for info in infos
-    )
-    if exact:
-        data = np.empty(geom.shape, dtype=np.int16)
-        for index, (arr, info) in enumerate(zip(arrays, infos, strict=True)):
-            values = arr.astype(np.int32) * int(info.slope) + int(info.intercept)
-            if values.size and (values.min() < -32768 or values.max() > 32767):
-                exact = False
-                break
-            data[index] = values
-    if not exact:
-        data = np.empty(geom.shape, dtype=np.float32)
-        for index, (arr, info) in enumerate(zip(arrays, infos, strict=True)):
-            data[index] = pixels.modality_values(arr, info)
-    lo, hi = float(data.min()), float(data.max())
+    if inexact:
+        values = data.astype(np.float32)
+        for index, plane in inexact.items():
+            values[index] = plane
+        data = values
     windows = infos[len(infos) // 2].windows
-    return Volume(
-        data=data,
-        geometry=geom,
-        infos=infos,
-        default_window=windows[0] if windows else None,
-        value_range=(lo, hi),
-    )
+    return Volume(data=data, geometry=geom, infos=infos, default_window=windows[0] if windows else None)
 
 
-def series_volume(series: Series, geom: Geometry | None = None) -> Volume:
+def series_volume(series: Series, key: tuple | None = None) -> Volume:
     """The decoded volume of ``series`` from this process's LRU, loading it once."""
-    geom = geom or series_geometry(series)
-    key = volume_key(geom)
-    volume = decoded_cache().get_or_load(key, lambda: load_volume(geom))
+    key = key or volume_key(series)
+    volume = decoded_cache().get_or_load(key, lambda: load_volume(series_geometry(series)))
     register_volume_slices(key, [(instance_cache_id(s.instance), s.frame) for s in volume.geometry.slices])
     return volume
 

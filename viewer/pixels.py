@@ -288,6 +288,93 @@ def _geometry(ds: Dataset, index: int, info: FrameInfo) -> FrameInfo:
     return info
 
 
+class JsonAttributes:
+    """Read access to DICOM JSON (PS3.18 F.2) with the bits of the Dataset API ``frame_info`` uses.
+
+    The archive keeps every instance's attributes as DICOM JSON, so the
+    pipeline's parameters come from the index without parsing the file.
+    Bulk data (stored as a ``BulkDataURI``) reads as absent.
+    """
+
+    __slots__ = ("_json",)
+
+    def __init__(self, json_dict: dict) -> None:
+        self._json = json_dict
+
+    @staticmethod
+    def _tag(keyword: str) -> str | None:
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        return None if tag is None else f"{tag:08X}"
+
+    def _value(self, keyword: str) -> Any:
+        tag = self._tag(keyword)
+        element = self._json.get(tag) if tag else None
+        if element is None or "Value" not in element:
+            return None
+        values = element["Value"]
+        if element.get("vr") == "SQ":
+            return [JsonAttributes(item) for item in values]
+        values = [v.get("Alphabetic", "") if isinstance(v, dict) else v for v in values]
+        return values[0] if len(values) == 1 else values
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        value = self._value(keyword)
+        return default if value is None else value
+
+    def __contains__(self, keyword: str) -> bool:
+        tag = self._tag(keyword)
+        return bool(tag and tag in self._json)
+
+    def __getattr__(self, keyword: str) -> Any:
+        if keyword.startswith("_"):
+            raise AttributeError(keyword)
+        value = self._value(keyword)
+        if value is None:
+            raise AttributeError(keyword)
+        return value
+
+
+def frame_info_from_json(metadata: dict, index: int = 0) -> FrameInfo | None:
+    """``frame_info`` from stored DICOM JSON, or None when the JSON cannot say everything.
+
+    LUT sequences carry their tables as bulk data, which the JSON does not
+    hold: such images take the file path.
+    """
+    attributes = JsonAttributes(metadata)
+    if any(
+        name in attributes
+        for name in (
+            "ModalityLUTSequence",
+            "VOILUTSequence",
+            "PresentationLUTSequence",
+            "RedPaletteColorLookupTableData",
+        )
+    ):
+        return None
+    return frame_info(attributes, index)  # type: ignore[arg-type]
+
+
+def native_frame_layout(info: FrameInfo, transfer_syntax: str) -> np.dtype | None:
+    """The numpy dtype of a frame stored natively little-endian, 8/16-bit grayscale; else None."""
+    if transfer_syntax not in (pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian):
+        return None
+    if info.samples != 1 or info.bits_allocated not in (8, 16):
+        return None
+    if info.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    return np.dtype(("<i" if info.signed else "<u") + str(info.bits_allocated // 8))
+
+
+def stored_values(raw: np.ndarray, info: FrameInfo) -> np.ndarray:
+    """Mask (unsigned) or sign-extend (signed) words whose Bits Stored is below Bits Allocated (PS3.5 8.1.1)."""
+    unused = info.bits_allocated - info.bits_stored
+    if unused <= 0:
+        return raw
+    if info.signed:
+        return (raw << unused) >> unused  # the arithmetic shift carries the sign bit down
+    return raw & np.array((1 << info.bits_stored) - 1, dtype=raw.dtype)
+
+
 # Decoding -------------------------------------------------------------------
 
 
@@ -321,6 +408,9 @@ def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
         raise RenderError(f"frame {index + 1} does not exist; the object has {info.number_of_frames}", status=404)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise RenderError("the object has no pixel data", status=422)
+    native = _native_grayscale(ds, info, index)
+    if native is not None:
+        return DecodedFrame(pixels=native, info=info)
     try:
         # raw=False converts YBR_FULL/YBR_FULL_422 to RGB when the codec has not.
         arr = pixel_array(ds, index=index if info.number_of_frames > 1 else None)
@@ -334,6 +424,30 @@ def decode_frame(ds: Dataset, index: int = 0) -> DecodedFrame:
     if info.photometric == "PALETTE COLOR":
         frame.palette, frame.palette_first = _palette(ds)
     return frame
+
+
+def _native_grayscale(ds: Dataset, info: FrameInfo, index: int) -> np.ndarray | None:
+    """Frame ``index`` of uncompressed little-endian 8/16-bit grayscale, without pydicom's decoder.
+
+    Most CT and MR: a view on the element's bytes, masked or sign-extended.
+    Anything else returns None for pydicom.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:  # inflated by dcmread
+        syntax = pydicom.uid.ExplicitVRLittleEndian
+    dtype = native_frame_layout(info, str(syntax or ""))
+    if dtype is None or "PixelData" not in ds:
+        return None
+    data = ds.PixelData
+    if not isinstance(data, bytes | bytearray):
+        return None
+    size = info.rows * info.columns
+    if len(data) < (index + 1) * size * dtype.itemsize:
+        raise RenderError(
+            f"the pixel data is shorter ({len(data)} bytes) than {info.number_of_frames} frames need", status=422
+        )
+    arr = np.frombuffer(data, dtype=dtype, count=size, offset=index * size * dtype.itemsize)
+    return stored_values(arr.reshape(info.rows, info.columns), info)
 
 
 def _little_endian(ds: Dataset) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import pydicom
 from django.conf import settings
 from PIL import Image
 
@@ -87,6 +88,66 @@ def instance_cache_id(instance: Instance) -> tuple[str, str]:
     return (str(instance.pk), instance.sha256)
 
 
+def read_native_frame(instance: Instance, index: int) -> DecodedFrame | None:
+    """Read one natively stored grayscale frame straight from the object, without parsing it.
+
+    The pipeline's attributes come from the archive's DICOM JSON. The Pixel
+    Data element is found at the end of the object and accepted only when its
+    tag, VR and length are exactly what the attributes predict; anything else
+    (trailing elements, odd lengths, other syntaxes) returns None and the
+    object is parsed in full.
+    """
+    if not instance.metadata:
+        return None
+    try:
+        info = pixels.frame_info_from_json(instance.metadata, index)
+    except RenderError:
+        return None
+    if info is None:
+        return None
+    dtype = pixels.native_frame_layout(info, instance.transfer_syntax_uid)
+    if dtype is None:
+        return None
+    frame_bytes = info.rows * info.columns * dtype.itemsize
+    total = frame_bytes * info.number_of_frames
+    if total % 2 or not 0 <= index < info.number_of_frames:
+        return None
+    start = instance.size - total
+    explicit = instance.transfer_syntax_uid == pydicom.uid.ExplicitVRLittleEndian
+    header_size = 12 if explicit else 8
+    if start < 132 + header_size:
+        return None
+    with get_storage().open(instance.storage_key) as handle:
+        if not getattr(handle, "seekable", lambda: False)():
+            return None
+        handle.seek(start - header_size)
+        header = handle.read(header_size)
+        if explicit:
+            valid = (
+                header[:4] == _PIXEL_DATA_TAG
+                and header[4:6] in (b"OW", b"OB")
+                and header[8:12] == total.to_bytes(4, "little")
+            )
+        else:
+            valid = header[:4] == _PIXEL_DATA_TAG and header[4:8] == total.to_bytes(4, "little")
+        if not valid:
+            return None
+        handle.seek(start + index * frame_bytes)
+        data = handle.read(frame_bytes)
+    if len(data) != frame_bytes:
+        return None
+    raw = np.frombuffer(data, dtype=dtype).reshape(info.rows, info.columns)
+    return DecodedFrame(pixels=pixels.stored_values(raw, info), info=info)
+
+
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+
+
+def read_frame(instance: Instance, index: int) -> DecodedFrame:
+    """Frame ``index`` (0-based): straight from the object when stored natively, else decoded by pydicom."""
+    return read_native_frame(instance, index) or pixels.decode_frame(load_dataset(instance), index)
+
+
 def decoded_frame(instance: Instance, frame_number: int) -> DecodedFrame:
     """Frame ``frame_number`` (1-based) of ``instance``, decoded once per process."""
     if frame_number < 1 or frame_number > max(instance.number_of_frames, 1):
@@ -97,9 +158,7 @@ def decoded_frame(instance: Instance, frame_number: int) -> DecodedFrame:
     from_volume = _frame_from_volume(cache_id)
     if from_volume is not None:
         return from_volume
-    return decoded_cache().get_or_load(
-        ("frame", *cache_id), lambda: pixels.decode_frame(load_dataset(instance), frame_number - 1)
-    )
+    return decoded_cache().get_or_load(("frame", *cache_id), lambda: read_frame(instance, frame_number - 1))
 
 
 def render_key(instance: Instance, frames: str, params: RenderParams, kind: str = "rendered") -> str:

@@ -405,12 +405,12 @@ class MprImage(DicomWebView):
         if mode not in mpr.MODES:
             raise RenderError(f"mode must be one of {', '.join(mpr.MODES)}")
         record_study_view(request, series.study, via="viewer.mpr")
-        geom = mpr.series_geometry(series)
-        key_text = f"{pixels.ENGINE_VERSION}|mpr|{mpr.volume_key(geom)}|{plane}|{index}|{slab}|{mode}|{params.key()}"
+        key = mpr.volume_key(series)
+        key_text = f"{pixels.ENGINE_VERSION}|mpr|{key}|{plane}|{index}|{slab}|{mode}|{params.key()}"
         etag = hashlib.sha256(key_text.encode()).hexdigest()[:40]
 
         def produce() -> bytes:
-            volume = mpr.series_volume(series, geom)
+            volume = mpr.series_volume(series, key)
             plane_data = mpr.reformat(volume, plane, index, slab_mm=slab, mode=mode)
             voi = mpr.volume_voi(volume, params.window, params.preset)
             display = pixels.modality_display(plane_data, voi, volume.infos[0])

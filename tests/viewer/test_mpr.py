@@ -112,15 +112,15 @@ def test_a_frame_of_a_loaded_volume_renders_exactly_as_before(ct_volume, tenants
     before = client.get(frame).content
     caches.clear_all()
     volume_of(vol)
-    from viewer import pixels
+    from viewer import render
 
     calls = []
-    real = pixels.decode_frame
-    pixels.decode_frame = lambda *a, **k: calls.append(1) or real(*a, **k)
+    real = render.read_frame
+    render.read_frame = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
         after = client.get(frame).content
     finally:
-        pixels.decode_frame = real
+        render.read_frame = real
     assert calls == []  # served from the volume
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(before))), np.asarray(Image.open(io.BytesIO(after))))
 

@@ -326,3 +326,24 @@ def test_a_file_window_of_zero_width_falls_back_to_the_images_range():
     frame = pixels.decode_frame(ds)
     assert frame.info.windows == []
     assert pixels.choose_voi(frame).window.explanation == "AUTO"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "693_UNCI.dcm",
+        "MR-SIEMENS-DICOM-WithOverlays.dcm",
+        "emri_small.dcm",
+        "vlut_04.dcm",
+        "mlut_18.dcm",
+        "image_dfl.dcm",
+    ],
+)
+def test_the_native_fast_path_decodes_exactly_as_pydicom(name):
+    ds = sample(name)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    expected = ds.pixel_array.reshape(frames, ds.Rows, ds.Columns)
+    for index in range(frames):
+        frame = pixels.decode_frame(ds, index)
+        assert frame.pixels.dtype == expected.dtype
+        assert np.array_equal(frame.pixels, expected[index])

@@ -12,7 +12,7 @@ from asgiref.sync import async_to_sync
 from PIL import Image
 
 from pacs_cloud.models import AuditEvent
-from viewer import caches, pixels
+from viewer import caches, pixels, render
 
 from ..conftest import PASSWORD, api_client
 from .conftest import sample, store, store_sample, with_new_uids
@@ -151,8 +151,8 @@ def test_a_rendered_frame_is_served_from_the_shared_cache_without_decoding(ct, c
     client.get(frame_url(ct))
     caches.decoded_cache().clear()  # as if another web worker answered
     calls = []
-    real = pixels.decode_frame
-    monkeypatch.setattr(pixels, "decode_frame", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = render.read_frame
+    monkeypatch.setattr(render, "read_frame", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert client.get(frame_url(ct)).status_code == 200
     assert calls == []
     assert client.get(frame_url(ct) + "?window=1,2").status_code == 200
@@ -162,8 +162,8 @@ def test_a_rendered_frame_is_served_from_the_shared_cache_without_decoding(ct, c
 def test_re_windowing_a_frame_reuses_the_decoded_pixels(ct, client, monkeypatch):
     client.get(frame_url(ct))
     calls = []
-    real = pixels.decode_frame
-    monkeypatch.setattr(pixels, "decode_frame", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = render.read_frame
+    monkeypatch.setattr(render, "read_frame", lambda *a, **k: calls.append(1) or real(*a, **k))
     for c in range(5):
         assert client.get(frame_url(ct) + f"?window={c * 50},400").status_code == 200
     assert calls == []
@@ -328,3 +328,34 @@ def test_compressed_instances_render_over_http(tenants, tmp_path, client):
         instance = store(with_new_uids(sample(name)), tenants.a.institution, tmp_path)
         response = client.get(frame_url(instance), HTTP_ACCEPT="image/png")
         assert response.status_code == 200, name
+
+
+@pytest.mark.parametrize(
+    "name", ["693_UNCI.dcm", "MR_small_implicit.dcm", "emri_small.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm"]
+)
+def test_native_frames_are_read_straight_from_storage_exactly(tenants, tmp_path, name):
+    instance = store(with_new_uids(sample(name)), tenants.a.institution, tmp_path)
+    ds = sample(name)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    expected = ds.pixel_array.reshape(frames, ds.Rows, ds.Columns)
+    for index in range(frames):
+        frame = render.read_native_frame(instance, index)
+        assert frame is not None, "expected the direct read"
+        assert np.array_equal(frame.pixels, expected[index])
+        assert frame.info.windows == pixels.frame_info(ds, index).windows
+
+
+def test_objects_the_direct_read_cannot_vouch_for_are_parsed_in_full(tenants, tmp_path):
+    from pydicom.dataelem import DataElement
+
+    ds = with_new_uids(sample("CT_small.dcm"))
+    ds.add(DataElement(0xFFFCFFFC, "OB", b"\0" * 16))  # Data Set Trailing Padding after the pixels
+    padded = store(ds, tenants.a.institution, tmp_path)
+    assert render.read_native_frame(padded, 0) is None
+    lut = store(with_new_uids(sample("mlut_18.dcm")), tenants.a.institution, tmp_path)
+    assert render.read_native_frame(lut, 0) is None  # the Modality LUT is bulk data in the index
+    compressed = store(with_new_uids(sample("MR_small_RLE.dcm")), tenants.a.institution, tmp_path)
+    assert render.read_native_frame(compressed, 0) is None
+    for instance, name in ((padded, "CT_small.dcm"), (lut, "mlut_18.dcm"), (compressed, "MR_small.dcm")):
+        frame = render.read_frame(instance, 0)
+        assert np.array_equal(frame.pixels, sample(name).pixel_array)

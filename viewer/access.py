@@ -7,7 +7,9 @@ the archive's opaque UUIDs.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 from uuid import UUID
 
@@ -33,13 +35,22 @@ def _visible(user: Any, rows: list, study_of: Any) -> Any:
     raise Http404("Not found")
 
 
-def access_instance(user: Any, study_uid: str, series_uid: str, sop_uid: str) -> Instance:
-    """The instance named by its three UIDs (a DICOMweb path), with its series and study.
+# DICOMweb UIDs → archived rows, for a short while: a series scrolled frame by
+# frame resolves the same few hundred UIDs again and again. Only the lookup is
+# remembered; whether the caller may see the study is decided on every request.
+_RESOLVE_SECONDS = 60.0
+_RESOLVE_MAX = 20_000
+_resolved: OrderedDict[tuple[str, str, str], tuple[float, list[Instance]]] = OrderedDict()
+_resolved_lock = threading.Lock()
 
-    Looked up by UID first and then checked against the access policy: the
-    same 404 for missing and not-yours, at a fraction of the cost of
-    filtering through ``visible_instances`` on every rendered frame.
-    """
+
+def _instances_by_uid(study_uid: str, series_uid: str, sop_uid: str) -> list[Instance]:
+    key = (study_uid, series_uid, sop_uid)
+    now = time.monotonic()
+    with _resolved_lock:
+        hit = _resolved.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
     rows = list(
         Instance.objects.filter(
             sop_instance_uid=sop_uid,
@@ -47,7 +58,28 @@ def access_instance(user: Any, study_uid: str, series_uid: str, sop_uid: str) ->
             series__study__study_instance_uid=study_uid,
         ).select_related("series__study")[:4]
     )
-    return _visible(user, rows, lambda i: i.series.study)
+    if rows:  # never remember an absence: the instance may arrive any moment
+        with _resolved_lock:
+            _resolved[key] = (now + _RESOLVE_SECONDS, rows)
+            _resolved.move_to_end(key)
+            while len(_resolved) > _RESOLVE_MAX:
+                _resolved.popitem(last=False)
+    return rows
+
+
+def forget_resolved() -> None:
+    with _resolved_lock:
+        _resolved.clear()
+
+
+def access_instance(user: Any, study_uid: str, series_uid: str, sop_uid: str) -> Instance:
+    """The instance named by its three UIDs (a DICOMweb path), with its series and study.
+
+    Looked up by UID first and then checked against the access policy: the
+    same 404 for missing and not-yours, at a fraction of the cost of
+    filtering through ``visible_instances`` on every rendered frame.
+    """
+    return _visible(user, _instances_by_uid(study_uid, series_uid, sop_uid), lambda i: i.series.study)
 
 
 def access_series_by_uid(user: Any, study_uid: str, series_uid: str) -> Series:

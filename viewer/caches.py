@@ -121,6 +121,7 @@ def clear_all() -> None:
     """Empty both caches (tests and the benchmark's cold runs)."""
     decoded_cache().clear()
     render_cache().clear()
-    from .access import _recorded
+    from .access import _recorded, forget_resolved
 
     _recorded.clear()
+    forget_resolved()

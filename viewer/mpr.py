@@ -296,7 +296,7 @@ def load_volume(geom: Geometry) -> Volume:
     GIL for their heavy part). A slice whose rescaling is not an exact int16
     mapping (fractional slope, LUT, out of range) turns the volume float32.
     """
-    data = np.empty(geom.shape, dtype=np.int16)
+    data: np.ndarray = np.empty(geom.shape, dtype=np.int16)
     infos: list[Any] = [None] * len(geom.slices)
     inexact: dict[int, np.ndarray] = {}
     by_instance: dict[Any, list[int]] = {}

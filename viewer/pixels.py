@@ -627,7 +627,7 @@ def to_display(frame: DecodedFrame, voi: Voi | None = None) -> np.ndarray:
     voi = voi or choose_voi(frame)
     if px.dtype.itemsize <= 2 and px.dtype.kind in "iu":
         lut = grayscale_lut(info, voi, px.dtype)
-        unsigned = px.view(np.uint8 if px.dtype.itemsize == 1 else np.uint16)
+        unsigned: Any = px.view(np.uint8 if px.dtype.itemsize == 1 else np.uint16)
         return np.take(lut, unsigned)
     return p_values(modality_values(px, info), voi, info)
 

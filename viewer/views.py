@@ -10,8 +10,11 @@ opening a study is audited once per user and audit window, not per frame.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -19,6 +22,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
@@ -54,6 +58,8 @@ from .render import (
     render_frame,
     render_key,
 )
+
+log = logging.getLogger(__name__)
 
 CACHE_CONTROL = "private, max-age=3600"
 # Must match the ``viewer-render-mpr`` route (a test checks it).
@@ -160,17 +166,28 @@ def _not_modified(request: Request, etag: str) -> bool:
     return bool(header) and (header.strip() == "*" or f'"{etag}"' in [t.strip() for t in header.split(",")])
 
 
-def _cached_headers(response: HttpResponse, etag: str) -> HttpResponse:
+def _cached_headers(response: Any, etag: str) -> Any:
     response["ETag"] = f'"{etag}"'
     response["Cache-Control"] = CACHE_CONTROL
     response["Vary"] = "Accept, Authorization, Cookie"
     return response
 
 
-def _image_response(request: Request, etag: str, media_type: str, produce: Any) -> HttpResponse:
+def _image_response(request: Request, etag: str, media_type: str, produce: Any) -> HttpResponseBase:
     if _not_modified(request, etag):
         return _cached_headers(HttpResponse(status=304), etag)
     return _cached_headers(HttpResponse(produce(), content_type=media_type), etag)
+
+
+MULTIPART_RENDER_AHEAD = 4
+
+
+async def _render_part(location: str, produce: Any) -> tuple[str, bytes | None]:
+    try:
+        return location, await sync_to_async(produce, thread_sensitive=False)()
+    except RenderError as exc:  # one unrenderable image must not cut the rest of the series off
+        log.warning("rendering %s for a multipart response failed: %s", location, exc.message)
+        return location, None
 
 
 def _multipart(
@@ -182,9 +199,22 @@ def _multipart(
     boundary = secrets.token_hex(16)
 
     async def body() -> AsyncIterator[bytes]:
-        for location, produce in parts:
-            # Rendering needs no database: a worker thread keeps the event loop free.
-            data = await sync_to_async(produce, thread_sensitive=False)()
+        # Rendering needs no database, so parts are rendered a few at a time in
+        # worker threads (file reads, numpy and the JPEG codec release the
+        # GIL) and sent in order as each is ready.
+        pending: deque[asyncio.Future] = deque()
+        upcoming = iter(parts)
+        for location, produce in upcoming:
+            pending.append(asyncio.ensure_future(_render_part(location, produce)))
+            if len(pending) >= MULTIPART_RENDER_AHEAD:
+                break
+        while pending:
+            location, data = await pending.popleft()
+            following = next(upcoming, None)
+            if following is not None:
+                pending.append(asyncio.ensure_future(_render_part(*following)))
+            if data is None:
+                continue
             head = f"--{boundary}\r\nContent-Type: {media_type}\r\nContent-Location: {location}\r\n\r\n"
             yield head.encode() + data + b"\r\n"
         yield f"--{boundary}--\r\n".encode()
@@ -239,7 +269,7 @@ _IMAGE_RESPONSES = {
 
 class FrameRendered(DicomWebView):
     @extend_schema(parameters=_SCHEMA_PARAMS, responses=_IMAGE_RESPONSES, tags=["dicomweb"])
-    def get(self, request: Request, study: str, series: str, instance: str, frames: str) -> HttpResponse:
+    def get(self, request: Request, study: str, series: str, instance: str, frames: str) -> HttpResponseBase:
         target = access_instance(request.user, study, series, instance)
         numbers = _frame_numbers(frames, target)
         multipart = len(numbers) > 1
@@ -269,7 +299,7 @@ class InstanceRendered(DicomWebView):
     """One instance: its first frame, or every frame as an animated GIF when image/gif is asked for."""
 
     @extend_schema(parameters=_SCHEMA_PARAMS, responses=_IMAGE_RESPONSES, tags=["dicomweb"])
-    def get(self, request: Request, study: str, series: str, instance: str) -> HttpResponse:
+    def get(self, request: Request, study: str, series: str, instance: str) -> HttpResponseBase:
         target = access_instance(request.user, study, series, instance)
         media_type = _negotiate(request)
         params = _params(request, media_type, thumbnail=self.thumbnail)
@@ -310,7 +340,7 @@ class SeriesRendered(DicomWebView):
     """Every frame of every image in the series as multipart/related; the thumbnail is its middle image."""
 
     @extend_schema(parameters=_SCHEMA_PARAMS, responses=_IMAGE_RESPONSES, tags=["dicomweb"])
-    def get(self, request: Request, study: str, series: str) -> HttpResponse:
+    def get(self, request: Request, study: str, series: str) -> HttpResponseBase:
         target = access_series_by_uid(request.user, study, series)
         kind = "thumbnail" if self.thumbnail else "rendered"
         record_study_view(request, target.study, via=f"dicomweb.{kind}")
@@ -334,7 +364,7 @@ class StudyRendered(DicomWebView):
     """Every frame of the study as multipart/related; the thumbnail is the first series' middle image."""
 
     @extend_schema(parameters=_SCHEMA_PARAMS, responses=_IMAGE_RESPONSES, tags=["dicomweb"])
-    def get(self, request: Request, study: str) -> HttpResponse:
+    def get(self, request: Request, study: str) -> HttpResponseBase:
         target = access_study_by_uid(request.user, study)
         kind = "thumbnail" if self.thumbnail else "rendered"
         record_study_view(request, target, via=f"dicomweb.{kind}")
@@ -389,7 +419,7 @@ class MprImage(DicomWebView):
         tags=["viewer"],
         operation_id="viewer_mpr_image",
     )
-    def get(self, request: Request, series_id: str, plane: str, index: int) -> HttpResponse:
+    def get(self, request: Request, series_id: str, plane: str, index: int) -> HttpResponseBase:
         series = access_series(request.user, series_id)
         media_type = _negotiate(request)
         params = _params(request, media_type)

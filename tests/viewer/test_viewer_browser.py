@@ -168,6 +168,16 @@ def test_a_reader_scrolls_windows_measures_and_marks_a_key_image(ct_volume, tena
     open_viewer(page, live_url, study)
     exercise_viewer(page, vol, study, tenants)
 
+    # Cine plays through the series and stops again.
+    before = int(page.locator("#stack-viewport").get_attribute("data-shown"))
+    page.fill("#cine-fps", "30")
+    page.click("#cine")
+    page.wait_for_function(
+        "([start]) => Number(document.querySelector('#stack-viewport').dataset.shown) !== start", arg=[before]
+    )
+    page.click("#cine")
+    assert page.locator("#cine").get_attribute("aria-pressed") == "false"
+
     # MPR: three reformats appear, the sagittal one head up in its physical aspect.
     page.click("#mpr-toggle")
     for plane in ("axial", "coronal", "sagittal"):

@@ -7,8 +7,9 @@
   const root = document.getElementById("viewer");
   if (!root) return;
 
-  const PREFETCH_CONCURRENCY = 6;
-  const PREFETCH_LIMIT = 1000; // frames around the current one kept loaded
+  const PREFETCH_CONCURRENCY = 3;
+  const NEIGHBOURS = 8; // frames either side fetched one by one ahead of the series stream
+  const STREAM_DELAY_MS = 250;
   const WINDOW_RENDER_DELAY_MS = 60; // debounce of server re-renders while dragging W/L
   const WHEEL_STEP = 50; // wheel delta units per image
 
@@ -102,6 +103,19 @@
     indexOf(instanceId, frame) {
       return this.frames.findIndex((f) => f.instance.id === instanceId && f.frame === frame);
     }
+    indexOfSop(sop, frame) {
+      if (!this.bySop) {
+        this.bySop = new Map(this.frames.map((f, i) => [`${f.instance.sop}/${f.frame}`, i]));
+      }
+      const index = this.bySop.get(`${sop}/${frame}`);
+      return index == null ? -1 : index;
+    }
+    seriesUrl(extra) {
+      const base = `/dicomweb/studies/${encodeURIComponent(state.manifest.study_instance_uid)}` +
+        `/series/${encodeURIComponent(this.series.uid)}/rendered`;
+      const query = [windowQuery(), extra].filter(Boolean).join("&");
+      return query ? `${base}?${query}` : base;
+    }
   }
 
   class MprSource {
@@ -165,6 +179,12 @@
 
     resetImages() {
       this.generation += 1;
+      if (this.streaming) this.streaming.abort();
+      this.streaming = null;
+      clearTimeout(this.streamTimer);
+      for (const image of this.images.values()) {
+        if (image.src.startsWith("blob:")) URL.revokeObjectURL(image.src);
+      }
       this.images = new Map();
       this.inflight = new Map();
       this.queue = [];
@@ -247,7 +267,13 @@
 
     prefetch() {
       const count = this.source.count;
-      const reach = this.source.kind === "mpr" ? 4 : PREFETCH_LIMIT / 2;
+      if (this.loaded >= count) return;
+      if (this.source.kind === "stack" && !this.streaming) {
+        // Once the reader stops changing the window, the whole series streams in one response.
+        clearTimeout(this.streamTimer);
+        this.streamTimer = setTimeout(() => this.stream(), STREAM_DELAY_MS);
+      }
+      const reach = this.source.kind === "mpr" ? 4 : NEIGHBOURS;
       const order = [];
       for (let d = 1; d <= reach && (this.index - d >= 0 || this.index + d < count); d += 1) {
         if (this.index + d < count) order.push(this.index + d);
@@ -270,9 +296,51 @@
       this.showProgress();
     }
 
+    // The series as one multipart/related response (PS3.18 8.7.3.3.2), parsed as it arrives.
+    async stream() {
+      if (this.streaming || this.source.kind !== "stack" || this.loaded >= this.source.count) return;
+      const generation = this.generation;
+      const controller = new AbortController();
+      this.streaming = controller;
+      try {
+        const response = await fetch(this.source.seriesUrl(this.sizeHint()), {
+          credentials: "same-origin",
+          headers: { Accept: 'multipart/related; type="image/jpeg"' },
+          signal: controller.signal,
+        });
+        const match = /boundary="?([^";]+)"?/.exec(response.headers.get("Content-Type") || "");
+        if (!response.ok || !match) throw new Error(`series stream: ${response.status}`);
+        await readMultipart(response.body.getReader(), match[1], (headers, body) => {
+          if (generation !== this.generation) return;
+          const where = /\/instances\/([^/]+)\/frames\/(\d+)\//.exec(headers["content-location"] || "");
+          if (!where) return;
+          const index = this.source.indexOfSop(decodeURIComponent(where[1]), Number(where[2]));
+          if (index < 0) return;
+          const url = this.url(index);
+          if (this.images.has(url) || this.inflight.has(url)) return;
+          const image = new Image();
+          image.src = URL.createObjectURL(new Blob([body], { type: headers["content-type"] || "image/jpeg" }));
+          this.inflight.set(url, image.decode().then(() => {
+            this.inflight.delete(url);
+            if (generation !== this.generation) return image;
+            this.images.set(url, image);
+            this.loaded += 1;
+            this.el.dataset.loaded = String(this.loaded);
+            this.showProgress();
+            if (this.index === index && (!this.drawn || this.drawn.index !== index)) this.show(index);
+            return image;
+          }));
+        });
+      } catch (error) {
+        if (error.name !== "AbortError") this.pump();
+      } finally {
+        if (this.streaming === controller) this.streaming = null;
+      }
+    }
+
     showProgress() {
       if (!this.progress) return;
-      const total = this.source.kind === "mpr" ? 1 : Math.min(this.source.count, PREFETCH_LIMIT + 1);
+      const total = this.source.kind === "mpr" ? 1 : this.source.count;
       const done = this.source.kind === "mpr" ? (this.drawn ? 1 : 0) : Math.min(this.loaded, total);
       const bar = $("progress", this.progress);
       bar.max = total;
@@ -480,6 +548,51 @@
       lines.push(line);
       this.measurements.set(key, lines);
       renderMeasurements();
+    }
+  }
+
+  function indexOfBytes(haystack, needle, from) {
+    for (let i = haystack.indexOf(needle[0], from); i !== -1 && i <= haystack.length - needle.length;
+      i = haystack.indexOf(needle[0], i + 1)) {
+      let j = 1;
+      while (j < needle.length && haystack[i + j] === needle[j]) j += 1;
+      if (j === needle.length) return i;
+    }
+    return -1;
+  }
+
+  // Calls onPart(headers, body) for each part of a multipart body as soon as it is complete.
+  async function readMultipart(reader, boundary, onPart) {
+    const encoder = new TextEncoder();
+    const decoder = new TextDecoder();
+    const delimiter = encoder.encode(`--${boundary}`);
+    let buffer = new Uint8Array(0);
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (value) {
+        const joined = new Uint8Array(buffer.length + value.length);
+        joined.set(buffer);
+        joined.set(value, buffer.length);
+        buffer = joined;
+      }
+      for (;;) {
+        const start = indexOfBytes(buffer, delimiter, 0);
+        if (start < 0) break;
+        const next = indexOfBytes(buffer, delimiter, start + delimiter.length);
+        if (next < 0) break;
+        const part = buffer.subarray(start + delimiter.length + 2, next - 2);
+        const split = indexOfBytes(part, encoder.encode("\r\n\r\n"), 0);
+        if (split >= 0) {
+          const headers = {};
+          decoder.decode(part.subarray(0, split)).split("\r\n").forEach((line) => {
+            const colon = line.indexOf(":");
+            if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+          });
+          onPart(headers, part.slice(split + 4));
+        }
+        buffer = buffer.slice(next);
+      }
+      if (done) return;
     }
   }
 

@@ -191,8 +191,11 @@ def test_a_reader_scrolls_windows_measures_and_marks_a_key_image(ct_volume, tena
     page.wait_for_function(
         "() => window.pacsViewer.state.viewports.every((v) => v.drawn && v.drawn.image.src.includes('mode=mip'))"
     )
-    # Unmark from the stack again.
+    # Back in the stack, the key image list takes the reader to the marked image, where it is unmarked.
     page.click("#mpr-toggle")
+    page.click("#key-list .key-open")
+    wait_for_dataset(page, "#stack-viewport", "shown", 28)
+    assert page.locator("#key-image").get_attribute("aria-pressed") == "true"
     page.click("#key-image")
     page.wait_for_selector("#key-empty", state="visible")
     assert not KeyImage.objects.exists()

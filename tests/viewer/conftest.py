@@ -25,6 +25,11 @@ def _isolated_storage_and_caches(tmp_path, settings):
     # Hashing fifteen tenant passwords with Argon2 dominates every test's set-up.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.STORAGE_URL = f"file://{tmp_path / 'objects'}"
+    # Process-local caches: clearing them must never flush a shared Redis.
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "viewer-tests"},
+        "render": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "viewer-tests-render"},
+    }
     caches.clear_all()
     from django.core.cache import cache
 

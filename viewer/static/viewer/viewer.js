@@ -219,10 +219,15 @@
       const url = this.url(index);
       if (this.images.has(url)) return Promise.resolve(this.images.get(url));
       if (this.inflight.has(url)) return this.inflight.get(url);
-      const generation = this.generation;
       const image = new Image();
       image.decoding = "async";
       image.src = url;
+      return this.track(url, image);
+    }
+
+    // Keeps ``image`` (for ``url``) once decoded, unless the window changed meanwhile.
+    track(url, image) {
+      const generation = this.generation;
       const promise = image.decode().then(() => {
         this.inflight.delete(url);
         if (generation !== this.generation) return image;
@@ -320,16 +325,9 @@
           if (this.images.has(url) || this.inflight.has(url)) return;
           const image = new Image();
           image.src = URL.createObjectURL(new Blob([body], { type: headers["content-type"] || "image/jpeg" }));
-          this.inflight.set(url, image.decode().then(() => {
-            this.inflight.delete(url);
-            if (generation !== this.generation) return image;
-            this.images.set(url, image);
-            this.loaded += 1;
-            this.el.dataset.loaded = String(this.loaded);
-            this.showProgress();
+          this.track(url, image).then(() => {
             if (this.index === index && (!this.drawn || this.drawn.index !== index)) this.show(index);
-            return image;
-          }));
+          }, () => {});
         });
       } catch (error) {
         if (error.name !== "AbortError") this.pump();

@@ -40,6 +40,7 @@ def _visible(user: Any, rows: list, study_of: Any) -> Any:
 # remembered; whether the caller may see the study is decided on every request.
 _RESOLVE_SECONDS = 60.0
 _RESOLVE_MAX = 20_000
+_SERIES_AT_ONCE = 2_000
 _resolved: OrderedDict[tuple[str, str, str], tuple[float, list[Instance]]] = OrderedDict()
 _resolved_lock = threading.Lock()
 
@@ -51,19 +52,33 @@ def _instances_by_uid(study_uid: str, series_uid: str, sop_uid: str) -> list[Ins
         hit = _resolved.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
-    rows = list(
+    # A miss resolves the whole series at once: its other frames are about to be asked for.
+    series_rows = list(
         Instance.objects.filter(
-            sop_instance_uid=sop_uid,
-            series__series_instance_uid=series_uid,
-            series__study__study_instance_uid=study_uid,
-        ).select_related("series__study")[:4]
+            series__series_instance_uid=series_uid, series__study__study_instance_uid=study_uid
+        ).select_related("series__study")[:_SERIES_AT_ONCE]
     )
-    if rows:  # never remember an absence: the instance may arrive any moment
-        with _resolved_lock:
-            _resolved[key] = (now + _RESOLVE_SECONDS, rows)
-            _resolved.move_to_end(key)
-            while len(_resolved) > _RESOLVE_MAX:
-                _resolved.popitem(last=False)
+    by_sop: dict[str, list[Instance]] = {}
+    for row in series_rows:
+        by_sop.setdefault(row.sop_instance_uid, []).append(row)
+    rows = by_sop.get(sop_uid)
+    if rows is None:  # a very large series: look the one instance up on its own
+        rows = list(
+            Instance.objects.filter(
+                sop_instance_uid=sop_uid,
+                series__series_instance_uid=series_uid,
+                series__study__study_instance_uid=study_uid,
+            ).select_related("series__study")[:4]
+        )
+        by_sop[sop_uid] = rows
+    expires = now + _RESOLVE_SECONDS
+    with _resolved_lock:
+        for sop, found in by_sop.items():
+            if found:  # never remember an absence: the instance may arrive any moment
+                _resolved[(study_uid, series_uid, sop)] = (expires, found)
+                _resolved.move_to_end((study_uid, series_uid, sop))
+        while len(_resolved) > _RESOLVE_MAX:
+            _resolved.popitem(last=False)
     return rows
 
 

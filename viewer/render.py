@@ -145,7 +145,12 @@ _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 
 def read_frame(instance: Instance, index: int) -> DecodedFrame:
     """Frame ``index`` (0-based): straight from the object when stored natively, else decoded by pydicom."""
-    return read_native_frame(instance, index) or pixels.decode_frame(load_dataset(instance), index)
+    try:
+        return read_native_frame(instance, index) or pixels.decode_frame(load_dataset(instance), index)
+    except FileNotFoundError:
+        raise RenderError("the object is no longer in the archive's storage", status=404) from None
+    except OSError as exc:
+        raise RenderError(f"the archive's storage could not be read: {exc}", status=503) from exc
 
 
 def decoded_frame(instance: Instance, frame_number: int) -> DecodedFrame:

@@ -359,3 +359,21 @@ def test_objects_the_direct_read_cannot_vouch_for_are_parsed_in_full(tenants, tm
     for instance, name in ((padded, "CT_small.dcm"), (lut, "mlut_18.dcm"), (compressed, "MR_small.dcm")):
         frame = render.read_frame(instance, 0)
         assert np.array_equal(frame.pixels, sample(name).pixel_array)
+
+
+def test_an_instance_added_to_a_series_already_viewed_is_found(tenants, tmp_path, client):
+    first = store(with_new_uids(sample("CT_small.dcm")), tenants.a.institution, tmp_path)
+    series = first.series
+    assert client.get(frame_url(first)).status_code == 200
+    later = with_new_uids(sample("CT_small.dcm"), study=series.study.study_instance_uid, series=series.series_instance_uid)
+    second = store(later, tenants.a.institution, tmp_path)
+    assert client.get(frame_url(second)).status_code == 200
+
+
+def test_an_object_missing_from_storage_is_reported(ct, client):
+    from archive.storage import get_storage
+
+    get_storage().delete(ct.storage_key)
+    response = client.get(frame_url(ct))
+    assert response.status_code == 404
+    assert "storage" in response.json()["detail"]

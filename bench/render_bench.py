@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("BENCH_SHARED", "/work/shared/bench"))
 PY = sys.executable
 USERNAME = "bench-reader"
-PASSWORD = "bench-reader-password"  # a throw-away account in a throw-away database
+PASSWORD = "bench-reader-password"  # noqa: S105 - a throw-away account in a throw-away database
 LINES: list[str] = []
 
 
@@ -294,11 +294,11 @@ def measure_http(args, home: Path, manifest: dict, orthanc: str, ids: dict, ours
     out("mpr.first_sagittal_cold_median_ms", statistics.median(firsts))
     warm = [timed_get(session, mpr.format(index=index))[0] for index in range(100, 420, 16)]
     summary("mpr.sagittal_warm", warm)
-    coronal = [timed_get(session, mpr.format(index=index).replace("sagittal", "coronal"))[0] for index in range(100, 420, 16)]
-    summary("mpr.coronal_warm", coronal)
-    slab = [
-        timed_get(session, mpr.format(index=index) + "&slab=10&mode=mip")[0] for index in range(100, 420, 32)
+    coronal = [
+        timed_get(session, mpr.format(index=index).replace("sagittal", "coronal"))[0] for index in range(100, 420, 16)
     ]
+    summary("mpr.coronal_warm", coronal)
+    slab = [timed_get(session, mpr.format(index=index) + "&slab=10&mode=mip")[0] for index in range(100, 420, 32)]
     summary("mpr.sagittal_mip10mm_warm", slab)
 
     # Warm frames: the volume is decoded in this worker; a new window misses the image cache.
@@ -361,7 +361,9 @@ def measure_browser(ours: OurServer, ctx: dict, count: int) -> None:
         early = page.evaluate(SCROLL, [count - 1])
         out("browser.scroll_while_loading_fps", early["distinct"] / early["elapsed"])
         page.wait_for_function(
-            "([n]) => Number(document.querySelector('#stack-viewport').dataset.loaded) >= n", arg=[count], timeout=120_000
+            "([n]) => Number(document.querySelector('#stack-viewport').dataset.loaded) >= n",
+            arg=[count],
+            timeout=120_000,
         )
         out("browser.series_loaded_ms", (time.perf_counter() - started) * 1000)
 

@@ -4,7 +4,7 @@ from django.urls import path
 
 from . import views
 
-_INSTANCE = "dicomweb/studies/<str:study>/series/<str:series>/instances/<str:instance>"
+_INSTANCE = "dicomweb/studies/<str:study_uid>/series/<str:series_uid>/instances/<str:instance_uid>"
 
 urlpatterns = [
     path("viewer/studies/<uuid:study_id>/", views.open_study, name="viewer-open-study"),
@@ -25,15 +25,15 @@ urlpatterns = [
         name="viewer-render-mpr",
     ),
     # DICOMweb rendered resources (PS3.18 10.4) and thumbnails (PS3.18 10.5)
-    path("dicomweb/studies/<str:study>/rendered", views.StudyRendered.as_view(), name="viewer-render-study"),
-    path("dicomweb/studies/<str:study>/thumbnail", views.StudyThumbnail.as_view(), name="viewer-thumbnail-study"),
+    path("dicomweb/studies/<str:study_uid>/rendered", views.StudyRendered.as_view(), name="viewer-render-study"),
+    path("dicomweb/studies/<str:study_uid>/thumbnail", views.StudyThumbnail.as_view(), name="viewer-thumbnail-study"),
     path(
-        "dicomweb/studies/<str:study>/series/<str:series>/rendered",
+        "dicomweb/studies/<str:study_uid>/series/<str:series_uid>/rendered",
         views.SeriesRendered.as_view(),
         name="viewer-render-series",
     ),
     path(
-        "dicomweb/studies/<str:study>/series/<str:series>/thumbnail",
+        "dicomweb/studies/<str:study_uid>/series/<str:series_uid>/thumbnail",
         views.SeriesThumbnail.as_view(),
         name="viewer-thumbnail-series",
     ),

@@ -269,8 +269,10 @@ _IMAGE_RESPONSES = {
 
 class FrameRendered(DicomWebView):
     @extend_schema(parameters=_SCHEMA_PARAMS, responses=_IMAGE_RESPONSES, tags=["dicomweb"])
-    def get(self, request: Request, study: str, series: str, instance: str, frames: str) -> HttpResponseBase:
-        target = access_instance(request.user, study, series, instance)
+    def get(
+        self, request: Request, study_uid: str, series_uid: str, instance_uid: str, frames: str
+    ) -> HttpResponseBase:
+        target = access_instance(request.user, study_uid, series_uid, instance_uid)
         numbers = _frame_numbers(frames, target)
         multipart = len(numbers) > 1
         media_type = _negotiate(request, multipart=multipart)
@@ -299,8 +301,8 @@ class InstanceRendered(DicomWebView):
     """One instance: its first frame, or every frame as an animated GIF when image/gif is asked for."""
 
     @extend_schema(parameters=_SCHEMA_PARAMS, responses=_IMAGE_RESPONSES, tags=["dicomweb"])
-    def get(self, request: Request, study: str, series: str, instance: str) -> HttpResponseBase:
-        target = access_instance(request.user, study, series, instance)
+    def get(self, request: Request, study_uid: str, series_uid: str, instance_uid: str) -> HttpResponseBase:
+        target = access_instance(request.user, study_uid, series_uid, instance_uid)
         media_type = _negotiate(request)
         params = _params(request, media_type, thumbnail=self.thumbnail)
         kind = "thumbnail" if self.thumbnail else "rendered"
@@ -340,8 +342,8 @@ class SeriesRendered(DicomWebView):
     """Every frame of every image in the series as multipart/related; the thumbnail is its middle image."""
 
     @extend_schema(parameters=_SCHEMA_PARAMS, responses=_IMAGE_RESPONSES, tags=["dicomweb"])
-    def get(self, request: Request, study: str, series: str) -> HttpResponseBase:
-        target = access_series_by_uid(request.user, study, series)
+    def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponseBase:
+        target = access_series_by_uid(request.user, study_uid, series_uid)
         kind = "thumbnail" if self.thumbnail else "rendered"
         record_study_view(request, target.study, via=f"dicomweb.{kind}")
         if self.thumbnail:
@@ -364,8 +366,8 @@ class StudyRendered(DicomWebView):
     """Every frame of the study as multipart/related; the thumbnail is the first series' middle image."""
 
     @extend_schema(parameters=_SCHEMA_PARAMS, responses=_IMAGE_RESPONSES, tags=["dicomweb"])
-    def get(self, request: Request, study: str) -> HttpResponseBase:
-        target = access_study_by_uid(request.user, study)
+    def get(self, request: Request, study_uid: str) -> HttpResponseBase:
+        target = access_study_by_uid(request.user, study_uid)
         kind = "thumbnail" if self.thumbnail else "rendered"
         record_study_view(request, target, via=f"dicomweb.{kind}")
         series_list = _study_series(target)

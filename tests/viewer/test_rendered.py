@@ -365,7 +365,9 @@ def test_an_instance_added_to_a_series_already_viewed_is_found(tenants, tmp_path
     first = store(with_new_uids(sample("CT_small.dcm")), tenants.a.institution, tmp_path)
     series = first.series
     assert client.get(frame_url(first)).status_code == 200
-    later = with_new_uids(sample("CT_small.dcm"), study=series.study.study_instance_uid, series=series.series_instance_uid)
+    later = with_new_uids(
+        sample("CT_small.dcm"), study=series.study.study_instance_uid, series=series.series_instance_uid
+    )
     second = store(later, tenants.a.institution, tmp_path)
     assert client.get(frame_url(second)).status_code == 200
 

@@ -22,8 +22,6 @@ from .phantom import ct_datasets
 
 @pytest.fixture(autouse=True)
 def _isolated_storage_and_caches(tmp_path, settings):
-    # Hashing fifteen tenant passwords with Argon2 dominates every test's set-up.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.STORAGE_URL = f"file://{tmp_path / 'objects'}"
     # Process-local caches: clearing them must never flush a shared Redis.
     settings.CACHES = {

@@ -347,6 +347,7 @@ DIMSE_SERVICE_PROVIDERS: list[str] = []
 # Home-page panels: each app appends its provider (see pacs_cloud.home).
 HOME_PANELS = [
     "pacs_cloud.home.role_panels",
+    "viewer.home.recent_panel",
 ]
 
 # Seeding: each app contributes its part of the demo, lowest layer first.

@@ -97,7 +97,7 @@ def exercise_viewer(page, vol, study, tenants, touch=False):
     shown = lambda: int(viewport.get_attribute("data-shown"))  # noqa: E731
     middle = shown()
     assert middle == 20
-    assert "Phantom^Volume" in page.locator("[data-overlay=patient]").inner_text()
+    assert "Phantom, Volume" in page.locator("[data-overlay=patient]").inner_text()
 
     box = viewport.bounding_box()
     centre = {"x": box["x"] + box["width"] / 2, "y": box["y"] + box["height"] / 2}

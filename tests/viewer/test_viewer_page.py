@@ -20,7 +20,7 @@ def test_a_member_opens_the_viewer_and_the_opening_is_audited(ct_volume, tenants
     response = browser.get(reverse("viewer-open-study", args=[study.pk]))
     assert response.status_code == 200
     page = response.content.decode()
-    assert "Phantom^Volume" in page and 'src="/static/viewer/viewer.js"' in page
+    assert "Phantom, Volume" in page and 'src="/static/viewer/viewer.js"' in page
     assert "<script>" not in page  # no inline scripts under the CSP
     events = AuditEvent.objects.filter(action="study.view", object_id=str(study.pk))
     assert events.count() == 1 and events.get().detail["via"] == "viewer"
@@ -73,3 +73,19 @@ def test_the_manifest_describes_series_images_geometry_and_presets(ct_volume, te
 def test_the_manifest_is_404_for_an_outsider(ct_volume, tenants):
     study = ct_volume().instances[0].series.study
     assert api_client(tenants.c.clinician).get(reverse("viewer-api-study", args=[study.pk])).status_code == 404
+
+
+def test_the_home_page_lists_studies_the_user_opened_with_a_link_to_the_viewer(ct_volume, tenants):
+    study = ct_volume().instances[0].series.study
+    browser = Client()
+    browser.force_login(tenants.a.radiologist)
+    assert "Opened recently" not in browser.get("/").content.decode()
+    browser.get(reverse("viewer-open-study", args=[study.pk]))
+    home = browser.get("/").content.decode()
+    assert "Opened recently" in home
+    assert reverse("viewer-open-study", args=[study.pk]) in home
+    assert "Phantom, Volume" in home
+    # Another user's openings are theirs alone.
+    other = Client()
+    other.force_login(tenants.a.clinician)
+    assert "Opened recently" not in other.get("/").content.decode()

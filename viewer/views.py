@@ -15,7 +15,7 @@ import hashlib
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -104,9 +104,9 @@ def _accepted_types(request: Request) -> list[tuple[str, dict[str, str], float]]
     return [(t, p, q) for t, p, q, _ in ranges if q > 0]
 
 
-def _negotiate(request: Request, *, multipart: bool = False, allowed: Iterable[str] = pixels.MEDIA_TYPES) -> str:
-    """The image media type to answer with, or RenderError 406."""
-    allowed = list(allowed)
+def _negotiate(request: Request) -> str:
+    """The image media type to answer with (for a multipart answer, that of its parts), or RenderError 406."""
+    allowed = list(pixels.MEDIA_TYPES)
     for media, params, _ in _accepted_types(request):
         if media == "multipart/related":
             media = params.get("type", "image/jpeg").lower()
@@ -275,7 +275,7 @@ class FrameRendered(DicomWebView):
         target = access_instance(request.user, study_uid, series_uid, instance_uid)
         numbers = _frame_numbers(frames, target)
         multipart = len(numbers) > 1
-        media_type = _negotiate(request, multipart=multipart)
+        media_type = _negotiate(request)
         params = _params(request, media_type, thumbnail=self.thumbnail)
         kind = "thumbnail" if self.thumbnail else "rendered"
         record_study_view(request, target.series.study, via=f"dicomweb.{kind}")
@@ -353,7 +353,7 @@ class SeriesRendered(DicomWebView):
             instance.series = target
             etag = render_key(instance, "1", params, kind)
             return _image_response(request, etag, media_type, lambda: render_frame(instance, 1, params, kind=kind))
-        media_type = _negotiate(request, multipart=True)
+        media_type = _negotiate(request)
         params = _params(request, media_type)
         return _rendered_parts(self, request, [target], params, media_type)
 
@@ -380,7 +380,7 @@ class StudyRendered(DicomWebView):
                     etag = render_key(instance, "1", params, kind)
                     return _image_response(request, etag, media_type, _producer(instance, 1, params, kind))
             raise RenderError("the study has no images", status=404)
-        media_type = _negotiate(request, multipart=True)
+        media_type = _negotiate(request)
         params = _params(request, media_type)
         return _rendered_parts(self, request, series_list, params, media_type)
 

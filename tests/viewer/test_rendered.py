@@ -379,3 +379,11 @@ def test_an_object_missing_from_storage_is_reported(ct, client):
     response = client.get(frame_url(ct))
     assert response.status_code == 404
     assert "storage" in response.json()["detail"]
+
+
+def test_pixel_data_no_codec_can_read_is_a_422_with_the_reason(tenants, tmp_path, client):
+    # A 12-bit JPEG Extended stream with a misplaced marker segment (a known-bad sample file).
+    broken = store(with_new_uids(sample("JPEG-lossy.dcm")), tenants.a.institution, tmp_path)
+    response = client.get(frame_url(broken))
+    assert response.status_code == 422
+    assert "cannot decode" in response.json()["detail"]

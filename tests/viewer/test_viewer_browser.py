@@ -216,6 +216,8 @@ def test_the_viewer_works_at_phone_size(ct_volume, tenants, live_url, browser_co
     assert series_box["y"] + series_box["height"] <= viewport_box["y"] + 1
     assert viewport_box["width"] >= 380
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    # A finger scrolls the stack by default on a touch screen.
+    assert page.locator("button[data-tool=scroll]").get_attribute("aria-pressed") == "true"
     exercise_viewer(page, vol, study, tenants, touch=True)
     # Two fingers apart zoom in.
     zoom_before = page.locator(".zoom-line").inner_text()

@@ -471,7 +471,7 @@
           this.pending = null;
           gesture = { kind: "pinch", distance: Math.hypot(a.x - b.x, a.y - b.y), mid: midpoint(a, b), zoom: this.zoom, pan: { ...this.pan } };
         } else if (pointers.size === 1) {
-          const tool = event.button === 2 ? "window" : (event.pointerType === "touch" && state.tool === "window" ? "window" : state.tool);
+          const tool = event.button === 2 ? "window" : state.tool; // right-drag always windows
           gesture = { kind: tool, x: event.clientX, y: event.clientY, zoom: this.zoom, pan: { ...this.pan },
             window: state.window ? { ...state.window } : defaultWindow(this.source.series), index: this.index };
           if (tool === "measure") {
@@ -930,6 +930,8 @@
       $(".progress-text").textContent = "This study has no images.";
       return;
     }
+    // On a touch screen a finger scrolls the stack; window/level is a tool away.
+    if (window.matchMedia && window.matchMedia("(pointer: coarse)").matches) setTool("scroll");
     selectSeries(state.manifest.series[0]);
     renderKeyImages();
     root.dataset.ready = "true";

@@ -1,0 +1,89 @@
+"""The path of a study: complete -> routed -> offered -> claimed -> final."""
+
+from __future__ import annotations
+
+import pytest
+
+from archive.actions import do_complete_study
+from archive.models import Study
+from pacs_cloud import access
+from pacs_cloud.fsm import history
+from tests.workflow.conftest import make_study, save_policy
+from workflow.access import offered_tasks
+from workflow.actions import (
+    TaskRefused,
+    do_claim_reading_task,
+    do_finalize_task,
+    do_mark_task_drafting,
+    do_release_reading_task,
+    do_start_reading_process,
+)
+from workflow.models import ProcessInstance, ReadingTask
+
+
+def own_and_pool(pool):
+    return {
+        "rules": [
+            {"name": "Everything", "offer_to": [{"kind": "own"}, {"kind": "pool", "pool": str(pool.pk)}]},
+        ]
+    }
+
+
+def test_a_completed_study_is_routed_offered_claimed_and_finalised(tenants, centre, django_capture_on_commit_callbacks):
+    save_policy(tenants.a.institution, own_and_pool(centre.pool))
+    study = make_study(tenants.a.institution, state=Study.State.RECEIVING)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert do_complete_study(study, actor_label="test")
+    study.refresh_from_db()
+    assert study.state == Study.State.ROUTED
+    task = ReadingTask.objects.get(study=study)
+    assert task.state == ReadingTask.State.OFFERED
+    assert task.sla_minutes == 720  # the agreement's routine SLA
+    # Offered at once to the hospital's own radiologist and to every credentialled pool member.
+    assert task in offered_tasks(tenants.a.radiologist)
+    assert all(task in offered_tasks(r) for r in centre.readers)
+    assert task not in offered_tasks(tenants.c.radiologist)
+
+    reader = centre.readers[0]
+    with pytest.raises(Exception):
+        access.access_study(reader, pk=study.pk)
+    do_claim_reading_task(task, acting_user=reader)
+    assert access.access_study(reader, pk=study.pk) == study
+    assert task not in offered_tasks(centre.readers[1])
+    do_mark_task_drafting(task, acting_user=reader)
+    do_finalize_task(task, acting_user=reader)
+    task.refresh_from_db()
+    assert task.state == ReadingTask.State.FINAL
+    # The signer keeps read access; the process is complete.
+    assert access.access_study(reader, pk=study.pk) == study
+    assert ProcessInstance.objects.get(study=study).state == ProcessInstance.State.COMPLETED
+    assert [t.target for t in history(task)] == ["offered", "claimed", "drafting", "final"]
+
+
+def test_releasing_revokes_the_grant_and_reoffers(tenants, centre):
+    save_policy(tenants.a.institution, own_and_pool(centre.pool))
+    study = make_study(tenants.a.institution)
+    task = do_start_reading_process(study).tasks.get()
+    reader = centre.readers[1]
+    do_claim_reading_task(task, acting_user=reader)
+    do_release_reading_task(task, acting_user=reader)
+    task.refresh_from_db()
+    assert task.state == ReadingTask.State.RELEASED
+    assert not access.visible_studies(reader).filter(pk=study.pk).exists()
+    assert task in offered_tasks(centre.readers[0])
+
+
+def test_a_second_claim_is_refused(tenants, centre):
+    save_policy(tenants.a.institution, own_and_pool(centre.pool))
+    task = do_start_reading_process(make_study(tenants.a.institution)).tasks.get()
+    do_claim_reading_task(task, acting_user=centre.readers[0])
+    with pytest.raises(TaskRefused) as refused:
+        do_claim_reading_task(task, acting_user=centre.readers[1])
+    assert refused.value.code == "not_open"
+
+
+def test_routing_twice_starts_one_process(tenants, centre):
+    study = make_study(tenants.a.institution)
+    first = do_start_reading_process(study)
+    assert do_start_reading_process(study) == first
+    assert ReadingTask.objects.filter(study=study).count() == 1

@@ -17,6 +17,13 @@ from workflow.models import PoolMember, RadiologistPool, ReadingAgreement
 _counter = itertools.count(1)
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # Argon2 is right for production and slow on purpose; these tests create
+    # about twenty users each and only need passwords to work.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def make_study(
     institution: Institution,
     *,
@@ -84,9 +91,10 @@ def centre(tenants) -> ReadingCentre:
         member.credentialed_for.set([tenants.a.institution, tenants.b.institution])
         readers.append(user)
     agreement = ReadingAgreement.objects.create(
-        hospital=tenants.a.institution, pool=pool, sla_minutes={"stat": 30, "urgent": 120, "routine": 720}
+        hospital=tenants.a.institution, pool=pool, sla_minutes={"stat": 30, "urgent": 120, "routine": 720},
+        valid_from=date(2020, 1, 1),
     )
-    ReadingAgreement.objects.create(hospital=tenants.b.institution, pool=pool)
+    ReadingAgreement.objects.create(hospital=tenants.b.institution, pool=pool, valid_from=date(2020, 1, 1))
     return ReadingCentre(inst, pool, readers, agreement)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.http import Http404
 
 from archive.actions import do_complete_study
 from archive.models import Study
@@ -45,7 +46,7 @@ def test_a_completed_study_is_routed_offered_claimed_and_finalised(tenants, cent
     assert task not in offered_tasks(tenants.c.radiologist)
 
     reader = centre.readers[0]
-    with pytest.raises(Exception):
+    with pytest.raises(Http404):
         access.access_study(reader, pk=study.pk)
     do_claim_reading_task(task, acting_user=reader)
     assert access.access_study(reader, pk=study.pk) == study

@@ -91,7 +91,9 @@ def centre(tenants) -> ReadingCentre:
         member.credentialed_for.set([tenants.a.institution, tenants.b.institution])
         readers.append(user)
     agreement = ReadingAgreement.objects.create(
-        hospital=tenants.a.institution, pool=pool, sla_minutes={"stat": 30, "urgent": 120, "routine": 720},
+        hospital=tenants.a.institution,
+        pool=pool,
+        sla_minutes={"stat": 30, "urgent": 120, "routine": 720},
         valid_from=date(2020, 1, 1),
     )
     ReadingAgreement.objects.create(hospital=tenants.b.institution, pool=pool, valid_from=date(2020, 1, 1))

@@ -20,13 +20,24 @@ def six_rules(pool_id: str) -> dict:
         "default_sla_minutes": {"stat": 45, "urgent": 180, "routine": 1200},
         "rules": [
             {"name": "Paediatric", "when": {"max_age": 15}, "offer_to": [pool], "sla_minutes": {"routine": 600}},
-            {"name": "Stat heads", "when": {"body_parts": ["HEAD"], "priorities": ["stat"]},
-             "offer_to": [{"kind": "pool", "pool": pool_id, "subspecialty": "neuro"}]},
-            {"name": "Night", "when": {"hours": {"from": "20:00", "to": "08:00"}}, "offer_to": [pool],
-             "escalation": [{"offer_to": [{"kind": "own"}], "sla_minutes": {"routine": 60}}]},
+            {
+                "name": "Stat heads",
+                "when": {"body_parts": ["HEAD"], "priorities": ["stat"]},
+                "offer_to": [{"kind": "pool", "pool": pool_id, "subspecialty": "neuro"}],
+            },
+            {
+                "name": "Night",
+                "when": {"hours": {"from": "20:00", "to": "08:00"}},
+                "offer_to": [pool],
+                "escalation": [{"offer_to": [{"kind": "own"}], "sla_minutes": {"routine": 60}}],
+            },
             {"name": "Weekend", "when": {"weekdays": ["sat", "sun"]}, "offer_to": [pool]},
-            {"name": "Mammography", "when": {"modalities": ["MG"]}, "offer_to": [{"kind": "own"}, pool],
-             "double_reading": True},
+            {
+                "name": "Mammography",
+                "when": {"modalities": ["MG"]},
+                "offer_to": [{"kind": "own"}, pool],
+                "double_reading": True,
+            },
             {"name": "Chest code", "when": {"procedure_codes": ["CTCHEST"]}, "offer_to": [{"kind": "own"}]},
         ],
         "fallback": {"offer_to": [{"kind": "own"}], "escalation": [{"offer_to": [pool]}]},
@@ -92,7 +103,11 @@ def test_double_reading_plans_two_reads_and_a_reconciliation(tenants, defn):
     ("mutate", "path", "message"),
     [
         (lambda d: d["rules"][0].pop("name"), "rules[0].name", "every rule needs a name"),
-        (lambda d: d["rules"][0]["when"].update(hours={"from": "25:00", "to": "08:00"}), "rules[0].when.hours.from", "HH:MM"),
+        (
+            lambda d: d["rules"][0]["when"].update(hours={"from": "25:00", "to": "08:00"}),
+            "rules[0].when.hours.from",
+            "HH:MM",
+        ),
         (lambda d: d["rules"][0]["when"].update(weekdays=["funday"]), "rules[0].when.weekdays", "not one of"),
         (lambda d: d["rules"][0]["when"].update(priorities=["asap"]), "rules[0].when.priorities", "not one of"),
         (lambda d: d["rules"][0]["when"].update(min_age=20, max_age=10), "rules[0].when.min_age", "above max_age"),
@@ -132,7 +147,11 @@ def test_a_person_must_read_for_the_hospital(tenants, centre):
 
 
 def test_a_subspecialty_nobody_has_is_refused(tenants, centre):
-    defn = {"rules": [{"name": "Cardiac", "offer_to": [{"kind": "pool", "pool": str(centre.pool.pk), "subspecialty": "cardiac"}]}]}
+    defn = {
+        "rules": [
+            {"name": "Cardiac", "offer_to": [{"kind": "pool", "pool": str(centre.pool.pk), "subspecialty": "cardiac"}]}
+        ]
+    }
     with pytest.raises(PolicyError, match="subspecialty"):
         save_policy(tenants.a.institution, defn)
 
@@ -155,14 +174,20 @@ def test_without_an_order_the_images_supply_the_facts(tenants):
     study = make_study(tenants.a.institution, modality="MR", body_part="knee", birth_date=date(2000, 11, 3))
     found = study_facts(study)
     assert (found.modality, found.body_part, found.patient_age, found.priority, found.source) == (
-        "MR", "KNEE", 25, "routine", "images",
+        "MR",
+        "KNEE",
+        25,
+        "routine",
+        "images",
     )
 
 
 def test_a_pool_whose_agreement_does_not_cover_the_study_is_skipped(tenants, centre):
     centre.agreement.modalities = ["MR"]
     centre.agreement.save()
-    parsed = policy.validate({"rules": [{"name": "All", "offer_to": [{"kind": "pool", "pool": str(centre.pool.pk)}]}]}, tenants.a.institution)
+    parsed = policy.validate(
+        {"rules": [{"name": "All", "offer_to": [{"kind": "pool", "pool": str(centre.pool.pk)}]}]}, tenants.a.institution
+    )
     result = policy.dry_run(parsed, tenants.a.institution, facts(), MONDAY_NOON_LOCAL)
     assert result["path"][0]["offer_to"] == ["Alpha County Hospital radiologists"]
     assert "skipped" in result["notes"][0]

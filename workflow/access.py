@@ -108,10 +108,16 @@ def visible_tasks(user: Any, who: Reader | None = None) -> QuerySet[ReadingTask]
     )
 
 
-def access_task(user: Any, pk: object) -> ReadingTask:
+def access_task(user: Any, pk: object, *, to_claim: bool = False) -> ReadingTask:
+    """A visible task; with ``to_claim`` also one offered to ``user`` that someone else has
+    just claimed, so a reader who lost the race is told so (409) instead of 404."""
     try:
         key = UUID(str(pk))
-        return visible_tasks(user).select_related("institution", "study").get(pk=key)
+        qs = visible_tasks(user)
+        if to_claim:
+            offers = TaskOffer.objects.filter(reader(user).offer_q(), task_id=OuterRef("pk"))
+            qs = ReadingTask.objects.filter(Q(pk__in=qs.values("pk")) | Exists(offers))
+        return qs.select_related("institution", "study").get(pk=key)
     except (ValueError, ReadingTask.DoesNotExist):
         raise Http404("No such reading task") from None
 

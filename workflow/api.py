@@ -142,7 +142,7 @@ class ReadingTaskViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"])
     def claim(self, request: Request, pk: str | None = None) -> Response:
         """Claim the task: it is mine alone and I may open the study."""
-        task = self.get_object()
+        task = access.access_task(request.user, pk, to_claim=True)
         try:
             task = actions.do_claim_reading_task(task, acting_user=request.user, request=request._request)
         except actions.TaskRefused as refused:

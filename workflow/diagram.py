@@ -10,7 +10,6 @@ Only presentation attributes are used (the CSP forbids inline styles).
 
 from __future__ import annotations
 
-from typing import Any
 from xml.sax.saxutils import escape
 
 from . import policy
@@ -19,9 +18,10 @@ from .models import RoutingPolicy
 ROW = 96
 LEFT = 20
 DECISION_W = 300
-STEP_W = 210
+STEP_W = 250
 STEP_GAP = 70
 BOX_H = 64
+LINE = 17
 FONT = 12
 CHAR_W = 6.6
 ACCENT = "#1f6feb"
@@ -55,18 +55,21 @@ def _arrow(x1: float, y1: float, x2: float, y2: float, label: str = "", colour: 
 
 
 def _box(
-    x: float, y: float, w: float, lines: list[str], *, highlight: bool, rounded: int = 6, title_bold: bool = True
+    x: float, y: float, w: float, lines: list[str], *, highlight: bool, rounded: int = 6, height: float = BOX_H
 ) -> str:
     stroke = ACCENT if highlight else "#9aa4b2"
     fill = "#e8f0fe" if highlight else "#ffffff"
-    out = f'<rect x="{x:.0f}" y="{y:.0f}" width="{w:.0f}" height="{BOX_H}" rx="{rounded}" fill="{fill}" stroke="{stroke}" stroke-width="{2 if highlight else 1}"/>'
-    for i, line in enumerate(lines[:3]):
-        out += _text(x + 10, y + 20 + i * 17, line, w - 20, weight="bold" if i == 0 and title_bold else "normal")
+    out = (
+        f'<rect x="{x:.0f}" y="{y:.0f}" width="{w:.0f}" height="{height:.0f}" rx="{rounded}" '
+        f'fill="{fill}" stroke="{stroke}" stroke-width="{2 if highlight else 1}"/>'
+    )
+    for i, line in enumerate(lines):
+        out += _text(x + 10, y + 20 + i * LINE, line, w - 20, weight="bold" if i == 0 else "normal")
     return out
 
 
-def _targets(step: policy.Step, labels: policy._Labels, institution: Any) -> str:
-    return ", ".join(labels.target(t, institution) for t in step.offer_to)
+def _box_height(lines: int) -> float:
+    return max(BOX_H, 14 + lines * LINE)
 
 
 def _sla_text(sla: dict[str, int]) -> str:
@@ -83,12 +86,14 @@ def render(row: RoutingPolicy, *, highlight: int | None | str = "") -> str:
     rules: list[tuple[int | None, policy.Rule]] = [*enumerate(parsed.rules), (None, parsed.fallback)]
     widest = max(len(rule.steps) for _, rule in rules)
     width = LEFT * 2 + DECISION_W + widest * (STEP_W + STEP_GAP) + 20
-    height = 70 + len(rules) * ROW + 10
+    heights = [_box_height(2 + max(len(s.offer_to) for s in rule.steps)) for _, rule in rules]
+    height = 70 + sum(h + ROW - BOX_H for h in heights) + 10
+    title = f"{institution.name}: routing policy v{row.version}"
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">',
-        f"<title>{escape(f'{institution.name}: routing policy v{row.version}')}</title>",
-        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
-        f'<path d="M 0 0 L 10 5 L 0 10 z" fill="{MUTED}"/></marker></defs>',
+        f"<title>{escape(title)}</title>",
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+        f'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="{MUTED}"/></marker></defs>',
         f'<rect x="{LEFT}" y="10" width="{DECISION_W}" height="34" rx="17" fill="#0f1b2d"/>',
         _text(
             LEFT + DECISION_W / 2,
@@ -105,33 +110,34 @@ def render(row: RoutingPolicy, *, highlight: int | None | str = "") -> str:
     for n, (index, rule) in enumerate(rules):
         hit = highlight != "" and highlight == index
         if index is None:
-            title = "Otherwise (fallback)"
-            cond = "no rule matched"
+            heading, cond = "Otherwise (fallback)", "no rule matched"
         else:
-            title = f"{index + 1}. {rule.name}"
-            cond = "if " + ", ".join(rule.when.describe())
+            heading, cond = f"{index + 1}. {rule.name}", "if " + ", ".join(rule.when.describe())
         flags = "double reading + reconciliation" if rule.double_reading else ""
+        box_h = heights[n]
         parts.append(
-            _box(LEFT, y, DECISION_W, [title, cond, flags], highlight=hit, rounded=2 if index is not None else 12)
+            _box(
+                LEFT,
+                y,
+                DECISION_W,
+                [heading, cond, flags],
+                highlight=hit,
+                rounded=2 if index is not None else 12,
+                height=box_h,
+            )
         )
         x = LEFT + DECISION_W
         for level, step in enumerate(rule.steps):
             label = "yes" if level == 0 and index is not None else ("" if level == 0 else "SLA breach")
             parts.append(_arrow(x, y + BOX_H / 2, x + STEP_GAP, y + BOX_H / 2, label, ACCENT if hit else MUTED))
             x += STEP_GAP
-            heading = "Offer to" if level == 0 else f"Escalate (level {level})"
-            parts.append(
-                _box(
-                    x,
-                    y,
-                    STEP_W,
-                    [heading, _targets(step, labels, institution), _sla_text(step.sla_minutes)],
-                    highlight=hit,
-                )
-            )
+            step_heading = "Offer at once to" if level == 0 else f"Escalate (level {level}) to"
+            targets = [labels.target(t, institution) for t in step.offer_to]
+            lines = [step_heading, *targets, _sla_text(step.sla_minutes)]
+            parts.append(_box(x, y, STEP_W, lines, highlight=hit, height=box_h))
             x += STEP_W
         if n < len(rules) - 1:
-            parts.append(_arrow(LEFT + DECISION_W / 2, y + BOX_H, LEFT + DECISION_W / 2, y + ROW, "no"))
-        y += ROW
+            parts.append(_arrow(LEFT + DECISION_W / 2, y + box_h, LEFT + DECISION_W / 2, y + box_h + ROW - BOX_H, "no"))
+        y += box_h + ROW - BOX_H
     parts.append("</svg>")
     return "".join(parts)

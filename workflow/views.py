@@ -113,7 +113,7 @@ def task_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 @require_POST
 def claim_task(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     """Claim, then open the study (the viewer when it is there, else the task page)."""
-    task = access.access_task(request.user, pk)
+    task = access.access_task(request.user, pk, to_claim=True)
     try:
         actions.do_claim_reading_task(task, acting_user=request.user, request=request)
     except actions.TaskRefused as refused:

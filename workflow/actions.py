@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
@@ -118,11 +118,14 @@ def do_save_routing_policy(
 # Starting a process -----------------------------------------------------------
 
 
-def do_start_reading_process(study: Study, *, at: datetime | None = None) -> ProcessInstance:
+def do_start_reading_process(
+    study: Study, *, at: datetime | None = None, policies: dict[Any, Any] | None = None
+) -> ProcessInstance:
     """Route a complete study: start its process, create and offer its tasks.
 
     Idempotent: a study with a live process keeps it (two workers racing end
     with one process, by the ``process_one_live_per_study`` constraint).
+    ``policies`` caches current policies (and first-offer recipients) across one batch.
     """
     existing = ProcessInstance.objects.filter(study=study).exclude(state=ProcessInstance.State.CANCELLED).first()
     if existing is not None:
@@ -130,7 +133,12 @@ def do_start_reading_process(study: Study, *, at: datetime | None = None) -> Pro
     now = at or timezone.now()
     institution = study.institution
     facts = study_facts(study)
-    row = current_policy(institution)
+    if policies is None:
+        row = current_policy(institution)
+    else:
+        if institution.pk not in policies:
+            policies[institution.pk] = current_policy(institution)
+        row = policies[institution.pk]
     plan = policy.resolve(parsed_policy(row) if row else None, institution, facts, now)
     del plan["evaluations"]
     try:
@@ -155,6 +163,7 @@ def do_start_reading_process(study: Study, *, at: datetime | None = None) -> Pro
                     study=study,
                     institution=institution,
                     kind=kind,
+                    hospital_name=institution.name[:200],
                     priority=facts.priority,
                     priority_rank=PRIORITY_RANK[facts.priority],
                     modality=facts.modality[:16],
@@ -169,21 +178,43 @@ def do_start_reading_process(study: Study, *, at: datetime | None = None) -> Pro
             ]
             ReadingTask.objects.bulk_create(tasks)
             reason = f"policy v{row.version} rule {plan['rule_name']!r}" if row else "no policy: own radiologists"
-            for task in tasks:
-                if task.kind != ReadingTask.Kind.RECONCILIATION:
-                    _offer(task, plan, level=0, now=now, reason=reason)
-            audit.record(
-                "workflow.process.started",
-                actor_label=ENGINE,
-                institution=institution,
-                object_type="workflow.processinstance",
-                object_id=process.pk,
-                detail={"study": str(study.pk), "rule": plan["rule_name"], "tasks": len(tasks)},
-            )
+            detail = {"process": str(process.pk), "study": str(study.pk), "rule": plan["rule_name"]}
+            offered = [t for t in tasks if t.kind != ReadingTask.Kind.RECONCILIATION]
+            for task in offered:
+                _offer(task, plan, level=0, now=now, reason=reason, audit_detail=detail, announce=False)
+            # Every first task has the same recipients: find them once, push after commit.
+            transaction.on_commit(functools.partial(_announce, offered, _recipients(offered[0], plan, policies)))
             do_mark_study_routed(study, actor_label=ENGINE, reason=reason)
     except IntegrityError:
         return ProcessInstance.objects.exclude(state=ProcessInstance.State.CANCELLED).get(study=study)
     return process
+
+
+ROUTE_BATCH = 25
+
+
+def do_route_studies(studies: list[Study], *, at: datetime | None = None, batch: int = ROUTE_BATCH) -> int:
+    """Route many complete studies, ``batch`` to a transaction; returns how many were routed.
+
+    The path for a backlog (the sweep, an edge catching up after an outage):
+    one commit per batch instead of per study. Each study has its own
+    savepoint, so one that fails is logged and left for the next sweep
+    without holding up the others. A batch holds the audit chain's lock until
+    it commits, so batches stay small.
+    """
+    routed = 0
+    for start in range(0, len(studies), batch):
+        # Per batch: policies and recipients are read once and stay current.
+        policies: dict[Any, Any] = {}
+        with transaction.atomic():
+            for study in studies[start : start + batch]:
+                try:
+                    # do_start_reading_process's own atomic block is this study's savepoint.
+                    do_start_reading_process(study, at=at, policies=policies)
+                    routed += 1
+                except Exception:  # one bad study must not stop the backlog
+                    log.exception("routing study %s failed; the sweep will retry", study.pk)
+    return routed
 
 
 def _create_offers(task: ReadingTask, step: dict[str, Any], level: int) -> None:
@@ -207,7 +238,16 @@ def _create_offers(task: ReadingTask, step: dict[str, Any], level: int) -> None:
     TaskOffer.objects.bulk_create(offers)
 
 
-def _offer(task: ReadingTask, plan: dict[str, Any], *, level: int, now: datetime, reason: str) -> None:
+def _offer(
+    task: ReadingTask,
+    plan: dict[str, Any],
+    *,
+    level: int,
+    now: datetime,
+    reason: str,
+    audit_detail: dict | None = None,
+    announce: bool = True,
+) -> None:
     step = plan["steps"][level]
     _create_offers(task, step, level)
     apply_transition(
@@ -219,18 +259,35 @@ def _offer(task: ReadingTask, plan: dict[str, Any], *, level: int, now: datetime
         update_fields=["offered_at", "due_at", "sla_minutes"],
         now=now,
         sla_minutes=step["sla_minutes"][task.priority],
+        audit_detail=audit_detail,
     )
-    _after_commit_offered(task)
+    if announce:
+        _after_commit_offered(task)
+
+
+def _announce(tasks: list[ReadingTask], recipients: set[int] | None = None) -> None:
+    """Push new offers to everyone they reach and start their SLA timers (after commit)."""
+    if not tasks:
+        return
+    if recipients is None:
+        recipients = notify.eligible_user_ids(tasks[0])
+    for task in tasks:
+        notify.notify_offered(task, recipients)
+        _schedule_sla(task)
+
+
+def _recipients(task: ReadingTask, plan: dict[str, Any], cache: dict[Any, Any] | None) -> set[int] | None:
+    """Who a first offer reaches; within one batch, studies of one hospital and rule share the answer."""
+    if cache is None:
+        return None
+    key = ("recipients", task.institution_id, json.dumps(plan["steps"][0]["offer_to"], sort_keys=True))
+    if key not in cache:
+        cache[key] = notify.eligible_user_ids(task)
+    return cache[key]
 
 
 def _after_commit_offered(task: ReadingTask) -> None:
-    def send() -> None:
-        fresh = ReadingTask.objects.select_related("institution").get(pk=task.pk)
-        if fresh.state in OPEN_STATES:
-            notify.notify_offered(fresh, notify.eligible_user_ids(fresh))
-        _schedule_sla(fresh)
-
-    transaction.on_commit(send)
+    transaction.on_commit(functools.partial(_announce, [task]))
 
 
 def _schedule_sla(task: ReadingTask) -> None:
@@ -287,7 +344,12 @@ def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any =
     who = reader(acting_user)
     now = timezone.now()
     with transaction.atomic():
-        locked = ReadingTask.objects.select_for_update().get(pk=task.pk)
+        try:
+            # NOWAIT: when another reader holds the row they are claiming it
+            # right now; answer at once instead of queueing behind them.
+            locked = ReadingTask.objects.select_for_update(nowait=True).get(pk=task.pk)
+        except OperationalError:
+            raise TaskRefused("Someone else is claiming this task right now.", "not_open") from None
         if locked.state not in OPEN_STATES:
             raise TaskRefused("This task is no longer open: someone else has claimed it or it has ended.", "not_open")
         offers = list(TaskOffer.objects.filter(who.offer_q(), task_id=locked.pk))
@@ -322,7 +384,6 @@ def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any =
                 raise TaskRefused(
                     "Double reading needs two different radiologists; you hold the other read.", "same_reader"
                 )
-        eligible = notify.eligible_user_ids(locked)
         # Grant first, transition last: the audit append (a global lock) is then
         # held for the shortest time before commit.
         _grant(acting_user, locked.study_id)
@@ -335,7 +396,9 @@ def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any =
             user=acting_user,
             now=now,
         )
-    notify.notify_withdrawn(locked, eligible - {acting_user.pk}, "claimed")
+    # Offers stay active while the task is held, so they still name everyone
+    # whose list must drop it; read after commit, outside the locks.
+    notify.notify_withdrawn(locked, notify.eligible_user_ids(locked) - {acting_user.pk}, "claimed")
     notify.notify_mine(locked, acting_user.pk)
     return locked
 
@@ -533,14 +596,11 @@ def do_sweep_reading_tasks(*, now: datetime | None = None) -> dict[str, int]:
     for pk in due.values_list("pk", flat=True)[:1000]:
         escalated += do_escalate_reading_task(pk, now=now)
     expired = do_expire_idle_claims(now=now)
-    routed = 0
     grace = now - timedelta(seconds=settings.WORKFLOW_ROUTE_GRACE_SECONDS)
     unrouted = Study.objects.filter(state=Study.State.COMPLETE, completed_at__lt=grace).exclude(
         reading_processes__state__in=[ProcessInstance.State.RUNNING, ProcessInstance.State.COMPLETED]
     )
-    for study in unrouted.select_related("institution", "patient")[:500]:
-        do_start_reading_process(study, at=now)
-        routed += 1
+    routed = do_route_studies(list(unrouted.select_related("institution", "patient")[:500]), at=now)
     return {"escalated": escalated, "expired": expired, "routed": routed}
 
 

@@ -13,6 +13,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -52,8 +53,8 @@ ORDERINGS = {
     "-priority": ["-priority_rank", "due_at"],
     "sla": ["due_at", "priority_rank"],
     "-sla": ["-due_at", "priority_rank"],
-    "hospital": ["institution__name", "priority_rank", "due_at"],
-    "-hospital": ["-institution__name", "priority_rank", "due_at"],
+    "hospital": ["hospital_name", "priority_rank", "due_at"],
+    "-hospital": ["-hospital_name", "priority_rank", "due_at"],
     "modality": ["modality", "priority_rank", "due_at"],
     "-modality": ["-modality", "priority_rank", "due_at"],
     "offered": ["-offered_at"],
@@ -92,6 +93,20 @@ def worklist_queryset(user: Any, params: Any, who: access.Reader | None = None) 
     return qs.select_related("institution", "claimed_by", "study__patient").order_by(*ORDERINGS[ordering], "id")
 
 
+class WorklistPagination(LimitOffsetPagination):
+    """Limit/offset pages whose ``count`` is exact up to ``COUNT_CAP``.
+
+    Above the cap ``count`` reports the cap plus one: a list that long is
+    narrowed with filters, and counting every row of it would cost more than
+    the page itself.
+    """
+
+    COUNT_CAP = 10_000
+
+    def get_count(self, queryset: Any) -> int:
+        return queryset.order_by()[: self.COUNT_CAP + 1].count()
+
+
 def _refused(error: actions.TaskRefused) -> Response:
     return Response({"detail": error.message, "code": error.code}, status=REFUSAL_STATUS.get(error.code, 409))
 
@@ -104,6 +119,7 @@ class ReadingTaskViewSet(viewsets.ReadOnlyModelViewSet):
     """
 
     serializer_class = ReadingTaskSerializer
+    pagination_class = WorklistPagination
     lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> QuerySet[ReadingTask]:

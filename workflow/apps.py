@@ -13,8 +13,17 @@ class WorkflowConfig(AppConfig):
     verbose_name = "Reading workflow"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
         from archive import signals as archive_signals
         from worklist import signals as worklist_signals
+
+        from .models import RadiologistPool, ReadingAgreement
+        from .policy import clear_agreement_cache
+
+        for model in (ReadingAgreement, RadiologistPool):
+            post_save.connect(clear_agreement_cache, sender=model, dispatch_uid=f"workflow.cache.{model.__name__}")
+            post_delete.connect(clear_agreement_cache, sender=model, dispatch_uid=f"workflow.cache.d.{model.__name__}")
 
         archive_signals.study_completed.connect(on_study_completed, dispatch_uid="workflow.study_completed")
         worklist_signals.order_cancelled.connect(on_order_cancelled, dispatch_uid="workflow.order_cancelled")

@@ -190,6 +190,9 @@ class ProcessInstance(models.Model):
         ]
 
 
+_OPEN = Q(state__in=["offered", "released", "escalated", "reassigned"])
+
+
 class ReadingTask(ConcurrentTransitionMixin, models.Model):
     class State(models.TextChoices):
         PENDING = "pending"
@@ -216,7 +219,9 @@ class ReadingTask(ConcurrentTransitionMixin, models.Model):
     )
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.READ)
     state = FSMField(default=State.PENDING, choices=State.choices, protected=True)
-    # What a reader needs to choose the task, copied so the worklist needs no PHI join.
+    # What a reader needs to choose the task, copied so the worklist needs no
+    # join (and no PHI) to filter and sort.
+    hospital_name = models.CharField(max_length=200, blank=True)
     priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.ROUTINE)
     priority_rank = models.PositiveSmallIntegerField(default=2)
     modality = models.CharField(max_length=16, blank=True)
@@ -243,12 +248,14 @@ class ReadingTask(ConcurrentTransitionMixin, models.Model):
     class Meta:
         ordering = ["priority_rank", "due_at"]
         indexes = [
-            # The worklist walks open tasks in SLA order.
+            # The worklist walks open tasks in the order it shows them, so the
+            # first page never sorts the whole open set.
+            models.Index(fields=["priority_rank", "due_at"], condition=_OPEN, name="task_open_order"),
+            models.Index(fields=["due_at"], condition=_OPEN, name="task_open_sla"),
             models.Index(
-                fields=["priority_rank", "due_at"],
-                condition=Q(state__in=["offered", "released", "escalated", "reassigned"]),
-                name="task_open_order",
+                fields=["hospital_name", "priority_rank", "due_at"], condition=_OPEN, name="task_open_hospital"
             ),
+            models.Index(fields=["modality", "priority_rank", "due_at"], condition=_OPEN, name="task_open_modality"),
             models.Index(fields=["state", "due_at"], name="task_state_due"),
             models.Index(fields=["claimed_by", "state"], name="task_holder"),
             models.Index(fields=["study", "state"], name="task_study"),

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pacs_cloud.models import Membership, Role
-from pacs_cloud.push import notify, user_group
+from pacs_cloud.push import notify_many, user_group
 
 from .models import PoolMember, ReadingTask, TaskOffer
 
@@ -68,24 +68,21 @@ def offer_summary(task: ReadingTask) -> dict[str, Any]:
     }
 
 
+def _groups(user_ids: Iterable[int | None]) -> list[str]:
+    return [user_group(pk) for pk in sorted({pk for pk in user_ids if pk is not None})]
+
+
 def notify_offered(task: ReadingTask, user_ids: Iterable[int]) -> None:
-    data = offer_summary(task)
-    for user_id in user_ids:
-        notify(user_group(user_id), "workflow.task.offered", data)
+    notify_many(_groups(user_ids), "workflow.task.offered", offer_summary(task))
 
 
 def notify_withdrawn(task: ReadingTask, user_ids: Iterable[int], reason: str) -> None:
-    data = {"id": str(task.pk), "reason": reason}
-    for user_id in user_ids:
-        notify(user_group(user_id), "workflow.task.withdrawn", data)
+    notify_many(_groups(user_ids), "workflow.task.withdrawn", {"id": str(task.pk), "reason": reason})
 
 
-def notify_updated(task: ReadingTask, user_ids: Iterable[int]) -> None:
-    data = offer_summary(task)
-    for user_id in user_ids:
-        notify(user_group(user_id), "workflow.task.updated", data)
+def notify_updated(task: ReadingTask, user_ids: Iterable[int | None]) -> None:
+    notify_many(_groups(user_ids), "workflow.task.updated", offer_summary(task))
 
 
 def notify_mine(task: ReadingTask, user_id: int | None) -> None:
-    if user_id is not None:
-        notify(user_group(user_id), "workflow.task.mine", {"id": str(task.pk), "state": task.state})
+    notify_many(_groups([user_id]), "workflow.task.mine", {"id": str(task.pk), "state": task.state})

@@ -36,6 +36,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
+from time import monotonic
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -481,12 +482,36 @@ def local_time(institution: Institution, at: datetime) -> datetime:
     return at.astimezone(zone)
 
 
+# Routing reads a hospital's agreements for every study; they change rarely, so
+# each process keeps them for a few seconds (cleared at once in the process
+# that saves one, by the signals connected in apps.py).
+AGREEMENT_CACHE_SECONDS = 30
+_agreement_cache: dict[Any, tuple[float, list[ReadingAgreement]]] = {}
+
+
+def agreements_of(institution: Institution) -> list[ReadingAgreement]:
+    now = monotonic()
+    hit = _agreement_cache.get(institution.pk)
+    if hit is not None and now - hit[0] < AGREEMENT_CACHE_SECONDS:
+        return hit[1]
+    rows = list(ReadingAgreement.objects.filter(hospital=institution).select_related("pool"))
+    _agreement_cache[institution.pk] = (now, rows)
+    return rows
+
+
+def clear_agreement_cache(**_kwargs: Any) -> None:
+    _agreement_cache.clear()
+
+
 class _Labels:
     """Names of pools and people for plans and diagrams, loaded once."""
 
-    def __init__(self, policy: Policy | None = None) -> None:
-        ids = [t.pool for _, t in _all_targets(policy) if t.kind == "pool"] if policy else []
-        self.pools = {str(p.pk): p.name for p in RadiologistPool.objects.filter(pk__in=ids)}
+    def __init__(self, policy: Policy | None = None, known: dict[str, str] | None = None) -> None:
+        ids = {t.pool for _, t in _all_targets(policy) if t.kind == "pool"} if policy else set()
+        self.pools = dict(known or {})
+        missing = ids - set(self.pools)
+        if missing:
+            self.pools.update({str(p.pk): p.name for p in RadiologistPool.objects.filter(pk__in=missing)})
 
     def target(self, target: Target, institution: Institution) -> str:
         if target.kind == "own":
@@ -508,12 +533,9 @@ def resolve(policy: Policy | None, institution: Institution, facts: StudyFacts, 
     policy = policy or parse({})
     local = local_time(institution, at)
     index, rule, evaluations = policy.match(facts, local)
-    agreements = {
-        str(a.pool_id): a
-        for a in ReadingAgreement.objects.filter(hospital=institution).select_related("pool")
-        if a.in_force(local.date())
-    }
-    labels = _Labels(policy)
+    rows = agreements_of(institution)
+    agreements = {str(a.pool_id): a for a in rows if a.in_force(local.date())}
+    labels = _Labels(policy, {str(a.pool_id): a.pool.name for a in rows})
     notes: list[str] = []
     steps = []
     for level, step in enumerate(rule.steps):

@@ -9,7 +9,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
@@ -27,7 +26,7 @@ from pacs_cloud.models import CLINICAL_ROLES, Institution, Membership, Role, Use
 from pacs_cloud.tenancy import current_institution
 
 from . import access, actions, diagram, policy
-from .api import ORDERINGS, worklist_queryset
+from .api import ORDERINGS, WorklistPagination, worklist_queryset
 from .facts import study_facts
 from .models import PRIORITY_RANK, PoolMember, Priority, ReadingAgreement, RoutingPolicy
 from .serializers import viewer_url
@@ -45,10 +44,19 @@ def _rows_context(request: HttpRequest) -> dict[str, Any]:
     params = _params(request)
     who = access.reader(request.user)
     qs = worklist_queryset(request.user, params, who)
-    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    tasks = list(qs[:PAGE_SIZE])
+    total = len(tasks) if len(tasks) < PAGE_SIZE else qs.order_by()[: WorklistPagination.COUNT_CAP + 1].count()
     clinical = core_access.institution_ids(request.user, CLINICAL_ROLES)
-    rows = [(task, access.can_see_patient(request.user, task, clinical)) for task in page.object_list]
-    return {"page": page, "rows": rows, "params": params, "view": params.get("view", "offered"), "now": timezone.now()}
+    rows = [(task, access.can_see_patient(request.user, task, clinical)) for task in tasks]
+    return {
+        "rows": rows,
+        "total": total,
+        "more": total > len(tasks),
+        "capped": total > WorklistPagination.COUNT_CAP,
+        "params": params,
+        "view": params.get("view", "offered"),
+        "now": timezone.now(),
+    }
 
 
 @login_required

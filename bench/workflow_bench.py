@@ -46,7 +46,7 @@ def setup_django() -> None:
     if not url.startswith("postgres"):
         sys.exit("BENCH_DATABASE_URL must point at PostgreSQL")
     os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("PACS_DATA_DIR", "/tmp/pacs-workflow-bench")
+    os.environ.setdefault("PACS_DATA_DIR", "/tmp/pacs-workflow-bench")  # noqa: S108 (a scratch folder for this run)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs_cloud.settings")
     import django
 
@@ -104,9 +104,12 @@ def make_world(hospitals: int = 20, pools: int = 5, readers: int = 50):
             ReadingAgreement.objects.create(
                 hospital=inst, pool=pool, valid_from=date(2020, 1, 1), sla_minutes={"stat": 30}
             )
+    from django.contrib.auth.hashers import make_password
+
+    unusable = make_password(None)  # the bench signs in with tokens only
     users = User.objects.bulk_create(
-        [User(username=f"bench-reader{i}@centre", password="!") for i in range(readers)]
-        + [User(username=f"bench-rad@h{i}", password="!") for i in range(hospitals)]
+        [User(username=f"bench-reader{i}@centre", password=unusable) for i in range(readers)]
+        + [User(username=f"bench-rad@h{i}", password=unusable) for i in range(hospitals)]
     )
     Membership.objects.bulk_create(
         [Membership(user=u, institution=centre, role=Role.RADIOLOGIST) for u in users[:readers]]
@@ -358,7 +361,7 @@ def bench_claims(args) -> None:
         barrier = threading.Barrier(len(readers))
         winners: list[int] = []
 
-        def rush(user) -> None:
+        def rush(user, barrier=barrier, task_id=task_id, winners=winners) -> None:
             try:
                 barrier.wait()
                 began = time.perf_counter()

@@ -40,6 +40,14 @@ class Reader:
     own: set[UUID] = field(default_factory=set)
     pools: list[tuple[UUID, set[UUID], set[str], int]] = field(default_factory=list)
 
+    @property
+    def has_person_offers(self) -> bool:
+        # Offers by name may come from any hospital the person reads for.
+        return TaskOffer.objects.filter(kind=TaskOffer.Kind.PERSON, user_id=self.user.pk, is_active=True).exists()
+
+    def hospitals(self) -> set[UUID]:
+        return set(self.own) | {h for _, hospitals, _, _ in self.pools for h in hospitals}
+
     def offer_q(self, prefix: str = "") -> Q:
         """Active offers that include this reader (``prefix`` for lookups across a relation)."""
         p = prefix
@@ -80,7 +88,11 @@ def offered_tasks(user: Any, who: Reader | None = None) -> QuerySet[ReadingTask]
     """Open tasks offered to ``user`` right now."""
     who = who or reader(user)
     offers = TaskOffer.objects.filter(who.offer_q(), task_id=OuterRef("pk"))
-    return ReadingTask.objects.filter(state__in=OPEN_STATES).filter(Exists(offers))
+    # An offer's hospital is its task's: naming the reader's hospitals lets the
+    # database start from those hospitals' open tasks.
+    hospitals = who.hospitals()
+    qs = ReadingTask.objects.filter(state__in=OPEN_STATES).filter(Exists(offers))
+    return qs if who.has_person_offers else qs.filter(institution_id__in=hospitals)
 
 
 def held_tasks(user: Any) -> QuerySet[ReadingTask]:

@@ -50,13 +50,14 @@ REFUSAL_STATUS = {
 }
 ORDERINGS = {
     "priority": ["priority_rank", "due_at"],
-    "-priority": ["-priority_rank", "due_at"],
-    "sla": ["due_at", "priority_rank"],
-    "-sla": ["-due_at", "priority_rank"],
+    # Descending orders reverse every key so an index serves them backwards.
+    "-priority": ["-priority_rank", "-due_at"],
+    "sla": ["due_at"],
+    "-sla": ["-due_at"],
     "hospital": ["hospital_name", "priority_rank", "due_at"],
-    "-hospital": ["-hospital_name", "priority_rank", "due_at"],
+    "-hospital": ["-hospital_name", "-priority_rank", "-due_at"],
     "modality": ["modality", "priority_rank", "due_at"],
-    "-modality": ["-modality", "priority_rank", "due_at"],
+    "-modality": ["-modality", "-priority_rank", "-due_at"],
     "offered": ["-offered_at"],
     "finished": ["-finished_at"],
 }
@@ -90,7 +91,9 @@ def worklist_queryset(user: Any, params: Any, who: access.Reader | None = None) 
     ordering = params.get("ordering") or ("finished" if view == "finished" else "priority")
     if ordering not in ORDERINGS:
         raise ValidationError({"ordering": f"one of {', '.join(ORDERINGS)}"})
-    return qs.select_related("institution", "claimed_by", "study__patient").order_by(*ORDERINGS[ordering], "id")
+    keys = ORDERINGS[ordering]
+    tie = "-id" if keys[-1].startswith("-") else "id"
+    return qs.select_related("institution", "claimed_by", "study__patient").order_by(*keys, tie)
 
 
 class WorklistPagination(LimitOffsetPagination):
@@ -101,7 +104,7 @@ class WorklistPagination(LimitOffsetPagination):
     the page itself.
     """
 
-    COUNT_CAP = 10_000
+    COUNT_CAP = 1_000
 
     def get_count(self, queryset: Any) -> int:
         return queryset.order_by()[: self.COUNT_CAP + 1].count()

@@ -253,6 +253,9 @@ class ReadingTask(ConcurrentTransitionMixin, models.Model):
             models.Index(fields=["priority_rank", "due_at"], condition=_OPEN, name="task_open_order"),
             models.Index(fields=["due_at"], condition=_OPEN, name="task_open_sla"),
             models.Index(
+                fields=["institution", "priority_rank", "due_at"], condition=_OPEN, name="task_open_hospital_id"
+            ),
+            models.Index(
                 fields=["hospital_name", "priority_rank", "due_at"], condition=_OPEN, name="task_open_hospital"
             ),
             models.Index(fields=["modality", "priority_rank", "due_at"], condition=_OPEN, name="task_open_modality"),

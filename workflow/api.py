@@ -110,6 +110,17 @@ class WorklistPagination(LimitOffsetPagination):
         return queryset.order_by()[: self.COUNT_CAP + 1].count()
 
 
+def audit_patient_list(request: Any, task_ids: list[Any]) -> None:
+    """A list that showed patients' identities is a read of PHI: one audit event names the tasks."""
+    if task_ids:
+        audit.record(
+            "workflow.worklist.view",
+            request=request,
+            object_type="workflow.readingtask",
+            detail={"tasks": [str(pk) for pk in task_ids]},
+        )
+
+
 def _refused(error: actions.TaskRefused) -> Response:
     return Response({"detail": error.message, "code": error.code}, status=REFUSAL_STATUS.get(error.code, 409))
 
@@ -148,7 +159,10 @@ class ReadingTaskViewSet(viewsets.ReadOnlyModelViewSet):
         ]
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return super().list(request, *args, **kwargs)
+        response = super().list(request, *args, **kwargs)
+        shown = [row["id"] for row in response.data["results"] if row["patient"] is not None]
+        audit_patient_list(request._request, shown)
+        return response
 
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         task = self.get_object()

@@ -26,7 +26,7 @@ from pacs_cloud.models import CLINICAL_ROLES, Institution, Membership, Role, Use
 from pacs_cloud.tenancy import current_institution
 
 from . import access, actions, diagram, policy
-from .api import ORDERINGS, WorklistPagination, worklist_queryset
+from .api import ORDERINGS, WorklistPagination, audit_patient_list, worklist_queryset
 from .facts import study_facts
 from .models import PRIORITY_RANK, PoolMember, Priority, ReadingAgreement, RoutingPolicy
 from .serializers import viewer_url
@@ -48,6 +48,7 @@ def _rows_context(request: HttpRequest) -> dict[str, Any]:
     total = len(tasks) if len(tasks) < PAGE_SIZE else qs.order_by()[: WorklistPagination.COUNT_CAP + 1].count()
     clinical = core_access.institution_ids(request.user, CLINICAL_ROLES)
     rows = [(task, access.can_see_patient(request.user, task, clinical)) for task in tasks]
+    audit_patient_list(request, [task.pk for task, sees in rows if sees])
     return {
         "rows": rows,
         "total": total,

@@ -19,7 +19,11 @@ def reading_workflow(tenant):
     agreement = ReadingAgreement.objects.create(hospital=institution, pool=pool)
     policy = do_save_routing_policy(
         institution,
-        {"rules": [{"name": f"RuleSecret{token}", "offer_to": [{"kind": "own"}, {"kind": "pool", "pool": str(pool.pk)}]}]},
+        {
+            "rules": [
+                {"name": f"RuleSecret{token}", "offer_to": [{"kind": "own"}, {"kind": "pool", "pool": str(pool.pk)}]}
+            ]
+        },
         acting_user=tenant.institution_admin,
         name=f"PolicySecret{token}",
     )
@@ -48,16 +52,25 @@ for template in [
     isolation.route(template, pk="reading_task.id")
 isolation.route("/api/v1/reading-tasks/{pk}/claim/", pk="reading_task.id", reachable=False, reason="POST only")
 isolation.route(
-    "/api/v1/reading-tasks/{pk}/release/", pk="reading_task.id", reachable=False, reason="POST only",
+    "/api/v1/reading-tasks/{pk}/release/",
+    pk="reading_task.id",
+    reachable=False,
+    reason="POST only",
     bodies={"post": {"reason": "isolation"}},
 )
 isolation.route(
-    "/api/v1/reading-tasks/{pk}/reassign/", pk="reading_task.id", reachable=False, reason="POST only",
+    "/api/v1/reading-tasks/{pk}/reassign/",
+    pk="reading_task.id",
+    reachable=False,
+    reason="POST only",
     bodies={"post": {"user": isolation.Ref("radiologist.username"), "reason": "isolation"}},
 )
 isolation.route("/workflow/tasks/{pk}/claim/", pk="reading_task.id", reachable=False, reason="POST only")
 isolation.route(
-    "/workflow/tasks/{pk}/release/", pk="reading_task.id", reachable=False, reason="POST only",
+    "/workflow/tasks/{pk}/release/",
+    pk="reading_task.id",
+    reachable=False,
+    reason="POST only",
     bodies={"post": isolation.Form({"reason": "isolation"})},
 )
 isolation.route(
@@ -71,7 +84,13 @@ isolation.route("/api/v1/pools/{pk}/", pk="pool.id", bodies={"patch": {"claim_ca
 isolation.route(
     "/api/v1/pool-members/",
     queries=[{"pool": isolation.Ref("pool.id")}],
-    bodies={"post": {"pool": isolation.Ref("pool.id"), "user": isolation.Ref("radiologist.username"), "credentialed_for": []}},
+    bodies={
+        "post": {
+            "pool": isolation.Ref("pool.id"),
+            "user": isolation.Ref("radiologist.username"),
+            "credentialed_for": [],
+        }
+    },
 )
 isolation.route("/api/v1/pool-members/{pk}/", pk="pool_member.id", bodies={"patch": {"claim_cap": 1}})
 isolation.route("/api/v1/reading-agreements/{pk}/", pk="agreement.id", bodies={"patch": {"is_active": False}})
@@ -80,18 +99,27 @@ isolation.route(
     bodies={"post": {"hospital": isolation.Ref("institution.id"), "pool": isolation.Ref("pool.id")}},
 )
 isolation.route(
-    "/workflow/pools/{pk}/members/", pk="pool.id", reachable=False, reason="POST only",
+    "/workflow/pools/{pk}/members/",
+    pk="pool.id",
+    reachable=False,
+    reason="POST only",
     bodies={"post": isolation.Form({"username": isolation.Ref("radiologist.username")})},
 )
 isolation.route(
-    "/workflow/pool-members/{pk}/", pk="pool_member.id", reachable=False, reason="POST only",
+    "/workflow/pool-members/{pk}/",
+    pk="pool_member.id",
+    reachable=False,
+    reason="POST only",
     bodies={"post": isolation.Form({"subspecialties": "isolation"})},
 )
 
 isolation.route("/api/v1/routing-policies/{pk}/", pk="policy.id")
 isolation.route("/api/v1/routing-policies/{pk}/diagram/", pk="policy.id")
 isolation.route(
-    "/api/v1/routing-policies/{pk}/dry-run/", pk="policy.id", reachable=False, reason="POST only",
+    "/api/v1/routing-policies/{pk}/dry-run/",
+    pk="policy.id",
+    reachable=False,
+    reason="POST only",
     bodies={"post": {"study": isolation.Ref("study.id")}},
 )
 isolation.route(
@@ -99,8 +127,16 @@ isolation.route(
     bodies={"post": {"institution": isolation.Ref("institution.id"), "definition": {"rules": []}}},
 )
 isolation.route(
-    "/api/v1/routing-policies/dry-run/", reachable=False, reason="POST only",
-    bodies={"post": {"institution": isolation.Ref("institution.id"), "definition": {"rules": []}, "study": isolation.Ref("study.id")}},
+    "/api/v1/routing-policies/dry-run/",
+    reachable=False,
+    reason="POST only",
+    bodies={
+        "post": {
+            "institution": isolation.Ref("institution.id"),
+            "definition": {"rules": []},
+            "study": isolation.Ref("study.id"),
+        }
+    },
 )
 isolation.route("/workflow/policies/{pk}/", pk="policy.id", queries=[{"study": isolation.Ref("study.id")}])
 isolation.route("/workflow/policies/{pk}/diagram.svg", pk="policy.id")

@@ -46,6 +46,11 @@ def test_own_radiologists_see_the_patient_of_their_hospital(tenants, centre):
     task = offered_task(tenants, centre)
     row = api_client(tenants.a.radiologist).get("/api/v1/reading-tasks/").json()["results"][0]
     assert row["id"] == str(task.pk) and row["patient"]["name"] == "SECRET^PATIENT"
+    event = AuditEvent.objects.filter(action="workflow.worklist.view").last()
+    assert event.actor == "radiologist@alpha" and event.detail == {"tasks": [str(task.pk)]}
+    # A foreign reader's list shows no identity, so it reads no PHI.
+    api_client(centre.readers[0]).get("/api/v1/reading-tasks/")
+    assert AuditEvent.objects.filter(action="workflow.worklist.view").count() == 1
 
 
 def test_a_claim_someone_else_won_answers_409_and_release_reopens(tenants, centre):

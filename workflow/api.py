@@ -85,9 +85,15 @@ def worklist_queryset(user: Any, params: Any, who: access.Reader | None = None) 
         qs = qs.filter(modality=params["modality"].upper())
     if params.get("hospital"):
         try:
-            qs = qs.filter(institution_id=uuid.UUID(str(params["hospital"])))
+            hospital = uuid.UUID(str(params["hospital"]))
         except ValueError:
             raise ValidationError({"hospital": "expected an institution id"}) from None
+        # Filtering by a hospital you neither read for nor work at answers as
+        # an unknown one does: 404, never an empty list that confirms it exists.
+        who = who or access.reader(user)
+        if hospital not in who.hospitals() | access.monitored_institutions(user):
+            raise Http404("No such hospital")
+        qs = qs.filter(institution_id=hospital)
     ordering = params.get("ordering") or ("finished" if view == "finished" else "priority")
     if ordering not in ORDERINGS:
         raise ValidationError({"ordering": f"one of {', '.join(ORDERINGS)}"})
@@ -303,10 +309,7 @@ class PoolMemberViewSet(_ManagedByOwner, viewsets.ModelViewSet):
     def get_queryset(self) -> QuerySet[PoolMember]:
         qs = PoolMember.objects.filter(pool__in=access.visible_pools(self.request.user)).select_related("user", "pool")
         if self.request.query_params.get("pool"):
-            try:
-                qs = qs.filter(pool_id=uuid.UUID(self.request.query_params["pool"]))
-            except ValueError:
-                raise ValidationError({"pool": "expected a pool id"}) from None
+            qs = qs.filter(pool=access.access_pool(self.request.user, self.request.query_params["pool"]))
         return qs.prefetch_related("credentialed_for")
 
     def perform_create(self, serializer: Any) -> None:

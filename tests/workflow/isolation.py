@@ -73,12 +73,9 @@ isolation.route(
     reason="POST only",
     bodies={"post": isolation.Form({"reason": "isolation"})},
 )
-isolation.route(
-    "/api/v1/reading-tasks/", queries=[{"view": "all"}, {"hospital": isolation.Ref("institution.id"), "view": "all"}]
-)
-isolation.route(
-    "/workflow/", queries=[{"view": "offered"}, {"view": "claimed"}, {"hospital": isolation.Ref("institution.id")}]
-)
+isolation.route("/api/v1/reading-tasks/", queries=[{"hospital": isolation.Ref("institution.id"), "view": "all"}])
+isolation.route("/workflow/", queries=[{"hospital": isolation.Ref("institution.id")}])
+isolation.route("/workflow/rows/", queries=[{"hospital": isolation.Ref("institution.id"), "view": "claimed"}])
 
 isolation.route("/api/v1/pools/{pk}/", pk="pool.id", bodies={"patch": {"claim_cap": 1}})
 isolation.route(
@@ -138,5 +135,5 @@ isolation.route(
         }
     },
 )
-isolation.route("/workflow/policies/{pk}/", pk="policy.id", queries=[{"study": isolation.Ref("study.id")}])
+isolation.route("/workflow/policies/{pk}/", pk="policy.id")
 isolation.route("/workflow/policies/{pk}/diagram.svg", pk="policy.id")

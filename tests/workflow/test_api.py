@@ -102,6 +102,9 @@ def test_filters_and_ordering(tenants, centre):
     assert names == sorted(names, reverse=True)
     for bad in ["ordering=colour", "view=everything", "hospital=nope"]:
         assert client.get(f"/api/v1/reading-tasks/?{bad}").status_code == 400, bad
+    # A hospital the reader does not read for answers as an unknown one does.
+    assert client.get(f"/api/v1/reading-tasks/?hospital={tenants.c.institution.pk}").status_code == 404
+    assert client.get("/api/v1/reading-tasks/?hospital=00000000-0000-0000-0000-000000000000").status_code == 404
 
 
 def test_the_reassign_action_is_for_the_hospitals_administrators(tenants, centre):

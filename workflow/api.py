@@ -312,6 +312,11 @@ class PoolMemberViewSet(_ManagedByOwner, viewsets.ModelViewSet):
             qs = qs.filter(pool=access.access_pool(self.request.user, self.request.query_params["pool"]))
         return qs.prefetch_related("credentialed_for")
 
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        # A pool you do not manage answers as a missing one does (404), before validation.
+        access.access_pool(request.user, request.data.get("pool"), manage=True)
+        return super().create(request, *args, **kwargs)
+
     def perform_create(self, serializer: Any) -> None:
         pool = serializer.validated_data["pool"]
         self._require_admin(pool.owner_id)
@@ -372,6 +377,10 @@ class ReadingAgreementViewSet(_ManagedByOwner, viewsets.ModelViewSet):
             "pool", "hospital"
         )
 
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        access.access_pool(request.user, request.data.get("pool"), manage=True)
+        return super().create(request, *args, **kwargs)
+
     def perform_create(self, serializer: Any) -> None:
         self._require_admin(serializer.validated_data["pool"].owner_id)
         agreement = serializer.save()
@@ -415,11 +424,13 @@ class RoutingPolicyViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSe
 
     @extend_schema(responses={201: RoutingPolicySerializer, 400: OpenApiTypes.OBJECT})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        # Only the hospital's administrators change its policy; any other
+        # institution answers as a missing one does.
+        if str(request.data.get("institution")) not in {str(i) for i in access.admin_institutions(request.user)}:
+            raise Http404("No such institution")
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         institution = serializer.validated_data["institution"]
-        if institution.pk not in access.admin_institutions(request.user):
-            raise PermissionDenied("Only the hospital's administrators change its routing policy.")
         try:
             row = actions.do_save_routing_policy(
                 institution,

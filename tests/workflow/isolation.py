@@ -47,9 +47,12 @@ for template in [
     "/api/v1/reading-tasks/{pk}/",
     "/api/v1/reading-tasks/{pk}/history/",
     "/workflow/tasks/{pk}/",
-    "/workflow/tasks/{pk}/open/",
 ]:
     isolation.route(template, pk="reading_task.id")
+isolation.route(
+    "/workflow/tasks/{pk}/open/", pk="reading_task.id", reachable=False,
+    reason="audits the open and redirects (302) to the viewer or the task page",
+)
 isolation.route("/api/v1/reading-tasks/{pk}/claim/", pk="reading_task.id", reachable=False, reason="POST only")
 isolation.route(
     "/api/v1/reading-tasks/{pk}/release/",

@@ -50,7 +50,9 @@ for template in [
 ]:
     isolation.route(template, pk="reading_task.id")
 isolation.route(
-    "/workflow/tasks/{pk}/open/", pk="reading_task.id", reachable=False,
+    "/workflow/tasks/{pk}/open/",
+    pk="reading_task.id",
+    reachable=False,
     reason="audits the open and redirects (302) to the viewer or the task page",
 )
 isolation.route("/api/v1/reading-tasks/{pk}/claim/", pk="reading_task.id", reachable=False, reason="POST only")

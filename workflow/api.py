@@ -256,6 +256,16 @@ class _ManagedByOwner:
         if institution_id not in access.admin_institutions(self.request.user):
             raise PermissionDenied("Only an administrator of the pool's institution may change it.")
 
+    def _audit(self, action: str, obj: Any, institution_id: Any, detail: dict | None = None) -> None:
+        audit.record(
+            f"workflow.{action}",
+            request=self.request._request,
+            institution=institution_id,
+            object_type=obj._meta.label_lower,
+            object_id=obj.pk,
+            detail=detail,
+        )
+
 
 class RadiologistPoolViewSet(_ManagedByOwner, viewsets.ModelViewSet):
     """Radiologist pools: read by their members, their owner and hospitals they read for; managed by the owner."""
@@ -273,13 +283,7 @@ class RadiologistPoolViewSet(_ManagedByOwner, viewsets.ModelViewSet):
     def perform_create(self, serializer: Any) -> None:
         self._require_admin(serializer.validated_data["owner"].pk)
         pool = serializer.save()
-        audit.record(
-            "workflow.pool.created",
-            request=self.request._request,
-            institution=pool.owner_id,
-            object_type="workflow.radiologistpool",
-            object_id=pool.pk,
-        )
+        self._audit("pool.created", pool, pool.owner_id)
 
     def perform_update(self, serializer: Any) -> None:
         self._require_admin(serializer.instance.owner_id)
@@ -289,14 +293,7 @@ class RadiologistPoolViewSet(_ManagedByOwner, viewsets.ModelViewSet):
         ):
             raise ValidationError({"owner": "a pool cannot change owner"})
         pool = serializer.save()
-        audit.record(
-            "workflow.pool.changed",
-            request=self.request._request,
-            institution=pool.owner_id,
-            object_type="workflow.radiologistpool",
-            object_id=pool.pk,
-            detail=dict(self.request.data),
-        )
+        self._audit("pool.changed", pool, pool.owner_id, dict(self.request.data))
 
 
 class PoolMemberViewSet(_ManagedByOwner, viewsets.ModelViewSet):
@@ -326,14 +323,7 @@ class PoolMemberViewSet(_ManagedByOwner, viewsets.ModelViewSet):
         if PoolMember.objects.filter(pool=pool, user=user).exists():
             raise ValidationError({"user": "already a member of this pool"})
         member = serializer.save()
-        audit.record(
-            "workflow.pool.member_added",
-            request=self.request._request,
-            institution=pool.owner_id,
-            object_type="workflow.poolmember",
-            object_id=member.pk,
-            detail={"user": user.username},
-        )
+        self._audit("pool.member_added", member, pool.owner_id, {"user": user.username})
 
     def perform_update(self, serializer: Any) -> None:
         self._require_admin(serializer.instance.pool.owner_id)
@@ -343,24 +333,11 @@ class PoolMemberViewSet(_ManagedByOwner, viewsets.ModelViewSet):
         ):
             raise ValidationError("A membership cannot move to another pool or person; remove it and add another.")
         member = serializer.save()
-        audit.record(
-            "workflow.pool.member_changed",
-            request=self.request._request,
-            institution=member.pool.owner_id,
-            object_type="workflow.poolmember",
-            object_id=member.pk,
-        )
+        self._audit("pool.member_changed", member, member.pool.owner_id)
 
     def perform_destroy(self, instance: PoolMember) -> None:
         self._require_admin(instance.pool.owner_id)
-        audit.record(
-            "workflow.pool.member_removed",
-            request=self.request._request,
-            institution=instance.pool.owner_id,
-            object_type="workflow.poolmember",
-            object_id=instance.pk,
-            detail={"user": instance.user.username},
-        )
+        self._audit("pool.member_removed", instance, instance.pool.owner_id, {"user": instance.user.username})
         instance.delete()
 
 
@@ -384,24 +361,12 @@ class ReadingAgreementViewSet(_ManagedByOwner, viewsets.ModelViewSet):
     def perform_create(self, serializer: Any) -> None:
         self._require_admin(serializer.validated_data["pool"].owner_id)
         agreement = serializer.save()
-        audit.record(
-            "workflow.agreement.created",
-            request=self.request._request,
-            institution=agreement.pool.owner_id,
-            object_type="workflow.readingagreement",
-            object_id=agreement.pk,
-        )
+        self._audit("agreement.created", agreement, agreement.pool.owner_id)
 
     def perform_update(self, serializer: Any) -> None:
         self._require_admin(serializer.instance.pool.owner_id)
         agreement = serializer.save()
-        audit.record(
-            "workflow.agreement.changed",
-            request=self.request._request,
-            institution=agreement.pool.owner_id,
-            object_type="workflow.readingagreement",
-            object_id=agreement.pk,
-        )
+        self._audit("agreement.changed", agreement, agreement.pool.owner_id)
 
 
 # Routing policies -----------------------------------------------------------------

@@ -68,7 +68,7 @@ def worklist(request: HttpRequest) -> HttpResponse:
     except ValidationError as error:
         return HttpResponseBadRequest(f"Bad worklist query: {error.detail}")
     who = access.reader(request.user)
-    hospital_ids = set(who.own) | {h for _, hospitals, _, _ in who.pools for h in hospitals}
+    hospital_ids = who.hospitals()
     base = {k: v for k, v in context["params"].items() if k != "ordering"}
     context.update(
         tabs=TABS,

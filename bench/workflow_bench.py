@@ -210,11 +210,17 @@ def _route_worker(study_ids: list, out: multiprocessing.Queue) -> None:
         studies = list(
             Study.objects.filter(pk__in=study_ids[chunk : chunk + 500]).select_related("institution", "patient")
         )
+        chunk_started = time.perf_counter()
         if BATCHED:
             do_route_studies(studies)
         else:
             for study in studies:
                 do_start_reading_process(study)
+        if os.environ.get("BENCH_VERBOSE"):
+            print(
+                f"# {os.getpid()} studies {chunk + len(studies)}: {len(studies) / (time.perf_counter() - chunk_started):.0f}/s",
+                file=sys.stderr,
+            )
     out.put(time.perf_counter() - started)
 
 

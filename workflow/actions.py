@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -127,6 +128,30 @@ def do_start_reading_process(
     with one process, by the ``process_one_live_per_study`` constraint).
     ``policies`` caches current policies (and first-offer recipients) across one batch.
     """
+    with transaction.atomic():
+        prepared = _prepare_process(study, at=at, policies=policies)
+        if isinstance(prepared, ProcessInstance):
+            return prepared
+        _activate_process(prepared)
+    return prepared.process
+
+
+@dataclass
+class _Prepared:
+    process: ProcessInstance
+    tasks: list[ReadingTask]
+    now: datetime
+    reason: str
+    recipients: set[int] | None = None
+
+
+def _prepare_process(
+    study: Study, *, at: datetime | None, policies: dict[Any, Any] | None
+) -> _Prepared | ProcessInstance:
+    """Create the process and its pending tasks and offers; nothing is audited yet.
+
+    Returns the study's live process instead when it has one already.
+    """
     existing = ProcessInstance.objects.filter(study=study).exclude(state=ProcessInstance.State.CANCELLED).first()
     if existing is not None:
         return existing
@@ -177,17 +202,24 @@ def do_start_reading_process(
                 for kind in kinds
             ]
             ReadingTask.objects.bulk_create(tasks)
-            reason = f"policy v{row.version} rule {plan['rule_name']!r}" if row else "no policy: own radiologists"
-            detail = {"process": str(process.pk), "study": str(study.pk), "rule": plan["rule_name"]}
             offered = [t for t in tasks if t.kind != ReadingTask.Kind.RECONCILIATION]
             for task in offered:
-                _offer(task, plan, level=0, now=now, reason=reason, audit_detail=detail, announce=False)
-            # Every first task has the same recipients: find them once, push after commit.
-            transaction.on_commit(functools.partial(_announce, offered, _recipients(offered[0], plan, policies)))
-            do_mark_study_routed(study, actor_label=ENGINE, reason=reason)
-    except IntegrityError:
+                _create_offers(task, plan["steps"][0], 0)
+    except IntegrityError:  # another worker routed it a moment ago
         return ProcessInstance.objects.exclude(state=ProcessInstance.State.CANCELLED).get(study=study)
-    return process
+    reason = f"policy v{row.version} rule {plan['rule_name']!r}" if row else "no policy: own radiologists"
+    return _Prepared(process, offered, now, reason, _recipients(offered[0], plan, policies))
+
+
+def _activate_process(prepared: _Prepared) -> None:
+    """Offer the prepared tasks and mark the study routed: the audited half of routing."""
+    process = prepared.process
+    detail = {"process": str(process.pk), "study": str(process.study_id), "rule": process.rule_name}
+    for task in prepared.tasks:
+        _transition_offer(task, process.plan, level=0, now=prepared.now, reason=prepared.reason, audit_detail=detail)
+    # Every first task has the same recipients: found once, pushed after commit.
+    transaction.on_commit(functools.partial(_announce, prepared.tasks, prepared.recipients))
+    do_mark_study_routed(process.study, actor_label=ENGINE, reason=prepared.reason)
 
 
 ROUTE_BATCH = 25
@@ -197,23 +229,31 @@ def do_route_studies(studies: list[Study], *, at: datetime | None = None, batch:
     """Route many complete studies, ``batch`` to a transaction; returns how many were routed.
 
     The path for a backlog (the sweep, an edge catching up after an outage):
-    one commit per batch instead of per study. Each study has its own
-    savepoint, so one that fails is logged and left for the next sweep
-    without holding up the others. A batch holds the audit chain's lock until
-    it commits, so batches stay small.
+    one commit per batch instead of per study. Every process of a batch is
+    prepared first and offered second, because the first audit event takes the
+    audit chain's lock until commit: the lock is then held only for the
+    audited transitions, not for reading facts and resolving policies. Each
+    study has its own savepoint, so one that fails is logged and left for the
+    next sweep without holding up the others.
     """
     routed = 0
     for start in range(0, len(studies), batch):
         # Per batch: policies and recipients are read once and stay current.
         policies: dict[Any, Any] = {}
         with transaction.atomic():
+            prepared: list[_Prepared] = []
             for study in studies[start : start + batch]:
                 try:
-                    # do_start_reading_process's own atomic block is this study's savepoint.
-                    do_start_reading_process(study, at=at, policies=policies)
-                    routed += 1
+                    with transaction.atomic():
+                        result = _prepare_process(study, at=at, policies=policies)
                 except Exception:  # one bad study must not stop the backlog
                     log.exception("routing study %s failed; the sweep will retry", study.pk)
+                    continue
+                if isinstance(result, _Prepared):
+                    prepared.append(result)
+            for item in prepared:
+                _activate_process(item)
+                routed += 1
     return routed
 
 
@@ -238,18 +278,16 @@ def _create_offers(task: ReadingTask, step: dict[str, Any], level: int) -> None:
     TaskOffer.objects.bulk_create(offers)
 
 
-def _offer(
-    task: ReadingTask,
-    plan: dict[str, Any],
-    *,
-    level: int,
-    now: datetime,
-    reason: str,
-    audit_detail: dict | None = None,
-    announce: bool = True,
+def _offer(task: ReadingTask, plan: dict[str, Any], *, level: int, now: datetime, reason: str) -> None:
+    _create_offers(task, plan["steps"][level], level)
+    _transition_offer(task, plan, level=level, now=now, reason=reason)
+    _after_commit_offered(task)
+
+
+def _transition_offer(
+    task: ReadingTask, plan: dict[str, Any], *, level: int, now: datetime, reason: str, audit_detail: dict | None = None
 ) -> None:
     step = plan["steps"][level]
-    _create_offers(task, step, level)
     apply_transition(
         task,
         "offer",
@@ -261,8 +299,6 @@ def _offer(
         sla_minutes=step["sla_minutes"][task.priority],
         audit_detail=audit_detail,
     )
-    if announce:
-        _after_commit_offered(task)
 
 
 def _announce(tasks: list[ReadingTask], recipients: set[int] | None = None) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.http import Http404
+from django.utils import timezone
 
 from archive.actions import do_complete_study
 from archive.models import Study
@@ -88,3 +91,27 @@ def test_routing_twice_starts_one_process(tenants, centre):
     first = do_start_reading_process(study)
     assert do_start_reading_process(study) == first
     assert ReadingTask.objects.filter(study=study).count() == 1
+
+
+def test_a_backlog_is_routed_in_batches_and_one_bad_study_waits_for_the_sweep(tenants, centre, monkeypatch):
+    from workflow import actions
+
+    save_policy(tenants.a.institution, own_and_pool(centre.pool))
+    studies = [make_study(tenants.a.institution) for _ in range(5)]
+    real_facts = actions.study_facts
+
+    def facts(study):
+        if study.pk == studies[2].pk:
+            raise ValueError("unreadable order")
+        return real_facts(study)
+
+    monkeypatch.setattr(actions, "study_facts", facts)
+    assert actions.do_route_studies(studies, batch=2) == 4
+    states = [Study.objects.get(pk=s.pk).state for s in studies]
+    assert states == ["routed", "routed", "complete", "routed", "routed"]
+    assert ReadingTask.objects.filter(state="offered").count() == 4
+    monkeypatch.setattr(actions, "study_facts", real_facts)
+    # The sweep leaves a study the live signal may still be routing alone for a minute.
+    Study.objects.filter(pk=studies[2].pk).update(completed_at=timezone.now() - timedelta(minutes=5))
+    assert actions.do_sweep_reading_tasks()["routed"] == 1
+    assert Study.objects.get(pk=studies[2].pk).state == "routed"

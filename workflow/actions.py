@@ -129,11 +129,22 @@ def do_start_reading_process(
     ``policies`` caches current policies (and first-offer recipients) across one batch.
     """
     with transaction.atomic():
-        prepared = _prepare_process(study, at=at, policies=policies)
+        prepared = _prepare_guarded(study, at=at, policies=policies)
         if isinstance(prepared, ProcessInstance):
             return prepared
         _activate_process(prepared)
     return prepared.process
+
+
+def _prepare_guarded(
+    study: Study, *, at: datetime | None, policies: dict[Any, Any] | None
+) -> _Prepared | ProcessInstance:
+    """``_prepare_process`` in a savepoint; a process another worker just created wins."""
+    try:
+        with transaction.atomic():
+            return _prepare_process(study, at=at, policies=policies)
+    except IntegrityError:
+        return ProcessInstance.objects.exclude(state=ProcessInstance.State.CANCELLED).get(study=study)
 
 
 @dataclass
@@ -166,47 +177,44 @@ def _prepare_process(
         row = policies[institution.pk]
     plan = policy.resolve(parsed_policy(row) if row else None, institution, facts, now)
     del plan["evaluations"]
-    try:
-        with transaction.atomic():
-            process = ProcessInstance.objects.create(
-                institution=institution,
-                study=study,
-                policy=row,
-                rule_index=plan["rule_index"],
-                rule_name=plan["rule_name"],
-                plan=plan,
-                facts=facts.as_dict(),
-                order_id=facts.order_id,
-                created_at=now,
-            )
-            kinds = [ReadingTask.Kind.READ]
-            if plan["double_reading"]:
-                kinds = [ReadingTask.Kind.READ, ReadingTask.Kind.SECOND_READ, ReadingTask.Kind.RECONCILIATION]
-            tasks = [
-                ReadingTask(
-                    process=process,
-                    study=study,
-                    institution=institution,
-                    kind=kind,
-                    hospital_name=institution.name[:200],
-                    priority=facts.priority,
-                    priority_rank=PRIORITY_RANK[facts.priority],
-                    modality=facts.modality[:16],
-                    body_part=facts.body_part[:64],
-                    procedure_code=facts.procedure_code[:64],
-                    procedure=facts.procedure[:200],
-                    clinical_question=facts.clinical_question,
-                    final_level=len(plan["steps"]) - 1,
-                    created_at=now,
-                )
-                for kind in kinds
-            ]
-            ReadingTask.objects.bulk_create(tasks)
-            offered = [t for t in tasks if t.kind != ReadingTask.Kind.RECONCILIATION]
-            for task in offered:
-                _create_offers(task, plan["steps"][0], 0)
-    except IntegrityError:  # another worker routed it a moment ago
-        return ProcessInstance.objects.exclude(state=ProcessInstance.State.CANCELLED).get(study=study)
+    # The caller's savepoint covers these writes (see _prepare_guarded).
+    process = ProcessInstance.objects.create(
+        institution=institution,
+        study=study,
+        policy=row,
+        rule_index=plan["rule_index"],
+        rule_name=plan["rule_name"],
+        plan=plan,
+        facts=facts.as_dict(),
+        order_id=facts.order_id,
+        created_at=now,
+    )
+    kinds = [ReadingTask.Kind.READ]
+    if plan["double_reading"]:
+        kinds = [ReadingTask.Kind.READ, ReadingTask.Kind.SECOND_READ, ReadingTask.Kind.RECONCILIATION]
+    tasks = [
+        ReadingTask(
+            process=process,
+            study=study,
+            institution=institution,
+            kind=kind,
+            hospital_name=institution.name[:200],
+            priority=facts.priority,
+            priority_rank=PRIORITY_RANK[facts.priority],
+            modality=facts.modality[:16],
+            body_part=facts.body_part[:64],
+            procedure_code=facts.procedure_code[:64],
+            procedure=facts.procedure[:200],
+            clinical_question=facts.clinical_question,
+            final_level=len(plan["steps"]) - 1,
+            created_at=now,
+        )
+        for kind in kinds
+    ]
+    ReadingTask.objects.bulk_create(tasks)
+    offered = [t for t in tasks if t.kind != ReadingTask.Kind.RECONCILIATION]
+    for task in offered:
+        _create_offers(task, plan["steps"][0], 0)
     reason = f"policy v{row.version} rule {plan['rule_name']!r}" if row else "no policy: own radiologists"
     return _Prepared(process, offered, now, reason, _recipients(offered[0], plan, policies))
 
@@ -237,15 +245,14 @@ def do_route_studies(studies: list[Study], *, at: datetime | None = None, batch:
     next sweep without holding up the others.
     """
     routed = 0
+    # Policies and recipients are read once per call (a backlog takes seconds).
+    policies: dict[Any, Any] = {}
     for start in range(0, len(studies), batch):
-        # Per batch: policies and recipients are read once and stay current.
-        policies: dict[Any, Any] = {}
         with transaction.atomic():
             prepared: list[_Prepared] = []
             for study in studies[start : start + batch]:
                 try:
-                    with transaction.atomic():
-                        result = _prepare_process(study, at=at, policies=policies)
+                    result = _prepare_guarded(study, at=at, policies=policies)
                 except Exception:  # one bad study must not stop the backlog
                     log.exception("routing study %s failed; the sweep will retry", study.pk)
                     continue

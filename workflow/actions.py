@@ -352,7 +352,7 @@ def _claim_cap(who: Reader, offers: list[TaskOffer]) -> int:
     caps = []
     pool_caps = {pool_id: cap for pool_id, _h, _s, cap in who.pools}
     for offer in offers:
-        if offer.kind == TaskOffer.Kind.POOL:
+        if offer.kind == TaskOffer.Kind.POOL and offer.pool_id is not None:
             caps.append(pool_caps.get(offer.pool_id, 0))
         else:
             caps.append(settings.WORKFLOW_CLAIM_CAP)

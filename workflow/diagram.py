@@ -105,7 +105,7 @@ def render(row: RoutingPolicy, *, highlight: int | None | str = "") -> str:
             weight="bold",
         ),
     ]
-    y = 70
+    y: float = 70
     parts.append(_arrow(LEFT + DECISION_W / 2, 44, LEFT + DECISION_W / 2, y))
     for n, (index, rule) in enumerate(rules):
         hit = highlight != "" and highlight == index

@@ -10,7 +10,8 @@ hospital's own radiologists, a pool, a person) until one radiologist claims it.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import date, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -28,7 +29,7 @@ class Priority(models.TextChoices):
     ROUTINE = "routine", "Routine"
 
 
-PRIORITY_RANK = {Priority.STAT: 0, Priority.URGENT: 1, Priority.ROUTINE: 2}
+PRIORITY_RANK: dict[str, int] = {Priority.STAT: 0, Priority.URGENT: 1, Priority.ROUTINE: 2}
 
 
 def normalise_priority(value: object) -> str:
@@ -112,13 +113,13 @@ class ReadingAgreement(models.Model):
     def __str__(self) -> str:
         return f"{self.hospital} → {self.pool}"
 
-    def in_force(self, day: object = None) -> bool:
+    def in_force(self, day: date | None = None) -> bool:
         day = day or timezone.localdate()
         return (
             self.is_active
             and self.pool.is_active
-            and self.valid_from <= day  # type: ignore[operator]
-            and (self.valid_until is None or day <= self.valid_until)  # type: ignore[operator]
+            and self.valid_from <= day
+            and (self.valid_until is None or day <= self.valid_until)
         )
 
     def covers(self, modality: str, body_part: str) -> bool:
@@ -271,15 +272,15 @@ class ReadingTask(ConcurrentTransitionMixin, models.Model):
     # do the I/O around them.
 
     @transition(field=state, source=State.PENDING, target=State.OFFERED)
-    def offer(self, *, now: object, sla_minutes: int) -> None:
+    def offer(self, *, now: datetime, sla_minutes: int) -> None:
         self.offered_at = now
         self.sla_minutes = sla_minutes
-        self.due_at = now + timedelta(minutes=sla_minutes)  # type: ignore[operator]
+        self.due_at = now + timedelta(minutes=sla_minutes)
 
     @transition(
         field=state, source=[State.OFFERED, State.RELEASED, State.ESCALATED, State.REASSIGNED], target=State.CLAIMED
     )
-    def claim(self, *, user: object, now: object) -> None:
+    def claim(self, *, user: Any, now: datetime) -> None:
         self.claimed_by = user
         self.claimed_at = now
         self.last_activity_at = now
@@ -294,15 +295,15 @@ class ReadingTask(ConcurrentTransitionMixin, models.Model):
         self._drop_holder()
 
     @transition(field=state, source=State.CLAIMED, target=State.DRAFTING)
-    def start_draft(self, *, now: object) -> None:
+    def start_draft(self, *, now: datetime) -> None:
         self.last_activity_at = now
 
     @transition(field=state, source=[State.CLAIMED, State.DRAFTING], target=State.PRELIMINARY)
-    def issue_preliminary(self, *, now: object) -> None:
+    def issue_preliminary(self, *, now: datetime) -> None:
         self.last_activity_at = now
 
     @transition(field=state, source=[State.CLAIMED, State.DRAFTING, State.PRELIMINARY], target=State.FINAL)
-    def finalize(self, *, now: object) -> None:
+    def finalize(self, *, now: datetime) -> None:
         self.last_activity_at = now
         self.finished_at = now
 
@@ -311,19 +312,19 @@ class ReadingTask(ConcurrentTransitionMixin, models.Model):
         source=[State.OFFERED, State.RELEASED, State.ESCALATED, State.REASSIGNED],
         target=State.ESCALATED,
     )
-    def escalate(self, *, now: object, level: int, sla_minutes: int) -> None:
+    def escalate(self, *, now: datetime, level: int, sla_minutes: int) -> None:
         self.breached_at = self.breached_at or now
         self.escalation_level = level
         self.sla_minutes = sla_minutes
         self.offered_at = now
-        self.due_at = now + timedelta(minutes=sla_minutes)  # type: ignore[operator]
+        self.due_at = now + timedelta(minutes=sla_minutes)
 
     @transition(
         field=state,
         source=[State.OFFERED, State.RELEASED, State.ESCALATED, State.REASSIGNED, State.CLAIMED, State.DRAFTING],
         target=State.REASSIGNED,
     )
-    def reassign(self, *, now: object) -> None:
+    def reassign(self, *, now: datetime) -> None:
         self._drop_holder()
         self.offered_at = now
 
@@ -341,7 +342,7 @@ class ReadingTask(ConcurrentTransitionMixin, models.Model):
         ],
         target=State.CANCELLED,
     )
-    def cancel(self, *, now: object) -> None:
+    def cancel(self, *, now: datetime) -> None:
         self._drop_holder()
         self.finished_at = now
 

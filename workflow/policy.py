@@ -440,7 +440,7 @@ def validate(definition: Any, institution: Institution) -> Policy:
                 errs.add(path, "no reading agreement in force with this pool" if exists else "no such pool")
             elif target.subspecialty and not any(
                 target.subspecialty in [s.lower() for s in m.subspecialties]
-                for m in PoolMember.objects.filter(pool_id=target.pool, is_active=True)
+                for m in PoolMember.objects.filter(pool_id=uuid.UUID(target.pool), is_active=True)
             ):
                 errs.add(path, f"no member of this pool has the subspecialty {target.subspecialty!r}")
         elif target.kind == "person":
@@ -458,12 +458,12 @@ def _reads_for(user: User, institution: Institution, agreements: dict[str, Readi
     if Membership.objects.filter(user=user, institution=institution, role=Role.RADIOLOGIST, is_active=True).exists():
         return True
     return PoolMember.objects.filter(
-        user=user, is_active=True, pool_id__in=list(agreements), credentialed_for=institution
+        user=user, is_active=True, pool_id__in=[uuid.UUID(k) for k in agreements], credentialed_for=institution
     ).exists()
 
 
 def _all_targets(policy: Policy) -> list[tuple[str, Target]]:
-    out = []
+    out: list[tuple[str, Target]] = []
     for name, rule in [*((f"rules[{i}]", r) for i, r in enumerate(policy.rules)), ("fallback", policy.fallback)]:
         for level, step in enumerate(rule.steps):
             base = f"{name}.offer_to" if level == 0 else f"{name}.escalation[{level - 1}].offer_to"
@@ -537,7 +537,7 @@ def resolve(policy: Policy | None, institution: Institution, facts: StudyFacts, 
     agreements = {str(a.pool_id): a for a in rows if a.in_force(local.date())}
     labels = _Labels(policy, {str(a.pool_id): a.pool.name for a in rows})
     notes: list[str] = []
-    steps = []
+    steps: list[dict[str, Any]] = []
     for level, step in enumerate(rule.steps):
         targets = []
         for target in step.offer_to:

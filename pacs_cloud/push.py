@@ -12,7 +12,9 @@ relayed to the web server over HTTP, signed with the SECRET_KEY.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
@@ -61,7 +63,15 @@ def send_now_many(groups: list[str], topic: str, data: dict[str, Any]) -> None:
         for group in groups:
             await layer.group_send(group, message)
 
-    async_to_sync(send_all)()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        async_to_sync(send_all)()
+        return
+    # This thread runs an event loop (an async caller, a test driving a
+    # browser): async_to_sync may not block it, so a worker thread sends.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(async_to_sync(send_all)).result()
 
 
 def send_now(group: str, topic: str, data: dict[str, Any]) -> None:

@@ -12,17 +12,16 @@ relayed to the web server over HTTP, signed with the SECRET_KEY.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
-from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core import signing
 from django.db import transaction
+
+from .lib.asyncio_bridge import block_on
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +62,7 @@ def send_now_many(groups: list[str], topic: str, data: dict[str, Any]) -> None:
         for group in groups:
             await layer.group_send(group, message)
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        async_to_sync(send_all)()
-        return
-    # This thread runs an event loop (an async caller, a test driving a
-    # browser): async_to_sync may not block it, so a worker thread sends.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(async_to_sync(send_all)).result()
+    block_on(send_all)
 
 
 def send_now(group: str, topic: str, data: dict[str, Any]) -> None:
@@ -81,13 +72,13 @@ def send_now(group: str, topic: str, data: dict[str, Any]) -> None:
     if isinstance(layer, InMemoryChannelLayer) and not IN_WEB_PROCESS:
         _relay(group, topic, data)
         return
-    async_to_sync(layer.group_send)(group, {"type": "push.message", "topic": topic, "data": data})
+    block_on(layer.group_send, group, {"type": "push.message", "topic": topic, "data": data})
 
 
 def _relay(group: str | list[str], topic: str, data: dict[str, Any]) -> None:
     token = signing.dumps({"group": group, "topic": topic, "data": data}, salt=RELAY_SALT)
     try:
-        requests.post(f"{settings.CLOUD_URL}/internal/push/", data={"token": token}, timeout=2)
+        requests.post(f"{settings.PUSH_RELAY_URL}/internal/push/", data={"token": token}, timeout=2)
     except requests.RequestException as exc:  # a missed push is redrawn on the next page load
         log.info("push relay to the web server failed: %s", exc)
 

@@ -325,6 +325,7 @@ DIMSE_SERVICE_PROVIDERS: list[str] = []
 # Home-page panels: each app appends its provider (see pacs_cloud.home).
 HOME_PANELS = [
     "pacs_cloud.home.role_panels",
+    "workflow.home.reading_panels",
 ]
 # Reading workflow: minutes per priority when neither policy nor agreement says,
 # the claims a reader may hold at once (pools set their own), how long an

@@ -10,18 +10,11 @@ import pytest
 
 from archive.models import Patient, Series, Study
 from pacs_cloud.models import Institution, Membership, Role, User
-from tests.conftest import PASSWORD
+from tests.conftest import make_user
 from workflow.actions import do_save_routing_policy
 from workflow.models import PoolMember, RadiologistPool, ReadingAgreement
 
 _counter = itertools.count(1)
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # Argon2 is right for production and slow on purpose; these tests create
-    # about twenty users each and only need passwords to work.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def make_study(
@@ -59,7 +52,7 @@ def make_study(
 
 
 def make_radiologist(institution: Institution, username: str) -> User:
-    user = User.objects.create_user(username, password=PASSWORD)
+    user = make_user(username)
     Membership.objects.create(user=user, institution=institution, role=Role.RADIOLOGIST)
     return user
 

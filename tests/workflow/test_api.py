@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pacs_cloud.models import AuditEvent
-from tests.conftest import api_client
+from tests.conftest import api_client, make_user
 from tests.workflow.conftest import make_study, save_policy
 from workflow.actions import do_start_reading_process
 from workflow.models import PoolMember, RoutingPolicy
@@ -171,7 +171,7 @@ def test_policies_are_saved_as_versions_validated_and_dry_run(tenants, centre):
 def test_pools_are_managed_by_their_owners_administrators(tenants, centre):
     from pacs_cloud.models import Membership, Role
 
-    owner_admin = centre.readers[0].__class__.objects.create_user("admin@delta", password="x" * 12)
+    owner_admin = make_user("admin@delta")
     Membership.objects.create(user=owner_admin, institution=centre.institution, role=Role.INSTITUTION_ADMIN)
     admin = api_client(owner_admin)
     listed = admin.get("/api/v1/pools/").json()["results"]

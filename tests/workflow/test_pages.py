@@ -7,7 +7,8 @@ import json
 import pytest
 from django.test import Client
 
-from pacs_cloud.models import AuditEvent, Membership, Role, User
+from pacs_cloud.models import AuditEvent, Membership, Role
+from tests.conftest import make_user
 from tests.workflow.conftest import make_study, save_policy
 from workflow.actions import do_start_reading_process
 from workflow.models import PoolMember, RoutingPolicy
@@ -99,9 +100,9 @@ def test_the_policy_pages_draw_dry_run_and_save_versions(tenants, centre, offere
 
 
 def test_the_pool_page_lets_the_owner_manage_members(tenants, centre):
-    owner_admin = User.objects.create_user("admin@delta", password="x" * 12)
+    owner_admin = make_user("admin@delta")
     Membership.objects.create(user=owner_admin, institution=centre.institution, role=Role.INSTITUTION_ADMIN)
-    newcomer = User.objects.create_user("reader4@delta", password="x" * 12)
+    newcomer = make_user("reader4@delta")
     Membership.objects.create(user=newcomer, institution=centre.institution, role=Role.RADIOLOGIST)
     admin = signed_in(owner_admin)
     assert "Delta night pool" in admin.get("/workflow/pools/").content.decode()
@@ -129,3 +130,10 @@ def test_the_pool_page_lets_the_owner_manage_members(tenants, centre):
         .status_code
         == 404
     )
+
+
+def test_the_home_page_shows_readers_and_administrators_their_reading_panels(tenants, centre, offered):
+    reader = signed_in(centre.readers[0]).get("/").content.decode()
+    assert "1 offered to you" in reader and "Alpha County Hospital" in reader and "SECRET" not in reader
+    admin = signed_in(tenants.a.institution_admin).get("/").content.decode()
+    assert "1 reading tasks waiting" in admin and "Routing policy version 1" in admin

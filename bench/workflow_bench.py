@@ -13,7 +13,8 @@ Three measurements, printed as ``key=value`` lines:
 2. claims: ``--readers`` radiologists of one pool, each in its own thread with
    its own database connection, read their worklist, claim the first task
    (trying the next when someone else was faster), "read" it for a random
-   0.5–1.5 s and finalise it. Latency of every claim attempt (won or lost);
+   ``--read-seconds`` (5–15 s by default; far faster than a real read) and
+   finalise it. Latency of every claim attempt (won or lost);
    afterwards every task's transition log is checked for two owners. Then
    ``--bursts`` rounds where all readers claim the same task at once.
 3. worklist: ``--open-tasks`` open tasks over 20 hospitals and 5 pools; p95 of
@@ -318,7 +319,7 @@ def bench_claims(args) -> None:
                         latencies.append(elapsed)
                         outcomes[result] = outcomes.get(result, 0) + 1
                     if result == "won":
-                        time.sleep(rng.uniform(0.5, 1.5))  # reading the study
+                        time.sleep(rng.uniform(*args.read_seconds))  # reading the study
                         do_finalize_task(task, acting_user=user)
                         break
         finally:
@@ -345,6 +346,7 @@ def bench_claims(args) -> None:
                 holder = None
     won = outcomes.get("won", 0)
     print(f"claims.readers={args.readers}")
+    print(f"claims.read_seconds={args.read_seconds[0]:g}-{args.read_seconds[1]:g}")
     print(f"claims.attempts={len(latencies)}")
     print(f"claims.won={won}")
     print(f"claims.lost_race={outcomes.get('not_open', 0)}")
@@ -355,7 +357,7 @@ def bench_claims(args) -> None:
     print(f"claims.max_ms={max(latencies) * 1000:.1f}")
     print(f"claims.two_owners={doubles}")
     print(
-        "claims.method=N threads, one DB connection each: pick at random among the top 20 of the worklist, claim, read 0.5-1.5 s, finalise; "
+        "claims.method=N threads, one DB connection each: pick at random among the top 20 of the worklist, claim, read for --read-seconds, finalise; "
         "latency of do_claim_reading_task per attempt (won or lost)"
     )
 
@@ -507,7 +509,13 @@ def main() -> None:
     )
     parser.add_argument("--readers", type=int, default=50)
     parser.add_argument("--claim-tasks", type=int, default=3000)
-    parser.add_argument("--claim-seconds", type=float, default=30)
+    parser.add_argument("--claim-seconds", type=float, default=60)
+    parser.add_argument(
+        "--read-seconds",
+        type=lambda v: tuple(float(x) for x in v.split(",")),
+        default=(5.0, 15.0),
+        help="min,max seconds a reader spends on a study between claims (default 5,15)",
+    )
     parser.add_argument("--bursts", type=int, default=20)
     parser.add_argument("--open-tasks", type=int, default=100_000)
     parser.add_argument("--worklist-requests", type=int, default=240)

@@ -267,11 +267,64 @@ def bench_routing(args) -> None:
 # 2. Claims ----------------------------------------------------------------------
 
 
+def _claim_worker(user_ids: list, seed: int, stop_at: float, read_seconds: tuple, out: multiprocessing.Queue) -> None:
+    """Some of the radiologists, one thread each, in one process (as web workers serve them)."""
+    setup_django()
+    from django.db import connection
+
+    from pacs_cloud.models import User
+    from workflow.access import offered_tasks, reader
+    from workflow.actions import TaskRefused, do_claim_reading_task, do_finalize_task
+
+    latencies: list[float] = []
+    outcomes: dict[str, int] = {}
+    lock = threading.Lock()
+    users = list(User.objects.filter(pk__in=user_ids))
+    connection.close()
+    start_at = time.time() + 2  # every process starts together
+
+    def radiologist(user, rng: random.Random) -> None:
+        try:
+            who = reader(user)
+            time.sleep(max(0.0, start_at - time.time()) + rng.uniform(0, 1.0))
+            while time.time() < stop_at:
+                candidates = list(offered_tasks(user, who).order_by("priority_rank", "due_at")[:20])
+                if not candidates:
+                    break
+                # A reader picks from the top of their list, not always the very first row.
+                rng.shuffle(candidates)
+                for task in candidates:
+                    began = time.perf_counter()
+                    try:
+                        do_claim_reading_task(task, acting_user=user)
+                        result = "won"
+                    except TaskRefused as refused:
+                        result = refused.code
+                    elapsed = time.perf_counter() - began
+                    with lock:
+                        latencies.append(elapsed)
+                        outcomes[result] = outcomes.get(result, 0) + 1
+                    if result == "won":
+                        time.sleep(rng.uniform(*read_seconds))  # reading the study
+                        do_finalize_task(task, acting_user=user)
+                        break
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=radiologist, args=(u, random.Random(seed * 1000 + i))) for i, u in enumerate(users)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put((latencies, outcomes))
+
+
 def bench_claims(args) -> None:
     from django.db import connection
 
     from pacs_cloud.fsm import history
-    from workflow.access import offered_tasks, reader
     from workflow.actions import (
         TaskRefused,
         do_claim_reading_task,
@@ -291,47 +344,30 @@ def bench_claims(args) -> None:
     for study in Study.objects.filter(pk__in=ids).select_related("institution", "patient"):
         do_start_reading_process(study)
 
+    from django.db import connections
+
+    connections.close_all()
+    stop_at = time.time() + args.claim_seconds + 2
+    out: multiprocessing.Queue = multiprocessing.Queue()
+    groups = [readers[i :: args.processes] for i in range(args.processes)]
+    started = time.perf_counter()
+    procs = [
+        multiprocessing.Process(target=_claim_worker, args=([u.pk for u in group], n, stop_at, args.read_seconds, out))
+        for n, group in enumerate(groups)
+    ]
+    for proc in procs:
+        proc.start()
     latencies: list[float] = []
     outcomes: dict[str, int] = {}
+    for _ in procs:
+        part_latencies, part_outcomes = out.get()
+        latencies.extend(part_latencies)
+        for key, value in part_outcomes.items():
+            outcomes[key] = outcomes.get(key, 0) + value
+    for proc in procs:
+        proc.join()
+    elapsed = time.perf_counter() - started - 2
     lock = threading.Lock()
-    stop_at = time.monotonic() + args.claim_seconds
-
-    def radiologist(user, seed: int) -> None:
-        rng = random.Random(seed)
-        who = reader(user)
-        try:
-            time.sleep(rng.uniform(0, 1.0))
-            while time.monotonic() < stop_at:
-                candidates = list(offered_tasks(user, who).order_by("priority_rank", "due_at")[:20])
-                if not candidates:
-                    break
-                # A reader picks from the top of their list, not always the very first row.
-                rng.shuffle(candidates)
-                for task in candidates:
-                    began = time.perf_counter()
-                    try:
-                        do_claim_reading_task(task, acting_user=user)
-                        result = "won"
-                    except TaskRefused as refused:
-                        result = refused.code
-                    elapsed = time.perf_counter() - began
-                    with lock:
-                        latencies.append(elapsed)
-                        outcomes[result] = outcomes.get(result, 0) + 1
-                    if result == "won":
-                        time.sleep(rng.uniform(*args.read_seconds))  # reading the study
-                        do_finalize_task(task, acting_user=user)
-                        break
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=radiologist, args=(u, i)) for i, u in enumerate(readers)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
 
     # Never two owners: in every task's log, no claim follows a claim without a release between.
     doubles = 0
@@ -346,6 +382,7 @@ def bench_claims(args) -> None:
                 holder = None
     won = outcomes.get("won", 0)
     print(f"claims.readers={args.readers}")
+    print(f"claims.processes={args.processes}")
     print(f"claims.read_seconds={args.read_seconds[0]:g}-{args.read_seconds[1]:g}")
     print(f"claims.attempts={len(latencies)}")
     print(f"claims.won={won}")
@@ -357,7 +394,7 @@ def bench_claims(args) -> None:
     print(f"claims.max_ms={max(latencies) * 1000:.1f}")
     print(f"claims.two_owners={doubles}")
     print(
-        "claims.method=N threads, one DB connection each: pick at random among the top 20 of the worklist, claim, read for --read-seconds, finalise; "
+        "claims.method=N radiologists as threads spread over --processes processes (as web workers serve them), one DB connection each: pick at random among the top 20 of the worklist, claim, read for --read-seconds, finalise; "
         "latency of do_claim_reading_task per attempt (won or lost)"
     )
 
@@ -510,6 +547,7 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=50)
     parser.add_argument("--claim-tasks", type=int, default=3000)
     parser.add_argument("--claim-seconds", type=float, default=60)
+    parser.add_argument("--processes", type=int, default=5, help="processes the claiming radiologists are spread over")
     parser.add_argument(
         "--read-seconds",
         type=lambda v: tuple(float(x) for x in v.split(",")),

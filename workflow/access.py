@@ -67,20 +67,26 @@ def reader(user: Any) -> Reader:
     if not access._authenticated(user):
         return Reader(user=user)
     result = Reader(user=user, own=access.institution_ids(user, [Role.RADIOLOGIST]))
-    members = (
-        PoolMember.objects.filter(user=user, is_active=True, pool__is_active=True)
-        .select_related("pool")
-        .prefetch_related("credentialed_for")
+    # One query for every membership with its credentials: the claim path runs it.
+    rows = PoolMember.credentialed_for.through.objects.filter(
+        poolmember__user=user,
+        poolmember__is_active=True,
+        poolmember__pool__is_active=True,
+        institution__is_active=True,
+    ).values_list(
+        "poolmember__pool_id",
+        "institution_id",
+        "poolmember__subspecialties",
+        "poolmember__claim_cap",
+        "poolmember__pool__claim_cap",
     )
-    for member in members:
-        result.pools.append(
-            (
-                member.pool_id,
-                {i.pk for i in member.credentialed_for.all() if i.is_active},
-                {s.lower() for s in member.subspecialties},
-                member.effective_cap,
-            )
+    pools: dict[Any, tuple[Any, set[UUID], set[str], int]] = {}
+    for pool_id, hospital_id, subspecialties, own_cap, pool_cap in rows:
+        entry = pools.setdefault(
+            pool_id, (pool_id, set(), {s.lower() for s in subspecialties}, own_cap if own_cap is not None else pool_cap)
         )
+        entry[1].add(hospital_id)
+    result.pools = list(pools.values())
     return result
 
 

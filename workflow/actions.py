@@ -18,14 +18,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import Permission
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import F, Q
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
-from guardian.shortcuts import assign_perm, remove_perm
+from guardian.shortcuts import remove_perm
 
 from archive.actions import do_mark_study_routed
-from archive.models import Study
+from archive.models import Study, StudyUserObjectPermission
 from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition
 from pacs_cloud.models import Institution, Membership, Role, User
@@ -359,8 +361,26 @@ def _claim_cap(who: Reader, offers: list[TaskOffer]) -> int:
     return max(caps)
 
 
+def _view_study_permission_id() -> int:
+    # Not cached across calls: a flushed test database renumbers permissions.
+    return Permission.objects.only("pk").get(content_type__app_label="archive", codename="view_study").pk
+
+
 def _grant(user: Any, study_id: Any) -> None:
-    assign_perm(VIEW_STUDY, user, Study(pk=study_id))
+    """guardian's ``assign_perm(VIEW_STUDY, user, study)`` in one statement (the claim path).
+
+    The row is the one guardian writes (its direct-foreign-key model, unique
+    per user, permission and study), so ``remove_perm`` and the access policy
+    read it as theirs.
+    """
+    StudyUserObjectPermission.objects.bulk_create(
+        [
+            StudyUserObjectPermission(
+                user_id=user.pk, permission_id=_view_study_permission_id(), content_object_id=study_id
+            )
+        ],
+        ignore_conflicts=True,
+    )
 
 
 def _revoke_unless_needed(user_id: int | None, task: ReadingTask) -> None:
@@ -407,26 +427,35 @@ def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any =
                 outcome="denied",
             )
             raise TaskRefused("This task is not offered to you.", "not_offered")
-        # Serialise this reader's claims so two at once cannot both pass the cap.
-        list(User.objects.select_for_update().filter(pk=acting_user.pk).values_list("pk"))
+        # Lock this reader's user row so two claims at once cannot both pass
+        # the cap; count what they hold and look for the other read of a
+        # double read in the same round trip.
+        other_read = ReadingTask.objects.filter(
+            process_id=locked.process_id,
+            kind__in=[ReadingTask.Kind.READ, ReadingTask.Kind.SECOND_READ],
+            claimed_by_id=OuterRef("pk"),
+        ).exclude(pk=locked.pk)
+        held_count = (
+            ReadingTask.objects.filter(claimed_by_id=OuterRef("pk"), state__in=CAPPED_STATES)
+            .order_by()
+            .values("claimed_by_id")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        held, holds_other_read = (
+            User.objects.select_for_update(of=("self",))
+            .filter(pk=acting_user.pk)
+            .annotate(held=Coalesce(Subquery(held_count), 0), other_read=Exists(other_read))
+            .values_list("held", "other_read")
+            .get()
+        )
         cap = _claim_cap(who, offers)
-        held = ReadingTask.objects.filter(claimed_by=acting_user, state__in=CAPPED_STATES).count()
         if held >= cap:
             raise TaskRefused(f"You already hold {held} tasks; the most you may hold at once is {cap}.", "cap_reached")
-        if locked.kind != ReadingTask.Kind.RECONCILIATION:
-            other_read = (
-                ReadingTask.objects.filter(
-                    process_id=locked.process_id,
-                    kind__in=[ReadingTask.Kind.READ, ReadingTask.Kind.SECOND_READ],
-                    claimed_by=acting_user,
-                )
-                .exclude(pk=locked.pk)
-                .exists()
+        if holds_other_read and locked.kind != ReadingTask.Kind.RECONCILIATION:
+            raise TaskRefused(
+                "Double reading needs two different radiologists; you hold the other read.", "same_reader"
             )
-            if other_read:
-                raise TaskRefused(
-                    "Double reading needs two different radiologists; you hold the other read.", "same_reader"
-                )
         # Grant first, transition last: the audit append (a global lock) is then
         # held for the shortest time before commit.
         _grant(acting_user, locked.study_id)

@@ -149,3 +149,35 @@ def test_fifty_concurrent_claims_of_one_task_have_exactly_one_winner(tenants, ce
     ]
     assert len(winners) == 1
     assert task.offers.count() == 1
+
+
+@requires_postgres
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_cap_holds_when_one_reader_claims_two_tasks_at_once(tenants, centre):
+    save_policy(tenants.a.institution, pool_policy(centre.pool))
+    tasks = [do_start_reading_process(make_study(tenants.a.institution)).tasks.get() for _ in range(4)]
+    reader = centre.readers[0]  # the pool's cap is 3
+    for task in tasks[:2]:
+        do_claim_reading_task(task, acting_user=reader)
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def claim(task):
+        try:
+            barrier.wait()
+            try:
+                do_claim_reading_task(task, acting_user=reader)
+                outcomes.append("won")
+            except TaskRefused as refused:
+                outcomes.append(refused.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claim, args=(task,)) for task in tasks[2:]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) == ["cap_reached", "won"]
+    assert ReadingTask.objects.filter(claimed_by=reader).count() == 3

@@ -511,7 +511,7 @@ def bench_worklist(args) -> None:
         "?ordering=hospital",
         "?modality=CT",
         "?priority=stat",
-        f"?hospital={insts[3].pk}",
+        f"?hospital={insts[0].pk}",
         "?modality=MR&ordering=sla",
     ]
     results = {}

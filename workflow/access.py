@@ -39,6 +39,9 @@ class Reader:
     user: Any
     own: set[UUID] = field(default_factory=set)
     pools: list[tuple[UUID, set[UUID], set[str], int]] = field(default_factory=list)
+    # Institutions where the user holds a clinical role / a clinical or administrator role.
+    clinical: set[UUID] = field(default_factory=set)
+    monitored: set[UUID] = field(default_factory=set)
 
     @property
     def has_person_offers(self) -> bool:
@@ -66,7 +69,14 @@ class Reader:
 def reader(user: Any) -> Reader:
     if not access._authenticated(user):
         return Reader(user=user)
-    result = Reader(user=user, own=access.institution_ids(user, [Role.RADIOLOGIST]))
+    result = Reader(user=user)
+    for institution_id, role in access.memberships(user).values_list("institution_id", "role"):
+        if role == Role.RADIOLOGIST:
+            result.own.add(institution_id)
+        if role in CLINICAL_ROLES:
+            result.clinical.add(institution_id)
+        if role in CLINICAL_ROLES or role == Role.INSTITUTION_ADMIN:
+            result.monitored.add(institution_id)
     # One query for every membership with its credentials: the claim path runs it.
     rows = PoolMember.credentialed_for.through.objects.filter(
         poolmember__user=user,
@@ -120,9 +130,7 @@ def visible_tasks(user: Any, who: Reader | None = None) -> QuerySet[ReadingTask]
     who = who or reader(user)
     offers = TaskOffer.objects.filter(who.offer_q(), task_id=OuterRef("pk"))
     return ReadingTask.objects.filter(
-        Q(institution_id__in=monitored_institutions(user))
-        | Q(claimed_by=user)
-        | (Q(state__in=OPEN_STATES) & Exists(offers))
+        Q(institution_id__in=who.monitored) | Q(claimed_by=user) | (Q(state__in=OPEN_STATES) & Exists(offers))
     )
 
 

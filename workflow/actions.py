@@ -20,8 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 from guardian.shortcuts import remove_perm
@@ -428,27 +427,19 @@ def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any =
             )
             raise TaskRefused("This task is not offered to you.", "not_offered")
         # Lock this reader's user row so two claims at once cannot both pass
-        # the cap; count what they hold and look for the other read of a
-        # double read in the same round trip.
-        other_read = ReadingTask.objects.filter(
-            process_id=locked.process_id,
-            kind__in=[ReadingTask.Kind.READ, ReadingTask.Kind.SECOND_READ],
-            claimed_by_id=OuterRef("pk"),
-        ).exclude(pk=locked.pk)
-        held_count = (
-            ReadingTask.objects.filter(claimed_by_id=OuterRef("pk"), state__in=CAPPED_STATES)
-            .order_by()
-            .values("claimed_by_id")
-            .annotate(n=Count("pk"))
-            .values("n")
+        # the cap. The count must be a later statement than the lock: under
+        # READ COMMITTED a statement that waited for a lock still reads the
+        # snapshot it started with, and would miss the claim it waited for.
+        list(User.objects.select_for_update().filter(pk=acting_user.pk).values_list("pk"))
+        mine = ReadingTask.objects.filter(claimed_by=acting_user).aggregate(
+            held=Count("pk", filter=Q(state__in=CAPPED_STATES)),
+            other_read=Count(
+                "pk",
+                filter=Q(process_id=locked.process_id, kind__in=[ReadingTask.Kind.READ, ReadingTask.Kind.SECOND_READ])
+                & ~Q(pk=locked.pk),
+            ),
         )
-        held, holds_other_read = (
-            User.objects.select_for_update(of=("self",))
-            .filter(pk=acting_user.pk)
-            .annotate(held=Coalesce(Subquery(held_count), 0), other_read=Exists(other_read))
-            .values_list("held", "other_read")
-            .get()
-        )
+        held, holds_other_read = mine["held"], mine["other_read"] > 0
         cap = _claim_cap(who, offers)
         if held >= cap:
             raise TaskRefused(f"You already hold {held} tasks; the most you may hold at once is {cap}.", "cap_reached")

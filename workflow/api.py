@@ -21,7 +21,7 @@ from archive.models import Study
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
 from pacs_cloud.fsm import history
-from pacs_cloud.models import CLINICAL_ROLES, Institution, User
+from pacs_cloud.models import Institution, User
 
 from . import access, actions, diagram, policy
 from .facts import study_facts
@@ -91,7 +91,7 @@ def worklist_queryset(user: Any, params: Any, who: access.Reader | None = None) 
         # Filtering by a hospital you neither read for nor work at answers as
         # an unknown one does: 404, never an empty list that confirms it exists.
         who = who or access.reader(user)
-        if hospital not in who.hospitals() | access.monitored_institutions(user):
+        if hospital not in who.hospitals() | who.monitored:
             raise Http404("No such hospital")
         qs = qs.filter(institution_id=hospital)
     ordering = params.get("ordering") or ("finished" if view == "finished" else "priority")
@@ -144,7 +144,8 @@ class ReadingTaskViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self) -> QuerySet[ReadingTask]:
         if self.action == "list":
-            return worklist_queryset(self.request.user, self.request.query_params)
+            self._reader = access.reader(self.request.user)
+            return worklist_queryset(self.request.user, self.request.query_params, self._reader)
         return access.visible_tasks(self.request.user).select_related("institution", "claimed_by", "study__patient")
 
     def get_object(self) -> ReadingTask:
@@ -152,7 +153,9 @@ class ReadingTaskViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_serializer_context(self) -> dict[str, Any]:
         context = super().get_serializer_context()
-        context["clinical_ids"] = core_access.institution_ids(self.request.user, CLINICAL_ROLES)
+        if not hasattr(self, "_reader"):
+            self._reader = access.reader(self.request.user)
+        context["clinical_ids"] = self._reader.clinical
         return context
 
     @extend_schema(

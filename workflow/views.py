@@ -22,7 +22,7 @@ from archive.models import Study
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
 from pacs_cloud.fsm import history
-from pacs_cloud.models import CLINICAL_ROLES, Institution, Membership, Role, User
+from pacs_cloud.models import Institution, Membership, Role, User
 from pacs_cloud.tenancy import current_institution
 
 from . import access, actions, diagram, policy
@@ -46,7 +46,7 @@ def _rows_context(request: HttpRequest) -> dict[str, Any]:
     qs = worklist_queryset(request.user, params, who)
     tasks = list(qs[:PAGE_SIZE])
     total = len(tasks) if len(tasks) < PAGE_SIZE else qs.order_by()[: WorklistPagination.COUNT_CAP + 1].count()
-    clinical = core_access.institution_ids(request.user, CLINICAL_ROLES)
+    clinical = who.clinical
     rows = [(task, access.can_see_patient(request.user, task, clinical)) for task in tasks]
     audit_patient_list(request, [task.pk for task, sees in rows if sees])
     return {

@@ -23,7 +23,7 @@ OFFER_ROWS = 5
 
 
 def reading_panels(request: HttpRequest, institution: Institution | None, roles: set[str]) -> list[Panel]:
-    panels = []
+    panels: list[Panel] = []
     if institution is None:
         return panels
     if Role.RADIOLOGIST in roles:

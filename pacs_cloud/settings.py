@@ -254,6 +254,28 @@ else:
     }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# Viewer: decoded pixels stay in a per-process LRU; rendered images go to a
+# cache every web worker shares (Redis when configured; per process otherwise).
+VIEWER_DECODED_CACHE_MB = env.int("VIEWER_DECODED_CACHE_MB", default=1024)
+VIEWER_RENDER_CACHE = "render"
+VIEWER_RENDER_CACHE_SECONDS = env.int("VIEWER_RENDER_CACHE_SECONDS", default=24 * 3600)
+# A study opened by the same user again within this window is audited once.
+VIEWER_AUDIT_WINDOW_SECONDS = env.int("VIEWER_AUDIT_WINDOW_SECONDS", default=1800)
+if REDIS_URL:
+    CACHES["render"] = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "render",
+        "TIMEOUT": VIEWER_RENDER_CACHE_SECONDS,
+    }
+else:
+    CACHES["render"] = {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "rendered-images",
+        "TIMEOUT": VIEWER_RENDER_CACHE_SECONDS,
+        "OPTIONS": {"MAX_ENTRIES": env.int("VIEWER_RENDER_CACHE_ENTRIES", default=4000)},
+    }
+
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _celery_dir = DATA_DIR / "celery"
@@ -325,6 +347,7 @@ DIMSE_SERVICE_PROVIDERS: list[str] = []
 # Home-page panels: each app appends its provider (see pacs_cloud.home).
 HOME_PANELS = [
     "pacs_cloud.home.role_panels",
+    "viewer.home.recent_panel",
     "workflow.home.reading_panels",
 ]
 # Reading workflow: minutes per priority when neither policy nor agreement says,

@@ -115,3 +115,43 @@ def test_a_backlog_is_routed_in_batches_and_one_bad_study_waits_for_the_sweep(te
     Study.objects.filter(pk=studies[2].pk).update(completed_at=timezone.now() - timedelta(minutes=5))
     assert actions.do_sweep_reading_tasks()["routed"] == 1
     assert Study.objects.get(pk=studies[2].pk).state == "routed"
+
+
+def test_a_study_archived_from_a_real_dicom_file_is_routed_on_its_own_attributes(
+    tenants, centre, tmp_path, settings, django_capture_on_commit_callbacks
+):
+    from pathlib import Path
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from archive.ingest import store_instance
+
+    settings.STORAGE_URL = f"file://{tmp_path / 'objects'}"
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    source.BodyPartExamined = "CHEST"
+    source.PatientBirthDate = "19600101"
+    source.StudyDate = "20260102"
+    path = tmp_path / "ct.dcm"
+    source.save_as(path)
+    save_policy(
+        tenants.a.institution,
+        {
+            "rules": [
+                {
+                    "name": "Chest CT",
+                    "when": {"modalities": ["CT"], "body_parts": ["CHEST"], "min_age": 60},
+                    "offer_to": [{"kind": "pool", "pool": str(centre.pool.pk)}],
+                }
+            ]
+        },
+    )
+    study = store_instance(Path(path), institution=tenants.a.institution).instance.series.study
+    with django_capture_on_commit_callbacks(execute=True):
+        do_complete_study(study, actor_label="stability sweep")
+    process = ProcessInstance.objects.get(study=study)
+    assert process.rule_name == "Chest CT"
+    assert process.facts["source"] == "images" and process.facts["patient_age"] == 66
+    task = process.tasks.get()
+    assert (task.modality, task.body_part) == ("CT", "CHEST")
+    assert task in offered_tasks(centre.readers[1])

@@ -13,7 +13,7 @@ from collections import Counter
 from datetime import date
 from typing import Any
 
-from archive.models import Series, Study
+from archive.models import Instance, Series, Study
 
 from .models import normalise_priority
 from .policy import StudyFacts
@@ -45,6 +45,17 @@ def _age(birth: date | None, on: date | None) -> int | None:
     return years if 0 <= years <= 150 else None
 
 
+def _age_string(study: Study) -> int | None:
+    """Patient's Age (0010,1010), an AS string such as ``045Y`` or ``006M`` (PS3.5 6.2), in whole years."""
+    metadata = Instance.objects.filter(series__study=study).values_list("metadata", flat=True).first() or {}
+    value = (metadata.get("00101010") or {}).get("Value") or [""]
+    text = str(value[0]).strip().upper()
+    if len(text) != 4 or not text[:3].isdigit() or text[3] not in "DWMY":
+        return None
+    number = int(text[:3])
+    return {"D": number // 365, "W": number // 52, "M": number // 12, "Y": number}[text[3]]
+
+
 def study_facts(study: Study) -> StudyFacts:
     """Facts for ``study``; the order's where it has one, else the images'."""
     series = list(Series.objects.filter(study=study).values_list("modality", "body_part", "num_instances"))
@@ -70,7 +81,7 @@ def study_facts(study: Study) -> StudyFacts:
         procedure=str(_get(order, "procedure_name") or _get(order, "procedure") or study.description)[:200],
         priority=normalise_priority(_get(order, "priority", "routine")),
         clinical_question=str(_get(order, "clinical_info") or _get(order, "clinical_question"))[:2000],
-        patient_age=_age(patient.birth_date, study.study_date),
+        patient_age=_age(patient.birth_date, study.study_date) if patient.birth_date else _age_string(study),
         order_id=str(_get(order, "order_id") or _get(_get(order, "order", None), "pk") or ""),
         source="order" if order is not None else "images",
     )

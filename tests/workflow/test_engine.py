@@ -155,3 +155,22 @@ def test_a_study_archived_from_a_real_dicom_file_is_routed_on_its_own_attributes
     task = process.tasks.get()
     assert (task.modality, task.body_part) == ("CT", "CHEST")
     assert task in offered_tasks(centre.readers[1])
+
+
+def test_without_a_birth_date_the_age_comes_from_patients_age(tenants, tmp_path, settings):
+    from pathlib import Path
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from archive.ingest import store_instance
+    from workflow.facts import study_facts
+
+    settings.STORAGE_URL = f"file://{tmp_path / 'objects'}"
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    source.PatientBirthDate = ""
+    source.PatientAge = "007Y"
+    path = tmp_path / "child.dcm"
+    source.save_as(path)
+    study = store_instance(Path(path), institution=tenants.a.institution).instance.series.study
+    assert study_facts(study).patient_age == 7

@@ -351,12 +351,30 @@ HOME_PANELS = [
     "pacs_cloud.home.role_panels",
     "worklist.views.home_panels",
     "viewer.home.recent_panel",
+    "workflow.home.reading_panels",
 ]
+# Reading workflow: minutes per priority when neither policy nor agreement says,
+# the claims a reader may hold at once (pools set their own), how long an
+# untouched claim lasts, and the SLA sweep.
+WORKFLOW_DEFAULT_SLA_MINUTES = {
+    "stat": env.int("WORKFLOW_SLA_STAT_MINUTES", default=60),
+    "urgent": env.int("WORKFLOW_SLA_URGENT_MINUTES", default=240),
+    "routine": env.int("WORKFLOW_SLA_ROUTINE_MINUTES", default=1440),
+}
+WORKFLOW_CLAIM_CAP = env.int("WORKFLOW_CLAIM_CAP", default=10)
+WORKFLOW_CLAIM_IDLE_MINUTES = env.int("WORKFLOW_CLAIM_IDLE_MINUTES", default=30)
+WORKFLOW_SLA_FAST_PATH = env.bool("WORKFLOW_SLA_FAST_PATH", default=True)
+WORKFLOW_ROUTE_GRACE_SECONDS = env.int("WORKFLOW_ROUTE_GRACE_SECONDS", default=60)
+CELERY_BEAT_SCHEDULE["workflow-sweep"] = {
+    "task": "workflow.tasks.sweep_reading_tasks",
+    "schedule": env.float("WORKFLOW_SWEEP_SECONDS", default=30.0),
+}
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [
     "pacs_cloud.demo.seed",
     "worklist.demo.seed",
+    "workflow.demo.seed",
 ]
 
 # Worklist: accession numbers and patient IDs issued here ({prefix} is the

@@ -342,11 +342,14 @@ PUSH_RELAY_URL = env.str("PUSH_RELAY_URL", default="http://127.0.0.1:8000")
 STUDY_STABILITY_SECONDS = env.int("STUDY_STABILITY_SECONDS", default=120)
 MAX_INSTANCE_BYTES = env.int("MAX_INSTANCE_BYTES", default=2 * 1024**3)
 # Apps contributing DICOM services (see archive.dimse); C-ECHO is always served.
-DIMSE_SERVICE_PROVIDERS: list[str] = []
+DIMSE_SERVICE_PROVIDERS: list[str] = [
+    "worklist.dimse.services",
+]
 
 # Home-page panels: each app appends its provider (see pacs_cloud.home).
 HOME_PANELS = [
     "pacs_cloud.home.role_panels",
+    "worklist.views.home_panels",
     "viewer.home.recent_panel",
     "workflow.home.reading_panels",
 ]
@@ -370,8 +373,15 @@ CELERY_BEAT_SCHEDULE["workflow-sweep"] = {
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [
     "pacs_cloud.demo.seed",
+    "worklist.demo.seed",
     "workflow.demo.seed",
 ]
+
+# Worklist: accession numbers and patient IDs issued here ({prefix} is the
+# institution's accession prefix, {date} its local date, {seq} a counter that
+# restarts daily when the format has the date).
+WORKLIST_ACCESSION_FORMAT = env.str("WORKLIST_ACCESSION_FORMAT", default="{prefix}{date:%y%m%d}{seq:04d}")
+WORKLIST_PATIENT_ID_FORMAT = env.str("WORKLIST_PATIENT_ID_FORMAT", default="{prefix}{seq:08d}")
 
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="cloud-pacs@localhost")

@@ -1,0 +1,342 @@
+"""C-FIND attribute matching (PS3.4 C.2.2.2), for every C-FIND SCP.
+
+An SCP describes each candidate entity as a *record*: a mapping from DICOM
+keyword to a Python value — ``str`` (or a list of ``str`` for multi-valued
+attributes), ``datetime.date`` for DA, ``datetime.time`` for TM,
+``datetime.datetime`` for DT (naive, the local time it states), a list of records for a sequence, or ``None``
+for an unknown (zero-length) value. :func:`record_matches` decides whether
+the record matches a request Identifier; :func:`response_identifier` builds
+the response Identifier holding exactly the requested attributes.
+
+Keys the record lacks are not supported for matching: as PS3.4 K.2.2.1.1.2
+requires, they are ignored for matching and returned with zero length.
+
+Matching types, PS3.4 C.2.2.2:
+
+* universal (zero-length key, or a single ``*``);
+* single value, exact except that leading and trailing spaces are
+  insignificant; for PN also insensitive to case, accents and full-width
+  forms, and a key with one component group matches any of the value's
+  groups (alphabetic, ideographic, phonetic) — the latitude C.2.2.2.1 grants;
+* wild card ``*`` and ``?`` (not for dates, times or UIDs);
+* list of UIDs (backslash-separated);
+* ranges for DA, TM and DT (``a-b``, ``a-``, ``-b``), matched each on its
+  own: without Extended Negotiation a date and a time key are independent;
+* sequence matching (C.2.2.2.6): a one-item key sequence matches if at least
+  one item of the record's sequence matches every key in it; a key sequence
+  with no items or an empty item matches everything and asks for the whole
+  sequence.
+
+An entity whose value is unknown matches no non-universal key (K.2.2.1.1.1).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement
+from pydicom.sequence import Sequence
+
+from . import dicom_datetime
+
+Record = Mapping[str, Any]
+
+# Attributes of the Identifier that are not keys.
+NOT_KEYS = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel", "TimezoneOffsetFromUTC"})
+
+
+class InvalidKey(ValueError):
+    """A key's value cannot be used for matching (e.g. a malformed date range)."""
+
+    def __init__(self, keyword: str, message: str) -> None:
+        super().__init__(f"{keyword}: {message}")
+        self.keyword = keyword
+
+
+# Values ------------------------------------------------------------------
+
+
+def element_text(element: DataElement) -> str:
+    """An element's value as one decoded string (values joined with backslashes)."""
+    value = element.value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip()
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value).strip()
+    return str(value).strip()
+
+
+def is_universal(text: str) -> bool:
+    return text == "" or text == "*"
+
+
+def _values(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [v for v in value if v not in (None, "")]
+    return [] if value == "" else [value]
+
+
+@lru_cache(maxsize=512)
+def _wildcard_regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    parts = ("." if ch == "?" else ".*" if ch == "*" else re.escape(ch) for ch in pattern)
+    return re.compile("".join(parts), flags | re.DOTALL)
+
+
+def has_wildcard(text: str) -> bool:
+    return "*" in text or "?" in text
+
+
+def match_text(key: str, value: str) -> bool:
+    """Single value or wild card matching of one string value (case-sensitive)."""
+    value = value.strip()
+    if has_wildcard(key):
+        return _wildcard_regex(key).fullmatch(value) is not None
+    return key == value
+
+
+# Person names --------------------------------------------------------------
+
+
+def fold_name(text: str) -> str:
+    """A person-name component group folded for matching: no case, accents,
+    full-width forms, spaces around components or trailing empty components."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).casefold()
+    components = [c.strip() for c in text.split("^")]
+    while components and not components[-1]:
+        components.pop()
+    return "^".join(components)
+
+
+def name_groups(pn: str) -> list[str]:
+    """The alphabetic, ideographic and phonetic groups of a PN value (PS3.5 6.2.1.1)."""
+    groups = (pn or "").split("=")
+    return (groups + ["", "", ""])[:3]
+
+
+def _match_group(key: str, value: str) -> bool:
+    key, value = fold_name(key), fold_name(value)
+    if not value:
+        return False
+    if has_wildcard(key):
+        return _wildcard_regex(key).fullmatch(value) is not None
+    return key == value
+
+
+def match_person_name(key: str, value: str) -> bool:
+    """PN matching: case-, accent- and width-insensitive, per component group."""
+    key_groups = key.split("=")
+    value_groups = name_groups(value)
+    if len(key_groups) == 1:
+        return any(_match_group(key, group) for group in value_groups if group)
+    for key_group, value_group in zip(key_groups, value_groups, strict=False):
+        if is_universal(key_group.strip()):
+            continue
+        if not _match_group(key_group, value_group):
+            return False
+    return True
+
+
+# Dates and times -----------------------------------------------------------
+
+
+def _range(keyword: str, text: str, parse: Any) -> tuple[Any, Any]:
+    try:
+        return parse(text)
+    except dicom_datetime.InvalidDicomDateTime as exc:
+        raise InvalidKey(keyword, str(exc)) from None
+
+
+_DT = r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?"
+_DT_ONE = re.compile(_DT)
+_DT_RANGE = re.compile(f"({_DT})?-({_DT})?")
+
+
+def _dt_bounds(value: str) -> tuple[dt.datetime, dt.datetime]:
+    """The first and last instant a DT value of any precision covers (its UTC
+    offset, if any, is dropped: values are compared as the local times they state)."""
+    digits, _, fraction = re.sub(r"[+-]\d{4}$", "", value).partition(".")
+    first = digits + "0101000000"[len(digits) - 4 :] if len(digits) < 14 else digits
+    # A DT without offset is a local wall-clock time: naive on purpose.
+    start = dt.datetime.strptime(first[:14], "%Y%m%d%H%M%S")  # noqa: DTZ007
+    start = start.replace(microsecond=int(fraction.ljust(6, "0") or 0))
+    if fraction:
+        return start, start
+    steps = {4: "years", 6: "months", 8: "days", 10: "hours", 12: "minutes", 14: "seconds"}
+    unit = steps[len(digits)]
+    if unit == "years":
+        end = start.replace(year=start.year + 1)
+    elif unit == "months":
+        end = (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    else:
+        end = start + dt.timedelta(**{unit: 1})
+    return start, end - dt.timedelta(microseconds=1)
+
+
+def parse_dt_range(text: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """A DT matching key: a value, ``from-``, ``-to`` or ``from-to``, inclusive."""
+    text = text.strip()
+    try:
+        if _DT_ONE.fullmatch(text):
+            return _dt_bounds(text)
+        match = _DT_RANGE.fullmatch(text)
+        if match is None:
+            raise ValueError(text)
+        start, end = match.groups()
+        return (_dt_bounds(start)[0] if start else None, _dt_bounds(end)[1] if end else None)
+    except ValueError:
+        raise dicom_datetime.InvalidDicomDateTime(f"{text!r} is not a DICOM date-time or range") from None
+
+
+def in_range(value: Any, bounds: tuple[Any, Any]) -> bool:
+    low, high = bounds
+    if value is None:
+        return False
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+# Records -------------------------------------------------------------------
+
+
+def _match_element(element: DataElement, record_value: Any) -> bool:
+    keyword = element.keyword
+    vr = element.VR
+    if vr == "SQ":
+        items = element.value or []
+        if not items or len(items[0]) == 0:
+            return True
+        return any(record_matches(items[0], item) for item in (record_value or []))
+    text = element_text(element)
+    if is_universal(text):
+        return True
+    values = _values(record_value)
+    if not values:
+        return False  # an unknown value fails every non-universal key
+    if vr == "DA":
+        bounds = _range(keyword, text, dicom_datetime.parse_da_range)
+        return any(in_range(v, bounds) for v in values)
+    if vr == "TM":
+        bounds = _range(keyword, text, dicom_datetime.parse_tm_range)
+        return any(in_range(v, bounds) for v in values)
+    if vr == "DT":
+        bounds = _range(keyword, text, parse_dt_range)
+        return any(in_range(v, bounds) for v in values)
+    if vr == "UI":
+        wanted = {uid.strip() for uid in text.split("\\")}
+        return any(str(v) in wanted for v in values)
+    keys = text.split("\\")
+    if vr == "PN":
+        return any(match_person_name(k, str(v)) for k in keys for v in values)
+    return any(match_text(k.strip(), str(v)) for k in keys for v in values)
+
+
+def record_matches(identifier: Dataset, record: Record) -> bool:
+    """True if ``record`` matches every key of ``identifier`` it supports."""
+    for element in identifier:
+        keyword = element.keyword
+        if not keyword or keyword in NOT_KEYS or element.tag.group == 0:
+            continue
+        if keyword not in record:
+            continue
+        if not _match_element(element, record[keyword]):
+            return False
+    return True
+
+
+def check_keys(identifier: Dataset) -> None:
+    """Raise :class:`InvalidKey` if a date, time or datetime key is malformed."""
+    for element in identifier:
+        if element.VR == "SQ":
+            for item in element.value or []:
+                check_keys(item)
+            continue
+        text = element_text(element) if element.VR in ("DA", "TM", "DT") else ""
+        if is_universal(text):
+            continue
+        parse = {
+            "DA": dicom_datetime.parse_da_range,
+            "TM": dicom_datetime.parse_tm_range,
+            "DT": parse_dt_range,
+        }[element.VR]
+        _range(element.keyword, text, parse)
+
+
+def to_dicom(vr: str, value: Any) -> Any:
+    """A record value as a pydicom element value for ``vr``."""
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        return [to_dicom(vr, v) for v in value] or None
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y%m%d%H%M%S")
+    if isinstance(value, dt.date):
+        return dicom_datetime.format_da(value)
+    if isinstance(value, dt.time):
+        return dicom_datetime.format_tm(value)
+    return value if value != "" else None
+
+
+def _response_items(key_items: Any, record_items: Any) -> list[Dataset]:
+    records = list(record_items or [])
+    if not key_items or len(key_items[0]) == 0:
+        return [_full_item(r) for r in records]
+    key_item = key_items[0]
+    return [_requested(key_item, r) for r in records if record_matches(key_item, r)]
+
+
+def _full_item(record: Record) -> Dataset:
+    ds = Dataset()
+    for keyword, value in record.items():
+        vr = dictionary_VR(keyword)
+        if vr == "SQ":
+            setattr(ds, keyword, Sequence([_full_item(r) for r in value or []]))
+        else:
+            ds.add_new(keyword, vr, to_dicom(vr, value))
+    return ds
+
+
+def _requested(identifier: Dataset, record: Record, into: Dataset | None = None) -> Dataset:
+    ds = into if into is not None else Dataset()
+    for element in identifier:
+        if element.tag.group == 0 or element.keyword == "SpecificCharacterSet":
+            continue
+        keyword = element.keyword or keyword_for_tag(element.tag)
+        value = record.get(keyword) if keyword else None
+        if element.VR == "SQ":
+            ds.add(DataElement(element.tag, "SQ", Sequence(_response_items(element.value, value))))
+        else:
+            ds.add(DataElement(element.tag, element.VR, to_dicom(element.VR, value)))
+    return ds
+
+
+def response_identifier(identifier: Dataset, record: Record, *, character_set: str | None = None) -> Dataset:
+    """The C-FIND response Identifier for ``record``: the requested attributes only.
+
+    ``character_set`` is written first so pydicom encodes every text value with
+    it (PS3.4 C.4.1.1.3.2: included when an extended character set may be used).
+    """
+    ds = Dataset()
+    if character_set:
+        ds.SpecificCharacterSet = character_set
+    return _requested(identifier, record, ds)
+
+
+def texts(record: Record) -> Iterable[str]:
+    """Every text value of a record, sequences included (to choose a character set)."""
+    for value in record.values():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, str):
+                yield item
+            elif isinstance(item, Mapping):
+                yield from texts(item)

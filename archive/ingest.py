@@ -1,39 +1,90 @@
 """The one ingest service every entry point uses (C-STORE, STOW-RS, media import, edge).
 
-``store_instance`` parses and validates one DICOM file, stores its bytes
-durably, indexes it in one transaction and announces it after commit. When it
-returns, the object is durable and indexed; a caller may acknowledge it.
+``store_instance`` (a file) and ``store_dataset`` (an encoded data set, as a
+C-STORE delivers it) parse and validate one SOP instance, store its bytes
+durably, index it in one transaction and announce it after commit. When they
+return, the object is durable and indexed; a caller may acknowledge it. When
+they raise :class:`IngestError`, nothing was indexed and nothing archived was
+touched.
+
+What is stored: a Part 10 file made of our own File Meta Information (always
+the same for a given SOP instance and transfer syntax) and the data set
+exactly as sent, in the transfer syntax it was sent in. So an identical
+re-send has an identical SHA-256 and is recognised without a second copy.
+
+Validation, in order: size limit; a readable data set that is not cut short;
+well-formed Study, Series, SOP Instance and SOP Class UIDs (they make the
+storage key); not a DICOMDIR; then against what is archived for the
+institution: the same SOP Instance UID with other bytes is a conflict (the
+new object is kept aside for review, never over the archived one); a study
+belongs to one patient (ID, issuer, name, birth date and sex as first
+received); a series belongs to one study and has one modality; a patient's
+birth date and sex do not change between studies.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
+from pacs_cloud import audit
 from pacs_cloud.lib import dicom_datetime
-from pacs_cloud.lib.uids import InvalidUID, require_uid
+from pacs_cloud.lib.uids import InvalidUID, is_valid_uid, require_uid
 from pacs_cloud.models import Institution
 
-from . import signals
-from .models import Instance, Patient, Series, Study
-from .storage import get_storage, object_key
+from . import names, signals
+from .models import IngestConflict, Instance, Patient, Series, Study
+from .storage import CACHE, CHUNK, STORED, get_storage, object_key
+
+log = logging.getLogger(__name__)
+
+# Our implementation's identity in the File Meta Information we write
+# (PS3.10 §7.1). Constant, so re-sends give identical objects.
+IMPLEMENTATION_CLASS_UID = "2.25.119386521245310906211349427117396815061"
+IMPLEMENTATION_VERSION_NAME = "CLOUDPACS_1"
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR (PS3.4 Annex F)
+UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian}
+# Elements larger than this go to WADO-RS bulk data instead of inline metadata.
+BULK_DATA_THRESHOLD = 64 * 1024
+PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float Pixel, Double Float Pixel Data
 
 
 class IngestError(Exception):
-    """The instance was refused; ``reason`` is shown to the sender."""
+    """The instance was refused; ``reason`` is shown to the sender.
 
-    def __init__(self, reason: str, *, code: str = "invalid") -> None:
+    ``code`` names the kind of refusal: ``too_large``, ``unreadable``,
+    ``truncated``, ``bad_uid``, ``not_an_image``, ``conflict``,
+    ``inconsistent``, ``wrong_study``, ``storage``.
+    """
+
+    def __init__(
+        self, reason: str, *, code: str = "invalid", sop_instance_uid: str = "", sop_class_uid: str = ""
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.code = code
+        self.sop_instance_uid = sop_instance_uid
+        self.sop_class_uid = sop_class_uid
 
 
 @dataclass
@@ -42,24 +93,217 @@ class StoreResult:
     created: bool  # False: the identical object was already archived
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
+@dataclass
+class Source:
+    """Who sent an object: shown in the audit trail and on conflicts."""
+
+    via: str  # "dimse", "stow", "import", "edge"
+    label: str  # e.g. "RIVERSIDE_CT", a username
+    actor: Any = None  # the user, when a person sent it
+    address: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.via}:{self.label}"
 
 
-def read_dataset(path: Path) -> pydicom.Dataset:
+@dataclass
+class IngestSession:
+    """State kept across the instances of one association, request or import.
+
+    It remembers the patient, study and series rows it resolved, so a
+    300-slice series costs one lookup instead of 300, and which studies were
+    already audited in this session. Consistency checks still compare every
+    instance with what the first one established.
+    """
+
+    source: Source
+    studies: dict[str, _StudyRef] = field(default_factory=dict)
+    audited: set[str] = field(default_factory=set)
+    stored: int = 0
+    duplicates: int = 0
+    refused: int = 0
+
+
+@dataclass
+class _StudyRef:
+    study_pk: Any
+    patient_pk: Any
+    received_patient: dict[str, str]
+    series: dict[str, tuple[Any, str]] = field(default_factory=dict)  # uid -> (pk, modality)
+
+
+# Reading ---------------------------------------------------------------------
+
+
+@dataclass
+class _Object:
+    """One object to archive: our header plus the data set bytes as sent."""
+
+    transfer_syntax: str
+    header: bytes
+    dataset_bytes: bytes | None = None  # in memory (C-STORE) ...
+    path: Path | None = None  # ... or in a file, from ``offset``
+    offset: int = 0
+    size: int = 0
+    sha256: str = ""
+
+    def chunks(self) -> Iterator[bytes]:
+        yield self.header
+        if self.dataset_bytes is not None:
+            yield self.dataset_bytes
+            return
+        assert self.path is not None
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            yield from iter(lambda: handle.read(CHUNK), b"")
+
+
+def file_meta_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, ``DICM`` and our File Meta Information group (PS3.10 §7.1)."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    buffer = io.BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
+
+
+def _looks_like_dicom(fp: Any) -> bool:
+    """A Part 10 file (``DICM`` at 128), or a bare data set starting with group 0002 or 0008."""
+    start = fp.tell()
+    head = fp.read(132)
+    fp.seek(start)
+    if head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    little, big = int.from_bytes(head[:2], "little"), int.from_bytes(head[:2], "big")
+    return little in (0x0002, 0x0008) or big in (0x0002, 0x0008)
+
+
+def _parse(fp: Any, what: str) -> pydicom.Dataset:
+    if not _looks_like_dicom(fp):
+        raise IngestError(f"{what} is not DICOM (no DICM marker and no data set)", code="unreadable")
     try:
-        return pydicom.dcmread(path, stop_before_pixels=False, defer_size=1024)
-    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError) as exc:
-        raise IngestError(f"not a readable DICOM file: {exc}", code="unreadable") from exc
+        ds = pydicom.dcmread(fp, defer_size=BULK_DATA_THRESHOLD, force=True)
+    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, NotImplementedError) as exc:
+        raise IngestError(f"{what} is not a readable DICOM data set: {exc}", code="unreadable") from exc
+    if len(ds) == 0 or not any(tag.group > 2 for tag in ds.keys()):
+        raise IngestError(f"{what} holds no DICOM data set", code="unreadable")
+    return ds
+
+
+def _syntax_of(ds: pydicom.Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+    if syntax:
+        return syntax
+    # A bare data set without File Meta Information: what pydicom found.
+    if getattr(ds, "is_little_endian", True) is False:
+        return ExplicitVRBigEndian
+    return ImplicitVRLittleEndian if getattr(ds, "is_implicit_VR", True) else ExplicitVRLittleEndian
+
+
+def _check_complete(ds: pydicom.Dataset, available: int, header_shift: int) -> tuple[int | None, int | None]:
+    """Refuse a data set cut short; return the Pixel Data value's offset and length in the object."""
+    for tag in PIXEL_DATA_TAGS:
+        element = ds._dict.get(tag)  # type: ignore[attr-defined]
+        if element is None:
+            continue
+        length = getattr(element, "length", None)
+        tell = getattr(element, "value_tell", None)
+        if length is None or tell is None:
+            return None, None
+        if length == 0xFFFFFFFF:
+            # Encapsulated: pydicom has read up to the sequence delimiter,
+            # which a cut-short file lacks (it raised while parsing).
+            return None, None
+        if tell + length > available:
+            raise IngestError(
+                f"the data set is cut short: Pixel Data needs {length} bytes, {max(0, available - tell)} present",
+                code="truncated",
+            )
+        expected = _native_pixel_bytes(ds)
+        if expected and length < expected:
+            raise IngestError(
+                f"Pixel Data holds {length} bytes but Rows x Columns x Samples x Bits x Frames need {expected}",
+                code="truncated",
+            )
+        return tell + header_shift, length
+    return None, None
+
+
+def _native_pixel_bytes(ds: pydicom.Dataset) -> int:
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    total_bits = rows * columns * samples * bits * frames
+    return (total_bits + 7) // 8
+
+
+def _read_elements(fp: Any, what: str, size: int, header_shift: int) -> tuple[pydicom.Dataset, int | None, int | None]:
+    ds = _parse(fp, what)
+    deflated = _syntax_of(ds) == DeflatedExplicitVRLittleEndian
+    # Offsets first, while Pixel Data is still a raw element that knows where it is.
+    offset, length = (None, None) if deflated else _check_complete(ds, size, header_shift)
+    try:
+        # Convert every other element once: pydicom parses lazily and a cut-short
+        # or malformed value shows up only when read.
+        for tag in list(ds.keys()):
+            if tag in PIXEL_DATA_TAGS:
+                continue
+            element = ds[tag]
+            if element.VR == "SQ":
+                for item in element.value:
+                    for nested in item.iterall():
+                        _ = nested.value
+    except (EOFError, ValueError, OSError, KeyError, TypeError, NotImplementedError) as exc:
+        raise IngestError(f"{what} has a malformed element: {exc}", code="unreadable") from exc
+    return ds, offset, length
+
+
+def _require_uids(ds: pydicom.Dataset) -> tuple[str, str, str, str]:
+    try:
+        return (
+            require_uid(_text(ds, "StudyInstanceUID"), "Study Instance UID"),
+            require_uid(_text(ds, "SeriesInstanceUID"), "Series Instance UID"),
+            require_uid(_text(ds, "SOPInstanceUID"), "SOP Instance UID"),
+            require_uid(_text(ds, "SOPClassUID"), "SOP Class UID"),
+        )
+    except InvalidUID as exc:
+        sop = _text(ds, "SOPInstanceUID")
+        raise IngestError(str(exc), code="bad_uid", sop_instance_uid=sop if is_valid_uid(sop) else "") from exc
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    return "" if value is None else str(value).strip()
+    try:
+        value = ds.get(keyword, "")
+    except (ValueError, TypeError, KeyError):
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = value[0] if len(value) else ""
+    return str(value).strip().strip("\x00")
+
+
+def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        if isinstance(value, pydicom.multival.MultiValue):
+            value = value[0] if len(value) else None
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _safe_date(ds: pydicom.Dataset, keyword: str) -> Any:
@@ -71,106 +315,559 @@ def _safe_date(ds: pydicom.Dataset, keyword: str) -> Any:
 
 def _safe_time(ds: pydicom.Dataset, keyword: str) -> Any:
     try:
-        return dicom_datetime.parse_tm(_text(ds, keyword))
+        return dicom_datetime.parse_tm(_text(ds, keyword).split("+")[0].split("-")[0])
     except dicom_datetime.InvalidDicomDateTime:
         return None
 
 
 def json_metadata(ds: pydicom.Dataset) -> dict:
-    """DICOM JSON (PS3.18 F.2) without bulk data; pixel data becomes a BulkDataURI."""
-    return ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda element: "")
+    """DICOM JSON (PS3.18 F.2) of the data set; bulk data become empty BulkDataURIs.
 
-
-def store_instance(path: Path, *, institution: Institution) -> StoreResult:
-    """Archive the DICOM file at ``path`` for ``institution``.
-
-    Raises :class:`IngestError` for anything that must be refused; nothing is
-    stored or indexed then.
+    Pixel data is always bulk data, other binary values from 64 KiB on.
+    WADO-RS fills the URIs in on the way out (they depend on the request's
+    base URL). Unreadable elements are left out rather than failing the store.
     """
-    size = path.stat().st_size
-    if size > settings.MAX_INSTANCE_BYTES:
-        raise IngestError(f"{size} bytes is over the {settings.MAX_INSTANCE_BYTES}-byte limit", code="too_large")
-    ds = read_dataset(path)
+    pixel = {tag: ds._dict.pop(tag) for tag in PIXEL_DATA_TAGS if tag in ds._dict}  # type: ignore[attr-defined]
     try:
-        study_uid = require_uid(_text(ds, "StudyInstanceUID"), "Study Instance UID")
-        series_uid = require_uid(_text(ds, "SeriesInstanceUID"), "Series Instance UID")
-        sop_uid = require_uid(_text(ds, "SOPInstanceUID"), "SOP Instance UID")
-        sop_class = require_uid(_text(ds, "SOPClassUID"), "SOP Class UID")
-    except InvalidUID as exc:
-        raise IngestError(str(exc), code="bad_uid") from exc
-    transfer_syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
-    digest = sha256_of(path)
-    key = object_key(institution.pk, study_uid, series_uid, sop_uid)
+        result = _to_json(ds)
+    finally:
+        ds._dict.update(pixel)  # type: ignore[attr-defined]
+    for tag, element in pixel.items():
+        result[f"{tag:08X}"] = {"vr": element.VR or "OB", "BulkDataURI": ""}
+    return dict(sorted(result.items()))
 
-    existing = Instance.objects.filter(series__study__institution=institution, sop_instance_uid=sop_uid).first()
-    if existing is not None:
-        if existing.sha256 == digest:
-            return StoreResult(existing, created=False)
-        raise IngestError("a different object with this SOP Instance UID is already archived", code="conflict")
 
-    get_storage().put_file(key, path, digest)
-    now = timezone.now()
+def _to_json(ds: pydicom.Dataset) -> dict:
+    def bulk(element: Any) -> str:
+        return ""
+
+    try:
+        return ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk)
+    except (ValueError, TypeError, KeyError, OverflowError):
+        result = {}
+        for element in ds:
+            try:
+                result.update(
+                    pydicom.Dataset({element.tag: element}).to_json_dict(
+                        bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk
+                    )
+                )
+            except (ValueError, TypeError, KeyError, OverflowError):
+                log.info("left %s out of the metadata of %s", element.tag, _text(ds, "SOPInstanceUID"))
+        return result
+
+
+def patient_module(ds: pydicom.Dataset) -> dict[str, str]:
+    return {
+        "PatientID": _text(ds, "PatientID")[:64],
+        "IssuerOfPatientID": _text(ds, "IssuerOfPatientID")[:64],
+        "PatientName": _text(ds, "PatientName"),
+        "PatientBirthDate": _text(ds, "PatientBirthDate"),
+        "PatientSex": _text(ds, "PatientSex").upper(),
+    }
+
+
+# Entry points ------------------------------------------------------------------
+
+
+def store_instance(
+    path: Path,
+    *,
+    institution: Institution,
+    source: Source | None = None,
+    session: IngestSession | None = None,
+    only_study: str | None = None,
+) -> StoreResult:
+    """Archive the DICOM file at ``path`` (Part 10, or a bare data set) for ``institution``.
+
+    With ``only_study``, an object of another study is refused (STOW-RS to
+    ``/studies/{uid}``). Raises :class:`IngestError` for anything that must be
+    refused; nothing is indexed then and nothing archived is touched.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    limit = settings.MAX_INSTANCE_BYTES
+    if size > limit:
+        raise IngestError(f"{size} bytes is over the {limit}-byte limit for one instance", code="too_large")
+    offset = 0
+    try:
+        from pynetdicom.dsutils import split_dataset
+
+        _, offset = split_dataset(path)
+    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, NotImplementedError):
+        offset = 0  # no preamble and File Meta Information: a bare data set
+    with open(path, "rb") as handle:
+        ds = _parse(handle, "the file")
+    meta = getattr(ds, "file_meta", None)
+    if "DirectoryRecordSequence" in ds or str(getattr(meta, "MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
+        raise IngestError(
+            "a DICOMDIR is a media directory, not an image: import the files it lists", code="not_an_image"
+        )
+    syntax = _syntax_of(ds)
+    uids = _require_uids(ds)
+    header = file_meta_header(uids[3], uids[2], syntax)
+    obj = _Object(transfer_syntax=syntax, header=header, path=path, offset=offset)
+    obj.size = len(header) + size - offset
+    shift = len(header) - offset
+    with open(path, "rb") as handle:
+        ds, pixel_offset, pixel_length = _read_elements(handle, "the file", size, shift)
+    digest = hashlib.sha256()
+    for chunk in obj.chunks():
+        digest.update(chunk)
+    obj.sha256 = digest.hexdigest()
+    session = session or IngestSession(source or Source("import", "file"))
+    return _ingest(
+        obj, ds, uids, pixel_offset, pixel_length, institution=institution, session=session, only_study=only_study
+    )
+
+
+def store_dataset(
+    dataset: bytes,
+    *,
+    transfer_syntax: str,
+    institution: Institution,
+    session: IngestSession,
+    sop_class_uid: str = "",
+    sop_instance_uid: str = "",
+) -> StoreResult:
+    """Archive one encoded data set (no File Meta Information) sent in ``transfer_syntax``.
+
+    ``sop_class_uid`` and ``sop_instance_uid``, when given (a C-STORE's
+    Affected SOP Class/Instance UID), must agree with the data set.
+    """
+    limit = settings.MAX_INSTANCE_BYTES
+    if len(dataset) > limit:
+        raise IngestError(f"{len(dataset)} bytes is over the {limit}-byte limit for one instance", code="too_large")
+    provisional = file_meta_header(
+        sop_class_uid if is_valid_uid(sop_class_uid) else "1.2",
+        sop_instance_uid if is_valid_uid(sop_instance_uid) else "1.2",
+        transfer_syntax,
+    )
+    ds, pixel_offset, pixel_length = _read_elements(
+        io.BytesIO(provisional + dataset), "the data set", len(provisional) + len(dataset), 0
+    )
+    uids = _require_uids(ds)
+    if sop_instance_uid and sop_instance_uid != uids[2]:
+        raise IngestError(
+            f"the data set's SOP Instance UID {uids[2]} differs from the request's {sop_instance_uid}",
+            code="inconsistent",
+            sop_instance_uid=sop_instance_uid,
+        )
+    if sop_class_uid and sop_class_uid != uids[3]:
+        raise IngestError(
+            f"the data set's SOP Class UID {uids[3]} differs from the request's {sop_class_uid}",
+            code="inconsistent",
+            sop_instance_uid=uids[2],
+        )
+    header = provisional if (sop_class_uid, sop_instance_uid) == (uids[3], uids[2]) else None
+    if header is None:
+        header = file_meta_header(uids[3], uids[2], transfer_syntax)
+        if pixel_offset is not None:
+            pixel_offset += len(header) - len(provisional)
+    obj = _Object(transfer_syntax=transfer_syntax, header=header, dataset_bytes=dataset)
+    obj.size = len(header) + len(dataset)
+    digest = hashlib.sha256(header)
+    digest.update(dataset)
+    obj.sha256 = digest.hexdigest()
+    return _ingest(obj, ds, uids, pixel_offset, pixel_length, institution=institution, session=session)
+
+
+# The common path ---------------------------------------------------------------
+
+
+def _ingest(
+    obj: _Object,
+    ds: pydicom.Dataset,
+    uids: tuple[str, str, str, str],
+    pixel_offset: int | None,
+    pixel_length: int | None,
+    *,
+    institution: Institution,
+    session: IngestSession,
+    only_study: str | None = None,
+) -> StoreResult:
+    study_uid, series_uid, sop_uid, sop_class = uids
+    try:
+        if sop_class == MEDIA_STORAGE_DIRECTORY:
+            raise IngestError(
+                "a DICOMDIR is a media directory, not an image: import the files it lists", code="not_an_image"
+            )
+        if only_study and study_uid != only_study:
+            raise IngestError(f"the instance belongs to study {study_uid}, not {only_study}", code="wrong_study")
+        for attempt in range(2):
+            existing = _existing(institution, sop_uid, obj, session)
+            if existing is not None:
+                return existing
+            _check_consistency(ds, uids, institution, session)
+            key = object_key(institution.pk, study_uid, series_uid, sop_uid, version=obj.sha256[:16])
+            try:
+                location = get_storage().put_chunks(key, obj.chunks(), obj.sha256)
+            except OSError as exc:
+                log.exception("could not store %s", key)
+                raise IngestError(f"the archive could not store the object: {exc}", code="storage") from exc
+            try:
+                instance = _index(obj, ds, uids, key, location, pixel_offset, pixel_length, institution, session)
+            except IntegrityError:
+                # Another sender indexed this SOP instance (or its study or
+                # series) a moment ago: look again, once.
+                session.studies.pop(study_uid, None)
+                if attempt:
+                    raise
+                continue
+            session.stored += 1
+            return StoreResult(instance, created=True)
+        raise AssertionError("unreachable")
+    except IngestError as exc:
+        session.refused += 1
+        exc.sop_instance_uid = exc.sop_instance_uid or sop_uid
+        exc.sop_class_uid = exc.sop_class_uid or sop_class
+        raise
+
+
+def _existing(institution: Institution, sop_uid: str, obj: _Object, session: IngestSession) -> StoreResult | None:
+    """An identical archived object (a duplicate), or None; a conflict raises."""
+    existing = Instance.objects.filter(institution=institution, sop_instance_uid=sop_uid).first()
+    if existing is None:
+        return None
+    if existing.sha256 == obj.sha256:
+        session.duplicates += 1
+        transaction.on_commit(lambda: signals.instance_stored.send(Instance, instance=existing, created=False))
+        return StoreResult(existing, created=False)
+    conflict = _keep_aside(existing, obj, institution, session.source)
+    raise IngestError(
+        f"SOP Instance UID {sop_uid} is already archived with different content; "
+        f"the new object is kept aside for review (conflict {conflict.pk})",
+        code="conflict",
+        sop_instance_uid=sop_uid,
+    )
+
+
+def _keep_aside(existing: Instance, obj: _Object, institution: Institution, source: Source) -> IngestConflict:
+    study_uid = existing.series.study.study_instance_uid
+    series_uid = existing.series.series_instance_uid
+    key = "conflicts/" + object_key(
+        institution.pk, study_uid, series_uid, existing.sop_instance_uid, version=obj.sha256[:16]
+    )
+    storage = get_storage()
+    # Kept aside in the archive tier itself: a conflict waits for review
+    # and must survive the loss of the local cache.
+    if storage.put_chunks(key, obj.chunks(), obj.sha256) == CACHE:
+        storage.copy_to_store(key, obj.sha256)  # type: ignore[attr-defined]
+        storage.evict(key)  # type: ignore[attr-defined]
     with transaction.atomic():
-        patient, _ = Patient.objects.get_or_create(
+        conflict, created = IngestConflict.objects.get_or_create(
             institution=institution,
-            patient_id=_text(ds, "PatientID"),
-            issuer=_text(ds, "IssuerOfPatientID"),
+            sop_instance_uid=existing.sop_instance_uid,
+            sha256=obj.sha256,
+            status=IngestConflict.Status.OPEN,
             defaults={
-                "name": _text(ds, "PatientName"),
-                "name_search": _text(ds, "PatientName").upper(),
-                "birth_date": _safe_date(ds, "PatientBirthDate"),
-                "sex": _text(ds, "PatientSex"),
+                "instance": existing,
+                "study_instance_uid": study_uid,
+                "series_instance_uid": series_uid,
+                "transfer_syntax_uid": obj.transfer_syntax,
+                "storage_key": key,
+                "size": obj.size,
+                "source": str(source)[:200],
             },
         )
-        study, study_created = Study.objects.get_or_create(
-            institution=institution,
-            study_instance_uid=study_uid,
-            defaults={
-                "patient": patient,
-                "study_date": _safe_date(ds, "StudyDate"),
-                "study_time": _safe_time(ds, "StudyTime"),
-                "accession_number": _text(ds, "AccessionNumber")[:16],
-                "study_id": _text(ds, "StudyID")[:16],
-                "description": _text(ds, "StudyDescription")[:64],
-                "referring_physician": _text(ds, "ReferringPhysicianName"),
-            },
-        )
-        if study.patient_id != patient.pk:
-            raise IngestError("the study is already archived under another patient", code="inconsistent")
-        series, series_created = Series.objects.get_or_create(
-            study=study,
-            series_instance_uid=series_uid,
-            defaults={
-                "modality": _text(ds, "Modality")[:16],
-                "series_number": ds.get("SeriesNumber"),
-                "description": _text(ds, "SeriesDescription")[:64],
-                "body_part": _text(ds, "BodyPartExamined")[:64],
-            },
-        )
+        if created:
+            audit.record(
+                "archive.instance.conflict",
+                actor=source.actor,
+                actor_label=source.label,
+                institution=institution,
+                object_type="archive.ingestconflict",
+                object_id=conflict.pk,
+                address=source.address,
+                outcome="failure",
+                detail={"sop_instance_uid": existing.sop_instance_uid, "via": source.via},
+            )
+    return conflict
+
+
+def _same_name(a: str, b: str) -> bool:
+    first, second = names.name_forms(a), names.name_forms(b)
+    for x, y in (
+        (first.alphabetic, second.alphabetic),
+        (first.ideographic, second.ideographic),
+        (first.phonetic, second.phonetic),
+    ):
+        if x and y and x != y:
+            return False
+    return True
+
+
+def _patient_mismatch(received: dict[str, str], incoming: dict[str, str]) -> str:
+    """Which Patient attribute disagrees, or ''."""
+    for keyword in ("PatientID", "IssuerOfPatientID"):
+        if received.get(keyword, "") != incoming[keyword]:
+            return keyword
+    if not _same_name(received.get("PatientName", ""), incoming["PatientName"]):
+        return "PatientName"
+    for keyword in ("PatientBirthDate", "PatientSex"):
+        if received.get(keyword) and incoming[keyword] and received[keyword] != incoming[keyword]:
+            return keyword
+    return ""
+
+
+def _check_consistency(
+    ds: pydicom.Dataset, uids: tuple[str, str, str, str], institution: Institution, session: IngestSession
+) -> None:
+    study_uid, series_uid, sop_uid, _ = uids
+    incoming = patient_module(ds)
+    ref = session.studies.get(study_uid) or _load_study_ref(institution, study_uid)
+    if ref is not None:
+        session.studies[study_uid] = ref
+        wrong = _patient_mismatch(ref.received_patient, incoming)
+        if wrong:
+            raise IngestError(
+                f"study {study_uid} is archived for another patient: {wrong} is "
+                f"{ref.received_patient.get(wrong, '')!r}, this instance says {incoming[wrong]!r}",
+                code="inconsistent",
+            )
+        known = ref.series.get(series_uid)
+        if known is None:
+            known = _load_series(ref, series_uid)
+        if known is not None:
+            modality = _text(ds, "Modality")
+            if known[1] and modality and known[1] != modality:
+                raise IngestError(
+                    f"series {series_uid} is archived with modality {known[1]}, this instance says {modality}",
+                    code="inconsistent",
+                )
+            return
+    other = (
+        Series.objects.filter(study__institution=institution, series_instance_uid=series_uid)
+        .exclude(study__study_instance_uid=study_uid)
+        .values_list("study__study_instance_uid", flat=True)
+        .first()
+    )
+    if other:
+        raise IngestError(f"series {series_uid} is archived in another study ({other})", code="inconsistent")
+    if ref is None:
+        _check_patient(institution, incoming)
+
+
+def _check_patient(institution: Institution, incoming: dict[str, str]) -> None:
+    """A new study for a known patient: birth date and sex must not change."""
+    if not incoming["PatientID"]:
+        return
+    patient = Patient.objects.filter(
+        institution=institution, patient_id=incoming["PatientID"], issuer=incoming["IssuerOfPatientID"]
+    ).first()
+    if patient is None:
+        return
+    stored_birth = dicom_datetime.format_da(patient.birth_date)
+    forms = [{"PatientBirthDate": stored_birth, "PatientSex": patient.sex}, *patient.received_forms]
+    for keyword in ("PatientBirthDate", "PatientSex"):
+        value = incoming[keyword]
+        known = [form.get(keyword, "") for form in forms if form.get(keyword, "")]
+        if value and known and value not in known:
+            raise IngestError(
+                f"patient {incoming['PatientID']} is archived with {keyword} {known[0]!r}, "
+                f"this instance says {value!r}",
+                code="inconsistent",
+            )
+
+
+def _load_study_ref(institution: Institution, study_uid: str) -> _StudyRef | None:
+    row = (
+        Study.objects.filter(institution=institution, study_instance_uid=study_uid)
+        .values("pk", "patient_id", "received_patient")
+        .first()
+    )
+    if row is None:
+        return None
+    return _StudyRef(row["pk"], row["patient_id"], row["received_patient"] or {})
+
+
+def _load_series(ref: _StudyRef, series_uid: str) -> tuple[Any, str] | None:
+    row = Series.objects.filter(study_id=ref.study_pk, series_instance_uid=series_uid).values("pk", "modality").first()
+    if row is None:
+        return None
+    ref.series[series_uid] = (row["pk"], row["modality"])
+    return ref.series[series_uid]
+
+
+def _anonymous_issuer(study_uid: str) -> str:
+    # A data set without a Patient ID gets a patient of its own per study,
+    # rather than joining every other unidentified study.
+    return "no-patient-id:" + hashlib.sha1(study_uid.encode(), usedforsecurity=False).hexdigest()[:32]
+
+
+def _index(
+    obj: _Object,
+    ds: pydicom.Dataset,
+    uids: tuple[str, str, str, str],
+    key: str,
+    location: str,
+    pixel_offset: int | None,
+    pixel_length: int | None,
+    institution: Institution,
+    session: IngestSession,
+) -> Instance:
+    study_uid, series_uid, sop_uid, sop_class = uids
+    now = timezone.now()
+    metadata = json_metadata(ds)
+    ref = session.studies.get(study_uid)
+    with transaction.atomic():
+        study_created = series_created = False
+        if ref is None:
+            ref, study_created = _get_or_create_study(ds, study_uid, institution, now)
+            session.studies[study_uid] = ref
+        series_ref = ref.series.get(series_uid)
+        if series_ref is None:
+            series_ref, series_created = _get_or_create_series(ds, ref, series_uid, now)
+            ref.series[series_uid] = series_ref
         instance = Instance.objects.create(
-            series=series,
+            institution=institution,
+            series_id=series_ref[0],
             sop_instance_uid=sop_uid,
             sop_class_uid=sop_class,
-            instance_number=ds.get("InstanceNumber"),
-            transfer_syntax_uid=transfer_syntax,
-            rows=ds.get("Rows"),
-            columns=ds.get("Columns"),
-            number_of_frames=int(ds.get("NumberOfFrames") or 1),
-            size=size,
-            sha256=digest,
+            instance_number=_int(ds, "InstanceNumber"),
+            transfer_syntax_uid=obj.transfer_syntax,
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            bits_allocated=_int(ds, "BitsAllocated"),
+            number_of_frames=_int(ds, "NumberOfFrames") or 1,
+            size=obj.size,
+            sha256=obj.sha256,
             storage_key=key,
-            metadata=json_metadata(ds),
+            location=location,
+            pixel_data_offset=pixel_offset,
+            pixel_data_length=pixel_length,
+            metadata=metadata,
             received_at=now,
         )
-        Series.objects.filter(pk=series.pk).update(num_instances=series.num_instances + 1)
-        modalities = set(filter(None, study.modalities.split("\\"))) | {series.modality}
-        Study.objects.filter(pk=study.pk).update(
-            num_instances=study.num_instances + 1,
-            num_series=study.num_series + (1 if series_created else 0),
-            modalities="\\".join(sorted(filter(None, modalities))),
-            last_instance_at=now,
+        Series.objects.filter(pk=series_ref[0]).update(
+            num_instances=F("num_instances") + 1, size_bytes=F("size_bytes") + obj.size
         )
+        study_changes: dict[str, Any] = {
+            "num_instances": F("num_instances") + 1,
+            "size_bytes": F("size_bytes") + obj.size,
+            "last_instance_at": now,
+        }
+        if series_created:
+            study_changes["num_series"] = F("num_series") + 1
+            study_changes["modalities"] = _modalities_after(ref.study_pk, series_ref[1])
+        # Compare-and-swap on the state: the usual case (still receiving)
+        # costs no extra query; a late instance for a complete study reopens it.
+        if not Study.objects.filter(pk=ref.study_pk, state=Study.State.RECEIVING).update(**study_changes):
+            Study.objects.filter(pk=ref.study_pk).update(**study_changes)
+            study_pk_late = ref.study_pk
+            transaction.on_commit(lambda: _reopen_if_complete(study_pk_late, session.source))
+        if study_uid not in session.audited:
+            session.audited.add(study_uid)
+            audit.record(
+                "archive.study.receive",
+                actor=session.source.actor,
+                actor_label=session.source.label,
+                institution=institution,
+                object_type="archive.study",
+                object_id=ref.study_pk,
+                patient_id=ref.received_patient.get("PatientID", ""),
+                address=session.source.address,
+                detail={"via": session.source.via, "study_instance_uid": study_uid, "new_study": study_created},
+            )
+        study_pk = ref.study_pk
         if study_created:
-            transaction.on_commit(lambda: signals.study_received.send(Study, study=study))
+            transaction.on_commit(lambda: signals.study_received.send(Study, study=Study.objects.get(pk=study_pk)))
         transaction.on_commit(lambda: signals.instance_stored.send(Instance, instance=instance, created=True))
-    return StoreResult(instance, created=True)
+        if location != STORED:
+            transaction.on_commit(lambda: _schedule_copy(instance.pk))
+    return instance
+
+
+def _modalities_after(study_pk: Any, modality: str) -> str:
+    current = Study.objects.filter(pk=study_pk).values_list("modalities", flat=True).first() or ""
+    values = set(filter(None, current.split("\\"))) | ({modality} if modality else set())
+    return "\\".join(sorted(values))[:64]
+
+
+def _get_or_create_study(
+    ds: pydicom.Dataset, study_uid: str, institution: Institution, now: Any
+) -> tuple[_StudyRef, bool]:
+    received = patient_module(ds)
+    patient_id, issuer = received["PatientID"], received["IssuerOfPatientID"]
+    if not patient_id:
+        issuer = _anonymous_issuer(study_uid)
+    forms = names.name_forms(received["PatientName"])
+    patient, _ = Patient.objects.get_or_create(
+        institution=institution,
+        patient_id=patient_id,
+        issuer=issuer,
+        defaults={
+            "name": forms.full[:324],
+            "name_search": forms.alphabetic[:324],
+            "name_ideographic": forms.ideographic[:324],
+            "name_phonetic": forms.phonetic[:324],
+            "name_words": forms.words[:400],
+            "birth_date": _safe_date(ds, "PatientBirthDate"),
+            "sex": received["PatientSex"][:16],
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    referring = names.name_forms(_text(ds, "ReferringPhysicianName"))
+    study, created = Study.objects.get_or_create(
+        institution=institution,
+        study_instance_uid=study_uid,
+        defaults={
+            "patient": patient,
+            "study_date": _safe_date(ds, "StudyDate"),
+            "study_time": _safe_time(ds, "StudyTime"),
+            "accession_number": _text(ds, "AccessionNumber")[:16],
+            "study_id": _text(ds, "StudyID")[:16],
+            "description": _text(ds, "StudyDescription")[:64],
+            "referring_physician": referring.full[:324],
+            "referring_physician_search": referring.alphabetic[:324],
+            "received_at": now,
+            "last_instance_at": now,
+            "received_patient": received,
+        },
+    )
+    return _StudyRef(study.pk, study.patient_id, study.received_patient or received), created
+
+
+def _get_or_create_series(
+    ds: pydicom.Dataset, ref: _StudyRef, series_uid: str, now: Any
+) -> tuple[tuple[Any, str], bool]:
+    request = None
+    try:
+        sequence = ds.get("RequestAttributesSequence")
+        request = sequence[0] if sequence else None
+    except (TypeError, ValueError, IndexError):
+        request = None
+    series, created = Series.objects.get_or_create(
+        study_id=ref.study_pk,
+        series_instance_uid=series_uid,
+        defaults={
+            "modality": _text(ds, "Modality")[:16],
+            "series_number": _int(ds, "SeriesNumber"),
+            "description": _text(ds, "SeriesDescription")[:64],
+            "body_part": _text(ds, "BodyPartExamined")[:64],
+            "performed_start_date": _safe_date(ds, "PerformedProcedureStepStartDate"),
+            "performed_start_time": _safe_time(ds, "PerformedProcedureStepStartTime"),
+            "scheduled_procedure_step_id": _text(request, "ScheduledProcedureStepID")[:16] if request else "",
+            "requested_procedure_id": _text(request, "RequestedProcedureID")[:16] if request else "",
+            "created_at": now,
+        },
+    )
+    return (series.pk, series.modality), created
+
+
+def _reopen_if_complete(study_pk: Any, source: Source) -> None:
+    """A late instance for a study already complete (not yet routed) reopens it."""
+    if Study.objects.filter(pk=study_pk, state=Study.State.COMPLETE).exists():
+        from .actions import do_reopen_study
+
+        do_reopen_study(study_pk, actor=source.actor, actor_label=source.label, reason="a new instance arrived")
+
+
+def _schedule_copy(instance_pk: Any) -> None:
+    from .tasks import copy_to_object_store
+
+    try:
+        copy_to_object_store.delay([str(instance_pk)])
+    except Exception:  # the periodic sweep copies it if the broker is away
+        log.warning("could not queue the copy of instance %s; the sweep will copy it", instance_pk, exc_info=True)

@@ -194,6 +194,15 @@ S3_ENDPOINT_URL = env.str("S3_ENDPOINT_URL", default="")
 AWS_ACCESS_KEY_ID = env.str("AWS_ACCESS_KEY_ID", default="")
 AWS_SECRET_ACCESS_KEY = env.str("AWS_SECRET_ACCESS_KEY", default="")
 AWS_DEFAULT_REGION = env.str("AWS_DEFAULT_REGION", default="us-east-1")
+# With s3:// storage: the local cache objects are received into, the parallel
+# uploads per copy task, the part size of multipart uploads, how long an
+# object may stay only in the cache before the sweep copies it, and how long
+# cached copies are kept for fast reads after they are in the object store.
+STORAGE_CACHE_DIR = env.str("STORAGE_CACHE_DIR", default=str(DATA_DIR / "storage-cache"))
+STORAGE_COPY_WORKERS = env.int("STORAGE_COPY_WORKERS", default=4)
+S3_MULTIPART_BYTES = env.int("S3_MULTIPART_BYTES", default=8 * 1024 * 1024)
+STORAGE_COPY_GRACE_SECONDS = env.int("STORAGE_COPY_GRACE_SECONDS", default=60)
+STORAGE_CACHE_RETENTION_HOURS = env.float("STORAGE_CACHE_RETENTION_HOURS", default=24)
 
 # Cache, channels, Celery ---------------------------------------------------
 
@@ -227,7 +236,14 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    "archive-complete-stable-studies": {
+        "task": "archive.tasks.complete_stable_studies",
+        "schedule": env.float("STUDY_SWEEP_SECONDS", default=5.0),
+    },
+    "archive-sweep-object-store-copies": {"task": "archive.tasks.sweep_object_store_copies", "schedule": 60.0},
+    "archive-evict-cached-copies": {"task": "archive.tasks.evict_cached_copies", "schedule": 3600.0},
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"
 
@@ -264,11 +280,18 @@ EDGE_TOKEN = env.str("EDGE_TOKEN", default="")
 STUDY_STABILITY_SECONDS = env.int("STUDY_STABILITY_SECONDS", default=120)
 MAX_INSTANCE_BYTES = env.int("MAX_INSTANCE_BYTES", default=2 * 1024**3)
 # Apps contributing DICOM services (see archive.dimse); C-ECHO is always served.
-DIMSE_SERVICE_PROVIDERS: list[str] = []
+DIMSE_SERVICE_PROVIDERS: list[str] = ["archive.dimse.services"]
+# pynetdicom polls its queues every millisecond; busy associations poll this
+# often instead (archive.dimse.tune_polling). 0.001 turns the tuning off.
+DIMSE_POLL_SECONDS = env.float("DIMSE_POLL_SECONDS", default=0.0002)
+# QIDO-RS and C-FIND answer at most this many matches per request (a QIDO
+# "limit" may ask for fewer; more is refused with a warning).
+QUERY_MAX_RESULTS = env.int("QUERY_MAX_RESULTS", default=1000)
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [
     "pacs_cloud.demo.seed",
+    "archive.demo.seed",
 ]
 
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")

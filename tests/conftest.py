@@ -51,13 +51,25 @@ class Tenants:
         return iter((self.a, self.b, self.c))
 
 
+_hashes: list[str] = []
+
+
+def _password_hash() -> str:
+    """PASSWORD hashed once per run (Argon2 is slow on purpose)."""
+    from django.contrib.auth.hashers import make_password
+
+    if not _hashes:
+        _hashes.append(make_password(PASSWORD))
+    return _hashes[0]
+
+
 def make_tenant(slug: str, name: str, prefix: str) -> Tenant:
     institution = Institution.objects.create(
         slug=slug, name=name, accession_prefix=prefix, patient_id_issuer=slug.upper(), time_zone="Asia/Shanghai"
     )
     tenant = Tenant(institution)
     for role in Role:
-        user = User.objects.create_user(f"{role.value}@{slug}", password=PASSWORD)
+        user = User.objects.create(username=f"{role.value}@{slug}", password=_password_hash())
         Membership.objects.create(user=user, institution=institution, role=role)
         tenant.users[role.value] = user
     return tenant

@@ -535,8 +535,7 @@ def _existing(institution: Institution, sop_uid: str, obj: _Object, session: Ing
         return StoreResult(existing, created=False)
     conflict = _keep_aside(existing, obj, institution, session.source)
     raise IngestError(
-        f"SOP Instance UID {sop_uid} is already archived with different content; "
-        f"the new object is kept aside for review (conflict {conflict.pk})",
+        f"archived with other content; this one is kept aside for review (conflict {conflict.pk})",
         code="conflict",
         sop_instance_uid=sop_uid,
     )

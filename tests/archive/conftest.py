@@ -33,6 +33,20 @@ SAMPLES = {
     "multiframe": ("emri_small.dcm", "1.2.840.10008.1.2.1"),  # pydicom-data, 10 frames
     "overlays": ("MR-SIEMENS-DICOM-WithOverlays.dcm", "1.2.840.10008.1.2.1"),  # pydicom-data
 }
+# storescu's option proposing each transfer syntax (dcmtk 3.6).
+STORESCU_PROPOSE = {
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+}
 CHINESE = {"iso_ir_192": "chrX1.dcm", "gb18030": "chrX2.dcm"}
 
 
@@ -161,3 +175,21 @@ def dcmtk(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         list(args), capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=timeout
     )
+
+
+def differences(first: Path | bytes, second: Path | bytes) -> list[str]:
+    """Where two objects' data sets differ (File Meta and group lengths aside); [] when the same."""
+
+    def load(source: Path | bytes) -> Dataset:
+        return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source, force=True)
+
+    a, b = load(first), load(second)
+    # Group lengths and Data Set Trailing Padding are dropped or added by senders at will.
+    tags = {t for t in (*a.keys(), *b.keys()) if t.element != 0 and t.group != 2 and t != 0xFFFCFFFC}
+    found = []
+    for tag in sorted(tags):
+        if tag not in a or tag not in b:
+            found.append(f"{tag} only in {'first' if tag in a else 'second'}")
+        elif a[tag].value != b[tag].value:
+            found.append(f"{tag} {a[tag].keyword}: {str(a[tag].value)[:60]!r} != {str(b[tag].value)[:60]!r}")
+    return found

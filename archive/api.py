@@ -85,9 +85,9 @@ class StudySerializer(serializers.ModelSerializer):
         return [m for m in study.modalities.split("\\") if m]
 
     def get_dicomweb_url(self, study: Study) -> str:
-        request = self.context.get("request")
-        path = f"/dicomweb/studies/{study.study_instance_uid}"
-        return request.build_absolute_uri(path) if request else path
+        from .dicomweb import dicomweb_base
+
+        return f"{dicomweb_base()}/studies/{study.study_instance_uid}"
 
 
 class StudyDetailSerializer(StudySerializer):

@@ -83,8 +83,14 @@ class DicomWebView(APIView):
     content_negotiation_class = _AnyAccept
     schema = None  # DICOMweb is described by PS3.18, not by our OpenAPI schema
 
-    def base_url(self, request: Request) -> str:
-        return request.build_absolute_uri("/dicomweb").rstrip("/")
+
+def dicomweb_base() -> str:
+    """The public base of DICOMweb URLs we hand out (RetrieveURL, BulkDataURI).
+
+    Built from ``CLOUD_URL`` rather than the request's Host header, which
+    proxies rewrite and some clients send without the port.
+    """
+    return settings.CLOUD_URL.rstrip("/") + "/dicomweb"
 
 
 def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
@@ -246,7 +252,7 @@ def _qido(request: Request, level: str, study_uid: str | None = None, series_uid
         return _problem(400, str(exc))
     if more:
         warnings.append('299 cloud-pacs "there are more results than returned; use offset to page"')
-    ctx = q.Context(base_url=request.build_absolute_uri("/dicomweb").rstrip("/"))
+    ctx = q.Context(base_url=dicomweb_base())
     tags = _return_tags(level, include, query, scope_levels)
     body = [q.attributes_of(row, level, tags, ctx) for row in rows]
     audit.record(
@@ -335,7 +341,7 @@ def _stow(request: Request, study_uid: str | None) -> HttpResponse:
         return _problem(403, str(exc))
     except LookupError as exc:
         return _problem(400, str(exc))
-    base = request.build_absolute_uri("/dicomweb").rstrip("/")
+    base = dicomweb_base()
     session = IngestSession(
         Source("stow", request.user.get_username(), actor=request.user, address=audit.client_address(request._request))
     )
@@ -585,7 +591,7 @@ def _metadata(request: Request, study: Study, rows: list[Instance], scope: str) 
     wanted = parse_accept(request.headers.get("Accept", ""))
     if wanted and not any(a.media_type in (DICOM_JSON, "application/json", "*/*", "application/*") for a in wanted):
         return _problem(406, "metadata is available as application/dicom+json")
-    base = request.build_absolute_uri("/dicomweb").rstrip("/")
+    base = dicomweb_base()
     metadata = dict(Instance.objects.filter(pk__in=[r.pk for r in rows]).values_list("pk", "metadata"))
     overrides = study.header_overrides or {}
     body = []
@@ -673,7 +679,7 @@ class FramesView(DicomWebView):
             return _problem(406, str(exc))
         _audit_read(request, "archive.study.frames", found, sop_instance_uid=instance, frames=numbers[:50])
         boundary = new_boundary()
-        url = _instance_url(request.build_absolute_uri("/dicomweb").rstrip("/"), study, series, instance)
+        url = _instance_url(dicomweb_base(), study, series, instance)
         body = []
         for number, (data, syntax) in zip(numbers, chunks, strict=True):
             extra = {"Content-Location": f"{url}/frames/{number}"}

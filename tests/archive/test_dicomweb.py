@@ -29,6 +29,14 @@ def web(live_url, tenants, storage_dir):
     return client
 
 
+def get(url: str, **kwargs):
+    return requests.get(url, timeout=30, **kwargs)
+
+
+def post(url: str, **kwargs):
+    return requests.post(url, timeout=30, **kwargs)
+
+
 def headers_for(user) -> dict[str, str]:
     _, key = issue_token(user, name="test")
     return {"Authorization": f"Bearer {key}"}
@@ -45,7 +53,7 @@ def multipart(parts: list[bytes], boundary: str = "b0undary", close: bool = True
 
 def stow(live_url: str, headers: dict[str, str], body: bytes, path: str = "/dicomweb/studies", boundary="b0undary"):
     content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return requests.post(f"{live_url}{path}", data=body, headers={**headers, "Content-Type": content_type}, timeout=30)
+    return post(f"{live_url}{path}", data=body, headers={**headers, "Content-Type": content_type})
 
 
 def parts_of(response: requests.Response) -> list[tuple[dict[str, str], bytes]]:
@@ -119,13 +127,13 @@ def test_qido_searches_studies_series_and_instances(web, live_url, tenants, tmp_
 def test_qido_limit_and_offset_page_and_warn(web, live_url, tenants):
     web.store_instances([make_ct(patient_id=f"PAGE{i}", patient_name=f"PAGE^{i}") for i in range(5)])
     headers = headers_for(tenants.a.radiologist)
-    response = requests.get(f"{live_url}/dicomweb/studies?PatientName=PAGE*&limit=2&offset=1", headers=headers)
+    response = get(f"{live_url}/dicomweb/studies?PatientName=PAGE*&limit=2&offset=1", headers=headers)
     assert response.status_code == 200
     assert len(response.json()) == 2
     assert "more results" in response.headers["Warning"]
-    unknown = requests.get(f"{live_url}/dicomweb/studies?OperatorsName=X", headers=headers)
+    unknown = get(f"{live_url}/dicomweb/studies?OperatorsName=X", headers=headers)
     assert "not supported" in unknown.headers["Warning"]
-    bad = requests.get(f"{live_url}/dicomweb/studies?StudyDate=2024-13-45", headers=headers)
+    bad = get(f"{live_url}/dicomweb/studies?StudyDate=2024-13-45", headers=headers)
     assert bad.status_code == 400
 
 
@@ -136,18 +144,18 @@ def test_a_gb18030_name_is_found_by_wildcard_and_returned_intact(web, live_url, 
     (study,) = web.search_for_studies(search_filters={"PatientName": "王*"})
     assert study["00100010"]["Value"] == [{"Alphabetic": "Wang^XiaoDong", "Ideographic": "王^小东"}]
     headers = headers_for(tenants.a.radiologist)
-    raw = requests.get(f"{live_url}/dicomweb/studies?PatientName=%E7%8E%8B%2A", headers=headers)
+    raw = get(f"{live_url}/dicomweb/studies?PatientName=%E7%8E%8B%2A", headers=headers)
     assert [s["00100010"]["Value"][0]["Ideographic"] for s in raw.json()] == ["王^小东"]
     assert raw.headers["Content-Type"].startswith("application/dicom+json")
-    by_alphabetic = requests.get(f"{live_url}/dicomweb/studies?PatientName=wang%5E%2A", headers=headers).json()
+    by_alphabetic = get(f"{live_url}/dicomweb/studies?PatientName=wang%5E%2A", headers=headers).json()
     assert len(by_alphabetic) == 1
-    fuzzy = requests.get(f"{live_url}/dicomweb/studies?PatientName=xiao&fuzzymatching=true", headers=headers).json()
+    fuzzy = get(f"{live_url}/dicomweb/studies?PatientName=xiao&fuzzymatching=true", headers=headers).json()
     assert len(fuzzy) == 1
-    given_name = requests.get(f"{live_url}/dicomweb/studies?PatientName=小东&fuzzymatching=true", headers=headers)
+    given_name = get(f"{live_url}/dicomweb/studies?PatientName=小东&fuzzymatching=true", headers=headers)
     assert len(given_name.json()) == 1
-    typed_together = requests.get(f"{live_url}/dicomweb/studies?PatientName=王小东&fuzzymatching=true", headers=headers)
+    typed_together = get(f"{live_url}/dicomweb/studies?PatientName=王小东&fuzzymatching=true", headers=headers)
     assert len(typed_together.json()) == 1
-    assert requests.get(f"{live_url}/dicomweb/studies?PatientName=xiao", headers=headers).json() == []
+    assert get(f"{live_url}/dicomweb/studies?PatientName=xiao", headers=headers).json() == []
 
 
 def test_wado_retrieves_a_series_as_a_stream_of_parts(web, live_url, tenants):
@@ -159,7 +167,7 @@ def test_wado_retrieves_a_series_as_a_stream_of_parts(web, live_url, tenants):
     web.store_instances(series)
     headers = headers_for(tenants.a.clinician)
     url = f"{live_url}/dicomweb/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
-    response = requests.get(url, headers={**headers, "Accept": 'multipart/related; type="application/dicom"'})
+    response = get(url, headers={**headers, "Accept": 'multipart/related; type="application/dicom"'})
     assert response.status_code == 200
     assert "Content-Length" not in response.headers  # streamed
     parts = parts_of(response)
@@ -179,13 +187,13 @@ def test_wado_without_a_transfer_syntax_gives_explicit_little_endian(web, live_u
         f"{live_url}/dicomweb/studies/{original.StudyInstanceUID}/series/{original.SeriesInstanceUID}"
         f"/instances/{original.SOPInstanceUID}"
     )
-    response = requests.get(url, headers={**headers, "Accept": 'multipart/related; type="application/dicom"'})
+    response = get(url, headers={**headers, "Accept": 'multipart/related; type="application/dicom"'})
     ((part_headers, body),) = parts_of(response)
     assert "transfer-syntax=1.2.840.10008.1.2.1" in part_headers["Content-Type"]
     decoded = pydicom.dcmread(io.BytesIO(body))
     assert decoded.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert (decoded.pixel_array == original.pixel_array).all()
-    refused = requests.get(url, headers={**headers, "Accept": "image/png"})
+    refused = get(url, headers={**headers, "Accept": "image/png"})
     assert refused.status_code == 406
 
 
@@ -206,20 +214,20 @@ def test_metadata_and_frames(web, live_url, tenants, tmp_path):
     assert frames == [original.PixelData[frame_size : 2 * frame_size], original.PixelData[9 * frame_size :]]
     headers = headers_for(tenants.a.radiologist)
     base = f"{live_url}/dicomweb/studies/{original.StudyInstanceUID}/series/{original.SeriesInstanceUID}"
-    out_of_range = requests.get(f"{base}/instances/{original.SOPInstanceUID}/frames/11", headers=headers)
+    out_of_range = get(f"{base}/instances/{original.SOPInstanceUID}/frames/11", headers=headers)
     assert out_of_range.status_code == 404
-    bulk = requests.get(metadata["7FE00010"]["BulkDataURI"], headers=headers)
+    bulk = get(metadata["7FE00010"]["BulkDataURI"], headers=headers)
     assert parts_of(bulk)[0][1] == original.PixelData
     compressed = pydicom.dcmread(jpeg)
     url = (
         f"{live_url}/dicomweb/studies/{compressed.StudyInstanceUID}/series/{compressed.SeriesInstanceUID}"
         f"/instances/{compressed.SOPInstanceUID}/frames/1"
     )
-    as_jpeg = requests.get(url, headers={**headers, "Accept": 'multipart/related; type="image/jpeg"'})
+    as_jpeg = get(url, headers={**headers, "Accept": 'multipart/related; type="image/jpeg"'})
     ((part_headers, body),) = parts_of(as_jpeg)
     assert part_headers["Content-Type"].startswith("image/jpeg")
     assert body == pydicom.encaps.generate_frames(compressed.PixelData, number_of_frames=1).__next__()
-    decoded = requests.get(url, headers={**headers, "Accept": 'multipart/related; type="application/octet-stream"'})
+    decoded = get(url, headers={**headers, "Accept": 'multipart/related; type="application/octet-stream"'})
     assert parts_of(decoded)[0][1] == compressed.pixel_array.tobytes()
 
 
@@ -227,7 +235,7 @@ def test_another_institution_sees_nothing_and_gets_404(web, live_url, tenants):
     ds = make_ct(patient_id="PRIVATE1")
     web.store_instances([ds])
     outsider = headers_for(tenants.c.radiologist)
-    assert requests.get(f"{live_url}/dicomweb/studies?PatientID=PRIVATE1", headers=outsider).json() == []
+    assert get(f"{live_url}/dicomweb/studies?PatientID=PRIVATE1", headers=outsider).json() == []
     base = f"{live_url}/dicomweb/studies/{ds.StudyInstanceUID}"
     for url in (
         base,
@@ -237,9 +245,9 @@ def test_another_institution_sees_nothing_and_gets_404(web, live_url, tenants):
         f"{base}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
         f"{base}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/1",
     ):
-        assert requests.get(url, headers=outsider).status_code == 404, url
-    assert requests.get(f"{base}/metadata").status_code == 401
-    basic = requests.get(f"{base}/metadata", auth=(tenants.a.clinician.username, PASSWORD))
+        assert get(url, headers=outsider).status_code == 404, url
+    assert get(f"{base}/metadata").status_code == 401
+    basic = get(f"{base}/metadata", auth=(tenants.a.clinician.username, PASSWORD))
     assert basic.status_code == 200
 
 
@@ -309,7 +317,7 @@ def test_stow_with_a_broken_multipart_body(live_url, tenants, storage_dir):
     assert Instance.objects.get().sop_instance_uid == first.SOPInstanceUID
     no_boundary = stow(live_url, headers, b"garbage without any boundary")
     assert no_boundary.status_code == 400
-    not_multipart = requests.post(
+    not_multipart = post(
         f"{live_url}/dicomweb/studies", data=encode(first), headers={**headers, "Content-Type": "application/dicom"}
     )
     assert not_multipart.status_code == 415

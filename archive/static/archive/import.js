@@ -118,6 +118,7 @@
     const batch = newBatch();
     table.hidden = false;
     summary.hidden = true;
+    summary.dataset.done = "false";
     const totals = { stored: 0, duplicate: 0, refused: 0, skipped: 0, missing: 0 };
     const studies = new Map();
     const reasons = new Map();

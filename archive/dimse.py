@@ -18,9 +18,12 @@ C-MOVE and C-GET in the Patient Root and Study Root information models
 from __future__ import annotations
 
 import logging
+import os
+import select
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +43,8 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom import association as _pynetdicom_association
 from pynetdicom import dul as _pynetdicom_dul
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.presentation import AllStoragePresentationContexts, build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -50,7 +55,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
+from pynetdicom.transport import AssociationServer, AssociationSocket, ThreadedAssociationServer
 
 from pacs_cloud import audit
 from pacs_cloud.models import Institution
@@ -149,11 +154,26 @@ def collect_services(providers: Iterable[str] | None = None) -> list[DimseServic
     return found
 
 
+_connections_checked = threading.local()
+
+
+def _check_connections() -> None:
+    """Drop broken or expired database connections, at most once a second per thread.
+
+    With CONN_HEALTH_CHECKS each check costs a round trip to the database;
+    once per C-STORE would be one round trip in five.
+    """
+    now = time.monotonic()
+    if now - getattr(_connections_checked, "at", 0.0) > 1.0:
+        close_old_connections()
+        _connections_checked.at = now
+
+
 def _dispatcher(services: list[DimseService]) -> Callable[..., Any]:
     by_class = {sop_class: service for service in services for sop_class in service.sop_classes}
 
     def dispatch(event: Any, *args: Any) -> Any:
-        close_old_connections()
+        _check_connections()
         request = event.request
         sop_class = str(
             getattr(request, "AffectedSOPClassUID", None) or getattr(request, "RequestedSOPClassUID", None) or ""
@@ -193,20 +213,17 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
         return client, address
 
 
-class _PollClock:
-    """Stands in for ``time`` inside pynetdicom's association and DUL loops.
+class _EventClock:
+    """Stands in for ``time`` inside pynetdicom's association and DUL modules.
 
-    Both loops poll their queues with ``time.sleep(0.001)``; on a stream of
-    C-STOREs that is two polls per instance, about half of each round trip.
-    While a loop is busy its polls shorten to ``fast`` seconds; after
-    ``idle_after`` seconds without work they go back to 1 ms, so idle
-    associations cost no more CPU than before.
+    Both of pynetdicom's loops poll with ``time.sleep(0.001)``: the
+    association thread for a complete DIMSE message, the DUL thread for
+    bytes on the socket or a message to send. On a stream of C-STOREs that is
+    two sleeps per instance, about half of each round trip. Here the same
+    calls wait for the thing itself, with the millisecond as a ceiling: the
+    association thread on its message queue, the DUL thread on its socket and
+    on a wake-up pipe written whenever something is queued for it to send.
     """
-
-    def __init__(self, fast: float, idle_after: float = 0.05) -> None:
-        self.fast = fast
-        self.idle_after = idle_after
-        self._state = threading.local()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -215,21 +232,98 @@ class _PollClock:
         if abs(seconds - 0.001) > 1e-9:
             time.sleep(seconds)
             return
-        state = self._state
-        now = time.monotonic()
-        # More than 0.1 ms since the last poll returned: the loop did work.
-        if now - getattr(state, "last", 0.0) > 0.0001:
-            state.busy_until = now + self.idle_after
-        time.sleep(self.fast if now < getattr(state, "busy_until", 0.0) else seconds)
-        state.last = time.monotonic()
+        thread = threading.current_thread()
+        if isinstance(thread, Association):
+            _wait_for_message(thread, seconds)
+        elif isinstance(thread, DULServiceProvider):
+            _wait_for_io(thread, seconds)
+        else:
+            time.sleep(seconds)
 
 
-def tune_polling(fast: float | None = None) -> None:
-    """Shorten pynetdicom's 1 ms polls while associations are busy (see :class:`_PollClock`)."""
-    fast = settings.DIMSE_POLL_SECONDS if fast is None else fast
-    if fast >= 0.001:
+def _wait_for_message(assoc: Association, timeout: float) -> None:
+    messages = assoc.dimse.msg_queue
+    with messages.not_empty:
+        if not messages._qsize():  # (qsize() would take the lock we hold)
+            messages.not_empty.wait(timeout)
+
+
+_wakeups: weakref.WeakKeyDictionary[DULServiceProvider, int] = weakref.WeakKeyDictionary()
+
+
+def _wakeup_fd(dul: DULServiceProvider) -> int:
+    """The read end of a pipe written to whenever a primitive is queued for ``dul`` to send."""
+    found = _wakeups.get(dul)
+    if found is not None:
+        return found
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    queue = dul.to_provider_queue
+    put = queue.put
+
+    def put_and_wake(item: Any, *args: Any, **kwargs: Any) -> None:
+        put(item, *args, **kwargs)
+        try:
+            os.write(write_fd, b"!")
+        except OSError:  # the pipe is full (the DUL will look anyway) or closed
+            pass
+
+    queue.put = put_and_wake  # type: ignore[method-assign]
+    weakref.finalize(dul, os.close, read_fd)
+    weakref.finalize(dul, os.close, write_fd)
+    _wakeups[dul] = read_fd
+    return read_fd
+
+
+def _wait_for_io(dul: DULServiceProvider, timeout: float) -> None:
+    sock = getattr(getattr(dul, "socket", None), "socket", None)
+    if sock is None:
+        time.sleep(timeout)
         return
-    clock = _PollClock(fast)
+    wake = _wakeup_fd(dul)
+    try:
+        readable, _, _ = select.select([sock, wake], [], [], timeout)
+    except (OSError, ValueError):  # the socket closed under us: the loop will notice
+        time.sleep(timeout)
+        return
+    if wake in readable:
+        try:
+            os.read(wake, 4096)
+        except BlockingIOError:
+            pass
+
+
+def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    """``AssociationSocket.recv`` reading straight into one buffer.
+
+    pynetdicom reads a PDU 4 KiB at a time; a 128 KiB P-DATA PDU then costs
+    32 system calls and as many buffer extensions. Same contract: the bytes
+    read, fewer than asked only when the peer closed the connection.
+    """
+    buffer = bytearray(nr_bytes)
+    view = memoryview(buffer)
+    read = 0
+    while read < nr_bytes:
+        count = self.socket.recv_into(view[read:], nr_bytes - read)  # type: ignore[union-attr]
+        if not count:
+            del view
+            return buffer[:read]
+        read += count
+    return buffer
+
+
+def tune_pynetdicom() -> None:
+    """Process-wide latency tuning of pynetdicom for a DICOM service process.
+
+    Its loops wait for events instead of polling (:class:`_EventClock`) and
+    PDUs are read into one buffer (:func:`_recv`). ``DIMSE_EVENT_WAITS=False``
+    leaves pynetdicom as it is.
+    """
+    if not settings.DIMSE_EVENT_WAITS:
+        return
+    AssociationSocket.recv = _recv  # type: ignore[method-assign]
+    clock = _EventClock()
     _pynetdicom_association.time = clock  # type: ignore[attr-defined]
     _pynetdicom_dul.time = clock  # type: ignore[attr-defined]
 
@@ -262,7 +356,7 @@ def start_server(
     ae_title: str, host: str, port: int, providers: Iterable[str] | None = None
 ) -> ThreadedAssociationServer:
     """Start serving in background threads; returns the server (``shutdown()`` stops it)."""
-    tune_polling()
+    tune_pynetdicom()
     ae, handlers = build_ae(ae_title, collect_services(providers))
     server = ae.make_server((host, port), evt_handlers=handlers, server_class=NoDelayAssociationServer)
     thread = threading.Thread(target=server.serve_forever, name=f"dimse-{ae_title}", daemon=True)

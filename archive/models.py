@@ -63,8 +63,9 @@ class Study(ConcurrentTransitionMixin, models.Model):
         AMENDED = "amended"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="studies")
-    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
+    # (Both keys lead composite indexes below; separate FK indexes would only slow writes.)
+    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="studies", db_index=False)
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies", db_index=False)
     study_instance_uid = models.CharField(max_length=64)
     study_date = models.DateField(null=True, blank=True)
     study_time = models.TimeField(null=True, blank=True)
@@ -79,7 +80,9 @@ class Study(ConcurrentTransitionMixin, models.Model):
     size_bytes = models.BigIntegerField(default=0)
     state = FSMField(default=State.RECEIVING, choices=State.choices, protected=True)
     received_at = models.DateTimeField(default=timezone.now)
-    last_instance_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Changes with every instance: deliberately in no index, so that the
+    # per-instance update of the study row stays a heap-only (HOT) update.
+    last_instance_at = models.DateTimeField(default=timezone.now)
     completed_at = models.DateTimeField(null=True, blank=True)
     # The Patient module exactly as the first instance carried it (DICOM
     # keywords to strings); later instances of the study must agree with it.
@@ -98,7 +101,9 @@ class Study(ConcurrentTransitionMixin, models.Model):
             models.Index(fields=["institution", "study_date"]),
             models.Index(fields=["study_instance_uid"]),
             models.Index(fields=["institution", "accession_number"]),
-            models.Index(fields=["state", "last_instance_at"]),
+            # The stability sweep's candidates: few rows, and no column that
+            # changes per instance.
+            models.Index(fields=["institution"], condition=models.Q(state="receiving"), name="study_receiving"),
             models.Index(fields=["institution", "-study_date", "-study_time"], name="study_recent"),
             models.Index(fields=["patient", "study_date"]),
         ]
@@ -130,7 +135,7 @@ class Study(ConcurrentTransitionMixin, models.Model):
 
 class Series(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series", db_index=False)
     series_instance_uid = models.CharField(max_length=64)
     modality = models.CharField(max_length=16, blank=True, db_index=True)
     series_number = models.IntegerField(null=True, blank=True)
@@ -164,8 +169,8 @@ class Instance(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Denormalised from the series' study: one SOP Instance UID per institution
     # is a database constraint, not a check that two senders could race past.
-    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="+")
-    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
+    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="+", db_index=False)
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances", db_index=False)
     sop_instance_uid = models.CharField(max_length=64)
     sop_class_uid = models.CharField(max_length=64)
     instance_number = models.IntegerField(null=True, blank=True)
@@ -194,10 +199,10 @@ class Instance(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["institution", "sop_instance_uid"], name="instance_unique_uid"),
         ]
+        # Few indexes on purpose: each costs every C-STORE an insertion.
         indexes = [
-            models.Index(fields=["sop_instance_uid"]),
             models.Index(fields=["series", "instance_number"]),
-            models.Index(fields=["location", "received_at"]),
+            models.Index(fields=["received_at"], condition=models.Q(location="cache"), name="instance_to_copy"),
         ]
 
     def __str__(self) -> str:

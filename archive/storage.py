@@ -92,15 +92,17 @@ class FileSystemStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self._root_resolved = self.root.resolve()
+        self._root_text = str(self.root.resolve())
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
 
     def path(self, key: str) -> Path:
-        path = (self._root_resolved / key).resolve()
-        if self._root_resolved not in path.parents:
+        # Keys are made of validated UIDs; normalising (no file system calls,
+        # unlike resolve()) is enough to refuse one that would leave the root.
+        path = os.path.normpath(os.path.join(self._root_text, key))
+        if not path.startswith(self._root_text + os.sep):
             raise ValueError(f"object key {key!r} leaves the storage root")
-        return path
+        return Path(path)
 
     def _ensure_dir(self, folder: Path) -> None:
         """Create ``folder`` durably: every new directory entry is fsynced in its parent."""

@@ -281,9 +281,9 @@ STUDY_STABILITY_SECONDS = env.int("STUDY_STABILITY_SECONDS", default=120)
 MAX_INSTANCE_BYTES = env.int("MAX_INSTANCE_BYTES", default=2 * 1024**3)
 # Apps contributing DICOM services (see archive.dimse); C-ECHO is always served.
 DIMSE_SERVICE_PROVIDERS: list[str] = ["archive.dimse.services"]
-# pynetdicom polls its queues every millisecond; busy associations poll this
-# often instead (archive.dimse.tune_polling). 0.001 turns the tuning off.
-DIMSE_POLL_SECONDS = env.float("DIMSE_POLL_SECONDS", default=0.0002)
+# pynetdicom polls its queues every millisecond; the DICOM services make its
+# loops wait for events instead (archive.dimse.tune_pynetdicom).
+DIMSE_EVENT_WAITS = env.bool("DIMSE_EVENT_WAITS", default=True)
 # QIDO-RS and C-FIND answer at most this many matches per request (a QIDO
 # "limit" may ask for fewer; more is refused with a warning).
 QUERY_MAX_RESULTS = env.int("QUERY_MAX_RESULTS", default=1000)

@@ -39,7 +39,7 @@ from .ingest import IngestError, IngestSession, Source, store_instance
 from .models import Instance, Series, Study
 from .multipart import Acceptable, MultipartError, PartReader, closing, new_boundary, parse_accept, parse_media_type
 from .multipart import part_header as _part_header
-from .storage import CHUNK
+from .storage import CHUNK, get_storage
 
 log = logging.getLogger(__name__)
 
@@ -392,9 +392,11 @@ def _store_part(
             failed.append(_failed_item(exc.sop_class_uid, exc.sop_instance_uid, exc.code, exc.reason))
             return
         instance = result.instance
-        study = instance.series.study
-        studies.add(study.study_instance_uid)
-        url = f"{base}/studies/{study.study_instance_uid}/series/{instance.series.series_instance_uid}"
+        # The UIDs are in the metadata already: no query per stored part.
+        study_uid = instance.metadata["0020000D"]["Value"][0]
+        series_uid = instance.metadata["0020000E"]["Value"][0]
+        studies.add(study_uid)
+        url = f"{base}/studies/{study_uid}/series/{series_uid}"
         stored.append(
             {
                 "00081150": {"vr": "UI", "Value": [instance.sop_class_uid]},
@@ -497,29 +499,69 @@ def _retrieve(
         response["Content-Type"] = f"application/dicom; transfer-syntax={syntax}"
         return response
     boundary = new_boundary()
-
-    def parts() -> Iterator[bytes]:
-        for instance, syntax in plan:
-            yield _part_header(boundary, f"application/dicom; transfer-syntax={syntax}")
-            yield from retrieve.as_part10(instance, transfer_syntax=syntax, overrides=overrides)
-            yield b"\r\n"
-        yield closing(boundary)
-
-    response = _streaming(request, parts)
+    if isinstance(request._request, ASGIRequest):
+        response = StreamingHttpResponse(_stream_parts(plan, boundary, overrides))
+    else:
+        response = StreamingHttpResponse(_parts(plan, boundary, overrides))
     response["Content-Type"] = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return response
+
+
+def _parts(plan: list[tuple[Instance, str]], boundary: str, overrides: dict[str, str]) -> Iterator[bytes]:
+    for instance, syntax in plan:
+        yield _part_header(boundary, f"application/dicom; transfer-syntax={syntax}")
+        yield from retrieve.as_part10(instance, transfer_syntax=syntax, overrides=overrides)
+        yield b"\r\n"
+    yield closing(boundary)
+
+
+async def _stream_parts(
+    plan: list[tuple[Instance, str]], boundary: str, overrides: dict[str, str]
+) -> AsyncIterator[bytes]:
+    """The multipart body, produced in the event loop from local files.
+
+    An object that goes out as it was received and is on local disk is read
+    right here (page-cache reads of a megabyte take a fraction of a
+    millisecond); anything else (S3, a conversion, a correction) is produced
+    in a worker thread. Memory stays bounded to a few chunks.
+    """
+    storage = get_storage()
+    pending = b""
+    for instance, syntax in plan:
+        pending += _part_header(boundary, f"application/dicom; transfer-syntax={syntax}")
+        path = (
+            storage.local_path(instance.storage_key)
+            if syntax == instance.transfer_syntax_uid and not overrides
+            else None
+        )
+        if path is not None:
+            with open(path, "rb") as handle:
+                first = handle.read(CHUNK - len(pending))
+                yield pending + first
+                pending = b""
+                while chunk := handle.read(CHUNK):
+                    yield chunk
+        else:
+            async for chunk in _threaded(
+                lambda i=instance, t=syntax: retrieve.as_part10(i, transfer_syntax=t, overrides=overrides)
+            ):
+                if pending:
+                    chunk, pending = pending + chunk, b""
+                yield chunk
+        pending += b"\r\n"
+    yield pending + closing(boundary)
 
 
 def _streaming(request: Request, parts: Callable[[], Iterator[bytes]]) -> StreamingHttpResponse:
     """A streamed response; under ASGI the chunks are produced off the event loop."""
     if isinstance(request._request, ASGIRequest):
-        return StreamingHttpResponse(_async_chunks(parts))
+        return StreamingHttpResponse(_threaded(parts))
     return StreamingHttpResponse(parts())
 
 
-async def _async_chunks(parts: Callable[[], Iterator[bytes]]) -> AsyncIterator[bytes]:
-    # Storage reads (local disk or S3) and decoding block: run the producer in
-    # a thread and hand chunks over, a few at a time, so memory stays bounded.
+async def _threaded(parts: Callable[[], Iterator[bytes]]) -> AsyncIterator[bytes]:
+    # Storage reads (S3) and decoding block: run the producer in a thread and
+    # hand chunks over, a few at a time, so memory stays bounded.
     queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=8)
     loop = asyncio.get_running_loop()
 

@@ -436,7 +436,8 @@ def store_instance(
     except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, NotImplementedError):
         offset = 0  # no preamble and File Meta Information: a bare data set
     with open(path, "rb") as handle:
-        ds = _parse(handle, "the file")
+        # Offsets come back as positions in this file; they move with the header below.
+        ds, pixel_offset, pixel_length = _read_elements(handle, "the file", size, 0)
     meta = getattr(ds, "file_meta", None)
     if "DirectoryRecordSequence" in ds or str(getattr(meta, "MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
         raise IngestError(
@@ -447,9 +448,8 @@ def store_instance(
     header = file_meta_header(uids[3], uids[2], syntax)
     obj = _Object(transfer_syntax=syntax, header=header, path=path, offset=offset)
     obj.size = len(header) + size - offset
-    shift = len(header) - offset
-    with open(path, "rb") as handle:
-        ds, pixel_offset, pixel_length = _read_elements(handle, "the file", size, shift)
+    if pixel_offset is not None:
+        pixel_offset += len(header) - offset
     digest = hashlib.sha256()
     for chunk in obj.chunks():
         digest.update(chunk)

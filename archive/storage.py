@@ -432,3 +432,21 @@ def sha256_of_file(path: Path) -> str:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def health_probe() -> dict:
+    """A round trip through the archive tier for ``/healthz``: write, read back and delete a small object."""
+    import uuid as _uuid
+
+    storage = get_storage()
+    tier = storage.store if isinstance(storage, TieredStorage) else storage
+    key = f"health/{_uuid.uuid4().hex}.probe"
+    body = b"cloud-pacs health probe"
+    digest = hashlib.sha256(body).hexdigest()
+    tier.put_chunks(key, [body], digest)
+    try:
+        if tier.read_range(key, 0, len(body)) != body:
+            raise OSError("the storage answered other bytes than were written")
+    finally:
+        tier.delete(key)
+    return {"url": settings.STORAGE_URL.split("?")[0], "backend": type(storage).__name__}

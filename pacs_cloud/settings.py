@@ -198,6 +198,7 @@ AWS_DEFAULT_REGION = env.str("AWS_DEFAULT_REGION", default="us-east-1")
 # uploads per copy task, the part size of multipart uploads, how long an
 # object may stay only in the cache before the sweep copies it, and how long
 # cached copies are kept for fast reads after they are in the object store.
+HEALTH_STORAGE_PROBE = "archive.storage.health_probe"
 STORAGE_CACHE_DIR = env.str("STORAGE_CACHE_DIR", default=str(DATA_DIR / "storage-cache"))
 STORAGE_COPY_WORKERS = env.int("STORAGE_COPY_WORKERS", default=4)
 S3_MULTIPART_BYTES = env.int("S3_MULTIPART_BYTES", default=8 * 1024 * 1024)

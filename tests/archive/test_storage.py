@@ -167,3 +167,20 @@ def test_objects_are_received_into_the_cache_and_copied_to_s3_by_workers(
     assert tiered.cache.local_path(instances[0].storage_key) is None
     with tiered.open(instances[0].storage_key) as handle:
         assert hashlib.sha256(handle.read()).hexdigest() == instances[0].sha256
+
+
+def test_health_makes_a_round_trip_through_the_archive_storage(client, storage_dir, db):
+    answer = client.get("/healthz").json()
+    assert answer["checks"]["storage"]["status"] == "ok"
+    assert answer["checks"]["storage"]["backend"] == "FileSystemStorage"
+    assert not list(storage_dir.rglob("*.probe"))
+
+
+def test_a_misconfigured_storage_is_a_system_check_error(settings):
+    from archive.checks import check_storage
+
+    settings.STORAGE_URL = "ftp://archive.example.org/dicom"
+    assert [problem.id for problem in check_storage(None)] == ["archive.E001"]
+    settings.STORAGE_URL = "s3://"
+    settings.AWS_ACCESS_KEY_ID = ""
+    assert [problem.id for problem in check_storage(None)] == ["archive.E002", "archive.W001"]

@@ -3,6 +3,7 @@ platform administrators see no PHI by that role alone."""
 
 from django.contrib import admin
 
+from . import actions
 from .models import ArchivePolicy, DicomNode
 
 
@@ -11,6 +12,22 @@ class DicomNodeAdmin(admin.ModelAdmin):
     list_display = ["ae_title", "institution", "host", "port", "is_active"]
     list_filter = ["institution", "is_active"]
     search_fields = ["ae_title", "description"]
+
+    # Changes go through the audited action, as from the institution admins' page.
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        actions.do_save_dicom_node(
+            institution=obj.institution,
+            acting_user=request.user,
+            node=obj if change else None,
+            ae_title=obj.ae_title,
+            host=obj.host,
+            port=obj.port,
+            description=obj.description,
+            is_active=obj.is_active,
+        )
+
+    def delete_model(self, request, obj):  # type: ignore[no-untyped-def]
+        actions.do_delete_dicom_node(obj, acting_user=request.user)
 
 
 @admin.register(ArchivePolicy)

@@ -329,7 +329,7 @@ def do_save_dicom_node(
     is_active: bool = True,
 ) -> DicomNode:
     """Create or change a DICOM node of ``institution`` (an institution admin's action). Audited."""
-    created = node is None
+    created = node is None or node._state.adding
     with transaction.atomic():
         if node is None:
             node = DicomNode(institution=institution)

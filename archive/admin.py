@@ -18,7 +18,7 @@ class DicomNodeAdmin(admin.ModelAdmin):
         actions.do_save_dicom_node(
             institution=obj.institution,
             acting_user=request.user,
-            node=obj if change else None,
+            node=obj,
             ae_title=obj.ae_title,
             host=obj.host,
             port=obj.port,

@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export PACS_DATA_DIR ?= $(CURDIR)/var
+# Test processes (pytest-xdist); 2 fits a two-core machine. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
+APPS := pacs_cloud archive worklist workflow viewer reports
 
 .PHONY: setup run test lint clean
 
@@ -18,15 +21,20 @@ setup: $(BIN)/.installed
 run: setup
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
+	@echo
+	@echo "Cloud PACS starts on http://127.0.0.1:8000/ (sign in with a login above). Ctrl-C stops everything."
+	@echo
 	$(BIN)/honcho --procfile Procfile start
 
-## Set up and run the whole test suite.
+## Set up and run the whole test suite (PostgreSQL tests run when DATABASE_URL points at one).
 test: setup
-	PACS_DATA_DIR=$(PACS_DATA_DIR)/test $(BIN)/pytest
+	PACS_DATA_DIR=$(PACS_DATA_DIR)/test $(BIN)/pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 
+## Linters and the type checker, as CI runs them.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PACS_DATA_DIR=$(PACS_DATA_DIR)/lint $(BIN)/mypy $(APPS)
 
 clean:
-	rm -rf $(VENV) var staticfiles .pytest_cache
+	rm -rf $(VENV) var staticfiles .pytest_cache .mypy_cache .ruff_cache

@@ -284,15 +284,15 @@ class StudiesView(DicomWebView):
 
 
 class SeriesSearchView(DicomWebView):
-    def get(self, request: Request, study: str | None = None) -> HttpResponse:
-        return _qido(request, q.SERIES, study)
+    def get(self, request: Request, study_uid: str | None = None) -> HttpResponse:
+        return _qido(request, q.SERIES, study_uid)
 
 
 class InstanceSearchView(DicomWebView):
-    def get(self, request: Request, study: str | None = None, series: str | None = None) -> HttpResponse:
-        if study is not None and series is not None:
-            _series(_study(request, study), series)
-        return _qido(request, q.INSTANCE, study, series)
+    def get(self, request: Request, study_uid: str | None = None, series_uid: str | None = None) -> HttpResponse:
+        if study_uid is not None and series_uid is not None:
+            _series(_study(request, study_uid), series_uid)
+        return _qido(request, q.INSTANCE, study_uid, series_uid)
 
 
 # STOW-RS ----------------------------------------------------------------------------
@@ -412,25 +412,25 @@ def _store_part(
 class StudyView(DicomWebView):
     """``/dicomweb/studies/{study}``: WADO-RS study retrieval (GET), STOW-RS into the study (POST)."""
 
-    def get(self, request: Request, study: str) -> HttpResponse:
-        found = _study(request, study)
+    def get(self, request: Request, study_uid: str) -> HttpResponse:
+        found = _study(request, study_uid)
         return _retrieve(request, found, _instances(found), scope="study")
 
-    def post(self, request: Request, study: str) -> HttpResponse:
-        return _stow(request, study)
+    def post(self, request: Request, study_uid: str) -> HttpResponse:
+        return _stow(request, study_uid)
 
 
 class SeriesView(DicomWebView):
-    def get(self, request: Request, study: str, series: str) -> HttpResponse:
-        found = _study(request, study)
-        return _retrieve(request, found, _instances(found, series), scope="series", series=series)
+    def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
+        found = _study(request, study_uid)
+        return _retrieve(request, found, _instances(found, series_uid), scope="series", series=series_uid)
 
 
 class InstanceView(DicomWebView):
-    def get(self, request: Request, study: str, series: str, instance: str) -> HttpResponse:
-        found = _study(request, study)
-        rows = _instances(found, series, instance)
-        return _retrieve(request, found, rows, scope="instance", series=series, single=True)
+    def get(self, request: Request, study_uid: str, series_uid: str, instance_uid: str) -> HttpResponse:
+        found = _study(request, study_uid)
+        rows = _instances(found, series_uid, instance_uid)
+        return _retrieve(request, found, rows, scope="instance", series=series_uid, single=True)
 
 
 # WADO-RS: retrieving objects ---------------------------------------------------------
@@ -649,21 +649,21 @@ def _metadata(request: Request, study: Study, rows: list[Instance], scope: str) 
 
 
 class StudyMetadataView(DicomWebView):
-    def get(self, request: Request, study: str) -> HttpResponse:
-        found = _study(request, study)
+    def get(self, request: Request, study_uid: str) -> HttpResponse:
+        found = _study(request, study_uid)
         return _metadata(request, found, _instances(found), "study")
 
 
 class SeriesMetadataView(DicomWebView):
-    def get(self, request: Request, study: str, series: str) -> HttpResponse:
-        found = _study(request, study)
-        return _metadata(request, found, _instances(found, series), "series")
+    def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
+        found = _study(request, study_uid)
+        return _metadata(request, found, _instances(found, series_uid), "series")
 
 
 class InstanceMetadataView(DicomWebView):
-    def get(self, request: Request, study: str, series: str, instance: str) -> HttpResponse:
-        found = _study(request, study)
-        return _metadata(request, found, _instances(found, series, instance), "instance")
+    def get(self, request: Request, study_uid: str, series_uid: str, instance_uid: str) -> HttpResponse:
+        found = _study(request, study_uid)
+        return _metadata(request, found, _instances(found, series_uid, instance_uid), "instance")
 
 
 def _frame_numbers(text: str) -> list[int]:
@@ -679,9 +679,9 @@ def _frame_numbers(text: str) -> list[int]:
 class FramesView(DicomWebView):
     """``.../instances/{sop}/frames/{list}``: pixel data by frame (PS3.18 §10.4.1.1.3)."""
 
-    def get(self, request: Request, study: str, series: str, instance: str, frames: str) -> HttpResponse:
-        found = _study(request, study)
-        row = _instances(found, series, instance)[0]
+    def get(self, request: Request, study_uid: str, series_uid: str, instance_uid: str, frames: str) -> HttpResponse:
+        found = _study(request, study_uid)
+        row = _instances(found, series_uid, instance_uid)[0]
         try:
             numbers = _frame_numbers(frames)
         except ValueError as exc:
@@ -719,9 +719,9 @@ class FramesView(DicomWebView):
             return _problem(404, str(exc))
         except retrieve.CannotTranscode as exc:
             return _problem(406, str(exc))
-        _audit_read(request, "archive.study.frames", found, sop_instance_uid=instance, frames=numbers[:50])
+        _audit_read(request, "archive.study.frames", found, sop_instance_uid=instance_uid, frames=numbers[:50])
         boundary = new_boundary()
-        url = _instance_url(dicomweb_base(), study, series, instance)
+        url = _instance_url(dicomweb_base(), study_uid, series_uid, instance_uid)
         body = []
         for number, (data, syntax) in zip(numbers, chunks, strict=True):
             extra = {"Content-Location": f"{url}/frames/{number}"}
@@ -733,9 +733,9 @@ class FramesView(DicomWebView):
 class BulkDataView(DicomWebView):
     """``.../instances/{sop}/bulk/{tag path}``: one bulk data element's value (the metadata's BulkDataURI)."""
 
-    def get(self, request: Request, study: str, series: str, instance: str, path: str) -> HttpResponse:
-        found = _study(request, study)
-        row = _instances(found, series, instance)[0]
+    def get(self, request: Request, study_uid: str, series_uid: str, instance_uid: str, path: str) -> HttpResponse:
+        found = _study(request, study_uid)
+        row = _instances(found, series_uid, instance_uid)[0]
         parts_of_path = [p for p in path.split("/") if p]
         if not parts_of_path or len(parts_of_path) % 2 == 0:
             raise Http404("No such bulk data")
@@ -743,7 +743,7 @@ class BulkDataView(DicomWebView):
             value = retrieve.bulk_value(row, parts_of_path)
         except KeyError:
             raise Http404("No such bulk data") from None
-        _audit_read(request, "archive.study.bulkdata", found, sop_instance_uid=instance, path=path)
+        _audit_read(request, "archive.study.bulkdata", found, sop_instance_uid=instance_uid, path=path)
         boundary = new_boundary()
         body = _part_header(boundary, "application/octet-stream") + value + b"\r\n" + closing(boundary)
         return HttpResponse(

@@ -25,7 +25,7 @@ router.register("api/v1/studies", api.StudyViewSet, basename="archive-study")
 router.register("api/v1/dicom-nodes", api.DicomNodeViewSet, basename="archive-dicom-node")
 router.register("api/v1/ingest-conflicts", api.IngestConflictViewSet, basename="archive-ingest-conflict")
 
-INSTANCE = "dicomweb/studies/<uid:study>/series/<uid:series>/instances/<uid:instance>"
+INSTANCE = "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>/instances/<uid:instance_uid>"
 
 urlpatterns = [
     # DICOMweb: QIDO-RS searches
@@ -33,28 +33,32 @@ urlpatterns = [
     path("dicomweb/series", dicomweb.SeriesSearchView.as_view(), name="archive-search-series"),
     path("dicomweb/instances", dicomweb.InstanceSearchView.as_view(), name="archive-search-instances"),
     path(
-        "dicomweb/studies/<uid:study>/series", dicomweb.SeriesSearchView.as_view(), name="archive-search-study-series"
+        "dicomweb/studies/<uid:study_uid>/series",
+        dicomweb.SeriesSearchView.as_view(),
+        name="archive-search-study-series",
     ),
     path(
-        "dicomweb/studies/<uid:study>/instances",
+        "dicomweb/studies/<uid:study_uid>/instances",
         dicomweb.InstanceSearchView.as_view(),
         name="archive-search-study-instances",
     ),
     path(
-        "dicomweb/studies/<uid:study>/series/<uid:series>/instances",
+        "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>/instances",
         dicomweb.InstanceSearchView.as_view(),
         name="archive-search-series-instances",
     ),
     # DICOMweb: WADO-RS retrievals (and STOW-RS into a study)
-    path("dicomweb/studies/<uid:study>", dicomweb.StudyView.as_view(), name="archive-retrieve-study"),
-    path("dicomweb/studies/<uid:study>/metadata", dicomweb.StudyMetadataView.as_view(), name="archive-study-metadata"),
+    path("dicomweb/studies/<uid:study_uid>", dicomweb.StudyView.as_view(), name="archive-retrieve-study"),
     path(
-        "dicomweb/studies/<uid:study>/series/<uid:series>",
+        "dicomweb/studies/<uid:study_uid>/metadata", dicomweb.StudyMetadataView.as_view(), name="archive-study-metadata"
+    ),
+    path(
+        "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>",
         dicomweb.SeriesView.as_view(),
         name="archive-retrieve-series",
     ),
     path(
-        "dicomweb/studies/<uid:study>/series/<uid:series>/metadata",
+        "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>/metadata",
         dicomweb.SeriesMetadataView.as_view(),
         name="archive-series-metadata",
     ),

@@ -50,7 +50,7 @@ def institution_ids(user: Any, roles: Iterable[str] | None = None) -> set[UUID]:
 
 
 def roles_at(user: Any, institution: Institution | UUID) -> set[str]:
-    institution_id = getattr(institution, "pk", institution)
+    institution_id: Any = getattr(institution, "pk", institution)
     return set(memberships(user).filter(institution_id=institution_id).values_list("role", flat=True))
 
 

@@ -11,7 +11,7 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(User)
 class PacsUserAdmin(UserAdmin):
-    fieldsets = (*UserAdmin.fieldsets, ("Cloud PACS", {"fields": ("display_name", "is_platform_admin")}))
+    fieldsets = (*(UserAdmin.fieldsets or ()), ("Cloud PACS", {"fields": ("display_name", "is_platform_admin")}))
     inlines = [MembershipInline]
 
 

@@ -16,11 +16,12 @@ import logging
 from typing import Any
 
 import requests
-from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core import signing
 from django.db import transaction
+
+from .lib.asyncio_bridge import block_on
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,13 @@ def send_now(group: str, topic: str, data: dict[str, Any]) -> None:
     if isinstance(layer, InMemoryChannelLayer) and not IN_WEB_PROCESS:
         _relay(group, topic, data)
         return
-    async_to_sync(layer.group_send)(group, {"type": "push.message", "topic": topic, "data": data})
+    block_on(layer.group_send, group, {"type": "push.message", "topic": topic, "data": data})
 
 
 def _relay(group: str, topic: str, data: dict[str, Any]) -> None:
     token = signing.dumps({"group": group, "topic": topic, "data": data}, salt=RELAY_SALT)
     try:
-        requests.post(f"{settings.CLOUD_URL}/internal/push/", data={"token": token}, timeout=2)
+        requests.post(f"{settings.PUSH_RELAY_URL}/internal/push/", data={"token": token}, timeout=2)
     except requests.RequestException as exc:  # a missed push is redrawn on the next page load
         log.info("push relay to the web server failed: %s", exc)
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -25,12 +27,26 @@ PACS_VERSION = "0.1.0"
 
 
 def _local_secret_key() -> str:
-    """A per-checkout key for the embedded demo, kept out of the repository."""
+    """A per-checkout key for the embedded demo, kept out of the repository.
+
+    Every process of one deployment must agree on it (relayed pushes are
+    signed with it), and several start at once: the first creates the file
+    exclusively, the others wait until it holds the key.
+    """
     path = DATA_DIR / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    for _ in range(100):
+        key = path.read_text().strip()
+        if key:
+            return key
+        time.sleep(0.05)
+    raise ImproperlyConfigured(f"{path} is empty: delete it, or set SECRET_KEY")
 
 
 SECRET_KEY = env.str("SECRET_KEY", default="") or _local_secret_key()
@@ -50,6 +66,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "guardian",
     "axes",
     "channels",
@@ -141,9 +158,13 @@ AXES_COOLOFF_TIME = env.float("LOGIN_COOLOFF_HOURS", default=0.25)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
+# JSON for the API, a page for the browser (both 429).
+AXES_LOCKOUT_CALLABLE = "pacs_cloud.views.lockout_response"
 ANONYMOUS_USER_NAME = None  # guardian: no anonymous grants, ever
 
 API_TOKEN_TTL_HOURS = env.int("API_TOKEN_TTL_HOURS", default=12)
+# Longest validity a user may ask for (an edge gateway or an integration).
+API_TOKEN_MAX_TTL_HOURS = env.int("API_TOKEN_MAX_TTL_HOURS", default=24 * 365)
 
 # Security headers --------------------------------------------------------
 
@@ -179,7 +200,13 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# `collectstatic` fills it for production; WhiteNoise serves from the app
+# folders directly (WHITENOISE_USE_FINDERS) in the embedded setup.
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+try:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+except OSError:  # a read-only image: collectstatic made it at build time
+    pass
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -194,11 +221,14 @@ S3_ENDPOINT_URL = env.str("S3_ENDPOINT_URL", default="")
 AWS_ACCESS_KEY_ID = env.str("AWS_ACCESS_KEY_ID", default="")
 AWS_SECRET_ACCESS_KEY = env.str("AWS_SECRET_ACCESS_KEY", default="")
 AWS_DEFAULT_REGION = env.str("AWS_DEFAULT_REGION", default="us-east-1")
+# Dotted path of a callable probing the object store for /healthz; empty uses
+# pacs_cloud.health.probe_storage. The archive's probe goes through its own
+# storage layer (and, with s3://, writes to the bucket itself).
+HEALTH_STORAGE_PROBE = "archive.storage.health_probe"
 # With s3:// storage: the local cache objects are received into, the parallel
 # uploads per copy task, the part size of multipart uploads, how long an
 # object may stay only in the cache before the sweep copies it, and how long
 # cached copies are kept for fast reads after they are in the object store.
-HEALTH_STORAGE_PROBE = "archive.storage.health_probe"
 STORAGE_CACHE_DIR = env.str("STORAGE_CACHE_DIR", default=str(DATA_DIR / "storage-cache"))
 STORAGE_COPY_WORKERS = env.int("STORAGE_COPY_WORKERS", default=4)
 S3_MULTIPART_BYTES = env.int("S3_MULTIPART_BYTES", default=8 * 1024 * 1024)
@@ -208,10 +238,22 @@ STORAGE_CACHE_RETENTION_HOURS = env.float("STORAGE_CACHE_RETENTION_HOURS", defau
 # Cache, channels, Celery ---------------------------------------------------
 
 REDIS_URL = env.str("REDIS_URL", default="")
+# Several deployments (or test runs) may share one Redis: every key we write
+# starts with this prefix.
+REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="pacs")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": REDIS_KEY_PREFIX,
+        }
+    }
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}},
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_KEY_PREFIX}:asgi"},
+        },
     }
 else:
     CACHES = {
@@ -225,14 +267,19 @@ else:
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _celery_dir = DATA_DIR / "celery"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_celery_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_celery_dir / "queue"),
         "data_folder_out": str(_celery_dir / "queue"),
         "processed_folder": str(_celery_dir / "processed"),
+        # Broadcast (remote control) tables; kombu's default is ./control in
+        # whatever directory the worker happens to start in.
+        "control_folder": str(_celery_dir / "control"),
         "store_processed": False,
     }
+elif REDIS_URL and CELERY_BROKER_URL == REDIS_URL:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:"}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -267,6 +314,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": PACS_VERSION,
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": "/api/v1",
+    # Swagger UI and Redoc from our own static files: no CDN, and the CSP
+    # allows no third-party scripts.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"RoleEnum": "pacs_cloud.models.Role"},
 }
 
 # DICOM -------------------------------------------------------------------
@@ -277,6 +330,9 @@ EDGE_AE_TITLE = env.str("EDGE_AE_TITLE", default="PACSEDGE")
 EDGE_DICOM_PORT = env.int("EDGE_DICOM_PORT", default=11113)
 CLOUD_URL = env.str("CLOUD_URL", default="http://127.0.0.1:8000")
 EDGE_TOKEN = env.str("EDGE_TOKEN", default="")
+# Where worker and DICOM processes relay WebSocket pushes when the channel
+# layer is in-memory (the embedded setup): this host's own web server.
+PUSH_RELAY_URL = env.str("PUSH_RELAY_URL", default="http://127.0.0.1:8000")
 # Seconds without a new instance after which a study counts as complete.
 STUDY_STABILITY_SECONDS = env.int("STUDY_STABILITY_SECONDS", default=120)
 MAX_INSTANCE_BYTES = env.int("MAX_INSTANCE_BYTES", default=2 * 1024**3)
@@ -288,6 +344,11 @@ DIMSE_EVENT_WAITS = env.bool("DIMSE_EVENT_WAITS", default=True)
 # QIDO-RS and C-FIND answer at most this many matches per request (a QIDO
 # "limit" may ask for fewer; more is refused with a warning).
 QUERY_MAX_RESULTS = env.int("QUERY_MAX_RESULTS", default=1000)
+
+# Home-page panels: each app appends its provider (see pacs_cloud.home).
+HOME_PANELS = [
+    "pacs_cloud.home.role_panels",
+]
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [
@@ -304,5 +365,5 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"pynetdicom": {"level": "WARNING"}},
+    "loggers": {"pynetdicom": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

@@ -1,18 +1,24 @@
-"""Keep each user's auth groups in step with their memberships.
+"""Receivers: auth groups follow memberships; sign-ins go to the audit trail.
 
 Grants to an institution are written to ``<slug>:<role>`` groups (see
 ``models.role_group_name``), so group membership must follow memberships.
+Sign-in, sign-out, failed sign-in and lockout (django-axes) each write an
+audit event, for the browser and the token endpoint alike.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from axes.signals import user_locked_out
+from django.conf import settings
 from django.contrib.auth.models import Group
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from .models import Membership, role_group_name
+from . import audit
+from .models import AuditEvent, Membership, role_group_name
 
 
 @receiver(post_save, sender=Membership)
@@ -29,3 +35,48 @@ def sync_group_on_delete(sender: type, instance: Membership, **kwargs: Any) -> N
     group = Group.objects.filter(name=role_group_name(instance.institution, instance.role)).first()
     if group is not None:
         instance.user.groups.remove(group)
+
+
+# Sign-in events for the audit trail ------------------------------------------
+
+
+def _channel(request: Any) -> str:
+    path = getattr(request, "path", "") or ""
+    return "api" if path.startswith("/api/") else "web"
+
+
+@receiver(user_logged_in)
+def audit_login(sender: type, request: Any, user: Any, **kwargs: Any) -> None:
+    audit.record("auth.login", request=request, actor=user, detail={"via": _channel(request)})
+
+
+@receiver(user_logged_out)
+def audit_logout(sender: type, request: Any, user: Any, **kwargs: Any) -> None:
+    if user is not None:
+        audit.record("auth.logout", request=request, actor=user, detail={"via": _channel(request)})
+
+
+@receiver(user_login_failed)
+def audit_login_failed(sender: type, credentials: dict, request: Any = None, **kwargs: Any) -> None:
+    # Axes has already counted this failure (its receiver connects first) and
+    # marked the request when the account is now, or still, locked.
+    locked = bool(getattr(request, "axes_locked_out", False))
+    audit.record(
+        "auth.login.failed",
+        request=request,
+        actor_label=str(credentials.get("username", ""))[:150],
+        outcome=AuditEvent.Outcome.DENIED,
+        detail={"via": _channel(request), "locked_out": locked},
+    )
+
+
+@receiver(user_locked_out)
+def audit_lockout(sender: Any, request: Any, username: str, ip_address: str, **kwargs: Any) -> None:
+    audit.record(
+        "auth.lockout",
+        request=request,
+        actor_label=(username or "")[:150],
+        address=ip_address or "",
+        outcome=AuditEvent.Outcome.DENIED,
+        detail={"via": _channel(request), "failure_limit": settings.AXES_FAILURE_LIMIT},
+    )

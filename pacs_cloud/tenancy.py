@@ -7,16 +7,20 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .models import Institution, Membership
+from .models import Institution, Membership, Role
 
 SESSION_KEY = "current_institution_id"
 
 
 def current_institution(request: HttpRequest) -> Institution | None:
-    """The institution the user works for in this session (first membership by default)."""
+    """The institution the user works for in this session.
+
+    By default the one they joined first (their own hospital, for a reader who
+    also reads for others); the switcher stores another choice in the session.
+    """
     from . import access
 
-    rows = access.memberships(request.user).select_related("institution")
+    rows = access.memberships(request.user).select_related("institution").order_by("created_at", "institution__name")
     wanted = request.session.get(SESSION_KEY)
     first = None
     for membership in rows:
@@ -37,4 +41,7 @@ def current_membership_context(request: HttpRequest, rows: QuerySet[Membership])
         "my_institutions": list(institutions.values()),
         "current_institution": current,
         "current_roles": current_roles,
+        # For templates: {% if roles.radiologist or roles.clinician %}
+        "roles": dict.fromkeys(current_roles, True),
+        "current_role_labels": [Role(role).label for role in current_roles],
     }

@@ -1,22 +1,59 @@
 """Top-level URLs. Each app owns its routes (UI, /api/v1/ and /dicomweb/) in its urls.py."""
 
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
+from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import api, views
+
+router = SimpleRouter()
+router.register("api/v1/auth/tokens", api.ApiTokenViewSet, basename="pacs_cloud-token")
+router.register("api/v1/institutions", api.InstitutionViewSet, basename="pacs_cloud-institution")
+router.register("api/v1/memberships", api.MembershipViewSet, basename="pacs_cloud-membership")
+
+members_api = api.MemberViewSet.as_view({"get": "list", "post": "create"})
+
+# Swagger UI and Redoc set styles inline and Redoc searches in a blob: worker;
+# the documentation pages (no patient data) relax the policy for exactly that.
+docs_csp = csp_update({"style-src": ["'unsafe-inline'"], "worker-src": ["'self'", "blob:"]})
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(template_name="pacs_cloud/login.html"), name="login"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="pacs_cloud/login.html", redirect_authenticated_user=True),
+        name="login",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("institution/switch/", views.switch_institution, name="pacs_cloud-switch-institution"),
+    path("account/tokens/", views.tokens, name="pacs_cloud-list-tokens"),
+    path("account/tokens/<uuid:token_id>/revoke/", views.revoke_token, name="pacs_cloud-revoke-token"),
+    path("institutions/<uuid:institution_id>/members/", views.members, name="pacs_cloud-list-members"),
+    path(
+        "institutions/<uuid:institution_id>/members/<uuid:user_uuid>/",
+        views.member,
+        name="pacs_cloud-edit-member",
+    ),
+    path(
+        "institutions/<uuid:institution_id>/members/<uuid:user_uuid>/active/",
+        views.set_member_active,
+        name="pacs_cloud-activate-member",
+    ),
     path("healthz", views.healthz, name="healthz"),
     path("internal/push/", views.push_relay, name="pacs_cloud-push-relay"),
-    path("api/v1/auth/token/", views.TokenView.as_view(), name="pacs_cloud-create-token"),
+    path("api/v1/auth/token/", api.TokenView.as_view(), name="pacs_cloud-create-token"),
+    path("api/v1/institutions/<uuid:institution_id>/members/", members_api, name="pacs_cloud-members"),
+    *router.urls,
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/docs/", docs_csp(SpectacularSwaggerSplitView.as_view(url_name="schema")), name="api-docs"),
+    path(
+        "api/redoc/",
+        docs_csp(SpectacularRedocView.as_view(url_name="schema", template_name="pacs_cloud/redoc.html")),
+        name="api-redoc",
+    ),
     path("admin/", admin.site.urls),
     path("", include("archive.urls")),
     path("", include("worklist.urls")),

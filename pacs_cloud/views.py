@@ -1,33 +1,33 @@
-"""Sign-in, home pages, the institution switcher, tokens and health."""
+"""Browser pages of the platform (home, tokens, members), lockout, health and the push relay."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import authenticate
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import connection
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers, status
-from rest_framework.permissions import AllowAny
-from rest_framework.request import Request
-from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from . import access, audit, push
-from .authentication import issue_token
-from .tenancy import SESSION_KEY
+from . import access, actions, health, push
+from . import home as home_panels
+from .api import member_or_404
+from .forms import AddExistingMemberForm, MemberCreateForm, MemberRolesForm, TokenForm
+from .models import ApiToken, Institution, Membership, Role, User
+from .tenancy import SESSION_KEY, current_institution
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "pacs_cloud/home.html")
+    institution = current_institution(request)
+    roles = access.roles_at(request.user, institution) if institution else set()
+    panels = home_panels.collect(request, institution, roles)
+    return render(request, "pacs_cloud/home.html", {"panels": panels})
 
 
 @login_required
@@ -38,92 +38,177 @@ def switch_institution(request: HttpRequest) -> HttpResponse:
     return redirect("home")
 
 
-class TokenView(APIView):
-    """Exchange a username and password for a bearer token."""
+# API tokens --------------------------------------------------------------
 
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
 
-    @extend_schema(
-        request=inline_serializer(
-            "TokenRequest", {"username": serializers.CharField(), "password": serializers.CharField()}
-        ),
-        responses={
-            201: inline_serializer(
-                "TokenResponse",
-                {
-                    "token": serializers.CharField(),
-                    "expires_at": serializers.DateTimeField(),
-                    "id": serializers.UUIDField(),
-                },
-            )
+@login_required
+def tokens(request: HttpRequest) -> HttpResponse:
+    """List the user's tokens; create one (its secret is shown on this response only)."""
+    new_key = None
+    form = TokenForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        _, new_key = actions.do_issue_token(
+            request.user,  # type: ignore[arg-type]
+            name=form.cleaned_data["name"],
+            ttl_hours=form.cleaned_data["days"] * 24,
+            request=request,
+        )
+        form = TokenForm()
+    rows = ApiToken.objects.filter(user=request.user.pk).order_by("revoked_at", "-created_at")
+    response = render(request, "pacs_cloud/tokens.html", {"form": form, "tokens": rows, "new_key": new_key})
+    response["Cache-Control"] = "no-store"  # the page may hold a secret
+    return response
+
+
+@login_required
+@require_POST
+def revoke_token(request: HttpRequest, token_id: Any) -> HttpResponse:
+    token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
+    if actions.do_revoke_token(token, acting_user=request.user, request=request):  # type: ignore[arg-type]
+        messages.success(request, f"Token “{token.name or token.prefix}” revoked.")
+    return redirect("pacs_cloud-list-tokens")
+
+
+# Members (institution administrators) -------------------------------------
+
+
+def _administered(request: HttpRequest, institution_id: Any) -> Institution:
+    return access.access_institution(request.user, institution_id, Role.INSTITUTION_ADMIN)
+
+
+def _members_url(institution: Institution) -> str:
+    return reverse("pacs_cloud-list-members", kwargs={"institution_id": institution.pk})
+
+
+@login_required
+def members(request: HttpRequest, institution_id: Any) -> HttpResponse:
+    """Members of one institution, with forms to create a user or add an existing one."""
+    institution = _administered(request, institution_id)
+    acting: User = request.user  # type: ignore[assignment]
+    create_form = MemberCreateForm(request.POST if request.POST.get("form") == "create" else None, prefix="new")
+    add_form = AddExistingMemberForm(request.POST if request.POST.get("form") == "add" else None, prefix="add")
+    if request.method == "POST":
+        try:
+            if create_form.is_bound and create_form.is_valid():
+                data = create_form.cleaned_data
+                member = actions.do_create_member(
+                    institution,
+                    username=data["username"],
+                    password=data["password"],
+                    roles=data["roles"],
+                    display_name=data["display_name"],
+                    email=data["email"],
+                    acting_user=acting,
+                    request=request,
+                )
+                messages.success(request, f"{member.username} can now sign in.")
+                return redirect(_members_url(institution))
+            if add_form.is_bound and add_form.is_valid():
+                existing = User.objects.filter(username__iexact=add_form.cleaned_data["username"]).first()
+                if existing is None:
+                    add_form.add_error("username", "No user has this username.")
+                else:
+                    actions.do_add_role(
+                        institution, existing, add_form.cleaned_data["role"], acting_user=acting, request=request
+                    )
+                    messages.success(request, f"{existing.username} now works here as well.")
+                    return redirect(_members_url(institution))
+        except actions.ActionError as exc:
+            (create_form if create_form.is_bound else add_form).add_error(None, exc.message)
+        except ValidationError as exc:
+            create_form.add_error("password", exc)
+    rows = (
+        Membership.objects.filter(institution=institution)
+        .select_related("user")
+        .order_by("user__display_name", "user__username", "role")
+    )
+    people: dict[int, dict[str, Any]] = {}
+    for membership in rows:
+        entry = people.setdefault(membership.user_id, {"user": membership.user, "roles": [], "active": False})
+        entry["roles"].append(membership.get_role_display())
+        entry["active"] |= membership.is_active and membership.user.is_active
+    return render(
+        request,
+        "pacs_cloud/members.html",
+        {
+            "institution": institution,
+            "people": list(people.values()),
+            "create_form": create_form,
+            "add_form": add_form,
         },
     )
-    def post(self, request: Request) -> Response:
-        username = str(request.data.get("username", ""))
-        password = str(request.data.get("password", ""))
-        user = authenticate(request._request, username=username, password=password)
-        if user is None:
-            audit.record("auth.token.refused", request=request._request, actor_label=username, outcome="denied")
-            return Response({"detail": "Invalid credentials or account locked."}, status=status.HTTP_401_UNAUTHORIZED)
-        token, key = issue_token(user, name=str(request.data.get("name", "api")))
-        audit.record(
-            "auth.token.issued", request=request._request, actor=user, object_type="api_token", object_id=token.pk
-        )
-        return Response({"id": token.pk, "token": key, "expires_at": token.expires_at}, status=status.HTTP_201_CREATED)
 
 
-def _timed(check: Any) -> dict[str, Any]:
-    started = time.perf_counter()
+@login_required
+def member(request: HttpRequest, institution_id: Any, user_uuid: Any) -> HttpResponse:
+    """One member: their roles here (editable) and whether they may sign in here."""
+    institution = _administered(request, institution_id)
+    person = member_or_404(institution, user_uuid)
+    rows = list(Membership.objects.filter(institution=institution, user=person))
+    form = MemberRolesForm(request.POST or None, initial={"roles": [m.role for m in rows]})
+    if request.method == "POST" and form.is_valid():
+        try:
+            actions.do_set_member_roles(
+                institution,
+                person,
+                form.cleaned_data["roles"],
+                acting_user=request.user,  # type: ignore[arg-type]
+                request=request,
+            )
+        except actions.ActionError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, f"Roles of {person.username} saved.")
+            return redirect(_members_url(institution))
+    active = person.is_active and any(m.is_active for m in rows)
+    return render(
+        request,
+        "pacs_cloud/member.html",
+        {"institution": institution, "person": person, "form": form, "active": active},
+    )
+
+
+@login_required
+@require_POST
+def set_member_active(request: HttpRequest, institution_id: Any, user_uuid: Any) -> HttpResponse:
+    institution = _administered(request, institution_id)
+    person = member_or_404(institution, user_uuid)
+    active = request.POST.get("active") == "1"
     try:
-        detail = check()
-        result: dict[str, Any] = {"status": "ok", **(detail or {})}
-    except Exception as exc:  # health reports any failure rather than raising
-        result = {"status": "error", "error": str(exc)[:200]}
-    result["ms"] = round((time.perf_counter() - started) * 1000, 1)
-    return result
+        actions.do_set_member_active(
+            institution,
+            person,
+            active,
+            acting_user=request.user,  # type: ignore[arg-type]
+            request=request,
+        )
+    except actions.ActionError as exc:
+        messages.error(request, exc.message)
+        return redirect("pacs_cloud-edit-member", institution_id=institution.pk, user_uuid=person.uuid)
+    messages.success(request, f"{person.username} {'reactivated' if active else 'deactivated'}.")
+    return redirect(_members_url(institution))
 
 
-def _database() -> dict[str, Any]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-    return {"vendor": connection.vendor}
+# Sign-in lockout, health, push relay ------------------------------------------
 
 
-def _storage() -> dict[str, Any]:
-    from django.utils.module_loading import import_string
-
-    probe = import_string(settings.HEALTH_STORAGE_PROBE) if getattr(settings, "HEALTH_STORAGE_PROBE", "") else None
-    if probe is None:
-        return {"url": settings.STORAGE_URL.split("?")[0]}
-    return probe()
-
-
-def _broker() -> dict[str, Any]:
-    from .celery import app
-
-    with app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
-    return {"url": settings.CELERY_BROKER_URL.split("@")[-1]}
-
-
-def _channel_layer() -> dict[str, Any]:
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
-    layer = get_channel_layer()
-    async_to_sync(layer.send)("healthz.probe", {"type": "healthz"})
-    async_to_sync(layer.flush)() if hasattr(layer, "flush") and not settings.REDIS_URL else None
-    return {"backend": type(layer).__name__}
+def lockout_response(
+    request: HttpRequest, original_response: HttpResponse | None = None, credentials: dict | None = None
+) -> HttpResponse:
+    """What a locked-out client gets (django-axes ``AXES_LOCKOUT_CALLABLE``): 429 with a reason."""
+    minutes = max(1, round(settings.AXES_COOLOFF_TIME * 60))
+    message = f"Too many failed sign-in attempts. Try again in {minutes} minutes, or ask your administrator."
+    if request.path.startswith(("/api/", "/dicomweb/")):
+        response: HttpResponse = JsonResponse({"detail": message}, status=429)
+    else:
+        response = render(request, "pacs_cloud/locked_out.html", {"message": message}, status=429)
+    response["Retry-After"] = str(minutes * 60)
+    return response
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    checks = {
-        "database": _timed(_database),
-        "storage": _timed(_storage),
-        "broker": _timed(_broker),
-        "channel_layer": _timed(_channel_layer),
-    }
+    """Status of every dependency; 503 when any of them fails (for load balancers)."""
+    checks = health.run_checks()
     healthy = all(c["status"] == "ok" for c in checks.values())
     body = {
         "status": "ok" if healthy else "degraded",
@@ -137,6 +222,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @csrf_exempt
 @require_POST
 def push_relay(request: HttpRequest) -> HttpResponse:
+    """Deliver a push signed by another process of this deployment (see ``push``)."""
     if not push.accept_relay(request.POST.get("token", "")):
         return HttpResponseBadRequest("bad relay token")
     return HttpResponse(status=204)

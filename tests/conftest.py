@@ -2,7 +2,11 @@
 
 The base fixture ``tenants`` gives three institutions with a user in every
 role: ``a`` and ``b`` work together (referrals, shared reading), ``c`` is the
-outsider who must get 404 everywhere.
+outsider who must get 404 everywhere. ``platform_admin`` is the service's
+operator. Helpers: ``make_user`` (password ``PASSWORD``, hashed once per run),
+``web_client(user)`` (a signed-in session), ``api_client(user)`` (a real bearer
+token), ``free_port()``, ``browser_login(context, live_url, username)``.
+Every route is also walked by the isolation harness in ``tests/isolation/``.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from dataclasses import dataclass, field
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.hashers import make_password
+from django.test import Client
 from rest_framework.test import APIClient
 
+from pacs_cloud import celery_app
 from pacs_cloud.authentication import issue_token
 from pacs_cloud.models import Institution, Membership, Role, User
 
@@ -23,6 +30,22 @@ PASSWORD = "test-password-123"
 # Playwright's sync API keeps an event loop running in the test thread, which
 # Django would otherwise take for an async context around every ORM call.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+# Test-run isolation, applied before anything connects:
+# * the live server answers from a pool of threads; connections that outlive
+#   their request would keep the test database open at teardown;
+# * test runs (and pytest-xdist workers) may share one Redis: give each its own
+#   key space, so a push or a cache entry of one never reaches another;
+# * tasks a test enqueues stay in this process (tests that need a real worker
+#   start one on a broker folder of their own).
+settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+_RUN_PREFIX = f"{settings.REDIS_KEY_PREFIX}:test:{os.getpid()}"
+if settings.REDIS_URL:
+    settings.CACHES["default"]["KEY_PREFIX"] = _RUN_PREFIX
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{_RUN_PREFIX}:asgi"
+settings.CELERY_BROKER_URL = "memory://"
+settings.CELERY_BROKER_TRANSPORT_OPTIONS = {}
+celery_app.conf.update(broker_url="memory://", broker_transport_options={})
 
 requires_postgres = pytest.mark.skipif(
     not settings.USING_POSTGRES, reason="needs PostgreSQL: set DATABASE_URL to a PostgreSQL database"
@@ -51,16 +74,20 @@ class Tenants:
         return iter((self.a, self.b, self.c))
 
 
-_hashes: list[str] = []
+_password_hash: str | None = None
 
 
-def _password_hash() -> str:
-    """PASSWORD hashed once per run (Argon2 is slow on purpose)."""
-    from django.contrib.auth.hashers import make_password
+def password_hash() -> str:
+    """``PASSWORD`` hashed once per run: Argon2 is slow on purpose, fixtures need many users."""
+    global _password_hash
+    if _password_hash is None:
+        _password_hash = make_password(PASSWORD)
+    return _password_hash
 
-    if not _hashes:
-        _hashes.append(make_password(PASSWORD))
-    return _hashes[0]
+
+def make_user(username: str, **fields) -> User:
+    """A user whose password is ``PASSWORD``."""
+    return User.objects.create(username=username, password=password_hash(), **fields)
 
 
 def make_tenant(slug: str, name: str, prefix: str) -> Tenant:
@@ -69,7 +96,7 @@ def make_tenant(slug: str, name: str, prefix: str) -> Tenant:
     )
     tenant = Tenant(institution)
     for role in Role:
-        user = User.objects.create(username=f"{role.value}@{slug}", password=_password_hash())
+        user = make_user(f"{role.value}@{slug}", display_name=f"{role.label} of {name}")
         Membership.objects.create(user=user, institution=institution, role=role)
         tenant.users[role.value] = user
     return tenant
@@ -82,6 +109,24 @@ def tenants(db) -> Tenants:
         b=make_tenant("bravo", "Bravo City Hospital", "BCH"),
         c=make_tenant("charlie", "Charlie Outsider Hospital", "COH"),
     )
+
+
+@pytest.fixture
+def platform_admin(db) -> User:
+    """The operator of the service: no membership, so no patient data."""
+    return make_user("platform", is_platform_admin=True, is_staff=True, is_superuser=True)
+
+
+def web_client(user: User | None = None, *, enforce_csrf: bool = False) -> Client:
+    """A Django test client with a session signed in as ``user``.
+
+    CSRF checks are off unless ``enforce_csrf`` (tests of CSRF itself use a
+    real browser or turn it on).
+    """
+    client = Client(enforce_csrf_checks=enforce_csrf)
+    if user is not None:
+        client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    return client
 
 
 def api_client(user: User) -> APIClient:
@@ -144,11 +189,20 @@ def _asgi_server():
 @pytest.fixture
 def live_url(_asgi_server, transactional_db, settings) -> str:
     """Base URL of a running ASGI server (HTTP and WebSockets) on the test database."""
-    settings.CLOUD_URL = _asgi_server.url
+    settings.CLOUD_URL = settings.PUSH_RELAY_URL = _asgi_server.url
     return _asgi_server.url
 
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="session")

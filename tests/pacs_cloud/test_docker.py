@@ -1,0 +1,46 @@
+"""The production stack in docker/: one non-root image, every process, no secret in the files."""
+
+from pathlib import Path
+
+import yaml
+from django.core.management import get_commands
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+
+
+def compose():
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def test_the_image_runs_as_an_unprivileged_user():
+    lines = [line.strip() for line in (DOCKER / "Dockerfile").read_text().splitlines()]
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and all(not u.startswith(("root", "0")) for u in users)
+    assert lines.index(next(line for line in lines if line.startswith("USER "))) > lines.index("COPY . .")
+
+
+def test_the_stack_has_every_process_of_the_product():
+    services = compose()["services"]
+    assert {"db", "redis", "migrate", "web", "worker", "beat", "dicom"} <= set(services)
+    assert services["db"]["image"].startswith("postgres:")
+    assert services["redis"]["image"].startswith("redis:")
+    app = {name: s for name, s in services.items() if s.get("image") == "cloud-pacs:latest"}
+    assert set(app) == {"migrate", "web", "worker", "beat", "dicom"}
+    commands = {name: s.get("command") for name, s in app.items()}
+    assert commands["web"] is None  # the image's default: uvicorn
+    assert commands["worker"][:4] == ["celery", "-A", "pacs_cloud", "worker"]
+    assert commands["beat"][:4] == ["celery", "-A", "pacs_cloud", "beat"]
+    for name in ("migrate", "dicom"):
+        assert commands[name][:2] == ["python", "manage.py"] and commands[name][2] in get_commands()
+
+
+def test_the_app_processes_use_the_production_servers_and_no_literal_secret():
+    env = compose()["services"]["web"]["environment"]
+    assert env["DATABASE_URL"].startswith("postgres://") and "@db:5432/" in env["DATABASE_URL"]
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert env["SECRET_KEY"].startswith("${SECRET_KEY:?")
+    assert "${POSTGRES_PASSWORD:?" in env["DATABASE_URL"]
+
+
+def test_there_is_a_marked_place_for_the_s3_service():
+    assert "S3 object storage" in (DOCKER / "compose.yaml").read_text()

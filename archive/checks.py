@@ -6,12 +6,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 from django.conf import settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import Error, register
 
 
 @register()
-def check_storage(app_configs: Any, **kwargs: Any) -> list[Error | Warning]:
-    problems: list[Error | Warning] = []
+def check_storage(app_configs: Any, **kwargs: Any) -> list[Error]:
+    problems: list[Error] = []
     url = urlparse(settings.STORAGE_URL)
     if url.scheme not in ("file", "s3"):
         problems.append(
@@ -22,16 +22,9 @@ def check_storage(app_configs: Any, **kwargs: Any) -> list[Error | Warning]:
             )
         )
     elif url.scheme == "s3":
+        # (No keys is fine: boto3 then uses its own credential chain, e.g. instance roles.)
         if not url.netloc:
             problems.append(Error("STORAGE_URL names no bucket", hint="s3://bucket[/prefix]", id="archive.E002"))
-        if not (settings.AWS_ACCESS_KEY_ID and settings.AWS_SECRET_ACCESS_KEY):
-            problems.append(
-                Warning(
-                    "s3:// storage without AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                    hint="Without them boto3 falls back to its own credential chain (instance roles, ~/.aws).",
-                    id="archive.W001",
-                )
-            )
     if settings.MAX_INSTANCE_BYTES <= 0:
         problems.append(Error("MAX_INSTANCE_BYTES must be positive", id="archive.E003"))
     if settings.STUDY_STABILITY_SECONDS <= 0:

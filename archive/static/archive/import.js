@@ -8,7 +8,7 @@
   const table = document.getElementById("import-table");
   const tbody = table.querySelector("tbody");
   const summary = document.getElementById("import-summary");
-  const PARALLEL = 2;
+  const PARALLEL = 1; // one upload at a time: the server stores them one after another anyway
 
   const newBatch = () =>
     window.crypto && crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(16).slice(2)}`;

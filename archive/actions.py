@@ -254,6 +254,8 @@ def do_resolve_conflict(conflict: IngestConflict, *, keep: str, acting_user: Any
             locked.status = IngestConflict.Status.KEPT_EXISTING
             transaction.on_commit(lambda: storage.delete(locked.storage_key))
         else:
+            if locked.instance_id is None:
+                raise ValueError("the archived instance of this conflict is gone; keep the existing state")
             instance = Instance.objects.select_for_update().get(pk=locked.instance_id)
             old_key, old_sha, old_size = instance.storage_key, instance.sha256, instance.size
             instance.storage_key, instance.sha256, instance.size = locked.storage_key, locked.sha256, locked.size

@@ -35,10 +35,8 @@ def seed() -> list[str]:
             },
         )
         lines.append(f"{'DICOM AE ' + ae_title:<18} may send to PACSCLOUD on port 11112 for {institution.name}")
-    for slug in ("riverside", "hillside", "central", "expert"):
-        institution = Institution.objects.filter(slug=slug).first()
-        if institution is not None:
-            ArchivePolicy.objects.update_or_create(
-                institution=institution, defaults={"stability_seconds": DEMO_STABILITY_SECONDS}
-            )
+    for found in Institution.objects.filter(slug__in=["riverside", "hillside", "central", "expert"]):
+        ArchivePolicy.objects.update_or_create(
+            institution=found, defaults={"stability_seconds": DEMO_STABILITY_SECONDS}
+        )
     return lines

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
-from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from pydicom.uid import ExplicitVRLittleEndian
 from rest_framework import authentication
 from rest_framework.negotiation import BaseContentNegotiation
@@ -204,12 +204,10 @@ def _return_tags(level: str, include: list[str], query: q.Query, scope_levels: l
         if item.lower() == "all":
             continue
         attribute = q.attribute_for(item)
-        if attribute is not None:
-            tag = attribute.tag
-        else:
-            tag = _tag_of(item)
-            if tag is None:
-                continue
+        found = attribute.tag if attribute is not None else _tag_of(item)
+        if found is None:
+            continue
+        tag = found
         if tag not in tags:
             tags.append(tag)
     return tags
@@ -412,7 +410,7 @@ def _store_part(
 class StudyView(DicomWebView):
     """``/dicomweb/studies/{study}``: WADO-RS study retrieval (GET), STOW-RS into the study (POST)."""
 
-    def get(self, request: Request, study_uid: str) -> HttpResponse:
+    def get(self, request: Request, study_uid: str) -> HttpResponseBase:
         found = _study(request, study_uid)
         return _retrieve(request, found, _instances(found), scope="study")
 
@@ -421,13 +419,13 @@ class StudyView(DicomWebView):
 
 
 class SeriesView(DicomWebView):
-    def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponse:
+    def get(self, request: Request, study_uid: str, series_uid: str) -> HttpResponseBase:
         found = _study(request, study_uid)
         return _retrieve(request, found, _instances(found, series_uid), scope="series", series=series_uid)
 
 
 class InstanceView(DicomWebView):
-    def get(self, request: Request, study_uid: str, series_uid: str, instance_uid: str) -> HttpResponse:
+    def get(self, request: Request, study_uid: str, series_uid: str, instance_uid: str) -> HttpResponseBase:
         found = _study(request, study_uid)
         rows = _instances(found, series_uid, instance_uid)
         return _retrieve(request, found, rows, scope="instance", series=series_uid, single=True)
@@ -475,7 +473,7 @@ def _retrieve(
     scope: str,
     series: str = "",
     single: bool = False,
-) -> HttpResponse:
+) -> HttpResponseBase:
     choices = _choose_dicom_syntax(parse_accept(request.headers.get("Accept", "")), single)
     if choices is None:
         return _problem(406, 'WADO-RS sends objects as multipart/related; type="application/dicom"')
@@ -542,14 +540,16 @@ async def _stream_parts(
                 while chunk := handle.read(CHUNK):
                     yield chunk
         else:
-            async for chunk in _threaded(
-                lambda i=instance, t=syntax: retrieve.as_part10(i, transfer_syntax=t, overrides=overrides)
-            ):
+            async for chunk in _threaded(_part10_producer(instance, syntax, overrides)):
                 if pending:
                     chunk, pending = pending + chunk, b""
                 yield chunk
         pending += b"\r\n"
     yield pending + closing(boundary)
+
+
+def _part10_producer(instance: Instance, syntax: str, overrides: dict[str, str]) -> Callable[[], Iterator[bytes]]:
+    return lambda: retrieve.as_part10(instance, transfer_syntax=syntax, overrides=overrides)
 
 
 def _streaming(request: Request, parts: Callable[[], Iterator[bytes]]) -> StreamingHttpResponse:

@@ -34,6 +34,7 @@ from django.db import close_old_connections
 from django.utils.module_loading import import_string
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    UID,
     AllTransferSyntaxes,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -324,8 +325,8 @@ def tune_pynetdicom() -> None:
         return
     AssociationSocket.recv = _recv  # type: ignore[method-assign]
     clock = _EventClock()
-    _pynetdicom_association.time = clock  # type: ignore[attr-defined]
-    _pynetdicom_dul.time = clock  # type: ignore[attr-defined]
+    _pynetdicom_association.time = clock  # type: ignore[assignment]
+    _pynetdicom_dul.time = clock  # type: ignore[assignment]
 
 
 def build_ae(ae_title: str, services: list[DimseService]) -> tuple[AE, list[tuple[Any, Callable[..., Any]]]]:
@@ -505,7 +506,7 @@ def _institution_studies(institution: Institution) -> Any:
     return Study.objects.filter(institution=institution)
 
 
-def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """Query/Retrieve C-FIND at the PATIENT, STUDY, SERIES or IMAGE level (PS3.4 C.4.1)."""
     found = _association_session(event.assoc)
     if found is None:
@@ -618,7 +619,7 @@ def _retrieve_datasets(
         try:
             ds = retrieve.load_dataset(instance, overrides)
             ds.file_meta = pydicom.dataset.FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = instance.transfer_syntax_uid
+            ds.file_meta.TransferSyntaxUID = UID(instance.transfer_syntax_uid)
             if instance.transfer_syntax_uid not in syntaxes:
                 target = next((ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts in syntaxes), None)
                 if target is not None and retrieve.can_decode(instance.transfer_syntax_uid):

@@ -27,8 +27,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from django.db.models import F
 from django.utils import timezone
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -55,7 +58,7 @@ from pacs_cloud.models import Institution
 
 from . import names, signals
 from .models import IngestConflict, Instance, Patient, Series, Study
-from .storage import CHUNK, STORED, TieredStorage, get_storage, object_key
+from .storage import CACHE, CHUNK, STORED, TieredStorage, get_storage, object_key
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,8 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR (PS3.4 Annex F)
 UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian}
 # Elements larger than this go to WADO-RS bulk data instead of inline metadata.
 BULK_DATA_THRESHOLD = 64 * 1024
-PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel, Float Pixel, Double Float Pixel Data
+# Pixel Data, Float Pixel Data, Double Float Pixel Data
+PIXEL_DATA_TAGS = (BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009))
 
 
 class IngestError(Exception):
@@ -229,7 +233,7 @@ def _syntax_of(ds: pydicom.Dataset) -> str:
 def _check_complete(ds: pydicom.Dataset, available: int, header_shift: int) -> tuple[int | None, int | None]:
     """Refuse a data set cut short; return the Pixel Data value's offset and length in the object."""
     for tag in PIXEL_DATA_TAGS:
-        element = ds._dict.get(tag)  # type: ignore[attr-defined]
+        element = ds._dict.get(tag)
         if element is None:
             continue
         length = getattr(element, "length", None)
@@ -366,11 +370,11 @@ def json_metadata(ds: pydicom.Dataset) -> dict:
     WADO-RS fills the URIs in on the way out (they depend on the request's
     base URL). Unreadable elements are left out rather than failing the store.
     """
-    pixel = {tag: ds._dict.pop(tag) for tag in PIXEL_DATA_TAGS if tag in ds._dict}  # type: ignore[attr-defined]
+    pixel = {tag: ds._dict.pop(tag) for tag in PIXEL_DATA_TAGS if tag in ds._dict}
     try:
         result = _to_json(ds)
     finally:
-        ds._dict.update(pixel)  # type: ignore[attr-defined]
+        ds._dict.update(pixel)
     for tag, element in pixel.items():
         result[f"{tag:08X}"] = {"vr": element.VR or "OB", "BulkDataURI": ""}
     return dict(sorted(result.items()))
@@ -535,24 +539,42 @@ def _ingest(
             # The key carries the content digest: an identical re-send lands on
             # the same key, different content on its own, never over another.
             key = object_key(institution.pk, study_uid, series_uid, sop_uid, version=obj.sha256[:16])
+            storage = get_storage()
+            location = CACHE if isinstance(storage, TieredStorage) else STORED
+            # The object is written and fsynced in a writer thread while this
+            # one indexes it: the two waits for the disk (the object's fsync,
+            # the database's commit) overlap instead of adding up. The sender
+            # hears "stored" only when both are durable; announcements wait
+            # for both too. An object that could not be made durable has its
+            # row taken back; one a crash left half-written is rewritten by
+            # the sender's retry (an existing key is always rewritten).
+            written = _writers.submit(storage.put_chunks, key, obj.chunks(), obj.sha256)
             try:
-                location = get_storage().put_chunks(key, obj.chunks(), obj.sha256)
-            except OSError as exc:
-                log.exception("could not store %s", key)
-                raise IngestError(f"the archive could not store the object: {exc}", code="storage") from exc
-            try:
-                instance = _index(obj, ds, uids, key, location, pixel_offset, pixel_length, institution, session)
+                instance = _new_instance(obj, ds, uids, key, location, pixel_offset, pixel_length, institution)
+                announce = _index(instance, ds, uids, session)
             except _AlreadyIndexed:
                 # Found by the insert itself rather than by a query before it:
                 # one round trip less for every new instance.
+                _wait_until_stored(written, key)
                 return _already_archived(institution, sop_uid, obj, key, session)
             except IntegrityError:
                 # Another sender indexed this SOP instance (or its study or
                 # series) a moment ago: look again, once.
+                _wait_until_stored(written, key)
                 session.studies.pop(study_uid, None)
                 if attempt:
                     raise
                 continue
+            except BaseException:
+                _wait_quietly(written)
+                raise
+            try:
+                _wait_until_stored(written, key)
+            except IngestError:
+                _unindex(instance)
+                raise
+            for callback in announce:
+                transaction.on_commit(callback)
             session.stored += 1
             return StoreResult(instance, created=True)
         raise AssertionError("unreachable")
@@ -561,6 +583,36 @@ def _ingest(
         exc.sop_instance_uid = exc.sop_instance_uid or sop_uid
         exc.sop_class_uid = exc.sop_class_uid or sop_class
         raise
+
+
+_writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="archive-store")
+
+
+def _wait_quietly(written: Future) -> None:
+    try:
+        written.result()
+    except Exception:  # the caller is already failing for another reason
+        log.warning("an object write ended in error while its ingest failed", exc_info=True)
+
+
+def _unindex(instance: Instance) -> None:
+    """Take back the row of an object that could not be made durable (and its counts)."""
+    with transaction.atomic():
+        if Instance.objects.filter(pk=instance.pk).delete()[0]:
+            Series.objects.filter(pk=instance.series_id).update(
+                num_instances=F("num_instances") - 1, size_bytes=F("size_bytes") - instance.size
+            )
+            Study.objects.filter(series__pk=instance.series_id).update(
+                num_instances=F("num_instances") - 1, size_bytes=F("size_bytes") - instance.size
+            )
+
+
+def _wait_until_stored(written: Future, key: str) -> None:
+    try:
+        written.result()
+    except OSError as exc:
+        log.exception("could not store %s", key)
+        raise IngestError(f"the archive could not store the object: {exc}", code="storage") from exc
 
 
 class _AlreadyIndexed(Exception):
@@ -733,7 +785,7 @@ def _anonymous_issuer(study_uid: str) -> str:
     return "no-patient-id:" + hashlib.sha1(study_uid.encode(), usedforsecurity=False).hexdigest()[:32]
 
 
-def _index(
+def _new_instance(
     obj: _Object,
     ds: pydicom.Dataset,
     uids: tuple[str, str, str, str],
@@ -742,11 +794,10 @@ def _index(
     pixel_offset: int | None,
     pixel_length: int | None,
     institution: Institution,
-    session: IngestSession,
 ) -> Instance:
-    study_uid, series_uid, sop_uid, sop_class = uids
-    now = timezone.now()
-    instance = Instance(
+    """The index row of a new object (not saved), its DICOM JSON metadata included."""
+    _, _, sop_uid, sop_class = uids
+    return Instance(
         institution=institution,
         sop_instance_uid=sop_uid,
         sop_class_uid=sop_class,
@@ -763,8 +814,23 @@ def _index(
         pixel_data_offset=pixel_offset,
         pixel_data_length=pixel_length,
         metadata=json_metadata(ds),
-        received_at=now,
+        received_at=timezone.now(),
     )
+
+
+def _index(
+    instance: Instance, ds: pydicom.Dataset, uids: tuple[str, str, str, str], session: IngestSession
+) -> list[Callable[[], Any]]:
+    """Index an object: its study and series (created if new), its row, the counts and the audit.
+
+    Returns what to announce (signals, the copy to the object store) once the
+    object itself is durable.
+    """
+    announce: list[Callable[[], Any]] = []
+    study_uid, series_uid, _, _ = uids
+    institution = instance.institution
+    location = instance.location
+    now = instance.received_at
     ref = session.studies.get(study_uid)
     series_ref = ref.series.get(series_uid) if ref is not None else None
     if ref is not None and series_ref is not None and study_uid in session.audited:
@@ -803,18 +869,18 @@ def _index(
                 )
             if study_created:
                 study_pk = ref.study_pk
-                transaction.on_commit(lambda: signals.study_received.send(Study, study=Study.objects.get(pk=study_pk)))
+                announce.append(lambda: signals.study_received.send(Study, study=Study.objects.get(pk=study_pk)))
         ref.series[series_uid] = series_ref
         session.studies[study_uid] = ref
         session.audited.add(study_uid)
     instance._state.adding = False
     if not still_receiving:
         late_study = ref.study_pk
-        transaction.on_commit(lambda: _reopen_if_complete(late_study, session.source))
-    transaction.on_commit(lambda: signals.instance_stored.send(Instance, instance=instance, created=True))
+        announce.append(lambda: _reopen_if_complete(late_study, session.source))
+    announce.append(lambda: signals.instance_stored.send(Instance, instance=instance, created=True))
     if location != STORED:
-        transaction.on_commit(lambda: _schedule_copy(instance.pk))
-    return instance
+        announce.append(lambda: _schedule_copy(instance.pk))
+    return announce
 
 
 # Statements of the per-instance hot path. Only table and column names from
@@ -831,6 +897,30 @@ _COUNT_SERIES = (
 _COUNT_STUDY = f"UPDATE {Study._meta.db_table} SET num_instances = num_instances + 1, size_bytes = size_bytes + %s, last_instance_at = %s WHERE id = %s"  # noqa: S608
 
 
+_PREPARED = "archive_index_instance"
+
+
+def _prepare(connection: Any, cursor: Any) -> None:
+    """Prepare the hot-path statement once per database connection (PostgreSQL).
+
+    Parsing and planning it on every instance would cost more than executing it.
+    """
+    raw = connection.connection
+    if getattr(connection, "_archive_prepared_on", None) is raw:
+        return
+    inserted = " AND EXISTS (SELECT 1 FROM new_instance)"
+    statement = (
+        f"WITH new_instance AS ({_INSERT_INSTANCE} RETURNING 1), "
+        f"counted_series AS ({_COUNT_SERIES}{inserted} RETURNING 1) "
+        f"{_COUNT_STUDY}{inserted} RETURNING state"
+    )
+    numbered = iter(range(1, statement.count("%s") + 1))
+    cursor.execute("SELECT 1 FROM pg_prepared_statements WHERE name = %s", [_PREPARED])
+    if cursor.fetchone() is None:
+        cursor.execute(f"PREPARE {_PREPARED} AS " + re.sub("%s", lambda _: f"${next(numbered)}", statement))
+    connection._archive_prepared_on = raw
+
+
 def _insert_and_count(instance: Instance, study_pk: Any, now: Any) -> bool:
     """Insert the instance row and add it to its series' and study's counts, atomically.
 
@@ -845,13 +935,9 @@ def _insert_and_count(instance: Instance, study_pk: Any, now: Any) -> bool:
     study_key = Study._meta.pk.get_db_prep_value(study_pk, connection)  # type: ignore[union-attr]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            inserted = " AND EXISTS (SELECT 1 FROM new_instance)"
-            cursor.execute(
-                f"WITH new_instance AS ({_INSERT_INSTANCE} RETURNING 1), "
-                f"counted_series AS ({_COUNT_SERIES}{inserted} RETURNING 1) "
-                f"{_COUNT_STUDY}{inserted} RETURNING state",
-                [*params, instance.size, series_pk, instance.size, now, study_key],
-            )
+            _prepare(connection, cursor)
+            values = [*params, instance.size, series_pk, instance.size, now, study_key]
+            cursor.execute(f"EXECUTE {_PREPARED} ({', '.join(['%s'] * len(values))})", values)
             row = cursor.fetchone()
             if row is None:
                 raise _AlreadyIndexed

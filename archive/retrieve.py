@@ -145,7 +145,7 @@ def transcode(ds: pydicom.Dataset, transfer_syntax: str) -> pydicom.Dataset:
         # Native big-endian words must be swapped when the syntax changes (PS3.5 A.3).
         words = np.frombuffer(ds.PixelData, dtype=f">u{int(ds.BitsAllocated) // 8}")
         ds.PixelData = words.astype(f"<u{int(ds.BitsAllocated) // 8}").tobytes()
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     return ds
 
 
@@ -188,7 +188,7 @@ def frames(instance: Instance, numbers: list[int], *, decode: bool) -> Iterator[
                 start = instance.pixel_data_offset + (number - 1) * size
                 yield storage.read_range(instance.storage_key, start, size), ExplicitVRLittleEndian
             return
-    ds = pydicom.dcmread(io.BytesIO(read_object(instance)), force=True)
+    ds: pydicom.Dataset = pydicom.dcmread(io.BytesIO(read_object(instance)), force=True)
     if syntax in NATIVE or decode:
         if syntax not in NATIVE:
             ds = transcode(ds, ExplicitVRLittleEndian)

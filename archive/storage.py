@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol, cast
 from urllib.parse import urlparse
 
 from django.conf import settings
@@ -125,14 +125,27 @@ class FileSystemStorage:
     def put_chunks(self, key: str, chunks: Iterable[bytes], sha256: str) -> str:
         target = self.path(key)
         self._ensure_dir(target.parent)
+        # A key names its content (object_key's version), so an existing file
+        # here is an earlier copy of the same object, perhaps already
+        # referenced: it is replaced only by a copy that is durable first.
+        # A new key is renamed into place before the fsyncs: the file's fsync
+        # then commits the journal with the rename in it and the folder's is
+        # nearly free. Nothing refers to a new key until both have returned
+        # (the index is written after), so a crash in between leaves at worst
+        # an unreferenced file that a re-send replaces.
+        replacing = target.exists()
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             with open(tmp, "wb") as dst:
                 for chunk in chunks:
                     dst.write(chunk)
                 dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, target)
+                if replacing:
+                    os.fsync(dst.fileno())
+                    os.replace(tmp, target)
+                else:
+                    os.replace(tmp, target)
+                    os.fsync(dst.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -292,7 +305,7 @@ class S3Storage:
             )
 
     def open(self, key: str) -> BinaryIO:
-        return _S3Reader(self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"])
+        return cast(BinaryIO, _S3Reader(self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]))
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         if length <= 0:

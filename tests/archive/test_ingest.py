@@ -291,3 +291,27 @@ def test_a_dataset_whose_uid_differs_from_the_request_is_refused(tenants, storag
             sop_instance_uid="1.2.3.4",
         )
     assert caught.value.code == "inconsistent"
+
+
+def test_an_object_that_cannot_be_made_durable_is_refused_and_leaves_no_row(
+    tenants, storage_dir, tmp_path, monkeypatch
+):
+    from archive.storage import FileSystemStorage
+
+    first = make_ct(patient_id="DISK1")
+    store_instance(write(first, tmp_path / "a.dcm"), institution=tenants.a.institution)
+
+    def disk_full(self, key, chunks, sha256):
+        list(chunks)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FileSystemStorage, "put_chunks", disk_full)
+    second = make_ct(study_uid=first.StudyInstanceUID, series_uid=first.SeriesInstanceUID, patient_id="DISK1",
+                     instance_number=2)  # fmt: skip
+    with pytest.raises(IngestError) as caught:
+        store_instance(write(second, tmp_path / "b.dcm"), institution=tenants.a.institution)
+    assert caught.value.code == "storage"
+    assert "No space left" in caught.value.reason
+    assert list(Instance.objects.values_list("sop_instance_uid", flat=True)) == [first.SOPInstanceUID]
+    study = Study.objects.get()
+    assert (study.num_instances, Series.objects.get().num_instances) == (1, 1)

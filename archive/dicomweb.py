@@ -35,7 +35,7 @@ from pacs_cloud.tenancy import current_institution
 
 from . import query as q
 from . import retrieve
-from .ingest import IngestError, IngestSession, Source, store_instance
+from .ingest import IngestError, IngestSession, Source, metadata_of, store_instance
 from .models import Instance, Series, Study
 from .multipart import Acceptable, MultipartError, PartReader, closing, new_boundary, parse_accept, parse_media_type
 from .multipart import part_header as _part_header
@@ -390,9 +390,7 @@ def _store_part(
             failed.append(_failed_item(exc.sop_class_uid, exc.sop_instance_uid, exc.code, exc.reason))
             return
         instance = result.instance
-        # The UIDs are in the metadata already: no query per stored part.
-        study_uid = instance.metadata["0020000D"]["Value"][0]
-        series_uid = instance.metadata["0020000E"]["Value"][0]
+        study_uid, series_uid = result.study_instance_uid, result.series_instance_uid
         studies.add(study_uid)
         url = f"{base}/studies/{study_uid}/series/{series_uid}"
         stored.append(
@@ -638,7 +636,8 @@ def _metadata(request: Request, study: Study, rows: list[Instance], scope: str) 
     overrides = study.header_overrides or {}
     body = []
     for row in rows:
-        element_map = metadata.get(row.pk) or {}
+        row.metadata = metadata.get(row.pk) or {}
+        element_map = metadata_of(row)
         url = _instance_url(base, study.study_instance_uid, row.series.series_instance_uid, row.sop_instance_uid)
         _fill_bulk_uris(element_map, url)
         if overrides:

@@ -27,8 +27,11 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import queue
 import re
 import struct
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,9 +40,10 @@ from typing import Any
 
 import pydicom
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
@@ -71,7 +75,7 @@ UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEnd
 # Elements larger than this go to WADO-RS bulk data instead of inline metadata.
 BULK_DATA_THRESHOLD = 64 * 1024
 # Pixel Data, Float Pixel Data, Double Float Pixel Data
-PIXEL_DATA_TAGS = (BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009))
+PIXEL_DATA_TAGS = frozenset({BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009)})
 
 
 class IngestError(Exception):
@@ -96,6 +100,8 @@ class IngestError(Exception):
 class StoreResult:
     instance: Instance
     created: bool  # False: the identical object was already archived
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
 
 
 @dataclass
@@ -122,6 +128,11 @@ class IngestSession:
     """
 
     source: Source
+    # Write each instance's DICOM JSON metadata shortly after it is stored
+    # (a background thread, in batches) rather than before the sender hears
+    # "stored": for DICOM associations, where every millisecond per instance
+    # counts. Readers fill in any still missing (metadata_of).
+    defer_metadata: bool = False
     studies: dict[str, _StudyRef] = field(default_factory=dict)
     audited: set[str] = field(default_factory=set)
     stored: int = 0
@@ -292,16 +303,18 @@ def _read_bare(dataset: bytes, transfer_syntax: str) -> tuple[pydicom.Dataset, i
     if not any(tag.group > 2 for tag in ds.keys()):
         raise IngestError("the data set is empty", code="unreadable")
     offset, length = _check_complete(ds, len(dataset), 0)
-    _read_every_element(ds, "the data set")
+    _read_every_element(ds, "the data set", sequences_only=True)
     return ds, offset, length
 
 
-def _read_every_element(ds: pydicom.Dataset, what: str) -> None:
+def _read_every_element(ds: pydicom.Dataset, what: str, sequences_only: bool = False) -> None:
     try:
         # Convert every element but pixel data once: pydicom parses lazily and
-        # a cut-short or malformed value shows up only when read.
-        for tag in list(ds.keys()):
-            if tag in PIXEL_DATA_TAGS:
+        # a cut-short or malformed value shows up only when read. (A data set
+        # from a C-STORE was parsed whole already; only its sequences are
+        # parsed lazily.)
+        for tag, raw in list(ds._dict.items()):
+            if tag in PIXEL_DATA_TAGS or (sequences_only and raw.VR != "SQ"):
                 continue
             element = ds[tag]
             if element.VR == "SQ":
@@ -398,6 +411,71 @@ def _to_json(ds: pydicom.Dataset) -> dict:
             except (ValueError, TypeError, KeyError, OverflowError):
                 log.info("left %s out of the metadata of %s", element.tag, _text(ds, "SOPInstanceUID"))
         return result
+
+
+class _MetadataWriter:
+    """Writes deferred DICOM JSON metadata in batches, from a background thread.
+
+    Holds only headers (pixel data is dropped on the way in). If the process
+    stops before a batch is written, readers compute the missing metadata
+    from the stored object (:func:`metadata_of`): nothing is lost.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Any, pydicom.Dataset]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def add(self, pk: Any, ds: pydicom.Dataset) -> None:
+        for tag in PIXEL_DATA_TAGS:
+            element = ds._dict.get(tag)
+            if element is not None:
+                ds._dict[tag] = RawDataElement(tag, element.VR, 0, b"", 0, False, True)
+        self._queue.put((pk, ds))
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="archive-metadata", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            time.sleep(0.05)  # let a burst gather into one write
+            while len(batch) < 200:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                close_old_connections()
+                write_metadata({pk: json_metadata(ds) for pk, ds in batch})
+            except Exception:  # readers fill in what is missing; keep serving
+                log.exception("could not write the metadata of %d instances", len(batch))
+
+
+_metadata_writer = _MetadataWriter()
+
+
+def write_metadata(metadata: dict[Any, dict]) -> None:
+    """Store the DICOM JSON of several instances (only where it is still missing)."""
+    with transaction.atomic():
+        for pk, value in metadata.items():
+            Instance.objects.filter(pk=pk, metadata={}).update(metadata=value)
+
+
+def metadata_of(instance: Instance) -> dict:
+    """An instance's DICOM JSON metadata, computed from the stored object if not indexed yet."""
+    if instance.metadata:
+        return instance.metadata
+    from .storage import get_storage
+
+    with get_storage().open(instance.storage_key) as handle:
+        ds = pydicom.dcmread(handle, defer_size=BULK_DATA_THRESHOLD, force=True)
+        value = json_metadata(ds)
+    write_metadata({instance.pk: value})
+    instance.metadata = value
+    return value
 
 
 def patient_module(ds: pydicom.Dataset) -> dict[str, str]:
@@ -550,7 +628,9 @@ def _ingest(
             # the sender's retry (an existing key is always rewritten).
             written = _writers.submit(storage.put_chunks, key, obj.chunks(), obj.sha256)
             try:
-                instance = _new_instance(obj, ds, uids, key, location, pixel_offset, pixel_length, institution)
+                instance = _new_instance(
+                    obj, ds, uids, key, location, pixel_offset, pixel_length, institution, session.defer_metadata
+                )
                 announce = _index(instance, ds, uids, session)
             except _AlreadyIndexed:
                 # Found by the insert itself rather than by a query before it:
@@ -573,10 +653,12 @@ def _ingest(
             except IngestError:
                 _unindex(instance)
                 raise
+            if session.defer_metadata:
+                _metadata_writer.add(instance.pk, ds)
             for callback in announce:
                 transaction.on_commit(callback)
             session.stored += 1
-            return StoreResult(instance, created=True)
+            return StoreResult(instance, created=True, study_instance_uid=study_uid, series_instance_uid=series_uid)
         raise AssertionError("unreachable")
     except IngestError as exc:
         session.refused += 1
@@ -627,7 +709,12 @@ def _already_archived(
     if existing.sha256 == obj.sha256:
         session.duplicates += 1
         transaction.on_commit(lambda: signals.instance_stored.send(Instance, instance=existing, created=False))
-        return StoreResult(existing, created=False)
+        return StoreResult(
+            existing,
+            created=False,
+            study_instance_uid=existing.series.study.study_instance_uid,
+            series_instance_uid=existing.series.series_instance_uid,
+        )
     conflict = _keep_aside(existing, obj, key, institution, session.source)
     raise IngestError(
         f"archived with other content; this one is kept aside for review (conflict {conflict.pk})",
@@ -708,7 +795,7 @@ def _check_consistency(
     ref = session.studies.get(study_uid) or _load_study_ref(institution, study_uid)
     if ref is not None:
         session.studies[study_uid] = ref
-        wrong = _patient_mismatch(ref.received_patient, incoming)
+        wrong = "" if incoming == ref.received_patient else _patient_mismatch(ref.received_patient, incoming)
         if wrong:
             raise IngestError(
                 f"study {study_uid} is archived for another patient: {wrong} is "
@@ -794,8 +881,9 @@ def _new_instance(
     pixel_offset: int | None,
     pixel_length: int | None,
     institution: Institution,
+    defer_metadata: bool = False,
 ) -> Instance:
-    """The index row of a new object (not saved), its DICOM JSON metadata included."""
+    """The index row of a new object (not saved), its DICOM JSON metadata included unless deferred."""
     _, _, sop_uid, sop_class = uids
     return Instance(
         institution=institution,
@@ -813,7 +901,7 @@ def _new_instance(
         location=location,
         pixel_data_offset=pixel_offset,
         pixel_data_length=pixel_length,
-        metadata=json_metadata(ds),
+        metadata={} if defer_metadata else json_metadata(ds),
         received_at=timezone.now(),
     )
 

@@ -453,10 +453,18 @@ def _retrieve_url(row: Any, level: str, ctx: Context) -> str:
 
 
 def _representative_metadata(row: Any, level: str) -> dict[str, Any]:
+    from .ingest import metadata_of
+
     if isinstance(row, Instance):
-        return Instance.objects.filter(pk=row.pk).values_list("metadata", flat=True).first() or {}
-    qs = Instance.objects.filter(series=row) if isinstance(row, Series) else Instance.objects.filter(series__study=row)
-    return qs.order_by("instance_number", "pk").values_list("metadata", flat=True).first() or {}
+        instance = Instance.objects.filter(pk=row.pk).first()
+    else:
+        qs = (
+            Instance.objects.filter(series=row)
+            if isinstance(row, Series)
+            else Instance.objects.filter(series__study=row)
+        )
+        instance = qs.order_by("instance_number", "pk").first()
+    return metadata_of(instance) if instance is not None else {}
 
 
 # Corrections applied on the way out ---------------------------------------------

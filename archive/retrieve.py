@@ -154,7 +154,9 @@ def transcode(ds: pydicom.Dataset, transfer_syntax: str) -> pydicom.Dataset:
 
 def frame_size(instance: Instance, ds_or_meta: dict[str, Any] | None = None) -> tuple[int, int]:
     """Bytes per native frame and bits allocated."""
-    meta = ds_or_meta if ds_or_meta is not None else instance.metadata
+    from .ingest import metadata_of
+
+    meta = ds_or_meta if ds_or_meta is not None else metadata_of(instance)
     samples = _meta_int(meta, "00280002", 1)
     bits = instance.bits_allocated or _meta_int(meta, "00280100", 8)
     pixels = (instance.rows or 0) * (instance.columns or 0) * samples

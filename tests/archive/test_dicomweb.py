@@ -347,3 +347,12 @@ def test_stow_needs_a_role_that_stores(live_url, tenants, storage_dir):
     response = stow(live_url, headers_for(tenants.a.clinician), multipart([encode(make_ct())]))
     assert response.status_code == 403
     assert json.loads(response.content)["detail"].startswith("storing images needs")
+
+
+def test_metadata_not_yet_indexed_is_read_from_the_stored_object(web, live_url, tenants):
+    ds = make_ct(patient_id="LATE1")
+    web.store_instances([ds])
+    Instance.objects.update(metadata={})
+    metadata = web.retrieve_instance_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert metadata["00100020"]["Value"] == ["LATE1"]
+    assert Instance.objects.get().metadata["00100020"]["Value"] == ["LATE1"]

@@ -387,7 +387,7 @@ def _association_session(assoc: Any) -> tuple[IngestSession, Institution] | None
     node = calling_node(assoc)
     if node is None:
         return None
-    session = IngestSession(Source("dimse", node.ae_title, address=assoc.requestor.address), defer_metadata=True)
+    session = IngestSession(Source("dimse", node.ae_title, address=assoc.requestor.address))
     with _sessions_lock:
         _sessions[key] = (session, node.institution)
     return session, node.institution

@@ -27,11 +27,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import queue
 import re
 import struct
-import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,10 +37,9 @@ from typing import Any
 
 import pydicom
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
-from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
@@ -128,11 +124,6 @@ class IngestSession:
     """
 
     source: Source
-    # Write each instance's DICOM JSON metadata shortly after it is stored
-    # (a background thread, in batches) rather than before the sender hears
-    # "stored": for DICOM associations, where every millisecond per instance
-    # counts. Readers fill in any still missing (metadata_of).
-    defer_metadata: bool = False
     studies: dict[str, _StudyRef] = field(default_factory=dict)
     audited: set[str] = field(default_factory=set)
     stored: int = 0
@@ -413,59 +404,8 @@ def _to_json(ds: pydicom.Dataset) -> dict:
         return result
 
 
-class _MetadataWriter:
-    """Writes deferred DICOM JSON metadata in batches, from a background thread.
-
-    Holds only headers (pixel data is dropped on the way in). If the process
-    stops before a batch is written, readers compute the missing metadata
-    from the stored object (:func:`metadata_of`): nothing is lost.
-    """
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[Any, pydicom.Dataset]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def add(self, pk: Any, ds: pydicom.Dataset) -> None:
-        for tag in PIXEL_DATA_TAGS:
-            element = ds._dict.get(tag)
-            if element is not None:
-                ds._dict[tag] = RawDataElement(tag, element.VR, 0, b"", 0, False, True)
-        self._queue.put((pk, ds))
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="archive-metadata", daemon=True)
-                    self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            time.sleep(0.05)  # let a burst gather into one write
-            while len(batch) < 200:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                close_old_connections()
-                write_metadata({pk: json_metadata(ds) for pk, ds in batch})
-            except Exception:  # readers fill in what is missing; keep serving
-                log.exception("could not write the metadata of %d instances", len(batch))
-
-
-_metadata_writer = _MetadataWriter()
-
-
-def write_metadata(metadata: dict[Any, dict]) -> None:
-    """Store the DICOM JSON of several instances (only where it is still missing)."""
-    with transaction.atomic():
-        for pk, value in metadata.items():
-            Instance.objects.filter(pk=pk, metadata={}).update(metadata=value)
-
-
 def metadata_of(instance: Instance) -> dict:
-    """An instance's DICOM JSON metadata, computed from the stored object if not indexed yet."""
+    """An instance's DICOM JSON metadata; computed from the stored object (and kept) if the index has none."""
     if instance.metadata:
         return instance.metadata
     from .storage import get_storage
@@ -473,7 +413,7 @@ def metadata_of(instance: Instance) -> dict:
     with get_storage().open(instance.storage_key) as handle:
         ds = pydicom.dcmread(handle, defer_size=BULK_DATA_THRESHOLD, force=True)
         value = json_metadata(ds)
-    write_metadata({instance.pk: value})
+    Instance.objects.filter(pk=instance.pk).update(metadata=value)
     instance.metadata = value
     return value
 
@@ -628,9 +568,7 @@ def _ingest(
             # the sender's retry (an existing key is always rewritten).
             written = _writers.submit(storage.put_chunks, key, obj.chunks(), obj.sha256)
             try:
-                instance = _new_instance(
-                    obj, ds, uids, key, location, pixel_offset, pixel_length, institution, session.defer_metadata
-                )
+                instance = _new_instance(obj, ds, uids, key, location, pixel_offset, pixel_length, institution)
                 announce = _index(instance, ds, uids, session)
             except _AlreadyIndexed:
                 # Found by the insert itself rather than by a query before it:
@@ -653,8 +591,6 @@ def _ingest(
             except IngestError:
                 _unindex(instance)
                 raise
-            if session.defer_metadata:
-                _metadata_writer.add(instance.pk, ds)
             for callback in announce:
                 transaction.on_commit(callback)
             session.stored += 1
@@ -881,9 +817,8 @@ def _new_instance(
     pixel_offset: int | None,
     pixel_length: int | None,
     institution: Institution,
-    defer_metadata: bool = False,
 ) -> Instance:
-    """The index row of a new object (not saved), its DICOM JSON metadata included unless deferred."""
+    """The index row of a new object (not saved), its DICOM JSON metadata included."""
     _, _, sop_uid, sop_class = uids
     return Instance(
         institution=institution,
@@ -901,7 +836,7 @@ def _new_instance(
         location=location,
         pixel_data_offset=pixel_offset,
         pixel_data_length=pixel_length,
-        metadata={} if defer_metadata else json_metadata(ds),
+        metadata=json_metadata(ds),
         received_at=timezone.now(),
     )
 
@@ -989,6 +924,11 @@ _PREPARED = "archive_index_instance"
 
 
 def _prepare(connection: Any, cursor: Any) -> None:
+    import os as _os
+
+    if _os.environ.get("XASYNC") == "1" and getattr(connection, "_x_async_on", None) is not connection.connection:
+        cursor.execute("SET synchronous_commit = off")
+        connection._x_async_on = connection.connection
     """Prepare the hot-path statement once per database connection (PostgreSQL).
 
     Parsing and planning it on every instance would cost more than executing it.

@@ -331,16 +331,3 @@ def test_broken_c_stores_are_refused_with_a_reason(cloud, tmp_path):
     assert conflict.Status == 0x0111
     assert conflict.ErrorComment.startswith("archived with other content; this one is kept aside")
     assert Instance.objects.count() == 1
-
-
-def test_metadata_of_instances_stored_over_dimse_is_indexed_shortly_after(cloud, tmp_path):
-    _, port = cloud
-    paths = ct_series(tmp_path / "ct", 3, patient_id="META01")
-    assert storescu(port, *paths).returncode == 0
-    deadline = time.monotonic() + 10
-    while Instance.objects.filter(metadata={}).exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not Instance.objects.filter(metadata={}).exists()
-    instance = Instance.objects.order_by("instance_number").first()
-    assert instance.metadata["00100020"]["Value"] == ["META01"]
-    assert instance.metadata["7FE00010"] == {"vr": "OW", "BulkDataURI": ""}

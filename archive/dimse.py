@@ -46,7 +46,7 @@ from pynetdicom import association as _pynetdicom_association
 from pynetdicom import dul as _pynetdicom_dul
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.presentation import AllStoragePresentationContexts, build_context
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -314,16 +314,31 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     return buffer
 
 
+def _copy_context(self: PresentationContext, memo: dict) -> PresentationContext:
+    """``deepcopy`` of a presentation context without re-validating every UID.
+
+    pynetdicom deep-copies the supported contexts for every association; with
+    every storage SOP class in every transfer syntax that re-creates (and
+    re-validates) thousands of UID strings, tens of milliseconds per
+    association. UIDs are immutable strings: copying the lists is enough.
+    """
+    new = PresentationContext.__new__(PresentationContext)
+    new.__dict__.update({k: list(v) if isinstance(v, list) else v for k, v in self.__dict__.items()})
+    return new
+
+
 def tune_pynetdicom() -> None:
     """Process-wide latency tuning of pynetdicom for a DICOM service process.
 
-    Its loops wait for events instead of polling (:class:`_EventClock`) and
-    PDUs are read into one buffer (:func:`_recv`). ``DIMSE_EVENT_WAITS=False``
-    leaves pynetdicom as it is.
+    Its loops wait for events instead of polling (:class:`_EventClock`), PDUs
+    are read into one buffer (:func:`_recv`) and presentation contexts are
+    copied cheaply per association (:func:`_copy_context`).
+    ``DIMSE_EVENT_WAITS=False`` leaves pynetdicom as it is.
     """
     if not settings.DIMSE_EVENT_WAITS:
         return
     AssociationSocket.recv = _recv  # type: ignore[method-assign]
+    PresentationContext.__deepcopy__ = _copy_context  # type: ignore[attr-defined]
     clock = _EventClock()
     _pynetdicom_association.time = clock  # type: ignore[assignment]
     _pynetdicom_dul.time = clock  # type: ignore[assignment]

@@ -119,7 +119,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
         return StudyDetailSerializer if self.action == "retrieve" else StudySerializer
 
     def get_queryset(self) -> QuerySet[Study]:
-        qs = access.visible_studies(self.request.user).select_related("patient", "institution")
+        qs = access.searchable_studies(self.request.user).select_related("patient", "institution")
         if self.action == "retrieve":
             return qs.prefetch_related("series")
         params = self.request.query_params

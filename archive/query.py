@@ -73,7 +73,7 @@ def _text_q(path: str, value: str) -> Q:
 
 
 def _element(vr: str, values: list[Any]) -> dict[str, Any]:
-    values = [v for v in values if v not in (None, "")]
+    values = [v for v in values if v is not None and v != ""]
     return {"vr": vr, "Value": values} if values else {"vr": vr}
 
 

@@ -4,6 +4,7 @@ from django.urls import include, path, register_converter
 from rest_framework.routers import SimpleRouter
 
 from . import api, dicomweb, views
+from .dicomweb import on_worker_thread
 
 
 class UIDConverter:
@@ -29,43 +30,63 @@ INSTANCE = "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>/instances/<
 
 urlpatterns = [
     # DICOMweb: QIDO-RS searches
-    path("dicomweb/studies", dicomweb.StudiesView.as_view(), name="archive-search-studies"),
-    path("dicomweb/series", dicomweb.SeriesSearchView.as_view(), name="archive-search-series"),
-    path("dicomweb/instances", dicomweb.InstanceSearchView.as_view(), name="archive-search-instances"),
+    path("dicomweb/studies", on_worker_thread(dicomweb.StudiesView.as_view()), name="archive-search-studies"),
+    path("dicomweb/series", on_worker_thread(dicomweb.SeriesSearchView.as_view()), name="archive-search-series"),
+    path(
+        "dicomweb/instances", on_worker_thread(dicomweb.InstanceSearchView.as_view()), name="archive-search-instances"
+    ),
     path(
         "dicomweb/studies/<uid:study_uid>/series",
-        dicomweb.SeriesSearchView.as_view(),
+        on_worker_thread(dicomweb.SeriesSearchView.as_view()),
         name="archive-search-study-series",
     ),
     path(
         "dicomweb/studies/<uid:study_uid>/instances",
-        dicomweb.InstanceSearchView.as_view(),
+        on_worker_thread(dicomweb.InstanceSearchView.as_view()),
         name="archive-search-study-instances",
     ),
     path(
         "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>/instances",
-        dicomweb.InstanceSearchView.as_view(),
+        on_worker_thread(dicomweb.InstanceSearchView.as_view()),
         name="archive-search-series-instances",
     ),
     # DICOMweb: WADO-RS retrievals (and STOW-RS into a study)
-    path("dicomweb/studies/<uid:study_uid>", dicomweb.StudyView.as_view(), name="archive-retrieve-study"),
     path(
-        "dicomweb/studies/<uid:study_uid>/metadata", dicomweb.StudyMetadataView.as_view(), name="archive-study-metadata"
+        "dicomweb/studies/<uid:study_uid>",
+        on_worker_thread(dicomweb.StudyView.as_view()),
+        name="archive-retrieve-study",
+    ),
+    path(
+        "dicomweb/studies/<uid:study_uid>/metadata",
+        on_worker_thread(dicomweb.StudyMetadataView.as_view()),
+        name="archive-study-metadata",
     ),
     path(
         "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>",
-        dicomweb.SeriesView.as_view(),
+        on_worker_thread(dicomweb.SeriesView.as_view()),
         name="archive-retrieve-series",
     ),
     path(
         "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>/metadata",
-        dicomweb.SeriesMetadataView.as_view(),
+        on_worker_thread(dicomweb.SeriesMetadataView.as_view()),
         name="archive-series-metadata",
     ),
-    path(INSTANCE, dicomweb.InstanceView.as_view(), name="archive-retrieve-instance"),
-    path(f"{INSTANCE}/metadata", dicomweb.InstanceMetadataView.as_view(), name="archive-instance-metadata"),
-    path(f"{INSTANCE}/frames/<str:frames>", dicomweb.FramesView.as_view(), name="archive-retrieve-frames"),
-    path(f"{INSTANCE}/bulk/<path:path>", dicomweb.BulkDataView.as_view(), name="archive-retrieve-bulkdata"),
+    path(INSTANCE, on_worker_thread(dicomweb.InstanceView.as_view()), name="archive-retrieve-instance"),
+    path(
+        f"{INSTANCE}/metadata",
+        on_worker_thread(dicomweb.InstanceMetadataView.as_view()),
+        name="archive-instance-metadata",
+    ),
+    path(
+        f"{INSTANCE}/frames/<str:frames>",
+        on_worker_thread(dicomweb.FramesView.as_view()),
+        name="archive-retrieve-frames",
+    ),
+    path(
+        f"{INSTANCE}/bulk/<path:path>",
+        on_worker_thread(dicomweb.BulkDataView.as_view()),
+        name="archive-retrieve-bulkdata",
+    ),
     # Pages
     path("archive/import/", views.import_media, name="archive-import-media"),
     path("archive/import/file/", views.import_file, name="archive-import-file"),

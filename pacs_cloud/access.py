@@ -92,6 +92,24 @@ def visible_studies(user: Any) -> QuerySet:
     return Study.objects.filter(Q(institution_id__in=own) | _granted_study_ids(user))
 
 
+def searchable_studies(user: Any) -> QuerySet:
+    """The same studies as :func:`visible_studies`, for searches over large archives.
+
+    The grants are read first (one small query) and the result filters on
+    plain lists, so the planner can walk the (institution, date) indexes in
+    order instead of scanning every study against two subqueries.
+    """
+    Study = apps.get_model("archive", "Study")
+    if not _authenticated(user):
+        return Study.objects.none()
+    own = institution_ids(user, CLINICAL_ROLES)
+    granted = set(Study.objects.filter(_granted_study_ids(user)).values_list("pk", flat=True))
+    rule = Q(institution_id__in=own)
+    if granted:
+        rule |= Q(pk__in=granted)
+    return Study.objects.filter(rule)
+
+
 def access_study(user: Any, *, pk: object = None, uid: str | None = None) -> Any:
     """The study with primary key ``pk`` or Study Instance UID ``uid``, if visible."""
     qs = visible_studies(user)

@@ -187,3 +187,21 @@ def test_linking_a_study_to_another_patient(tenants, storage_dir, tmp_path):
     assert AuditEvent.objects.filter(action="archive.study.relink").count() == 1
     with pytest.raises(ValueError):
         do_link_study_to_patient(study, Patient.objects.create(institution=tenants.b.institution, patient_id="X"))
+
+
+def test_searches_see_exactly_what_the_access_policy_allows(tenants, studies):
+    from django.contrib.auth.models import Group
+
+    from pacs_cloud import access
+    from pacs_cloud.models import role_group_name
+
+    foreign = studies[2]
+    reader = tenants.a.radiologist
+    assert set(access.searchable_studies(reader)) == set(access.visible_studies(reader)) == set(studies[:2])
+    group, _ = Group.objects.get_or_create(name=role_group_name(tenants.a.institution, "radiologist"))
+    group.user_set.add(reader)
+    assign_perm("archive.view_study", group, foreign)
+    assert set(access.searchable_studies(reader)) == set(access.visible_studies(reader)) == set(studies)
+    outsider = tenants.c.radiologist
+    assert not access.searchable_studies(outsider).exists()
+    assert not access.searchable_studies(tenants.a.institution_admin).exists()

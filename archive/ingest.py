@@ -153,6 +153,7 @@ class _Object:
     offset: int = 0
     size: int = 0
     sha256: str = ""
+    staged: Future | None = None  # a staging write already under way (C-STORE)
 
     def chunks(self) -> Iterator[bytes]:
         yield self.header
@@ -499,35 +500,57 @@ def store_dataset(
     limit = settings.MAX_INSTANCE_BYTES
     if len(dataset) > limit:
         raise IngestError(f"{len(dataset)} bytes is over the {limit}-byte limit for one instance", code="too_large")
-    if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        # Inflating needs the Part 10 reader: parse the data set behind a provisional header.
-        provisional = file_meta_header("1.2", "1.2", transfer_syntax)
-        ds, _, _ = _read_elements(io.BytesIO(provisional + dataset), "the data set", 0, 0)
-        pixel_offset = pixel_length = None
-    else:
-        ds, pixel_offset, pixel_length = _read_bare(dataset, transfer_syntax)
-    uids = _require_uids(ds)
-    if sop_instance_uid and sop_instance_uid != uids[2]:
-        raise IngestError(
-            f"the data set's SOP Instance UID {uids[2]} differs from the request's {sop_instance_uid}",
-            code="inconsistent",
-            sop_instance_uid=sop_instance_uid,
-        )
-    if sop_class_uid and sop_class_uid != uids[3]:
-        raise IngestError(
-            f"the data set's SOP Class UID {uids[3]} differs from the request's {sop_class_uid}",
-            code="inconsistent",
-            sop_instance_uid=uids[2],
-        )
-    header = file_meta_header(uids[3], uids[2], transfer_syntax)
-    if pixel_offset is not None:
-        pixel_offset += len(header)
-    obj = _Object(transfer_syntax=transfer_syntax, header=header, dataset_bytes=dataset)
-    obj.size = len(header) + len(dataset)
-    digest = hashlib.sha256(header)
-    digest.update(dataset)
-    obj.sha256 = digest.hexdigest()
-    return _ingest(obj, ds, uids, pixel_offset, pixel_length, institution=institution, session=session)
+    # The request names the SOP instance: our header is known before the data
+    # set is parsed, so the object's digest is computed on another core
+    # meanwhile (hashlib lets go of the GIL).
+    early = staged = None
+    storage = get_storage()
+    if is_valid_uid(sop_class_uid) and is_valid_uid(sop_instance_uid):
+        header = file_meta_header(sop_class_uid, sop_instance_uid, transfer_syntax)
+        early = _hashers.submit(_sha256, header, dataset)
+        if hasattr(storage, "stage"):
+            # And written out to a staging file: once the key is known only
+            # the rename and the fsyncs are left.
+            staged = _writers.submit(storage.stage, [header, dataset])
+    obj: _Object | None = None
+    try:
+        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+            # Inflating needs the Part 10 reader: parse the data set behind a provisional header.
+            provisional = file_meta_header("1.2", "1.2", transfer_syntax)
+            ds, _, _ = _read_elements(io.BytesIO(provisional + dataset), "the data set", 0, 0)
+            pixel_offset = pixel_length = None
+        else:
+            ds, pixel_offset, pixel_length = _read_bare(dataset, transfer_syntax)
+        uids = _require_uids(ds)
+        if sop_instance_uid and sop_instance_uid != uids[2]:
+            raise IngestError(
+                f"the data set's SOP Instance UID {uids[2]} differs from the request's {sop_instance_uid}",
+                code="inconsistent",
+                sop_instance_uid=sop_instance_uid,
+            )
+        if sop_class_uid and sop_class_uid != uids[3]:
+            raise IngestError(
+                f"the data set's SOP Class UID {uids[3]} differs from the request's {sop_class_uid}",
+                code="inconsistent",
+                sop_instance_uid=uids[2],
+            )
+        if early is None:
+            header = file_meta_header(uids[3], uids[2], transfer_syntax)
+            digest = _sha256(header, dataset)
+        else:
+            digest = early.result()
+        if pixel_offset is not None:
+            pixel_offset += len(header)
+        obj = _Object(transfer_syntax=transfer_syntax, header=header, dataset_bytes=dataset, staged=staged)
+        obj.size = len(header) + len(dataset)
+        obj.sha256 = digest
+        return _ingest(obj, ds, uids, pixel_offset, pixel_length, institution=institution, session=session)
+    except BaseException:
+        # A refused object leaves nothing behind, its staging file included.
+        leftover = obj.staged if obj is not None else staged
+        if leftover is not None:
+            _discard(leftover)
+        raise
 
 
 # The common path ---------------------------------------------------------------
@@ -566,7 +589,11 @@ def _ingest(
             # for both too. An object that could not be made durable has its
             # row taken back; one a crash left half-written is rewritten by
             # the sender's retry (an existing key is always rewritten).
-            written = _writers.submit(storage.put_chunks, key, obj.chunks(), obj.sha256)
+            if obj.staged is not None:
+                written = _writers.submit(_commit_staged, storage, obj.staged, key)
+                obj.staged = None  # (a retry writes afresh)
+            else:
+                written = _writers.submit(storage.put_chunks, key, obj.chunks(), obj.sha256)
             try:
                 instance = _new_instance(obj, ds, uids, key, location, pixel_offset, pixel_length, institution)
                 announce = _index(instance, ds, uids, session)
@@ -604,6 +631,25 @@ def _ingest(
 
 
 _writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="archive-store")
+_hashers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="archive-hash")
+
+
+def _sha256(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _discard(staged: Future) -> None:
+    try:
+        Path(staged.result()).unlink(missing_ok=True)
+    except Exception:  # the staging write failed itself: nothing to remove
+        log.debug("staging write failed", exc_info=True)
+
+
+def _commit_staged(storage: Any, staged: Future, key: str) -> str:
+    return storage.commit(staged.result(), key)
 
 
 def _wait_quietly(written: Future) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import os
 import re
 import threading
@@ -95,6 +96,8 @@ class FileSystemStorage:
         self._root_text = str(self.root.resolve())
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
+        self._staging = self.root / ".incoming"
+        self._counter = itertools.count()
 
     def path(self, key: str) -> Path:
         # Keys are made of validated UIDs; normalising (no file system calls,
@@ -123,31 +126,54 @@ class FileSystemStorage:
             self._known_dirs.add(folder)
 
     def put_chunks(self, key: str, chunks: Iterable[bytes], sha256: str) -> str:
-        target = self.path(key)
-        self._ensure_dir(target.parent)
-        # A key names its content (object_key's version), so an existing file
-        # here is an earlier copy of the same object, perhaps already
-        # referenced: it is replaced only by a copy that is durable first.
-        # A new key is renamed into place before the fsyncs: the file's fsync
-        # then commits the journal with the rename in it and the folder's is
-        # nearly free. Nothing refers to a new key until both have returned
-        # (the index is written after), so a crash in between leaves at worst
-        # an unreferenced file that a re-send replaces.
-        replacing = target.exists()
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        return self.commit(self.stage(chunks), key)
+
+    def stage(self, chunks: Iterable[bytes]) -> Path:
+        """Write an object into a staging file (not durable yet); :meth:`commit` puts it under its key.
+
+        Staging may start before the key is known (while the data set is
+        still being parsed); the staging folder is on the same file system,
+        so the commit is a rename.
+        """
+        folder = self._staging
+        if folder not in self._known_dirs:
+            folder.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                self._known_dirs.add(folder)
+        tmp = folder / f"{os.getpid()}-{threading.get_ident()}-{next(self._counter)}.tmp"
         try:
             with open(tmp, "wb") as dst:
                 for chunk in chunks:
                     dst.write(chunk)
-                dst.flush()
-                if replacing:
-                    os.fsync(dst.fileno())
-                    os.replace(tmp, target)
-                else:
-                    os.replace(tmp, target)
-                    os.fsync(dst.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def commit(self, staged: Path, key: str) -> str:
+        """Put a staged object under ``key``, durably (file and folder fsynced) when it returns.
+
+        A key names its content (object_key's version), so an existing file
+        there is an earlier copy of the same object, perhaps already
+        referenced: it is replaced only by a copy that is durable first. A
+        new key is renamed into place before the fsyncs: the file's fsync then
+        commits the journal with the rename in it and the folder's is nearly
+        free. Nothing refers to a new key until both have returned (the index
+        is written after), so a crash in between leaves at worst an
+        unreferenced file that a re-send replaces.
+        """
+        target = self.path(key)
+        self._ensure_dir(target.parent)
+        try:
+            with open(staged, "rb+") as handle:
+                if target.exists():
+                    os.fsync(handle.fileno())
+                    os.replace(staged, target)
+                else:
+                    os.replace(staged, target)
+                    os.fsync(handle.fileno())
+        except BaseException:
+            staged.unlink(missing_ok=True)
             raise
         _fsync_dir(target.parent)
         return STORED
@@ -382,6 +408,13 @@ class TieredStorage:
 
     def put_chunks(self, key: str, chunks: Iterable[bytes], sha256: str) -> str:
         self.cache.put_chunks(key, chunks, sha256)
+        return CACHE
+
+    def stage(self, chunks: Iterable[bytes]) -> Path:
+        return self.cache.stage(chunks)
+
+    def commit(self, staged: Path, key: str) -> str:
+        self.cache.commit(staged, key)
         return CACHE
 
     def put_file_to_store(self, key: str, source: Path, sha256: str) -> str:

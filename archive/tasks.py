@@ -88,6 +88,26 @@ def evict_cached_copies() -> int:
 
 
 @shared_task(ignore_result=True)
+def discard_stale_staging(max_age_hours: float = 1.0) -> int:
+    """Remove staging files a crashed process left behind (nothing refers to them)."""
+    storage = get_storage()
+    local = storage.cache if isinstance(storage, TieredStorage) else storage
+    folder = getattr(local, "_staging", None)
+    if folder is None or not folder.exists():
+        return 0
+    cutoff = time.time() - max_age_hours * 3600
+    removed = 0
+    for path in folder.glob("*.tmp"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+@shared_task(ignore_result=True)
 def complete_stable_studies() -> int:
     """Complete studies that received nothing for their stability window (sends ``study_completed``)."""
     return actions.do_complete_stable_studies()

@@ -291,6 +291,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     },
     "archive-sweep-object-store-copies": {"task": "archive.tasks.sweep_object_store_copies", "schedule": 60.0},
     "archive-evict-cached-copies": {"task": "archive.tasks.evict_cached_copies", "schedule": 3600.0},
+    "archive-discard-stale-staging": {"task": "archive.tasks.discard_stale_staging", "schedule": 3600.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"

@@ -316,7 +316,7 @@ def send_file(port: int, path: Path, calling: str = "ALPHA_CT") -> Dataset:
         assoc.release()
 
 
-def test_broken_c_stores_are_refused_with_a_reason(cloud, tmp_path):
+def test_broken_c_stores_are_refused_with_a_reason(cloud, tmp_path, storage_dir):
     _, port = cloud
     good = make_ct(patient_id="BAD01", size=64)
     full = write(good, tmp_path / "good.dcm")
@@ -331,3 +331,4 @@ def test_broken_c_stores_are_refused_with_a_reason(cloud, tmp_path):
     assert conflict.Status == 0x0111
     assert conflict.ErrorComment.startswith("archived with other content; this one is kept aside")
     assert Instance.objects.count() == 1
+    assert not list((storage_dir / ".incoming").glob("*.tmp"))  # the refused ones left nothing behind

@@ -183,3 +183,18 @@ def test_a_misconfigured_storage_is_a_system_check_error(settings):
     assert [problem.id for problem in check_storage(None)] == ["archive.E001"]
     settings.STORAGE_URL = "s3://"
     assert [problem.id for problem in check_storage(None)] == ["archive.E002"]
+
+
+def test_staging_files_left_by_a_crash_are_discarded(storage_dir, settings):
+    import os as _os
+    import time as _time
+
+    from archive.tasks import discard_stale_staging
+
+    storage = get_storage()
+    stale = storage.stage([b"half an object"])
+    fresh = storage.stage([b"an object being received"])
+    old = _time.time() - 7200
+    _os.utime(stale, (old, old))
+    assert discard_stale_staging() == 1
+    assert not stale.exists() and fresh.exists()

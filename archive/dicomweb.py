@@ -39,7 +39,7 @@ from pacs_cloud.tenancy import current_institution
 
 from . import query as q
 from . import retrieve
-from .ingest import IngestError, IngestSession, Source, metadata_of, store_instance
+from .ingest import IngestError, IngestSession, Source, metadata_of, store_instance, store_part10
 from .models import Instance, Series, Study
 from .multipart import Acceptable, MultipartError, PartReader, closing, new_boundary, parse_accept, parse_media_type
 from .multipart import part_header as _part_header
@@ -390,7 +390,7 @@ def _stow(request: Request, study_uid: str | None) -> HttpResponse:
     try:
         reader = iter(PartReader(request._request, params.get("boundary", ""), folder))
         for part in reader:
-            _store_part(part, institution, session, study_uid, base, stored, failed, studies)
+            _store_part(part, institution, session, study_uid, base, stored, failed, studies, folder)
     except MultipartError as exc:
         if not stored and not failed:
             return _problem(400, f"the multipart body cannot be read: {exc}")
@@ -415,6 +415,7 @@ def _store_part(
     stored: list[dict[str, Any]],
     failed: list[dict[str, Any]],
     studies: set[str],
+    folder: Path,
 ) -> None:
     try:
         if part.error:
@@ -425,7 +426,12 @@ def _store_part(
             failed.append(_failed_item("", "", "unsupported_media", f"a part of type {media_type} is not stored"))
             return
         try:
-            result = store_instance(part.path, institution=institution, session=session, only_study=study_uid)
+            if part.data is not None:
+                result = store_part10(
+                    part.data, institution=institution, session=session, only_study=study_uid, spill_folder=folder
+                )
+            else:
+                result = store_instance(part.path, institution=institution, session=session, only_study=study_uid)
         except IngestError as exc:
             failed.append(_failed_item(exc.sop_class_uid, exc.sop_instance_uid, exc.code, exc.reason))
             return

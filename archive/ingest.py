@@ -483,6 +483,58 @@ def store_instance(
     )
 
 
+def _meta_end(data: bytes) -> int | None:
+    """Where the data set starts in a Part 10 file held in memory, from its group length; None if unsure."""
+    if len(data) < 144 or data[128:132] != b"DICM" or data[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
+        return None
+    return 144 + struct.unpack("<I", data[140:144])[0]
+
+
+def store_part10(
+    data: bytes,
+    *,
+    institution: Institution,
+    session: IngestSession,
+    only_study: str | None = None,
+    spill_folder: Path | None = None,
+) -> StoreResult:
+    """Archive a Part 10 file held in memory (a STOW-RS part).
+
+    The sender's File Meta Information names the transfer syntax and the SOP
+    instance; the data set behind it goes the C-STORE way (:func:`store_dataset`).
+    A file whose meta group cannot be read that simply is archived from a
+    temporary file by :func:`store_instance`.
+    """
+    end = _meta_end(data)
+    meta = None
+    if end is not None and end <= len(data):
+        try:
+            meta = read_dataset(io.BytesIO(data[132:end]), False, True)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, NotImplementedError):
+            meta = None
+    syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    if meta is None or not syntax or end is None:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=spill_folder, suffix=".dcm") as handle:
+            handle.write(data)
+            handle.flush()
+            return store_instance(Path(handle.name), institution=institution, session=session, only_study=only_study)
+    if str(meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
+        raise IngestError(
+            "a DICOMDIR is a media directory, not an image: import the files it lists", code="not_an_image"
+        )
+    return store_dataset(
+        data[end:],
+        transfer_syntax=syntax,
+        institution=institution,
+        session=session,
+        sop_class_uid=str(meta.get("MediaStorageSOPClassUID", "") or ""),
+        sop_instance_uid=str(meta.get("MediaStorageSOPInstanceUID", "") or ""),
+        only_study=only_study,
+    )
+
+
 def store_dataset(
     dataset: bytes,
     *,
@@ -491,6 +543,7 @@ def store_dataset(
     session: IngestSession,
     sop_class_uid: str = "",
     sop_instance_uid: str = "",
+    only_study: str | None = None,
 ) -> StoreResult:
     """Archive one encoded data set (no File Meta Information) sent in ``transfer_syntax``.
 
@@ -544,7 +597,9 @@ def store_dataset(
         obj = _Object(transfer_syntax=transfer_syntax, header=header, dataset_bytes=dataset, staged=staged)
         obj.size = len(header) + len(dataset)
         obj.sha256 = digest
-        return _ingest(obj, ds, uids, pixel_offset, pixel_length, institution=institution, session=session)
+        return _ingest(
+            obj, ds, uids, pixel_offset, pixel_length, institution=institution, session=session, only_study=only_study
+        )
     except BaseException:
         # A refused object leaves nothing behind, its staging file included.
         leftover = obj.staged if obj is not None else staged

@@ -10,13 +10,48 @@ from __future__ import annotations
 import re
 import secrets
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 READ_SIZE = 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024
+# Parts up to this size stay in memory; larger ones go to a temporary file.
+MEMORY_PART_BYTES = 32 * 1024 * 1024
+
+
+class _Body:
+    """A part's body: in memory while small, spilled to a temporary file past MEMORY_PART_BYTES."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.handle: Any = None
+        self.path: Path | None = None
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        if self.handle is None and self.size > MEMORY_PART_BYTES:
+            self.handle = tempfile.NamedTemporaryFile(dir=self.folder, prefix="part-", suffix=".dcm", delete=False)
+            self.path = Path(self.handle.name)
+            for chunk in self.chunks:
+                self.handle.write(chunk)
+            self.chunks = []
+        if self.handle is not None:
+            self.handle.write(data)
+        else:
+            self.chunks.append(data)
+
+    def close(self) -> bytes | None:
+        """The body in memory, or None when it is in :attr:`path`."""
+        if self.handle is not None:
+            self.handle.close()
+            return None
+        return b"".join(self.chunks)
 
 
 class MultipartError(ValueError):
@@ -49,10 +84,10 @@ def closing(boundary: str) -> bytes:
 @dataclass
 class Part:
     headers: dict[str, str]
-    path: Path | None = None  # the body on disk (None when the part is broken)
+    path: Path | None = None  # the body on disk, for a large part ...
     size: int = 0
     error: str = ""  # why the part is unusable
-    extra: dict[str, str] = field(default_factory=dict)
+    data: bytes | None = None  # ... or in memory, for one up to MEMORY_PART_BYTES
 
     @property
     def content_type(self) -> str:
@@ -62,8 +97,8 @@ class Part:
 class PartReader:
     """Iterate over the parts of a multipart body read from ``stream``.
 
-    Each part's body is written to a temporary file in ``folder``; the
-    caller deletes it (:meth:`Part.path`). A body that ends before its
+    Each part's body is kept in memory, or in a temporary file in ``folder``
+    when large; the caller deletes that file (:attr:`Part.path`). A body that ends before its
     closing delimiter yields its last part with ``error`` set, after every
     complete part before it.
     """
@@ -109,34 +144,31 @@ class PartReader:
                 buffer += chunk
             head, buffer = buffer.split(b"\r\n\r\n", 1)
             headers = _headers(head)
-            handle = tempfile.NamedTemporaryFile(dir=self.folder, prefix="part-", suffix=".dcm", delete=False)
-            path = Path(handle.name)
-            size = 0
+            body = _Body(self.folder)
             complete = False
-            with handle:
-                while True:
-                    index = buffer.find(self.delimiter)
-                    if index >= 0:
-                        handle.write(buffer[:index])
-                        size += index
-                        buffer = buffer[index + len(self.delimiter) :]
-                        complete = True
-                        break
-                    keep = len(self.delimiter) - 1
-                    if len(buffer) > keep:
-                        handle.write(buffer[:-keep])
-                        size += len(buffer) - keep
-                        buffer = buffer[-keep:]
-                    chunk = self._read()
-                    if not chunk:
-                        handle.write(buffer)
-                        size += len(buffer)
-                        break
-                    buffer += chunk
+            while True:
+                index = buffer.find(self.delimiter)
+                if index >= 0:
+                    body.write(buffer[:index])
+                    buffer = buffer[index + len(self.delimiter) :]
+                    complete = True
+                    break
+                keep = len(self.delimiter) - 1
+                if len(buffer) > keep:
+                    body.write(buffer[:-keep])
+                    buffer = buffer[-keep:]
+                chunk = self._read()
+                if not chunk:
+                    body.write(buffer)
+                    break
+                buffer += chunk
+            data = body.close()
             if not complete:
-                yield Part(headers, path, size, error="the multipart body ends before this part's closing boundary")
+                yield Part(
+                    headers, body.path, body.size, "the multipart body ends before this part's closing boundary", data
+                )
                 return
-            yield Part(headers, path, size)
+            yield Part(headers, body.path, body.size, data=data)
 
 
 def _headers(head: bytes) -> dict[str, str]:

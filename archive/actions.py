@@ -76,16 +76,6 @@ def do_reopen_study(study_pk: Any, *, actor: Any = None, actor_label: str = "", 
     return True
 
 
-def stability_seconds(institution_id: Any) -> int:
-    from django.conf import settings
-
-    from .models import ArchivePolicy
-
-    policy = ArchivePolicy.objects.filter(institution_id=institution_id).values_list("stability_seconds", flat=True)
-    value = policy.first()
-    return int(value) if value is not None else int(settings.STUDY_STABILITY_SECONDS)
-
-
 def do_complete_stable_studies(*, now: dt.datetime | None = None) -> int:
     """Complete every receiving study whose last instance is older than its institution's window.
 

@@ -15,10 +15,10 @@ from rest_framework.response import Response
 
 from pacs_cloud import access, audit
 from pacs_cloud.access import HasClinicalRole, IsInstitutionAdmin
-from pacs_cloud.lib import dicom_datetime
 from pacs_cloud.models import Institution, Role
 
-from . import actions, names
+from . import actions
+from .dicomweb import audit_study_read
 from .models import DicomNode, IngestConflict, Series, Study
 
 
@@ -160,15 +160,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         study = access.access_study(request.user, pk=kwargs["pk"])
         study = self.get_queryset().get(pk=study.pk)
-        audit.record(
-            "archive.study.view",
-            request=request._request,
-            actor=request.user,
-            institution=study.institution_id,
-            object_type="archive.study",
-            object_id=study.pk,
-            patient_id=study.patient.patient_id,
-        )
+        audit_study_read(request, "archive.study.view", study)
         return Response(self.get_serializer(study).data)
 
 
@@ -288,17 +280,3 @@ class IngestConflictViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
             return Response({"keep": ["Choose 'existing' or 'new'."]}, status=status.HTTP_400_BAD_REQUEST)
         resolved = actions.do_resolve_conflict(conflict, keep=keep, acting_user=request.user)
         return Response(IngestConflictSerializer(resolved).data)
-
-
-def format_name(full: str) -> str:
-    """A PN value for people: ``WANG^XIAODONG=王^小东`` as ``WANG XIAODONG (王小东)``."""
-    alphabetic, ideographic, _ = names.split_groups(full)
-    shown = " ".join(p for p in alphabetic.split("^") if p)
-    if ideographic:
-        joined = "".join(p for p in ideographic.split("^") if p)
-        shown = f"{shown} ({joined})" if shown else joined
-    return shown
-
-
-def format_date(value: Any) -> str:
-    return dicom_datetime.format_da(value)

@@ -172,7 +172,8 @@ def _instances(study: Study, series_uid: str | None = None, sop_uid: str | None 
     return rows
 
 
-def _audit_read(request: Request, action: str, study: Study, **detail: Any) -> None:
+def audit_study_read(request: Request, action: str, study: Study, **detail: Any) -> None:
+    """The audit event of a read of one study's data (PHI)."""
     audit.record(
         action,
         request=request._request,
@@ -531,7 +532,9 @@ def _retrieve(
                 "be converted to the transfer syntax asked for; ask with transfer-syntax=*",
             )
         plan.append((instance, syntax))
-    _audit_read(request, "archive.study.retrieve", study, scope=scope, series_instance_uid=series, instances=len(rows))
+    audit_study_read(
+        request, "archive.study.retrieve", study, scope=scope, series_instance_uid=series, instances=len(rows)
+    )
     overrides = dict(study.header_overrides or {})
     if choices[0].media_type == "application/dicom":
         instance, syntax = plan[0]
@@ -689,7 +692,7 @@ def _metadata(request: Request, study: Study, rows: list[Instance], scope: str) 
         if overrides:
             q.apply_overrides(element_map, overrides)
         body.append(element_map)
-    _audit_read(request, "archive.study.metadata", study, scope=scope, instances=len(rows))
+    audit_study_read(request, "archive.study.metadata", study, scope=scope, instances=len(rows))
     return _json_response(body)
 
 
@@ -764,7 +767,7 @@ class FramesView(DicomWebView):
             return _problem(404, str(exc))
         except retrieve.CannotTranscode as exc:
             return _problem(406, str(exc))
-        _audit_read(request, "archive.study.frames", found, sop_instance_uid=instance_uid, frames=numbers[:50])
+        audit_study_read(request, "archive.study.frames", found, sop_instance_uid=instance_uid, frames=numbers[:50])
         boundary = new_boundary()
         url = _instance_url(dicomweb_base(), study_uid, series_uid, instance_uid)
         body = []
@@ -788,7 +791,7 @@ class BulkDataView(DicomWebView):
             value = retrieve.bulk_value(row, parts_of_path)
         except KeyError:
             raise Http404("No such bulk data") from None
-        _audit_read(request, "archive.study.bulkdata", found, sop_instance_uid=instance_uid, path=path)
+        audit_study_read(request, "archive.study.bulkdata", found, sop_instance_uid=instance_uid, path=path)
         boundary = new_boundary()
         body = _part_header(boundary, "application/octet-stream") + value + b"\r\n" + closing(boundary)
         return HttpResponse(

@@ -17,6 +17,7 @@ C-MOVE and C-GET in the Patient Root and Study Root information models
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
@@ -381,13 +382,6 @@ def start_server(
     return server
 
 
-def requesting_ae(ae_title: str | None = None) -> AE:
-    """An AE for associations we request (C-MOVE destinations, forwarding); see NODELAY_HANDLERS."""
-    ae = AE(ae_title=ae_title or settings.DICOM_AE_TITLE)
-    ae.maximum_pdu_size = 0
-    return ae
-
-
 # Per-association state ---------------------------------------------------------------
 
 _sessions: dict[int, tuple[IngestSession, Institution]] = {}
@@ -492,7 +486,7 @@ def query_from_identifier(identifier: Dataset) -> tuple[q.Query, list[str], list
 
 def _response_charset(identifier: Dataset, datasets: list[dict[str, Any]]) -> str:
     """Answer in the query's character set when every value fits, else in UTF-8 (ISO_IR 192)."""
-    text = json_text(datasets)
+    text = json.dumps(datasets, ensure_ascii=False)
     if text.isascii():
         return str(identifier.get("SpecificCharacterSet", "") or "")
     wanted = identifier.get("SpecificCharacterSet")
@@ -509,12 +503,6 @@ def _response_charset(identifier: Dataset, datasets: list[dict[str, Any]]) -> st
         except (LookupError, UnicodeEncodeError, ValueError):
             pass
     return "ISO_IR 192"
-
-
-def json_text(items: list[dict[str, Any]]) -> str:
-    import json
-
-    return json.dumps(items, ensure_ascii=False)
 
 
 def _institution_studies(institution: Institution) -> Any:

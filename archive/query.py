@@ -22,7 +22,6 @@ for that the index does not hold come from a stored instance's metadata.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,22 +252,10 @@ def _split_list(value: str) -> list[str]:
     return [v.strip() for v in value.replace(",", "\\").split("\\") if v.strip()]
 
 
-def _date_q(path: str, value: str) -> Q:
+def _range_q(path: str, value: str, parse: Callable[[str], tuple[Any, Any]]) -> Q:
+    """DA or TM range matching (PS3.4 C.2.2.2.5) with inclusive bounds."""
     try:
-        start, end = dicom_datetime.parse_da_range(value)
-    except dicom_datetime.InvalidDicomDateTime as exc:
-        raise QueryError(str(exc)) from exc
-    q = Q()
-    if start:
-        q &= Q(**{f"{path}__gte": start})
-    if end:
-        q &= Q(**{f"{path}__lte": end})
-    return q
-
-
-def _time_q(path: str, value: str) -> Q:
-    try:
-        start, end = dicom_datetime.parse_tm_range(value)
+        start, end = parse(value)
     except dicom_datetime.InvalidDicomDateTime as exc:
         raise QueryError(str(exc)) from exc
     q = Q()
@@ -328,9 +315,9 @@ def _key_q(attribute: Attribute, prefix: str, value: str, fuzzy: bool) -> Q:
         uids = _split_list(value)
         return Q(**{path: uids[0]}) if len(uids) == 1 else Q(**{f"{path}__in": uids})
     if attribute.kind == "date":
-        return _date_q(path, value)
+        return _range_q(path, value, dicom_datetime.parse_da_range)
     if attribute.kind == "time":
-        return _time_q(path, value)
+        return _range_q(path, value, dicom_datetime.parse_tm_range)
     if attribute.kind == "int":
         try:
             return Q(**{f"{path}__in": [int(v) for v in _split_list(value)]})
@@ -487,7 +474,3 @@ def apply_overrides(metadata: dict[str, Any], overrides: dict[str, str]) -> dict
         else:
             metadata[tag] = _element(vr, [value])
     return metadata
-
-
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)

@@ -417,10 +417,6 @@ class TieredStorage:
         self.cache.commit(staged, key)
         return CACHE
 
-    def put_file_to_store(self, key: str, source: Path, sha256: str) -> str:
-        """Write straight to the object store (rare objects, e.g. conflicts kept aside)."""
-        return self.store.put_file(key, source, sha256)
-
     def copy_to_store(self, key: str, sha256: str) -> None:
         path = self.cache.local_path(key)
         if path is None:
@@ -470,14 +466,6 @@ def storage_for(url: str) -> Storage:
 
 def get_storage() -> Storage:
     return storage_for(settings.STORAGE_URL)
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def health_probe() -> dict:

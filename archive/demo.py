@@ -13,7 +13,7 @@ NODES = [
     ("RIVERSIDE_CT", "riverside", "127.0.0.1", None, "Riverside CT scanner"),
     ("HILLSIDE_MR", "hillside", "127.0.0.1", None, "Hillside MR scanner"),
     # The benchmark harness's calling AE (bench/); it also receives C-MOVEs.
-    ("BENCHSCU", "riverside", "127.0.0.1", 11114, "Benchmark and test tools"),
+    ("BENCHSCU", "riverside", "127.0.0.1", None, "Benchmark and test tools"),
 ]
 DEMO_STABILITY_SECONDS = 10  # a demo study is complete (and routed) seconds after its last image
 
@@ -34,7 +34,7 @@ def seed() -> list[str]:
                 "is_active": True,
             },
         )
-        lines.append(f"{'DICOM AE ' + ae_title:<18} may send to PACSCLOUD on port 11112 for {institution.name}")
+        lines.append(f"{ae_title:<18} DICOM AE of {institution.name}: may call PACSCLOUD at 127.0.0.1:11112")
     for found in Institution.objects.filter(slug__in=["riverside", "hillside", "central", "expert"]):
         ArchivePolicy.objects.update_or_create(
             institution=found, defaults={"stability_seconds": DEMO_STABILITY_SECONDS}

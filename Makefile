@@ -24,7 +24,8 @@ run: setup
 	@echo
 	@echo "Cloud PACS starts on http://127.0.0.1:8000/ (sign in with a login above). Ctrl-C stops everything."
 	@echo
-	$(BIN)/honcho --procfile Procfile start
+	# The demo treats a study as complete after seconds, not minutes, so it is routed at once.
+	STUDY_STABILITY_SECONDS=$${STUDY_STABILITY_SECONDS:-10} $(BIN)/honcho --procfile Procfile start
 
 ## Set up and run the whole test suite (PostgreSQL tests run when DATABASE_URL points at one).
 test: setup

@@ -53,6 +53,23 @@ def do_complete_study(study: Study, *, actor: Any = None, actor_label: str = "",
     return True
 
 
+def do_mark_study_routed(study: Study, *, actor: Any = None, actor_label: str = "", reason: str = "") -> bool:
+    """Mark a complete study as handed to the reading workflow; False if it was not complete.
+
+    Called by the workflow engine inside the transaction that starts the
+    study's reading process; safe to call twice.
+    """
+    with transaction.atomic():
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        try:
+            apply_transition(
+                locked, "route", actor=actor, actor_label=actor_label, institution=locked.institution_id, reason=reason
+            )
+        except TransitionNotAllowed:
+            return False
+    return True
+
+
 def do_reopen_study(study_pk: Any, *, actor: Any = None, actor_label: str = "", reason: str = "") -> bool:
     """A complete study (not yet routed) that receives a late instance goes back to receiving.
 

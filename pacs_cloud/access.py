@@ -139,6 +139,19 @@ def access_study(user: Any, *, pk: object = None, uid: str | None = None) -> Any
     raise Http404("No such study")
 
 
+def can_view_study(user: Any, study: Any) -> bool:
+    """Whether ``study`` is among ``visible_studies(user)``, decided cheaply for one row.
+
+    For hot paths (every rendered frame): a study of one of the caller's own
+    clinical institutions needs no query beyond the caller's memberships.
+    """
+    if not _authenticated(user):
+        return False
+    if study.institution_id in institution_ids(user, CLINICAL_ROLES):
+        return True
+    return visible_studies(user).filter(pk=study.pk).exists()
+
+
 def visible_series(user: Any) -> QuerySet:
     Series = apps.get_model("archive", "Series")
     return Series.objects.filter(study__in=visible_studies(user))

@@ -43,6 +43,28 @@ def notify(group: str, topic: str, data: dict[str, Any]) -> None:
     transaction.on_commit(lambda: send_now(group, topic, data))
 
 
+def notify_many(groups: list[str], topic: str, data: dict[str, Any]) -> None:
+    """``notify`` to several groups at once: one after-commit hook and one relay for all."""
+    if groups:
+        transaction.on_commit(lambda: send_now_many(list(groups), topic, data))
+
+
+def send_now_many(groups: list[str], topic: str, data: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    if isinstance(layer, InMemoryChannelLayer) and not IN_WEB_PROCESS:
+        _relay(groups, topic, data)
+        return
+    message = {"type": "push.message", "topic": topic, "data": data}
+
+    async def send_all() -> None:
+        for group in groups:
+            await layer.group_send(group, message)
+
+    block_on(send_all)
+
+
 def send_now(group: str, topic: str, data: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
@@ -53,7 +75,7 @@ def send_now(group: str, topic: str, data: dict[str, Any]) -> None:
     block_on(layer.group_send, group, {"type": "push.message", "topic": topic, "data": data})
 
 
-def _relay(group: str, topic: str, data: dict[str, Any]) -> None:
+def _relay(group: str | list[str], topic: str, data: dict[str, Any]) -> None:
     token = signing.dumps({"group": group, "topic": topic, "data": data}, salt=RELAY_SALT)
     try:
         requests.post(f"{settings.PUSH_RELAY_URL}/internal/push/", data={"token": token}, timeout=2)
@@ -67,5 +89,8 @@ def accept_relay(token: str) -> bool:
         message = signing.loads(token, salt=RELAY_SALT, max_age=60)
     except signing.BadSignature:
         return False
-    send_now(message["group"], message["topic"], message["data"])
+    if isinstance(message["group"], list):
+        send_now_many(message["group"], message["topic"], message["data"])
+    else:
+        send_now(message["group"], message["topic"], message["data"])
     return True

@@ -264,6 +264,28 @@ else:
     }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# Viewer: decoded pixels stay in a per-process LRU; rendered images go to a
+# cache every web worker shares (Redis when configured; per process otherwise).
+VIEWER_DECODED_CACHE_MB = env.int("VIEWER_DECODED_CACHE_MB", default=1024)
+VIEWER_RENDER_CACHE = "render"
+VIEWER_RENDER_CACHE_SECONDS = env.int("VIEWER_RENDER_CACHE_SECONDS", default=24 * 3600)
+# A study opened by the same user again within this window is audited once.
+VIEWER_AUDIT_WINDOW_SECONDS = env.int("VIEWER_AUDIT_WINDOW_SECONDS", default=1800)
+if REDIS_URL:
+    CACHES["render"] = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "render",
+        "TIMEOUT": VIEWER_RENDER_CACHE_SECONDS,
+    }
+else:
+    CACHES["render"] = {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "rendered-images",
+        "TIMEOUT": VIEWER_RENDER_CACHE_SECONDS,
+        "OPTIONS": {"MAX_ENTRIES": env.int("VIEWER_RENDER_CACHE_ENTRIES", default=4000)},
+    }
+
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _celery_dir = DATA_DIR / "celery"
@@ -349,12 +371,31 @@ QUERY_MAX_RESULTS = env.int("QUERY_MAX_RESULTS", default=1000)
 # Home-page panels: each app appends its provider (see pacs_cloud.home).
 HOME_PANELS = [
     "pacs_cloud.home.role_panels",
+    "viewer.home.recent_panel",
+    "workflow.home.reading_panels",
 ]
+# Reading workflow: minutes per priority when neither policy nor agreement says,
+# the claims a reader may hold at once (pools set their own), how long an
+# untouched claim lasts, and the SLA sweep.
+WORKFLOW_DEFAULT_SLA_MINUTES = {
+    "stat": env.int("WORKFLOW_SLA_STAT_MINUTES", default=60),
+    "urgent": env.int("WORKFLOW_SLA_URGENT_MINUTES", default=240),
+    "routine": env.int("WORKFLOW_SLA_ROUTINE_MINUTES", default=1440),
+}
+WORKFLOW_CLAIM_CAP = env.int("WORKFLOW_CLAIM_CAP", default=10)
+WORKFLOW_CLAIM_IDLE_MINUTES = env.int("WORKFLOW_CLAIM_IDLE_MINUTES", default=30)
+WORKFLOW_SLA_FAST_PATH = env.bool("WORKFLOW_SLA_FAST_PATH", default=True)
+WORKFLOW_ROUTE_GRACE_SECONDS = env.int("WORKFLOW_ROUTE_GRACE_SECONDS", default=60)
+CELERY_BEAT_SCHEDULE["workflow-sweep"] = {
+    "task": "workflow.tasks.sweep_reading_tasks",
+    "schedule": env.float("WORKFLOW_SWEEP_SECONDS", default=30.0),
+}
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [
     "pacs_cloud.demo.seed",
     "archive.demo.seed",
+    "workflow.demo.seed",
 ]
 
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")

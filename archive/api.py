@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -22,6 +22,7 @@ from .dicomweb import audit_study_read
 from .models import DicomNode, IngestConflict, Series, Study
 
 
+@extend_schema_serializer(component_name="StudyPatient")
 class PatientSerializer(serializers.Serializer):
     patient_id = serializers.CharField()
     issuer = serializers.SerializerMethodField()

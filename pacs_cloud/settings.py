@@ -342,7 +342,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"RoleEnum": "pacs_cloud.models.Role"},
+    "ENUM_NAME_OVERRIDES": {"RoleEnum": "pacs_cloud.models.Role", "StudyStateEnum": "archive.models.Study.State"},
 }
 
 # DICOM -------------------------------------------------------------------

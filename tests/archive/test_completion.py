@@ -78,9 +78,10 @@ def test_a_study_becomes_complete_after_the_stability_window(received, django_ca
     assert completed == [old.pk]
     old.refresh_from_db()
     fresh.refresh_from_db()
-    assert (old.state, fresh.state) == (S.COMPLETE, S.RECEIVING)
+    # (The reading workflow, listening to study_completed, may route it at once.)
+    assert old.state in (S.COMPLETE, S.ROUTED) and fresh.state == S.RECEIVING
     assert old.completed_at is not None
-    transition = Transition.objects.get(object_id=old.pk)
+    transition = Transition.objects.filter(object_id=old.pk).order_by("id").first()
     assert (transition.source, transition.target, transition.actor_label) == (
         "receiving",
         "complete",

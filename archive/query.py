@@ -76,10 +76,12 @@ def _element(vr: str, values: list[Any]) -> dict[str, Any]:
     return {"vr": vr, "Value": values} if values else {"vr": vr}
 
 
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
 def pn_value(full: str) -> dict[str, str]:
-    alphabetic, ideographic, phonetic = names.split_groups(full)
-    groups = {"Alphabetic": alphabetic, "Ideographic": ideographic, "Phonetic": phonetic}
-    return {k: v for k, v in groups.items() if v}
+    """A stored PN value (groups joined by ``=``) as DICOM JSON's PN object (PS3.18 F.2.2)."""
+    return {name: group for name, group in zip(_PN_GROUPS, full.split("=")[:3], strict=False) if group}
 
 
 def _pn(full: str) -> dict[str, Any]:

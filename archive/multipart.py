@@ -55,7 +55,7 @@ class _Body:
 
 
 class MultipartError(ValueError):
-    pass
+    """A body that cannot be split into parts at all."""
 
 
 def parse_media_type(value: str) -> tuple[str, dict[str, str]]:

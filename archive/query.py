@@ -106,7 +106,6 @@ class Attribute:
 @dataclass
 class Context:
     base_url: str = ""  # for RetrieveURL: ".../dicomweb"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _study_url(study: Study, ctx: Context) -> str:

@@ -1025,11 +1025,6 @@ _PREPARED = "archive_index_instance"
 
 
 def _prepare(connection: Any, cursor: Any) -> None:
-    import os as _os
-
-    if _os.environ.get("XASYNC") == "1" and getattr(connection, "_x_async_on", None) is not connection.connection:
-        cursor.execute("SET synchronous_commit = off")
-        connection._x_async_on = connection.connection
     """Prepare the hot-path statement once per database connection (PostgreSQL).
 
     Parsing and planning it on every instance would cost more than executing it.

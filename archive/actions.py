@@ -1,16 +1,33 @@
-"""Multi-step changes to the archive (the only place archive state changes)."""
+"""Multi-step changes to the archive (the only place archive state changes).
+
+Corrections of patient data never rewrite stored objects: the stored object
+stays as the modality sent it (its SHA-256 keeps proving that), the index is
+corrected, and every retrieval (WADO-RS, C-GET, C-MOVE, metadata) applies the
+study's ``header_overrides`` to the Patient module on the way out. Images
+arriving later with the old values are still recognised, because the values
+as first received are kept (``Study.received_patient``,
+``Patient.received_forms``).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 from typing import Any
 
+import pydicom
 from django.db import transaction
+from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
+from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition
+from pacs_cloud.lib import dicom_datetime
+from pacs_cloud.models import Institution
 
-from . import signals
-from .models import Study
+from . import names, signals
+from .models import DicomNode, IngestConflict, Instance, Patient, Series, Study
+from .storage import CACHE, get_storage
 
 
 def do_complete_study(study: Study, *, actor: Any = None, actor_label: str = "", reason: str = "") -> bool:
@@ -51,3 +68,308 @@ def do_mark_study_routed(study: Study, *, actor: Any = None, actor_label: str = 
         except TransitionNotAllowed:
             return False
     return True
+
+
+def do_reopen_study(study_pk: Any, *, actor: Any = None, actor_label: str = "", reason: str = "") -> bool:
+    """A complete study (not yet routed) that receives a late instance goes back to receiving.
+
+    It becomes complete again after another stability window, and
+    ``study_completed`` is sent again then. A routed or reported study stays
+    where it is (the late instance is announced by ``instance_stored``).
+    """
+    with transaction.atomic():
+        locked = Study.objects.select_for_update().get(pk=study_pk)
+        if locked.state != Study.State.COMPLETE:
+            return False
+        apply_transition(
+            locked,
+            "reopen",
+            actor=actor,
+            actor_label=actor_label,
+            institution=locked.institution_id,
+            reason=reason,
+            update_fields=["completed_at"],
+        )
+    return True
+
+
+def do_complete_stable_studies(*, now: dt.datetime | None = None) -> int:
+    """Complete every receiving study whose last instance is older than its institution's window.
+
+    The periodic sweep (``archive.tasks.complete_stable_studies``); returns
+    how many studies it completed. Safe to run twice and in parallel: each
+    completion re-checks the state under a row lock.
+    """
+    from django.conf import settings
+
+    from .models import ArchivePolicy
+
+    now = now or timezone.now()
+    windows = dict(
+        ArchivePolicy.objects.filter(stability_seconds__isnull=False).values_list("institution_id", "stability_seconds")
+    )
+    shortest = min([settings.STUDY_STABILITY_SECONDS, *windows.values()])
+    candidates = Study.objects.filter(
+        state=Study.State.RECEIVING, last_instance_at__lte=now - dt.timedelta(seconds=shortest)
+    ).values_list("pk", "institution_id", "last_instance_at")
+    done = 0
+    for pk, institution_id, last in candidates.iterator():
+        window = windows.get(institution_id, settings.STUDY_STABILITY_SECONDS)
+        if last > now - dt.timedelta(seconds=window):
+            continue
+        study = Study(pk=pk)
+        if do_complete_study(study, actor_label="stability sweep", reason=f"no new instance for {window} s"):
+            done += 1
+    return done
+
+
+# Patient corrections (used by the worklist's reconciliation queue) -----------------
+
+PATIENT_KEYWORDS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
+
+
+def _patient_overrides(patient: Patient) -> dict[str, str]:
+    return {
+        "PatientName": patient.name,
+        "PatientID": patient.patient_id,
+        "IssuerOfPatientID": "" if patient.issuer.startswith("no-patient-id:") else patient.issuer,
+        "PatientBirthDate": dicom_datetime.format_da(patient.birth_date),
+        "PatientSex": patient.sex,
+    }
+
+
+def _refresh_overrides(patient: Patient) -> None:
+    """Recompute ``header_overrides`` of every study of ``patient`` from the index."""
+    wanted = _patient_overrides(patient)
+    for study in Study.objects.select_for_update().filter(patient=patient):
+        received = study.received_patient or {}
+        overrides = {k: v for k, v in wanted.items() if (received.get(k, "") or "") != v}
+        if overrides != study.header_overrides:
+            study.header_overrides = overrides
+            study.save(update_fields=["header_overrides"])
+
+
+def do_correct_patient_demographics(
+    patient: Patient,
+    *,
+    acting_user: Any = None,
+    actor_label: str = "",
+    reason: str = "",
+    name: str | None = None,
+    birth_date: dt.date | None = None,
+    sex: str | None = None,
+    patient_id: str | None = None,
+    issuer: str | None = None,
+) -> Patient:
+    """Correct a patient's name, birth date, sex or identifier in the index.
+
+    Stored objects are not rewritten; retrievals carry the corrected values
+    (see the module docstring). The values as received are remembered so
+    later images with the old values still find this patient. Raises
+    ``ValueError`` if the new identifier is taken at the institution (link
+    the studies with :func:`do_link_study_to_patient` instead). Audited.
+    """
+    with transaction.atomic():
+        locked = Patient.objects.select_for_update().get(pk=patient.pk)
+        before = _patient_overrides(locked)
+        if patient_id is not None or issuer is not None:
+            new_id = (patient_id if patient_id is not None else locked.patient_id).strip()[:64]
+            new_issuer = (issuer if issuer is not None else locked.issuer).strip()[:64]
+            clash = Patient.objects.filter(
+                institution_id=locked.institution_id, patient_id=new_id, issuer=new_issuer
+            ).exclude(pk=locked.pk)
+            if clash.exists():
+                raise ValueError(f"patient {new_id} already exists here; link the studies to that patient instead")
+            locked.patient_id, locked.issuer = new_id, new_issuer
+        if name is not None:
+            forms = names.name_forms(name)
+            locked.name = forms.full[:324]
+            locked.name_search = forms.alphabetic[:324]
+            locked.name_ideographic = forms.ideographic[:324]
+            locked.name_phonetic = forms.phonetic[:324]
+            locked.name_words = forms.words[:400]
+        if birth_date is not None:
+            locked.birth_date = birth_date
+        if sex is not None:
+            locked.sex = sex.strip().upper()[:16]
+        after = _patient_overrides(locked)
+        if before not in locked.received_forms:
+            locked.received_forms = [*locked.received_forms, before]
+        locked.updated_at = timezone.now()
+        locked.save()
+        _refresh_overrides(locked)
+        changed = {k: {"from": before[k], "to": after[k]} for k in PATIENT_KEYWORDS if before[k] != after[k]}
+        audit.record(
+            "archive.patient.correct",
+            actor=acting_user,
+            actor_label=actor_label,
+            institution=locked.institution_id,
+            object_type="archive.patient",
+            object_id=locked.pk,
+            patient_id=locked.patient_id,
+            detail={"changed": changed, "reason": reason},
+        )
+    return locked
+
+
+def do_link_study_to_patient(
+    study: Study, patient: Patient, *, acting_user: Any = None, actor_label: str = "", reason: str = ""
+) -> Study:
+    """Move a study (e.g. sent with a wrong or temporary ID) to another patient of its institution.
+
+    Retrievals of the study carry the target patient's demographics from
+    then on; later instances of the study with the demographics it was first
+    sent with are still accepted. Audited.
+    """
+    if patient.institution_id != study.institution_id:
+        raise ValueError("a study can only be linked to a patient of its own institution")
+    with transaction.atomic():
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        previous = locked.patient_id
+        locked.patient = patient
+        locked.save(update_fields=["patient"])
+        _refresh_overrides(patient)
+        audit.record(
+            "archive.study.relink",
+            actor=acting_user,
+            actor_label=actor_label,
+            institution=locked.institution_id,
+            object_type="archive.study",
+            object_id=locked.pk,
+            patient_id=patient.patient_id,
+            detail={"from_patient": str(previous), "to_patient": str(patient.pk), "reason": reason},
+        )
+    return locked
+
+
+# Conflicts ----------------------------------------------------------------------
+
+
+def do_resolve_conflict(conflict: IngestConflict, *, keep: str, acting_user: Any = None) -> IngestConflict:
+    """Close a conflict: ``keep="existing"`` discards the kept-aside object;
+    ``keep="new"`` makes it the archived object (the old one is kept aside in
+    its place, so nothing is lost). Audited.
+    """
+    if keep not in ("existing", "new"):
+        raise ValueError("keep must be 'existing' or 'new'")
+    storage = get_storage()
+    with transaction.atomic():
+        locked = IngestConflict.objects.select_for_update().get(pk=conflict.pk)
+        if locked.status != IngestConflict.Status.OPEN:
+            return locked
+        if keep == "existing":
+            locked.status = IngestConflict.Status.KEPT_EXISTING
+            transaction.on_commit(lambda: storage.delete(locked.storage_key))
+        else:
+            if locked.instance_id is None:
+                raise ValueError("the archived instance of this conflict is gone; keep the existing state")
+            instance = Instance.objects.select_for_update().get(pk=locked.instance_id)
+            old_key, old_sha, old_size = instance.storage_key, instance.sha256, instance.size
+            instance.storage_key, instance.sha256, instance.size = locked.storage_key, locked.sha256, locked.size
+            instance.transfer_syntax_uid = locked.transfer_syntax_uid
+            instance.pixel_data_offset = instance.pixel_data_length = None
+            instance.location = "stored"
+            _refresh_instance_metadata(instance)
+            instance.save()
+            Series.objects.filter(pk=instance.series_id).update(size_bytes=_series_size(instance.series_id))
+            locked.storage_key, locked.sha256, locked.size = old_key, old_sha, old_size
+            locked.status = IngestConflict.Status.REPLACED
+        locked.resolved_at = timezone.now()
+        locked.save()
+        audit.record(
+            "archive.conflict.resolve",
+            actor=acting_user,
+            institution=locked.institution_id,
+            object_type="archive.ingestconflict",
+            object_id=locked.pk,
+            detail={"keep": keep, "sop_instance_uid": locked.sop_instance_uid},
+        )
+    return locked
+
+
+def _series_size(series_id: Any) -> int:
+    from django.db.models import Sum
+
+    return Instance.objects.filter(series_id=series_id).aggregate(total=Sum("size"))["total"] or 0
+
+
+def _refresh_instance_metadata(instance: Instance) -> None:
+    from .ingest import _check_complete, json_metadata
+
+    with get_storage().open(instance.storage_key) as handle:
+        data = handle.read()
+    ds = pydicom.dcmread(io.BytesIO(data), defer_size=1024, force=True)
+    instance.metadata = json_metadata(ds)
+    offset, length = _check_complete(ds, len(data), 0)
+    instance.pixel_data_offset, instance.pixel_data_length = offset, length
+    instance.rows, instance.columns = ds.get("Rows"), ds.get("Columns")
+    instance.number_of_frames = int(ds.get("NumberOfFrames") or 1)
+
+
+# Object store copies ------------------------------------------------------------
+
+
+def do_copy_to_object_store(instance_pk: Any) -> bool:
+    """Copy one cached instance to the object store and record it there.
+
+    Safe to run twice and concurrently: the copy is idempotent (same key,
+    same bytes, verified) and the location flips by compare-and-swap.
+    """
+    row = Instance.objects.filter(pk=instance_pk, location=CACHE).values("storage_key", "sha256").first()
+    if row is None:
+        return False
+    storage = get_storage()
+    storage.copy_to_store(row["storage_key"], row["sha256"])  # type: ignore[attr-defined]
+    return bool(Instance.objects.filter(pk=instance_pk, location=CACHE).update(location="stored"))
+
+
+# DICOM nodes --------------------------------------------------------------------
+
+
+def do_save_dicom_node(
+    *,
+    institution: Institution,
+    acting_user: Any,
+    node: DicomNode | None = None,
+    ae_title: str,
+    host: str = "",
+    port: int | None = None,
+    description: str = "",
+    is_active: bool = True,
+) -> DicomNode:
+    """Create or change a DICOM node of ``institution`` (an institution admin's action). Audited."""
+    created = node is None or node._state.adding
+    with transaction.atomic():
+        if node is None:
+            node = DicomNode(institution=institution)
+        elif node.institution_id != institution.pk:
+            raise ValueError("the node belongs to another institution")
+        node.ae_title = ae_title.strip()
+        node.host = host.strip()
+        node.port = port
+        node.description = description.strip()
+        node.is_active = is_active
+        node.full_clean()
+        node.save()
+        audit.record(
+            "archive.dicomnode.create" if created else "archive.dicomnode.change",
+            actor=acting_user,
+            institution=institution,
+            object_type="archive.dicomnode",
+            object_id=node.pk,
+            detail={"ae_title": node.ae_title, "host": node.host, "port": node.port, "active": node.is_active},
+        )
+    return node
+
+
+def do_delete_dicom_node(node: DicomNode, *, acting_user: Any) -> None:
+    with transaction.atomic():
+        audit.record(
+            "archive.dicomnode.delete",
+            actor=acting_user,
+            institution=node.institution_id,
+            object_type="archive.dicomnode",
+            object_id=node.pk,
+            detail={"ae_title": node.ae_title},
+        )
+        node.delete()

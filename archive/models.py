@@ -1,4 +1,10 @@
-"""The archive index: patients, studies, series and instances per institution."""
+"""The archive index: patients, studies, series and instances per institution.
+
+Every attribute QIDO-RS and C-FIND match on is a column with an index; the
+rest of each instance's header is kept as DICOM JSON (PS3.18 F.2, JSONB on
+PostgreSQL) for WADO-RS metadata. Text is stored as decoded Unicode whatever
+the Specific Character Set it arrived in (GB18030, ISO_IR 192, ...).
+"""
 
 from __future__ import annotations
 
@@ -22,10 +28,18 @@ class Patient(models.Model):
     # Patient's Name as the DICOM PN string, decoded to Unicode with all its
     # component groups (alphabetic=ideographic=phonetic).
     name = models.CharField(max_length=324, blank=True)
-    # Upper-cased, accent-free alphabetic and phonetic forms for matching.
+    # Matching forms (archive.names): the alphabetic group upper-cased and
+    # accent-free, the ideographic and phonetic groups, and every name word
+    # of all groups (for fuzzy matching).
     name_search = models.CharField(max_length=324, blank=True, db_index=True)
+    name_ideographic = models.CharField(max_length=324, blank=True, db_index=True)
+    name_phonetic = models.CharField(max_length=324, blank=True)
+    name_words = models.CharField(max_length=400, blank=True)
     birth_date = models.DateField(null=True, blank=True)
     sex = models.CharField(max_length=16, blank=True)
+    # Demographics as modalities sent them before a correction, so that later
+    # images still carrying the old values are recognised as this patient.
+    received_forms = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -33,6 +47,7 @@ class Patient(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["institution", "patient_id", "issuer"], name="patient_unique_id"),
         ]
+        indexes = [models.Index(fields=["patient_id"])]
 
     def __str__(self) -> str:
         return f"{self.name or '(no name)'} [{self.patient_id}]"
@@ -48,8 +63,9 @@ class Study(ConcurrentTransitionMixin, models.Model):
         AMENDED = "amended"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="studies")
-    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies")
+    # (Both keys lead composite indexes below; separate FK indexes would only slow writes.)
+    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="studies", db_index=False)
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="studies", db_index=False)
     study_instance_uid = models.CharField(max_length=64)
     study_date = models.DateField(null=True, blank=True)
     study_time = models.TimeField(null=True, blank=True)
@@ -57,13 +73,24 @@ class Study(ConcurrentTransitionMixin, models.Model):
     study_id = models.CharField(max_length=16, blank=True)
     description = models.CharField(max_length=64, blank=True)
     referring_physician = models.CharField(max_length=324, blank=True)
+    referring_physician_search = models.CharField(max_length=324, blank=True)
     modalities = models.CharField(max_length=64, blank=True, help_text="Modalities in Study, backslash-separated")
     num_series = models.PositiveIntegerField(default=0)
     num_instances = models.PositiveIntegerField(default=0)
+    size_bytes = models.BigIntegerField(default=0)
     state = FSMField(default=State.RECEIVING, choices=State.choices, protected=True)
     received_at = models.DateTimeField(default=timezone.now)
-    last_instance_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Changes with every instance: deliberately in no index, so that the
+    # per-instance update of the study row stays a heap-only (HOT) update.
+    last_instance_at = models.DateTimeField(default=timezone.now)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # The Patient module exactly as the first instance carried it (DICOM
+    # keywords to strings); later instances of the study must agree with it.
+    received_patient = models.JSONField(default=dict, blank=True)
+    # Attributes (keyword -> string) that replace the stored headers' values on
+    # every retrieval after a demographics correction or a relink to another
+    # patient; empty for an uncorrected study. Stored objects are never rewritten.
+    header_overrides = models.JSONField(default=dict, blank=True)
 
     class Meta:
         verbose_name_plural = "studies"
@@ -74,7 +101,11 @@ class Study(ConcurrentTransitionMixin, models.Model):
             models.Index(fields=["institution", "study_date"]),
             models.Index(fields=["study_instance_uid"]),
             models.Index(fields=["institution", "accession_number"]),
-            models.Index(fields=["state", "last_instance_at"]),
+            # The stability sweep's candidates: few rows, and no column that
+            # changes per instance.
+            models.Index(fields=["institution"], condition=models.Q(state="receiving"), name="study_receiving"),
+            models.Index(fields=["institution", "-study_date", "-study_time"], name="study_recent"),
+            models.Index(fields=["patient", "study_date"]),
         ]
 
     def __str__(self) -> str:
@@ -104,13 +135,19 @@ class Study(ConcurrentTransitionMixin, models.Model):
 
 class Series(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series", db_index=False)
     series_instance_uid = models.CharField(max_length=64)
     modality = models.CharField(max_length=16, blank=True, db_index=True)
     series_number = models.IntegerField(null=True, blank=True)
     description = models.CharField(max_length=64, blank=True)
     body_part = models.CharField(max_length=64, blank=True)
+    performed_start_date = models.DateField(null=True, blank=True)
+    performed_start_time = models.TimeField(null=True, blank=True)
+    # First item of the Request Attributes Sequence (0040,0275).
+    scheduled_procedure_step_id = models.CharField(max_length=16, blank=True)
+    requested_procedure_id = models.CharField(max_length=16, blank=True)
     num_instances = models.PositiveIntegerField(default=0)
+    size_bytes = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -118,7 +155,10 @@ class Series(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["study", "series_instance_uid"], name="series_unique_uid"),
         ]
-        indexes = [models.Index(fields=["series_instance_uid"])]
+        indexes = [models.Index(fields=["series_instance_uid"]), models.Index(fields=["study", "series_number"])]
+
+    def __str__(self) -> str:
+        return f"{self.modality} {self.description or 'series'} [{self.series_instance_uid}]"
 
 
 class Instance(models.Model):
@@ -127,30 +167,90 @@ class Instance(models.Model):
         STORED = "stored", "Object store"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
+    # Denormalised from the series' study: one SOP Instance UID per institution
+    # is a database constraint, not a check that two senders could race past.
+    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="+", db_index=False)
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances", db_index=False)
     sop_instance_uid = models.CharField(max_length=64)
     sop_class_uid = models.CharField(max_length=64)
     instance_number = models.IntegerField(null=True, blank=True)
     transfer_syntax_uid = models.CharField(max_length=64)
     rows = models.PositiveIntegerField(null=True, blank=True)
     columns = models.PositiveIntegerField(null=True, blank=True)
+    bits_allocated = models.PositiveIntegerField(null=True, blank=True)
     number_of_frames = models.PositiveIntegerField(default=1)
     size = models.BigIntegerField()
+    # SHA-256 of the stored object: our File Meta Information (always the
+    # same for the same SOP instance and transfer syntax) and the data set
+    # exactly as sent. Equal digests are "the same bytes"; fixity checks use it.
     sha256 = models.CharField(max_length=64)
     storage_key = models.CharField(max_length=400)
     location = models.CharField(max_length=16, choices=Location.choices, default=Location.CACHE)
+    # Byte offset and length of the Pixel Data value in the stored object, so
+    # frames are read without parsing the header; null when encapsulated
+    # with undefined length or deflated.
+    pixel_data_offset = models.BigIntegerField(null=True, blank=True)
+    pixel_data_length = models.BigIntegerField(null=True, blank=True)
     # DICOM JSON (PS3.18 F.2) of every attribute except bulk data, for WADO-RS metadata.
     metadata = models.JSONField(default=dict)
     received_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["series", "sop_instance_uid"], name="instance_unique_uid"),
+            models.UniqueConstraint(fields=["institution", "sop_instance_uid"], name="instance_unique_uid"),
         ]
+        # Few indexes on purpose: each costs every C-STORE an insertion.
         indexes = [
-            models.Index(fields=["sop_instance_uid"]),
             models.Index(fields=["series", "instance_number"]),
+            models.Index(fields=["received_at"], condition=models.Q(location="cache"), name="instance_to_copy"),
         ]
+
+    def __str__(self) -> str:
+        return self.sop_instance_uid
+
+
+class IngestConflict(models.Model):
+    """An object refused because its SOP Instance UID is archived with other bytes.
+
+    The refused object is kept aside in storage (never over the archived
+    one) until an administrator reviews it.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        KEPT_EXISTING = "kept_existing", "Kept the archived object"
+        REPLACED = "replaced", "Replaced the archived object"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="+")
+    instance = models.ForeignKey(Instance, null=True, on_delete=models.SET_NULL, related_name="conflicts")
+    study_instance_uid = models.CharField(max_length=64)
+    series_instance_uid = models.CharField(max_length=64)
+    sop_instance_uid = models.CharField(max_length=64)
+    transfer_syntax_uid = models.CharField(max_length=64)
+    storage_key = models.CharField(max_length=400)
+    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField()
+    source = models.CharField(max_length=200, help_text="Who sent it: an AE title, a user, a media import.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    received_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        indexes = [models.Index(fields=["institution", "status", "received_at"])]
+
+
+class ArchivePolicy(models.Model):
+    """Per-institution archive settings; absent fields fall back to the settings module."""
+
+    institution = models.OneToOneField(Institution, on_delete=models.CASCADE, related_name="archive_policy")
+    stability_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds without a new instance after which a study is complete."
+    )
+
+    class Meta:
+        verbose_name_plural = "archive policies"
 
 
 # Object-level grants on studies (django-guardian direct foreign keys, so the
@@ -180,6 +280,9 @@ class DicomNode(models.Model):
     port = models.PositiveIntegerField(null=True, blank=True)
     description = models.CharField(max_length=200, blank=True)
     is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["ae_title"]
 
     def __str__(self) -> str:
         return f"{self.ae_title} ({self.institution})"

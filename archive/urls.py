@@ -1,3 +1,97 @@
-from django.urls import path  # noqa: F401
+"""The archive's routes: DICOMweb (PS3.18 paths), the REST API and the pages."""
 
-urlpatterns: list = []
+from django.urls import include, path, register_converter
+from rest_framework.routers import SimpleRouter
+
+from . import api, dicomweb, views
+from .dicomweb import on_worker_thread
+
+
+class UIDConverter:
+    """A DICOM UID in a DICOMweb path: digits and dots, at most 64 characters."""
+
+    regex = r"[0-9][0-9.]{0,63}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(UIDConverter, "uid")
+
+router = SimpleRouter()
+router.register("api/v1/studies", api.StudyViewSet, basename="archive-study")
+router.register("api/v1/dicom-nodes", api.DicomNodeViewSet, basename="archive-dicom-node")
+router.register("api/v1/ingest-conflicts", api.IngestConflictViewSet, basename="archive-ingest-conflict")
+
+INSTANCE = "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>/instances/<uid:instance_uid>"
+
+urlpatterns = [
+    # DICOMweb: QIDO-RS searches
+    path("dicomweb/studies", on_worker_thread(dicomweb.StudiesView.as_view()), name="archive-search-studies"),
+    path("dicomweb/series", on_worker_thread(dicomweb.SeriesSearchView.as_view()), name="archive-search-series"),
+    path(
+        "dicomweb/instances", on_worker_thread(dicomweb.InstanceSearchView.as_view()), name="archive-search-instances"
+    ),
+    path(
+        "dicomweb/studies/<uid:study_uid>/series",
+        on_worker_thread(dicomweb.SeriesSearchView.as_view()),
+        name="archive-search-study-series",
+    ),
+    path(
+        "dicomweb/studies/<uid:study_uid>/instances",
+        on_worker_thread(dicomweb.InstanceSearchView.as_view()),
+        name="archive-search-study-instances",
+    ),
+    path(
+        "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>/instances",
+        on_worker_thread(dicomweb.InstanceSearchView.as_view()),
+        name="archive-search-series-instances",
+    ),
+    # DICOMweb: WADO-RS retrievals (and STOW-RS into a study)
+    path(
+        "dicomweb/studies/<uid:study_uid>",
+        on_worker_thread(dicomweb.StudyView.as_view()),
+        name="archive-retrieve-study",
+    ),
+    path(
+        "dicomweb/studies/<uid:study_uid>/metadata",
+        on_worker_thread(dicomweb.StudyMetadataView.as_view()),
+        name="archive-study-metadata",
+    ),
+    path(
+        "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>",
+        on_worker_thread(dicomweb.SeriesView.as_view()),
+        name="archive-retrieve-series",
+    ),
+    path(
+        "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>/metadata",
+        on_worker_thread(dicomweb.SeriesMetadataView.as_view()),
+        name="archive-series-metadata",
+    ),
+    path(INSTANCE, on_worker_thread(dicomweb.InstanceView.as_view()), name="archive-retrieve-instance"),
+    path(
+        f"{INSTANCE}/metadata",
+        on_worker_thread(dicomweb.InstanceMetadataView.as_view()),
+        name="archive-instance-metadata",
+    ),
+    path(
+        f"{INSTANCE}/frames/<str:frames>",
+        on_worker_thread(dicomweb.FramesView.as_view()),
+        name="archive-retrieve-frames",
+    ),
+    path(
+        f"{INSTANCE}/bulk/<path:path>",
+        on_worker_thread(dicomweb.BulkDataView.as_view()),
+        name="archive-retrieve-bulkdata",
+    ),
+    # Pages
+    path("archive/import/", views.import_media, name="archive-import-media"),
+    path("archive/import/file/", views.import_file, name="archive-import-file"),
+    path("archive/import/dicomdir/", views.read_dicomdir, name="archive-read-dicomdir"),
+    path("archive/dicom-nodes/", views.dicom_nodes, name="archive-list-dicom-nodes"),
+    path("archive/dicom-nodes/<uuid:pk>/", views.dicom_node, name="archive-edit-dicom-node"),
+    path("", include(router.urls)),
+]

@@ -22,7 +22,7 @@ from typing import Any
 from uuid import UUID
 
 from django.apps import apps
-from django.db.models import Q, QuerySet
+from django.db.models import CharField, Q, QuerySet, Value
 from django.http import Http404
 from rest_framework.permissions import BasePermission
 
@@ -90,6 +90,35 @@ def visible_studies(user: Any) -> QuerySet:
         return Study.objects.none()
     own = institution_ids(user, CLINICAL_ROLES)
     return Study.objects.filter(Q(institution_id__in=own) | _granted_study_ids(user))
+
+
+def searchable_studies(user: Any) -> QuerySet:
+    """The same studies as :func:`visible_studies`, for searches over large archives.
+
+    The grants are read first (one small query) and the result filters on
+    plain lists, so the planner can walk the (institution, date) indexes in
+    order instead of scanning every study against two subqueries.
+    """
+    Study = apps.get_model("archive", "Study")
+    if not _authenticated(user):
+        return Study.objects.none()
+    # One round trip for both: the institutions (kind "i") and the granted studies ("s").
+    kind = Value("i", output_field=CharField())
+    own_rows = memberships(user).filter(role__in=list(CLINICAL_ROLES)).values_list("institution_id", kind)
+    grants = [
+        apps.get_model("archive", model)
+        .objects.filter(**{lookup: user, "permission__codename": VIEW_STUDY})
+        .values_list("content_object_id", Value("s", output_field=CharField()))
+        for model, lookup in (("StudyUserObjectPermission", "user"), ("StudyGroupObjectPermission", "group__user"))
+    ]
+    own: set[Any] = set()
+    granted: set[Any] = set()
+    for key, what in own_rows.union(*grants, all=True):
+        (own if what == "i" else granted).add(key)
+    rule = Q(institution_id__in=own)
+    if granted:
+        rule |= Q(pk__in=granted)
+    return Study.objects.filter(rule)
 
 
 def access_study(user: Any, *, pk: object = None, uid: str | None = None) -> Any:

@@ -222,8 +222,18 @@ AWS_ACCESS_KEY_ID = env.str("AWS_ACCESS_KEY_ID", default="")
 AWS_SECRET_ACCESS_KEY = env.str("AWS_SECRET_ACCESS_KEY", default="")
 AWS_DEFAULT_REGION = env.str("AWS_DEFAULT_REGION", default="us-east-1")
 # Dotted path of a callable probing the object store for /healthz; empty uses
-# pacs_cloud.health.probe_storage.
-HEALTH_STORAGE_PROBE = ""
+# pacs_cloud.health.probe_storage. The archive's probe goes through its own
+# storage layer (and, with s3://, writes to the bucket itself).
+HEALTH_STORAGE_PROBE = "archive.storage.health_probe"
+# With s3:// storage: the local cache objects are received into, the parallel
+# uploads per copy task, the part size of multipart uploads, how long an
+# object may stay only in the cache before the sweep copies it, and how long
+# cached copies are kept for fast reads after they are in the object store.
+STORAGE_CACHE_DIR = env.str("STORAGE_CACHE_DIR", default=str(DATA_DIR / "storage-cache"))
+STORAGE_COPY_WORKERS = env.int("STORAGE_COPY_WORKERS", default=4)
+S3_MULTIPART_BYTES = env.int("S3_MULTIPART_BYTES", default=8 * 1024 * 1024)
+STORAGE_COPY_GRACE_SECONDS = env.int("STORAGE_COPY_GRACE_SECONDS", default=60)
+STORAGE_CACHE_RETENTION_HOURS = env.float("STORAGE_CACHE_RETENTION_HOURS", default=24)
 
 # Cache, channels, Celery ---------------------------------------------------
 
@@ -296,7 +306,15 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    "archive-complete-stable-studies": {
+        "task": "archive.tasks.complete_stable_studies",
+        "schedule": env.float("STUDY_SWEEP_SECONDS", default=5.0),
+    },
+    "archive-sweep-object-store-copies": {"task": "archive.tasks.sweep_object_store_copies", "schedule": 60.0},
+    "archive-evict-cached-copies": {"task": "archive.tasks.evict_cached_copies", "schedule": 3600.0},
+    "archive-discard-stale-staging": {"task": "archive.tasks.discard_stale_staging", "schedule": 3600.0},
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"
 
@@ -324,7 +342,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"RoleEnum": "pacs_cloud.models.Role"},
+    "ENUM_NAME_OVERRIDES": {"RoleEnum": "pacs_cloud.models.Role", "StudyStateEnum": "archive.models.Study.State"},
 }
 
 # DICOM -------------------------------------------------------------------
@@ -343,8 +361,15 @@ STUDY_STABILITY_SECONDS = env.int("STUDY_STABILITY_SECONDS", default=120)
 MAX_INSTANCE_BYTES = env.int("MAX_INSTANCE_BYTES", default=2 * 1024**3)
 # Apps contributing DICOM services (see archive.dimse); C-ECHO is always served.
 DIMSE_SERVICE_PROVIDERS: list[str] = [
+    "archive.dimse.services",
     "worklist.dimse.services",
 ]
+# pynetdicom polls its queues every millisecond; the DICOM services make its
+# loops wait for events instead (archive.dimse.tune_pynetdicom).
+DIMSE_EVENT_WAITS = env.bool("DIMSE_EVENT_WAITS", default=True)
+# QIDO-RS and C-FIND answer at most this many matches per request (a QIDO
+# "limit" may ask for fewer; more is refused with a warning).
+QUERY_MAX_RESULTS = env.int("QUERY_MAX_RESULTS", default=1000)
 
 # Home-page panels: each app appends its provider (see pacs_cloud.home).
 HOME_PANELS = [
@@ -373,6 +398,7 @@ CELERY_BEAT_SCHEDULE["workflow-sweep"] = {
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [
     "pacs_cloud.demo.seed",
+    "archive.demo.seed",
     "worklist.demo.seed",
     "workflow.demo.seed",
 ]

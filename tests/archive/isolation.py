@@ -42,3 +42,80 @@ isolation.param("sop_uid", "instance.uid")
 isolation.param("study_id", "study.id")
 isolation.param("series_id", "series.id")
 isolation.param("instance_id", "instance.id")
+
+
+@isolation.factory
+def dicom_node_and_conflict(tenant):
+    """A configured DICOM node, and an object kept aside as a conflict with the archived image."""
+    import tempfile
+    from pathlib import Path
+
+    import pydicom
+
+    from archive.ingest import IngestError, store_instance
+    from archive.models import DicomNode, IngestConflict, Instance
+    from archive.storage import get_storage
+
+    token = secrets.token_hex(3).upper()
+    node = DicomNode.objects.create(
+        institution=tenant.institution, ae_title=f"NODE{token}", host="10.9.8.7", description=f"Secret{token} scanner"
+    )
+    instance = Instance.objects.get(sop_instance_uid=tenant.made["instance.uid"])
+    with get_storage().open(instance.storage_key) as handle:
+        ds = pydicom.dcmread(handle)
+    ds.SeriesDescription = f"RESENT {token}"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "changed.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        try:
+            store_instance(path, institution=tenant.institution)
+        except IngestError:
+            pass
+    conflict = IngestConflict.objects.get(institution=tenant.institution, sop_instance_uid=instance.sop_instance_uid)
+    return isolation.Made(
+        values={"dicom_node.id": node.pk, "conflict.id": conflict.pk},
+        secrets=[node.ae_title, node.description],
+    )
+
+
+# Our own resources, by opaque id.
+isolation.route("/api/v1/studies/{pk}/", pk="study.id")
+isolation.route(
+    "/api/v1/dicom-nodes/",
+    bodies={"post": {"institution": isolation.Ref("institution.id"), "ae_title": "INTRUDER"}},
+    also_allowed={400},
+)
+isolation.route(
+    "/api/v1/dicom-nodes/{pk}/",
+    pk="dicom_node.id",
+    bodies={
+        "put": {"institution": isolation.Ref("institution.id"), "ae_title": "TAKEN"},
+        "patch": {"is_active": False},
+    },
+)
+isolation.route("/api/v1/ingest-conflicts/{pk}/", pk="conflict.id")
+isolation.route("/api/v1/ingest-conflicts/{pk}/resolve/", pk="conflict.id", bodies={"post": {"keep": "new"}})
+isolation.route(
+    "/archive/dicom-nodes/{pk}/",
+    pk="dicom_node.id",
+    bodies={"post": isolation.Form({"ae_title": "TAKEN", "is_active": "on"})},
+)
+# DICOMweb parameters that are not objects.
+isolation.route(
+    "/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{instance_uid}/frames/{frames}",
+    frames=isolation.const("1"),
+)
+isolation.route(
+    "/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{instance_uid}/bulk/{path}",
+    path=isolation.const("7FE00010"),
+)
+# QIDO-RS searches naming another institution's patient or study find nothing.
+isolation.route(
+    "/dicomweb/studies", queries=[{"PatientID": isolation.Ref("patient.patient_id")}], also_allowed={400, 415}
+)
+isolation.route("/dicomweb/series", queries=[{"StudyInstanceUID": isolation.Ref("study.uid")}])
+isolation.route("/dicomweb/instances", queries=[{"SeriesInstanceUID": isolation.Ref("series.uid")}])
+# STOW-RS into /studies/{uid}: stores for the caller's own institution (UIDs are
+# per institution) and refuses a body that is not multipart/related alike for
+# any UID, so no object of another institution is looked up.
+isolation.route("/dicomweb/studies/{study_uid}", also_allowed={400, 415})

@@ -20,6 +20,8 @@ from urllib.parse import urlencode
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.core.signals import request_finished
+from django.db import close_old_connections
 from django.shortcuts import resolve_url
 from django.test import Client
 from django.urls import URLResolver, get_resolver
@@ -206,7 +208,13 @@ def ask(client: Client, method: str, path: str, body: dict | None = None, query:
             data += chunk
             if len(data) > MAX_BODY:
                 break
-        response.close()
+        # As the test client does: closing fires request_finished, whose
+        # close_old_connections would close the test's database connection.
+        request_finished.disconnect(close_old_connections)
+        try:
+            response.close()
+        finally:
+            request_finished.connect(close_old_connections)
     else:
         data = response.content[:MAX_BODY]
     headers = "\n".join(f"{k}: {v}" for k, v in response.items()).encode()

@@ -257,7 +257,10 @@ def test_a_series_and_a_study_render_every_image(tenants, tmp_path, client):
     first = store(with_new_uids(sample("CT_small.dcm")), tenants.a.institution, tmp_path)
     study_uid = first.series.study.study_instance_uid
     mr = with_new_uids(sample("MR_small.dcm"), study=study_uid)
-    mr.PatientID, mr.PatientName = sample("CT_small.dcm").PatientID, sample("CT_small.dcm").PatientName
+    ct = sample("CT_small.dcm")
+    # The same patient in every instance of a study (the archive refuses a mismatch).
+    mr.PatientID, mr.PatientName, mr.PatientSex = ct.PatientID, ct.PatientName, ct.get("PatientSex", "")
+    mr.PatientBirthDate = ct.get("PatientBirthDate", "")
     second = store(mr, tenants.a.institution, tmp_path)
     series_url = f"/dicomweb/studies/{study_uid}/series/{second.series.series_instance_uid}/rendered"
     assert len(parts(client.get(series_url))) == 1

@@ -1,0 +1,35 @@
+"""The platform operator's view of the archive's settings. No patient data is registered here:
+platform administrators see no PHI by that role alone."""
+
+from django.contrib import admin
+
+from . import actions
+from .models import ArchivePolicy, DicomNode
+
+
+@admin.register(DicomNode)
+class DicomNodeAdmin(admin.ModelAdmin):
+    list_display = ["ae_title", "institution", "host", "port", "is_active"]
+    list_filter = ["institution", "is_active"]
+    search_fields = ["ae_title", "description"]
+
+    # Changes go through the audited action, as from the institution admins' page.
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        actions.do_save_dicom_node(
+            institution=obj.institution,
+            acting_user=request.user,
+            node=obj,
+            ae_title=obj.ae_title,
+            host=obj.host,
+            port=obj.port,
+            description=obj.description,
+            is_active=obj.is_active,
+        )
+
+    def delete_model(self, request, obj):  # type: ignore[no-untyped-def]
+        actions.do_delete_dicom_node(obj, acting_user=request.user)
+
+
+@admin.register(ArchivePolicy)
+class ArchivePolicyAdmin(admin.ModelAdmin):
+    list_display = ["institution", "stability_seconds"]

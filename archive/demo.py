@@ -1,0 +1,42 @@
+"""The archive's part of the demo: the DICOM nodes allowed to call the cloud, and a short stability window."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from pacs_cloud.models import Institution
+
+from .models import ArchivePolicy, DicomNode
+
+# ae title, institution slug, allowed host, port (where C-MOVE sends to it), description
+NODES = [
+    ("RIVERSIDE_CT", "riverside", "127.0.0.1", None, "Riverside CT scanner"),
+    ("HILLSIDE_MR", "hillside", "127.0.0.1", None, "Hillside MR scanner"),
+    # The benchmark harness's calling AE (bench/); it also receives C-MOVEs.
+    ("BENCHSCU", "riverside", "127.0.0.1", None, "Benchmark and test tools"),
+]
+DEMO_STABILITY_SECONDS = 10  # a demo study is complete (and routed) seconds after its last image
+
+
+@transaction.atomic
+def seed() -> list[str]:
+    """Create or refresh the demo's DICOM nodes; returns lines to print."""
+    lines = []
+    for ae_title, slug, host, port, description in NODES:
+        institution = Institution.objects.get(slug=slug)
+        DicomNode.objects.update_or_create(
+            ae_title=ae_title,
+            defaults={
+                "institution": institution,
+                "host": host,
+                "port": port,
+                "description": description,
+                "is_active": True,
+            },
+        )
+        lines.append(f"{ae_title:<18} DICOM AE of {institution.name}: may call PACSCLOUD at 127.0.0.1:11112")
+    for found in Institution.objects.filter(slug__in=["riverside", "hillside", "central", "expert"]):
+        ArchivePolicy.objects.update_or_create(
+            institution=found, defaults={"stability_seconds": DEMO_STABILITY_SECONDS}
+        )
+    return lines

@@ -1,0 +1,19 @@
+"""The archive's part of the demo: the modalities of DESIGN.md may call the cloud, studies complete in seconds."""
+
+from archive import demo
+from archive.models import ArchivePolicy, DicomNode
+from pacs_cloud import demo as platform_demo
+
+
+def test_the_demo_nodes_and_stability_window_are_seeded_idempotently(db):
+    platform_demo.seed()
+    first = demo.seed()
+    second = demo.seed()
+    assert first == second and len(first) == 3
+    nodes = {n.ae_title: n for n in DicomNode.objects.select_related("institution")}
+    assert set(nodes) == {"RIVERSIDE_CT", "HILLSIDE_MR", "BENCHSCU"}
+    assert nodes["RIVERSIDE_CT"].institution.slug == "riverside"
+    assert nodes["HILLSIDE_MR"].institution.slug == "hillside"
+    assert all(n.host == "127.0.0.1" and n.is_active for n in nodes.values())
+    assert set(ArchivePolicy.objects.values_list("stability_seconds", flat=True)) == {demo.DEMO_STABILITY_SECONDS}
+    assert demo.DEMO_STABILITY_SECONDS < 60

@@ -74,6 +74,7 @@ from archive.models import DicomNode, Patient  # noqa: E402
 from pacs_cloud.lib.dicom_match import response_identifier  # noqa: E402
 from pacs_cloud.lib.uids import new_uid  # noqa: E402
 from pacs_cloud.models import Institution  # noqa: E402
+from worklist.actions import patient_name_fields  # noqa: E402
 from worklist.models import Order, Procedure, Station  # noqa: E402
 from worklist.mwl import find_scheduled_steps, order_record  # noqa: E402
 
@@ -147,8 +148,7 @@ def seed(orders: int, institutions: int, seed_value: int) -> dt.date:
                     institution=inst,
                     patient_id=f"B{i:02d}P{k:05d}",
                     issuer=inst.patient_id_issuer,
-                    name=f"{family}^I{i:02d}{given}{k:04d}={family_cn}^{given_cn}",
-                    name_search=f"{family}^I{i:02d}{given}{k:04d}",
+                    **patient_name_fields(f"{family}^I{i:02d}{given}{k:04d}={family_cn}^{given_cn}"),
                     birth_date=dt.date(1940, 1, 1) + dt.timedelta(days=rng.randrange(25000)),
                     sex=rng.choice("MF"),
                 )  # fmt: skip

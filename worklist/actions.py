@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,7 +23,8 @@ from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 from pydicom import Dataset
 
-from archive.actions import do_complete_study
+from archive import names
+from archive.actions import do_complete_study, do_correct_patient_demographics, do_link_study_to_patient
 from archive.models import Instance, Patient, Study
 from pacs_cloud import audit, push
 from pacs_cloud.fsm import apply_transition
@@ -107,11 +107,16 @@ def issue_patient_id(institution: Institution) -> str:
 # Patients ------------------------------------------------------------------
 
 
-def name_search_key(pn: str) -> str:
-    """Patient.name_search: the alphabetic and phonetic groups upper-cased, accent-free."""
-    alphabetic, _, phonetic = name_groups(pn)
-    folded = [unicodedata.normalize("NFKD", g) for g in (alphabetic, phonetic) if g]
-    return "=".join("".join(ch for ch in g if not unicodedata.combining(ch)).upper() for g in folded)[:324]
+def patient_name_fields(pn: str) -> dict[str, str]:
+    """The archive's stored and matching forms of a patient's name (``archive.names``)."""
+    forms = names.name_forms(pn)
+    return {
+        "name": forms.full[:324],
+        "name_search": forms.alphabetic[:324],
+        "name_ideographic": forms.ideographic[:324],
+        "name_phonetic": forms.phonetic[:324],
+        "name_words": forms.words[:400],
+    }
 
 
 def _name_forms(pn: str) -> list[str]:
@@ -214,8 +219,7 @@ def _create_patient(
         institution=institution,
         patient_id=patient_id or issue_patient_id(institution),
         issuer=institution.patient_id_issuer,
-        name=name,
-        name_search=name_search_key(name),
+        **patient_name_fields(name),
         birth_date=birth_date,
         sex=sex,
     )
@@ -560,6 +564,17 @@ def do_link_study(
         if locked.study_id not in (None, study.pk):
             raise ValidationError(f"Order {locked.accession_number} is already linked to another study.")
         already = locked.study_id == study.pk
+        if study.patient_id != locked.patient_id:
+            # The registered patient is authoritative: the study joins them. The
+            # images keep what they say; the archive serves the registered
+            # demographics and still accepts late images with the old ones.
+            do_link_study_to_patient(
+                study,
+                locked.patient,
+                acting_user=actor,
+                actor_label=actor_label,
+                reason=f"linked to exam {locked.accession_number}",
+            )
         locked.study = study
         locked.updated_at = timezone.now()
         locked.save(update_fields=["study", "updated_at"])
@@ -642,6 +657,66 @@ def do_dismiss_reconciliation(
             detail={"note": note},
         )
         notify_reconciliation(item.institution_id)
+
+
+def do_correct_study_patient(
+    item: ReconciliationItem,
+    *,
+    name: str,
+    patient_id: str,
+    birth_date: dt.date | None,
+    sex: str,
+    actor: Any,
+    request: HttpRequest | None = None,
+) -> Order | None:
+    """Correct the patient a queued study was received under, then match it again.
+
+    An ID already registered here makes the study join that patient; otherwise
+    the archive corrects its patient record (``do_correct_patient_demographics``,
+    audited there). Returns the order the study then matched, if any.
+    """
+    study = Study.objects.select_related("patient").get(pk=item.study_id)
+    patient_id = patient_id.strip()
+    registered = (
+        Patient.objects.filter(institution_id=study.institution_id, patient_id=patient_id)
+        .exclude(pk=study.patient_id)
+        .order_by("issuer")
+        .first()
+        if patient_id
+        else None
+    )
+    with transaction.atomic():
+        if registered is not None:
+            do_link_study_to_patient(study, registered, acting_user=actor, reason="patient corrected at reconciliation")
+        else:
+            try:
+                do_correct_patient_demographics(
+                    study.patient,
+                    acting_user=actor,
+                    reason="corrected at reconciliation",
+                    name=name,
+                    patient_id=patient_id or None,
+                    birth_date=birth_date,
+                    sex=sex,
+                )
+            except ValueError as exc:
+                raise ValidationError(str(exc)) from None
+        audit.record(
+            "worklist.reconciliation.correct",
+            request=request,
+            actor=actor,
+            institution=item.institution_id,
+            object_type="archive.study",
+            object_id=study.pk,
+            patient_id=patient_id,
+            detail={"joined_registered_patient": registered is not None},
+        )
+    study = Study.objects.select_related("patient").get(pk=study.pk)
+    order = match_order(study)
+    if order is not None and order.study_id is None:
+        return do_link_study(study, order, actor=actor, reason="matched after correcting the patient", request=request)
+    notify_reconciliation(item.institution_id)
+    return None
 
 
 def link_or_queue(study: Study) -> Order | None:

@@ -34,6 +34,7 @@ from .access import (
 )
 from .models import Order, Procedure, Station
 from .serializers import (
+    CorrectPatientSerializer,
     DismissSerializer,
     LinkSerializer,
     OrderCreateSerializer,
@@ -303,6 +304,21 @@ class ReconciliationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
         except ValidationError as exc:
             raise _invalid(exc) from None
         return Response(OrderSerializer(access_order(request.user, order.pk)).data)
+
+    @extend_schema(request=CorrectPatientSerializer, responses=ReconciliationItemSerializer)
+    @action(detail=True, methods=["post"])
+    def correct(self, request: Request, pk: Any = None) -> Response:
+        """Correct the patient the study was received under, then match it to its exam again."""
+        item = self.get_object()
+        body = CorrectPatientSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if item.resolved_at is not None:
+            raise ApiValidationError({"detail": "This study has already been reconciled."})
+        try:
+            actions.do_correct_study_patient(item, actor=request.user, request=request._request, **body.validated_data)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        return Response(ReconciliationItemSerializer(get_object_or_404(type(item), pk=item.pk)).data)
 
     @extend_schema(request=DismissSerializer, responses=ReconciliationItemSerializer)
     @action(detail=True, methods=["post"])

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from django import forms
 from pypinyin import Style, lazy_pinyin
 
+from pacs_cloud.lib.dicom_match import name_groups
 from pacs_cloud.models import Institution
 
 from .models import Order, Procedure, Station
@@ -63,6 +64,23 @@ def person_name(groups: list[tuple[str, str]]) -> str:
 
 class PatientSearchForm(forms.Form):
     q = forms.CharField(label="Patient ID or name", max_length=100, required=False)
+
+
+def patient_initial(patient: Any) -> dict[str, Any]:
+    """A PatientForm's initial values from a patient record."""
+    groups = [(g.split("^") + [""])[:2] for g in name_groups(patient.name)]
+    (family, given), (ideo_family, ideo_given), (phon_family, phon_given) = groups
+    return {
+        "patient_id": "" if patient.issuer.startswith("no-patient-id:") else patient.patient_id,
+        "family_name": family,
+        "given_name": given,
+        "ideographic_family": ideo_family,
+        "ideographic_given": ideo_given,
+        "phonetic_family": phon_family,
+        "phonetic_given": phon_given,
+        "birth_date": patient.birth_date,
+        "sex": patient.sex if patient.sex in ("M", "F", "O") else "",
+    }
 
 
 class PatientForm(forms.Form):

@@ -144,3 +144,12 @@ class LinkSerializer(serializers.Serializer):
 
 class DismissSerializer(serializers.Serializer):
     note = serializers.CharField(max_length=1000)
+
+
+class CorrectPatientSerializer(serializers.Serializer):
+    """The patient a queued study should have been received under."""
+
+    name = serializers.CharField(max_length=324, help_text="DICOM PN, e.g. WANG^XIAOMING=王^小明")
+    patient_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+    birth_date = serializers.DateField(required=False, allow_null=True, default=None)
+    sex = serializers.ChoiceField(choices=["", "M", "F", "O"], required=False, default="")

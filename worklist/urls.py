@@ -26,6 +26,11 @@ urlpatterns = [
     path("worklist/reconciliation/<uuid:pk>/", views.reconciliation_item, name="worklist-show-reconciliation"),
     path("worklist/reconciliation/<uuid:pk>/link/", views.reconciliation_link, name="worklist-link-reconciliation"),
     path(
+        "worklist/reconciliation/<uuid:pk>/correct/",
+        views.reconciliation_correct,
+        name="worklist-correct-reconciliation",
+    ),
+    path(
         "worklist/reconciliation/<uuid:pk>/dismiss/",
         views.reconciliation_dismiss,
         name="worklist-dismiss-reconciliation",

@@ -38,6 +38,7 @@ from .forms import (
     ProcedureForm,
     ReasonForm,
     StationForm,
+    patient_initial,
 )
 from .models import Order, Procedure, ReconciliationItem, Station
 
@@ -325,6 +326,7 @@ def reconciliation_item(request: HttpRequest, pk: Any) -> HttpResponse:
             "candidates": candidate_orders(item, query),
             "q": query,
             "dismiss_form": DismissForm(),
+            "patient_form": PatientForm(prefix="fix", initial=patient_initial(item.study.patient)),
         },
     )
 
@@ -347,6 +349,36 @@ def reconciliation_link(request: HttpRequest, pk: Any) -> HttpResponse:
         return redirect("worklist-show-reconciliation", pk=item.pk)
     messages.success(request, f"Study linked to exam {order.accession_number}.")
     return redirect(reverse("worklist-list-reconciliation"))
+
+
+@login_required
+@require_POST
+def reconciliation_correct(request: HttpRequest, pk: Any) -> HttpResponse:
+    """Correct the patient the study's images name, then match it to its exam again."""
+    item = access_reconciliation_item(request.user, pk)
+    form = PatientForm(request.POST, prefix="fix")
+    if not form.is_valid():
+        messages.error(request, " ".join(str(m) for errors in form.errors.values() for m in errors))
+        return redirect("worklist-show-reconciliation", pk=item.pk)
+    data = form.cleaned_data
+    try:
+        order = actions.do_correct_study_patient(
+            item,
+            name=data["name"],
+            patient_id=data["patient_id"],
+            birth_date=data["birth_date"],
+            sex=data["sex"],
+            actor=request.user,
+            request=request,
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("worklist-show-reconciliation", pk=item.pk)
+    if order is None:
+        messages.success(request, "Patient corrected. No exam matches yet: link one below.")
+        return redirect("worklist-show-reconciliation", pk=item.pk)
+    messages.success(request, f"Patient corrected; the study is linked to exam {order.accession_number}.")
+    return redirect("worklist-list-reconciliation")
 
 
 @login_required

@@ -114,6 +114,20 @@ isolation.route(
     reachable=False,
     reason=POST_ONLY,
 )
+isolation.route(
+    "/api/v1/reconciliation/{pk}/correct/",
+    pk="reconciliation.id",
+    bodies={"post": {"name": isolation.const("CHECK^ISOLATION")}},
+    reachable=False,
+    reason=POST_ONLY,
+)
+isolation.route(
+    "/worklist/reconciliation/{pk}/correct/",
+    pk="reconciliation.id",
+    bodies={"post": isolation.Form({"fix-family_name": isolation.const("CHECK")})},
+    reachable=False,
+    reason=POST_ONLY,
+)
 isolation.route("/worklist/reconciliation/{pk}/", pk="reconciliation.id")
 isolation.route(
     "/worklist/reconciliation/{pk}/link/",

@@ -74,6 +74,8 @@ def test_an_unmatched_study_is_queued_live_and_linked_to_its_exam(live_url, brow
     order.refresh_from_db()
     assert order.study == study
     assert order.state == Order.State.IN_PROGRESS
+    study.refresh_from_db()
+    assert study.patient == patient  # the registered patient, not the one the images created
     item = ReconciliationItem.objects.get(study=study)
     assert item.resolution == ReconciliationItem.Resolution.LINKED
     assert item.resolved_by == tenants.a.technologist

@@ -157,3 +157,65 @@ def test_the_routing_facts_of_a_study(sites, order_factory, tmp_path, django_cap
     )
     assert (facts.clinical_info, facts.referring_physician) == ("head trauma", "WU^DR")
     assert study_order_facts(send(tmp_path, sites["a"].institution)) is None
+
+
+def test_a_linked_study_joins_the_orders_registered_patient(
+    sites, order_factory, tmp_path, django_capture_on_commit_callbacks
+):
+    order = order_factory(name="CHEN^JING=陈^静")
+    with django_capture_on_commit_callbacks(execute=True):
+        study = send(
+            tmp_path, sites["a"].institution, study_uid=order.study_instance_uid, patient_id="TYPO", name="CHN^JING"
+        )
+    study.refresh_from_db()
+    assert study.patient == order.patient
+    assert AuditEvent.objects.filter(action="archive.study.relink", object_id=str(study.pk)).exists()
+
+
+def test_correcting_the_patient_id_matches_the_study_to_its_exam(
+    sites, tenants, order_factory, tmp_path, django_capture_on_commit_callbacks
+):
+    order = order_factory(name="LIU^YANG=刘^洋")
+    with django_capture_on_commit_callbacks(execute=True):
+        study = send(
+            tmp_path, sites["a"].institution, patient_id="1234", accession=order.accession_number, name="LIU^YANG"
+        )
+    item = ReconciliationItem.objects.get(study=study)
+    desk = api_client(tenants.a.technologist)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = desk.post(
+            f"/api/v1/reconciliation/{item.pk}/correct/",
+            {"name": "LIU^YANG=刘^洋", "patient_id": order.patient.patient_id},
+            format="json",
+        )
+    assert response.status_code == 200, response.json()
+    assert response.json()["resolution"] == "linked"
+    study.refresh_from_db()
+    assert study.patient == order.patient
+    assert Order.objects.get(pk=order.pk).study == study
+    assert AuditEvent.objects.filter(action="worklist.reconciliation.correct").exists()
+
+
+def test_correcting_demographics_goes_through_the_archive_and_keeps_the_item_open(
+    sites, tenants, tmp_path, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        study = send(tmp_path, sites["a"].institution, patient_id="A-9", name="ZHNG^SAN")
+    item = ReconciliationItem.objects.get(study=study)
+    desk = api_client(tenants.a.technologist)
+    response = desk.post(
+        f"/api/v1/reconciliation/{item.pk}/correct/",
+        {"name": "ZHANG^SAN=张^三", "patient_id": "A-9", "birth_date": "1970-01-01", "sex": "M"},
+        format="json",
+    )
+    assert response.status_code == 200 and response.json()["resolution"] == ""
+    study.patient.refresh_from_db()
+    assert (study.patient.name, study.patient.sex) == ("ZHANG^SAN=张^三", "M")
+    event = AuditEvent.objects.get(action="archive.patient.correct")
+    assert event.detail["changed"]["PatientName"] == {"from": "ZHNG^SAN", "to": "ZHANG^SAN=张^三"}
+    assert (
+        api_client(tenants.c.technologist)
+        .post(f"/api/v1/reconciliation/{item.pk}/correct/", {"name": "X"}, format="json")
+        .status_code
+        == 404
+    )

@@ -169,3 +169,31 @@ def test_a_technologists_home_shows_todays_exams(tech_client, sites, order_facto
     assert "Today&#x27;s exams" in page or "Today's exams" in page
     assert "周杰 (ZHOU, JIE)" in page and "STAT" in page and "OUTSIDER" not in page
     assert AuditEvent.objects.filter(action="worklist.order.list", detail__orders=[str(order.pk)]).exists()
+
+
+def test_the_queue_page_corrects_a_patient_and_links_the_exam(tech_client, sites, order_factory, tmp_path, settings):
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from archive.ingest import store_instance
+    from pacs_cloud.lib.uids import new_uid
+    from worklist.models import ReconciliationItem
+
+    settings.STORAGE_URL = f"file://{tmp_path / 'objects'}"
+    order = order_factory("a", name="SUN^LEI=孙^磊")
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = new_uid(), new_uid(), new_uid()
+    ds.PatientID, ds.PatientName, ds.AccessionNumber = "WRONG", "SUN^LEI", order.accession_number
+    ds.save_as(tmp_path / "x.dcm")
+    study = store_instance(tmp_path / "x.dcm", institution=sites["a"].institution).instance.series.study
+    item = ReconciliationItem.objects.create(study=study, institution=sites["a"].institution)
+    page = tech_client.get(reverse("worklist-show-reconciliation", args=[item.pk])).content.decode()
+    assert 'value="WRONG"' in page  # the form starts from what the images say
+    response = tech_client.post(
+        reverse("worklist-correct-reconciliation", args=[item.pk]),
+        {"fix-patient_id": order.patient.patient_id, "fix-family_name": "SUN", "fix-given_name": "LEI"},
+    )
+    assert response.status_code == 302
+    assert Order.objects.get(pk=order.pk).study == study
+    item.refresh_from_db()
+    assert item.resolution == ReconciliationItem.Resolution.LINKED

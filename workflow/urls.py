@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from . import api, views
+from . import api, referral_api, views
 
 router = SimpleRouter()
 router.register("reading-tasks", api.ReadingTaskViewSet, basename="reading-task")
@@ -9,6 +9,8 @@ router.register("pools", api.RadiologistPoolViewSet, basename="pool")
 router.register("pool-members", api.PoolMemberViewSet, basename="pool-member")
 router.register("reading-agreements", api.ReadingAgreementViewSet, basename="reading-agreement")
 router.register("routing-policies", api.RoutingPolicyViewSet, basename="routing-policy")
+router.register("referrals", referral_api.ReferralViewSet, basename="referral")
+router.register("study-shares", referral_api.StudyShareViewSet, basename="study-share")
 
 urlpatterns = [
     path("workflow/", views.worklist, name="workflow-view-worklist"),

@@ -377,6 +377,7 @@ HOME_PANELS = [
     "worklist.views.home_panels",
     "viewer.home.recent_panel",
     "workflow.home.reading_panels",
+    "workflow.referral_views.home_panels",
 ]
 # Reading workflow: minutes per priority when neither policy nor agreement says,
 # the claims a reader may hold at once (pools set their own), how long an

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
@@ -27,8 +28,8 @@ from archive.models import Patient, Study
 from pacs_cloud import access, audit
 from pacs_cloud.models import Institution, Role
 
-from . import referrals, sharing
-from .models import Referral, ReferralMessage, StudyShare
+from . import exchange, referrals, sharing
+from .models import ImportedStudy, Referral, ReferralMessage, StudyShare
 from .serializers import InstitutionRefSerializer, PatientSerializer, viewer_url
 
 REFUSAL_STATUS = {
@@ -261,6 +262,15 @@ class ImportSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, allow_blank=True, default="", max_length=324)
     birth_date = serializers.DateField(required=False, allow_null=True, default=None)
     sex = serializers.CharField(required=False, allow_blank=True, default="", max_length=1)
+
+
+class ImportedSerializer(serializers.ModelSerializer):
+    patient = PatientSerializer(read_only=True)
+
+    class Meta:
+        model = ImportedStudy
+        fields = ["id", "source_study", "study", "patient", "instances", "imported_at"]
+        read_only_fields = fields
 
 
 class StudyShareSerializer(serializers.ModelSerializer):
@@ -548,6 +558,49 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
         rows = referral.messages.select_related("author", "institution")
         return Response(MessageSerializer(rows, many=True).data)
+
+    @extend_schema(
+        request=ImportSerializer, responses={201: ImportedSerializer, 400: Refusal, 403: Refusal, 409: Refusal}
+    )
+    @action(detail=True, methods=["post"], url_path="import", url_name="import")
+    def import_study(self, request: Request, pk: str | None = None) -> Response:
+        """Import an attached, shared study into the receiving institution's archive under its own patient.
+
+        Name one of your patients (``patient``), or register one (``patient_id``
+        blank: an identifier is issued; name, birth date and sex default to
+        the shared study's).
+        """
+        referral = self.get_object()
+        body = ImportSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if not referrals.is_receiver(request.user, referral):
+            return _refused(referrals.ReferralRefused("Only the receiving institution imports.", "forbidden"))
+        if "import" not in allowed_actions(request.user, referral):
+            return _refused(referrals.ReferralRefused("Import once the referral is accepted.", "bad_state"))
+        attached = referral.attachments.filter(study_id=data["study"]).select_related("study__patient").first()
+        if attached is None:
+            raise Http404("No such study on this referral")
+        try:
+            patient = exchange.resolve_local_patient(
+                referral.to_institution,
+                attached.study.patient,
+                acting_user=request.user,
+                pk=data.get("patient"),
+                patient_id=data["patient_id"],
+                name=data["name"],
+                birth_date=data["birth_date"],
+                sex=data["sex"],
+                request=request._request,
+            )
+            imported = exchange.do_import_shared_study(
+                attached.study, patient=patient, acting_user=request.user, request=request._request
+            )
+        except DjangoValidationError as error:
+            raise ValidationError(error.message_dict if hasattr(error, "error_dict") else error.messages) from None
+        except exchange.ImportRefused as refused:
+            return Response({"detail": refused.message, "code": refused.code}, status=REFUSAL_STATUS[refused.code])
+        return Response(ImportedSerializer(imported).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={200: TimelineSerializer(many=True)})
     @action(detail=True, methods=["get"])

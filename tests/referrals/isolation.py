@@ -96,3 +96,30 @@ isolation.route(
     reachable=False,
     reason="POST only",
 )
+isolation.route(
+    "/api/v1/referrals/{pk}/import/",
+    pk="referral.id",
+    bodies={"post": {"study": isolation.Ref("study.id")}},
+    reachable=False,
+    reason="POST only",
+)
+
+# Pages.
+isolation.route("/referrals/", queries=[{"box": "outbox", "open": "0"}, {"box": "inbox"}])
+isolation.route(
+    "/referrals/new/",
+    queries=[{"q": isolation.Ref("patient.patient_id")}],
+    bodies={
+        "post": isolation.Form(
+            {"studies": isolation.Ref("study.id"), "to_institution": isolation.Ref("partner.id"), "reason": "x"}
+        )
+    },
+)
+isolation.route("/referrals/{pk}/", pk="referral.id")
+isolation.route(
+    "/referrals/{pk}/act/",
+    pk="referral.id",
+    bodies={"post": isolation.Form({"action": "attach", "study": isolation.Ref("study.id")})},
+    reachable=False,
+    reason="POST only (a form target that redirects to the referral)",
+)

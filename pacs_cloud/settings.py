@@ -417,6 +417,7 @@ DEMO_SEEDERS = [
     "archive.demo.seed",
     "worklist.demo.seed",
     "workflow.demo.seed",
+    "workflow.demo.seed_referral",
 ]
 
 # Worklist: accession numbers and patient IDs issued here ({prefix} is the

@@ -353,6 +353,21 @@ EDGE_AE_TITLE = env.str("EDGE_AE_TITLE", default="PACSEDGE")
 EDGE_DICOM_PORT = env.int("EDGE_DICOM_PORT", default=11113)
 CLOUD_URL = env.str("CLOUD_URL", default="http://127.0.0.1:8000")
 EDGE_TOKEN = env.str("EDGE_TOKEN", default="")
+# Edge gateway (PACS_ROLE=edge, archive.edge): its status page, the forwarder
+# (instances per STOW-RS request, requests in flight, longest retry pause),
+# how often it reports and syncs the worklist replica, and its online tier.
+EDGE_STATUS_PORT = env.int("EDGE_STATUS_PORT", default=11180)
+EDGE_FORWARD_BATCH = env.int("EDGE_FORWARD_BATCH", default=16)
+EDGE_FORWARD_CONCURRENCY = env.int("EDGE_FORWARD_CONCURRENCY", default=4)
+EDGE_RETRY_MAX_SECONDS = env.float("EDGE_RETRY_MAX_SECONDS", default=300.0)
+EDGE_HEARTBEAT_SECONDS = env.float("EDGE_HEARTBEAT_SECONDS", default=30.0)
+EDGE_SYNC_SECONDS = env.float("EDGE_SYNC_SECONDS", default=30.0)
+EDGE_ONLINE_MAX_AGE_DAYS = env.float("EDGE_ONLINE_MAX_AGE_DAYS", default=30.0)
+EDGE_ONLINE_MAX_GB = env.float("EDGE_ONLINE_MAX_GB", default=200.0)
+EDGE_READ_GUARD_MINUTES = env.float("EDGE_READ_GUARD_MINUTES", default=60.0)
+# Cloud side: an edge whose oldest unsent instance is older than this, or
+# that has not reported for as long, is shown with an alert.
+EDGE_BACKLOG_ALERT_MINUTES = env.float("EDGE_BACKLOG_ALERT_MINUTES", default=30.0)
 # Where worker and DICOM processes relay WebSocket pushes when the channel
 # layer is in-memory (the embedded setup): this host's own web server.
 PUSH_RELAY_URL = env.str("PUSH_RELAY_URL", default="http://127.0.0.1:8000")

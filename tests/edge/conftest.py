@@ -1,0 +1,3 @@
+"""Fixtures of the edge gateway tests."""
+
+from tests.archive.conftest import storage_dir  # noqa: F401

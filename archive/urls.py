@@ -102,5 +102,6 @@ urlpatterns = [
     path("api/v1/edge/heartbeat/", edge_api.HeartbeatView.as_view(), name="archive-edge-heartbeat"),
     path("api/v1/edge/quarantine/", edge_api.QuarantineReportView.as_view(), name="archive-edge-quarantine"),
     path("api/v1/edge/confirm/", edge_api.ConfirmView.as_view(), name="archive-edge-confirm"),
+    path("api/v1/edge/config/", edge_api.ConfigView.as_view(), name="archive-edge-config"),
     path("", include(router.urls)),
 ]

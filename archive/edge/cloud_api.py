@@ -27,7 +27,7 @@ from pacs_cloud.access import IsInstitutionAdmin
 from pacs_cloud.authentication import BearerTokenAuthentication
 from pacs_cloud.models import Role
 
-from ..models import EdgeGateway, EdgeQuarantine
+from ..models import DicomNode, EdgeGateway, EdgeQuarantine
 from . import enrolment
 
 
@@ -217,3 +217,23 @@ class ConfirmView(EdgeView):
         if not isinstance(uids, list):
             raise ValidationError({"sop_instance_uids": ["a list is expected"]})
         return Response({"confirmed": enrolment.confirmations(self.edge(request), uids)})
+
+
+class ConfigView(EdgeView):
+    """``GET /api/v1/edge/config/``: the institution's DICOM nodes the edge lets in."""
+
+    @extend_schema(
+        responses=inline_serializer(
+            "EdgeConfig",
+            {"institution": serializers.CharField(), "nodes": serializers.ListField(child=serializers.DictField())},
+        )
+    )
+    def get(self, request: Request) -> Response:
+        edge = self.edge(request)
+        nodes = DicomNode.objects.filter(institution_id=edge.institution_id, is_active=True).order_by("ae_title")
+        return Response(
+            {
+                "institution": edge.institution.name,
+                "nodes": [{"ae_title": n.ae_title, "host": n.host, "port": n.port} for n in nodes],
+            }
+        )

@@ -42,9 +42,14 @@ class MultipartBody(io.RawIOBase):
         self._length = sum(len(p) if isinstance(p, bytes) else p.stat().st_size for p in self._pieces)
         self._current: Any = None
         self._index = 0
+        self._position = 0
 
     def __len__(self) -> int:
         return self._length
+
+    def tell(self) -> int:
+        # requests sizes a body as len() - tell(): without this it would send it chunked.
+        return self._position
 
     def readable(self) -> bool:
         return True
@@ -56,6 +61,7 @@ class MultipartBody(io.RawIOBase):
                 self._current = io.BytesIO(piece) if isinstance(piece, bytes) else open(piece, "rb")  # noqa: SIM115
             count = self._current.readinto(buffer)
             if count:
+                self._position += count
                 return count
             self._current.close()
             self._current = None

@@ -368,6 +368,8 @@ EDGE_READ_GUARD_MINUTES = env.float("EDGE_READ_GUARD_MINUTES", default=60.0)
 # Cloud side: an edge whose oldest unsent instance is older than this, or
 # that has not reported for as long, is shown with an alert.
 EDGE_BACKLOG_ALERT_MINUTES = env.float("EDGE_BACKLOG_ALERT_MINUTES", default=30.0)
+# Apps adding services to the edge gateway (see archive.edge.gateway).
+EDGE_EXTENSIONS: list[str] = ["worklist.edge.EdgeWorklist"]
 # Where worker and DICOM processes relay WebSocket pushes when the channel
 # layer is in-memory (the embedded setup): this host's own web server.
 PUSH_RELAY_URL = env.str("PUSH_RELAY_URL", default="http://127.0.0.1:8000")

@@ -99,6 +99,10 @@ class Cloud:
             raise CloudUnavailable(f"the cloud answered {response.status_code}: {response.text[:200]}")
         return response
 
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One request; raises :class:`CloudUnavailable` when there is no usable answer."""
+        return self._send(method, path, **kwargs)
+
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
@@ -159,3 +163,6 @@ class Cloud:
 
     def config(self) -> dict[str, Any]:
         return self._json("GET", "/api/v1/edge/config/")
+
+    def get_json(self, path: str, **params: str) -> Any:
+        return self._json("GET", path, params=params)

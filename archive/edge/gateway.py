@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from . import VERSION, scp, status
 from .client import Cloud, CloudUnavailable
@@ -52,9 +53,12 @@ class Gateway:
         self._stop = threading.Event()
         self._servers: list[Any] = []
         self.started_at = time.time()
+        # Apps above the archive add their edge services (the worklist's MWL and MPPS)
+        # the way they add DICOM services to the cloud: listed in settings.
+        self.extensions = [import_string(dotted)(self) for dotted in settings.EDGE_EXTENSIONS]
 
     def extra_services(self) -> list[Any]:
-        return []
+        return [service for extension in self.extensions for service in extension.services()]
 
     # Health -----------------------------------------------------------------------------
 
@@ -62,6 +66,9 @@ class Gateway:
         counts = self.outbox.counts()
         last_sync = self.replica.last_sync_at
         online = self.outbox.query("SELECT COALESCE(SUM(size), 0) FROM instances WHERE state != 'evicted'")[0][0]
+        extra: dict[str, Any] = {}
+        for extension in self.extensions:
+            extra.update(extension.report())
         return {
             "version": VERSION,
             "ae_title": self.ae_title,
@@ -75,6 +82,7 @@ class Gateway:
             "disk_free_bytes": shutil.disk_usage(self.data_dir).free,
             "online_bytes": online,
             "last_sync_at": dt.datetime.fromtimestamp(last_sync, dt.UTC).isoformat() if last_sync else None,
+            **extra,
         }
 
     def report_to_cloud(self) -> None:
@@ -103,6 +111,9 @@ class Gateway:
 
     def start(self, host: str = "127.0.0.1", port: int | None = None, status_port: int | None = None) -> None:
         self.replica.sync()
+        for extension in self.extensions:
+            for _, job in extension.jobs():
+                job()  # once before serving: a fresh worklist if the cloud answers
         self._servers.append(scp.start(self, host, port if port is not None else settings.EDGE_DICOM_PORT))
         status_port = status_port if status_port is not None else settings.EDGE_STATUS_PORT
         if status_port:
@@ -110,6 +121,9 @@ class Gateway:
         self.forwarder.start()
         self._every(settings.EDGE_SYNC_SECONDS, self.replica.sync)
         self._every(settings.EDGE_HEARTBEAT_SECONDS, self.report_to_cloud)
+        for extension in self.extensions:
+            for seconds, job in extension.jobs():
+                self._every(seconds, job)
 
     def stop(self) -> None:
         """Stop accepting associations, let the forwarder finish its requests, close the outbox."""

@@ -1,12 +1,19 @@
-"""The edge's replica of what the cloud knows about its institution: the DICOM nodes allowed to call it.
+"""The edge's replica of what the cloud knows about its institution.
 
-Synced from the cloud (``GET /api/v1/edge/config/``) at start and every
-``EDGE_SYNC_SECONDS``, kept in the outbox database, so modalities are
-recognised while the cloud is unreachable, after a restart too.
+The DICOM nodes allowed to call the edge (``GET /api/v1/edge/config/``)
+here; the worklist's orders through the extension the worklist app adds
+(``worklist.edge``). Synced at start and every ``EDGE_SYNC_SECONDS``, kept in
+the outbox database, so modalities are recognised and their worklist
+answered while the cloud is unreachable, after a restart too.
+
+Worklist records travel as JSON: :func:`encode` and :func:`decode` keep the
+dates and times the matching code (:mod:`pacs_cloud.lib.dicom_match`)
+compares.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from typing import Any
@@ -15,6 +22,38 @@ from .client import Cloud, CloudUnavailable
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+
+def encode(value: Any) -> Any:
+    """A worklist record as JSON-safe values (dates and times tagged)."""
+    if isinstance(value, dt.datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, dt.time):
+        return {"$time": value.isoformat()}
+    if isinstance(value, dict):
+        return {key: encode(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode(item) for item in value]
+    return value
+
+
+def decode(value: Any) -> Any:
+    """The inverse of :func:`encode`."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((key, item),) = value.items()
+            if key == "$datetime":
+                return dt.datetime.fromisoformat(item)
+            if key == "$date":
+                return dt.date.fromisoformat(item)
+            if key == "$time":
+                return dt.time.fromisoformat(item)
+        return {key: decode(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode(item) for item in value]
+    return value
 
 
 class Replica:

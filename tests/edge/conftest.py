@@ -152,7 +152,9 @@ class EdgeProcess:
 
 @pytest.fixture
 def edge_token(tenants, cloud) -> str:
-    DicomNode.objects.create(institution=tenants.a.institution, ae_title="ALPHA_CT", host="127.0.0.1")
+    DicomNode.objects.get_or_create(
+        ae_title="ALPHA_CT", defaults={"institution": tenants.a.institution, "host": "127.0.0.1"}
+    )
     _, token = enrolment.do_enrol_edge(tenants.a.institution, name="Test edge", acting_user=tenants.a.institution_admin)
     return token
 

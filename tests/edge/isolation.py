@@ -27,3 +27,14 @@ isolation.route("/api/v1/edges/{pk}/quarantine/", pk="edge.id")
 isolation.route("/api/v1/edges/{pk}/rotate/", pk="edge.id", reachable=False, reason="POST only")
 isolation.route("/api/v1/edges/{pk}/revoke/", pk="edge.id", reachable=False, reason="POST only")
 isolation.route("/archive/edges/{pk}/", pk="edge.id", bodies={"post": isolation.Form({"action": "rotate"})})
+# Called by an enrolled edge with its own token; every user of the walk is refused (403).
+for template in [
+    "/api/v1/edge/heartbeat/",
+    "/api/v1/edge/quarantine/",
+    "/api/v1/edge/confirm/",
+    "/api/v1/edge/config/",
+    "/api/v1/edge/worklist/",
+    "/api/v1/edge/mpps/",
+]:
+    isolation.route(template)
+isolation.route("/archive/edges/", bodies={"post": isolation.Form({"name": "Walked"})})

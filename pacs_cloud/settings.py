@@ -368,6 +368,7 @@ EDGE_SYNC_SECONDS = env.float("EDGE_SYNC_SECONDS", default=30.0)
 EDGE_ONLINE_MAX_AGE_DAYS = env.float("EDGE_ONLINE_MAX_AGE_DAYS", default=30.0)
 EDGE_ONLINE_MAX_GB = env.float("EDGE_ONLINE_MAX_GB", default=200.0)
 EDGE_READ_GUARD_MINUTES = env.float("EDGE_READ_GUARD_MINUTES", default=60.0)
+EDGE_TIER_SWEEP_SECONDS = env.float("EDGE_TIER_SWEEP_SECONDS", default=60.0)
 # Cloud side: an edge whose oldest unsent instance is older than this, or
 # that has not reported for as long, is shown with an alert.
 EDGE_BACKLOG_ALERT_MINUTES = env.float("EDGE_BACKLOG_ALERT_MINUTES", default=30.0)

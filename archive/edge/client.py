@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from archive.multipart import parse_media_type
+from archive.multipart import MultipartError, PartReader, parse_media_type
 
 TIMEOUT = (5, 120)  # connect, read (seconds)
 
@@ -135,20 +135,27 @@ class Cloud:
 
     # WADO-RS (PS3.18 §10.4) ---------------------------------------------------------------
 
-    def retrieve_study(self, study_uid: str) -> Iterator[bytes]:
-        """Every instance of a study as Part 10 bytes, as stored (transfer syntax unchanged)."""
+    def retrieve_study(self, study_uid: str, folder: Path) -> Iterator[tuple[bytes | None, Path | None]]:
+        """Every instance of a study as Part 10 bytes as stored (transfer syntax unchanged), streamed.
+
+        Yields (bytes, None) for a part held in memory, (None, path) for a large
+        one spilled to ``folder`` (the caller removes the file).
+        """
         headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
         response = self._send("GET", f"/dicomweb/studies/{study_uid}", headers=headers, stream=True)
         if response.status_code != 200:
             raise CloudUnavailable(f"WADO-RS answered {response.status_code}")
         _, params = parse_media_type(response.headers.get("Content-Type", ""))
-        boundary = params.get("boundary", "").strip('"').encode()
-        data = response.content  # a study held by the edge fits its memory budget part by part
-        for chunk in data.split(b"--" + boundary)[1:]:
-            if chunk.startswith(b"--"):
-                break
-            _, _, rest = chunk.partition(b"\r\n\r\n")
-            yield rest[:-2] if rest.endswith(b"\r\n") else rest
+        response.raw.decode_content = True
+        try:
+            for part in PartReader(response.raw, params.get("boundary", "").strip('"'), folder):
+                if part.error:
+                    raise CloudUnavailable(f"WADO-RS answer cut short: {part.error}")
+                yield part.data, (Path(part.path) if part.path else None)
+        except (requests.RequestException, MultipartError, OSError) as exc:
+            raise CloudUnavailable(f"WADO-RS answer unreadable: {exc}") from exc
+        finally:
+            response.close()
 
     # The edge endpoints ---------------------------------------------------------------------
 

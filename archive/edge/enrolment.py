@@ -19,7 +19,7 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from pacs_cloud import audit
+from pacs_cloud import audit, authcache
 from pacs_cloud.authentication import issue_token
 from pacs_cloud.models import ApiToken, Institution, Membership, Role, User
 
@@ -74,6 +74,7 @@ def do_rotate_edge_token(edge: EdgeGateway, *, acting_user: Any, request: HttpRe
         if edge.revoked_at is not None:
             raise EnrolmentError("This edge gateway is revoked; enrol a new one.")
         ApiToken.objects.filter(user=edge.user, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        authcache.forget()  # the old token stops working now, not when the memo expires
         token, key = _issue(edge.user, edge.name)
         edge.token = token
         edge.save(update_fields=["token"])
@@ -99,6 +100,7 @@ def do_revoke_edge(edge: EdgeGateway, *, acting_user: Any, request: HttpRequest 
         ApiToken.objects.filter(user=edge.user, revoked_at__isnull=True).update(revoked_at=now)
         Membership.objects.filter(user=edge.user).update(is_active=False)
         User.objects.filter(pk=edge.user_id).update(is_active=False)
+        authcache.forget()
         edge.revoked_at = now
         edge.save(update_fields=["revoked_at"])
         audit.record(

@@ -22,6 +22,7 @@ from .client import Cloud, CloudUnavailable
 from .forwarder import Forwarder
 from .outbox import PENDING, QUARANTINED, Outbox
 from .replica import Replica
+from .tier import OnlineTier
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,11 @@ class Gateway:
         self.started_at = time.time()
         # Apps above the archive add their edge services (the worklist's MWL and MPPS)
         # the way they add DICOM services to the cloud: listed in settings.
+        self.tier = OnlineTier(self)
         self.extensions = [import_string(dotted)(self) for dotted in settings.EDGE_EXTENSIONS]
 
     def extra_services(self) -> list[Any]:
-        return [service for extension in self.extensions for service in extension.services()]
+        return [*self.tier.services(), *(s for extension in self.extensions for s in extension.services())]
 
     # Health -----------------------------------------------------------------------------
 
@@ -81,6 +83,8 @@ class Gateway:
             "quarantined": counts.get(QUARANTINED, 0),
             "disk_free_bytes": shutil.disk_usage(self.data_dir).free,
             "online_bytes": online,
+            "evicted": counts.get("evicted", 0),
+            "restored": self.tier.restored,
             "last_sync_at": dt.datetime.fromtimestamp(last_sync, dt.UTC).isoformat() if last_sync else None,
             **extra,
         }
@@ -121,6 +125,7 @@ class Gateway:
         self.forwarder.start()
         self._every(settings.EDGE_SYNC_SECONDS, self.replica.sync)
         self._every(settings.EDGE_HEARTBEAT_SECONDS, self.report_to_cloud)
+        self._every(settings.EDGE_TIER_SWEEP_SECONDS, self.tier.evict)
         for extension in self.extensions:
             for seconds, job in extension.jobs():
                 self._every(seconds, job)

@@ -420,6 +420,7 @@ CELERY_BEAT_SCHEDULE["workflow-sweep"] = {
 DEMO_SEEDERS = [
     "pacs_cloud.demo.seed",
     "archive.demo.seed",
+    "archive.edge.demo.seed",
     "worklist.demo.seed",
     "workflow.demo.seed",
 ]

@@ -149,3 +149,24 @@ def test_the_cloud_confirms_the_sha256_of_what_it_holds(tenants, storage_dir):
     uids = [ours.instance.sop_instance_uid, theirs.instance.sop_instance_uid, "1.2.3"]
     answer = edge_client(token).post("/api/v1/edge/confirm/", {"sop_instance_uids": uids}, format="json")
     assert answer.json() == {"confirmed": {ours.instance.sop_instance_uid: ours.instance.sha256}}
+
+
+def test_the_demo_enrols_riversides_edge_once_and_keeps_its_token_for_the_procfile(db, settings, tmp_path):
+    from archive.edge import demo
+    from pacs_cloud import demo as platform_demo
+    from pacs_cloud.authentication import user_for_token
+
+    settings.DATA_DIR = tmp_path
+    platform_demo.seed()
+    first = demo.seed()
+    token = demo.token_file().read_text()
+    assert demo.seed() == first
+    assert demo.token_file().read_text() == token
+    user, _ = user_for_token(token)
+    assert user.edge_gateway.institution.slug == "riverside"
+    assert oct(demo.token_file().stat().st_mode & 0o777) == "0o600"
+    # A lost token file gets a new token; the old one stops working.
+    demo.token_file().unlink()
+    demo.seed()
+    assert demo.token_file().read_text() != token
+    assert EdgeGateway.objects.count() == 1

@@ -165,6 +165,9 @@ ANONYMOUS_USER_NAME = None  # guardian: no anonymous grants, ever
 API_TOKEN_TTL_HOURS = env.int("API_TOKEN_TTL_HOURS", default=12)
 # Longest validity a user may ask for (an edge gateway or an integration).
 API_TOKEN_MAX_TTL_HOURS = env.int("API_TOKEN_MAX_TTL_HOURS", default=24 * 365)
+# Seconds a web process reuses a token's and a user's memberships lookup
+# (pacs_cloud.authcache); changes made elsewhere take effect within this time.
+AUTH_CACHE_SECONDS = env.float("AUTH_CACHE_SECONDS", default=5.0)
 
 # Security headers --------------------------------------------------------
 

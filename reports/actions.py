@@ -347,12 +347,19 @@ def _signed_content(report: Report, latest: ReportVersion | None, now: Any, sign
     return content
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.upper())
+
+
 def referring_clinician(report: Report) -> User | None:
     """The clinician of the study's hospital named as referring physician on its order or study, if any."""
     names = [n for n in report.study.orders.values_list("referring_physician", flat=True) if n]
     if report.study.referring_physician:
         names.append(report.study.referring_physician)
-    wanted = {_search_name(n) for n in names}
+    # A PN's alphabetic group (FAMILY^GIVEN=漢字) against a person's name in any order
+    # ("Dr Huang Lei"): every word of the PN must be among the name's words.
+    wanted = [set(_words(n.split("=")[0])) for n in names]
+    wanted = [w for w in wanted if w]
     if not wanted:
         return None
     clinicians = User.objects.filter(
@@ -362,8 +369,8 @@ def referring_clinician(report: Report) -> User | None:
         is_active=True,
     ).distinct()
     for user in clinicians:
-        for label in (user.display_name, user.get_full_name(), user.username):
-            if label and _search_name(label) in wanted:
+        for label in (user.display_name, user.get_full_name()):
+            if label and any(w <= set(_words(label)) for w in wanted):
                 return user
     return None
 

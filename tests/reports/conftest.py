@@ -82,7 +82,7 @@ def make_template(institution) -> ReportTemplate:
     )
 
 
-def make_reading(tenant, tag: str = "ALPHA") -> Reading:
+def make_reading(tenant, tag: str = "ALPHA", *, claim: bool = True) -> Reading:
     institution = tenant.institution
     site = make_site(institution, tag)
     patient = make_patient(institution, "DOE^JOHN", birth_date=None)
@@ -95,7 +95,8 @@ def make_reading(tenant, tag: str = "ALPHA") -> Reading:
     do_complete_study(study, actor_label="test")
     study.refresh_from_db()
     task = do_start_reading_process(study).tasks.get()
-    do_claim_reading_task(task, acting_user=tenant.radiologist)
+    if claim:
+        do_claim_reading_task(task, acting_user=tenant.radiologist)
     task.refresh_from_db()
     order.refresh_from_db()
     return Reading(tenant, order, study, instance, task, make_template(institution))

@@ -98,3 +98,22 @@ isolation.route("/api/v1/critical-results/{pk}/", pk="critical_result.id")
 isolation.route(
     "/api/v1/critical-results/{pk}/acknowledge/", pk="critical_result.id", reachable=False, reason=POST_ONLY
 )
+
+# Pages.
+isolation.param("report_id", "report.id")
+isolation.param("critical_id", "critical_result.id")
+isolation.route("/reports/", queries=[{"patient_id": isolation.Ref("patient.patient_id")}, {"all": "1"}])
+isolation.route("/reports/{report_id}/")
+isolation.route(
+    "/reports/{report_id}/edit/",
+    reachable=False,
+    reason="the factory's report is final: its editor redirects (302) to the report page",
+)
+isolation.route(
+    "/reports/{report_id}/addendum/",
+    reachable=False,
+    reason=POST_ONLY,
+    bodies={"post": isolation.Form({"kind": "addendum"})},
+)
+isolation.route("/reports/studies/{study_id}/write/", reachable=False, reason=POST_ONLY)
+isolation.route("/reports/critical/{critical_id}/acknowledge/", reachable=False, reason=POST_ONLY)

@@ -442,3 +442,21 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"pynetdicom": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }
+
+# Reports: the key that encrypts radiologists' signing keys at rest (base64 of
+# 32 bytes; derived from SECRET_KEY when unset), the HL7 v2 outbound interface
+# (host:port, MLLP; empty: none), how long a critical result may stay
+# unacknowledged before it escalates to the coordinators, the sweep that
+# escalates them and retries exports, and how many attempts an export gets.
+REPORTS_KEY_ENCRYPTION_KEY = env.str("REPORTS_KEY_ENCRYPTION_KEY", default="")
+REPORTS_HL7_OUTBOUND = env.str("REPORTS_HL7_OUTBOUND", default="")
+REPORTS_HL7_TIMEOUT_SECONDS = env.float("REPORTS_HL7_TIMEOUT_SECONDS", default=10.0)
+REPORTS_CRITICAL_ACK_MINUTES = env.int("REPORTS_CRITICAL_ACK_MINUTES", default=30)
+REPORTS_EXPORT_MAX_ATTEMPTS = env.int("REPORTS_EXPORT_MAX_ATTEMPTS", default=8)
+REPORTS_EXPORT_ON_SIGN = True  # queue the archive and HL7 exports when a version is signed
+HOME_PANELS.append("reports.home.report_panels")
+DEMO_SEEDERS.append("reports.demo.seed")
+CELERY_BEAT_SCHEDULE["reports-sweep"] = {
+    "task": "reports.tasks.sweep",
+    "schedule": env.float("REPORTS_SWEEP_SECONDS", default=60.0),
+}

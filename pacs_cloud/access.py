@@ -26,6 +26,7 @@ from django.db.models import CharField, Q, QuerySet, Value
 from django.http import Http404
 from rest_framework.permissions import BasePermission
 
+from . import authcache
 from .models import CLINICAL_ROLES, Institution, Membership, Role
 
 VIEW_STUDY = "view_study"
@@ -43,10 +44,17 @@ def memberships(user: Any) -> QuerySet[Membership]:
 
 def institution_ids(user: Any, roles: Iterable[str] | None = None) -> set[UUID]:
     """Institutions where ``user`` holds any of ``roles`` (any role when None)."""
+    if not _authenticated(user):
+        return set()
+    wanted = None if roles is None else tuple(sorted(roles))
+    return set(authcache.remembered(("institutions", user.pk, wanted), lambda: _institution_ids(user, wanted)))
+
+
+def _institution_ids(user: Any, roles: tuple[str, ...] | None) -> frozenset[UUID]:
     qs = memberships(user)
     if roles is not None:
-        qs = qs.filter(role__in=list(roles))
-    return set(qs.values_list("institution_id", flat=True))
+        qs = qs.filter(role__in=roles)
+    return frozenset(qs.values_list("institution_id", flat=True))
 
 
 def roles_at(user: Any, institution: Institution | UUID) -> set[str]:

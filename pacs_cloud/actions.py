@@ -16,7 +16,7 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from . import audit
+from . import audit, authcache
 from .authentication import issue_token
 from .models import ApiToken, Institution, Membership, Role, User
 
@@ -53,6 +53,7 @@ def do_revoke_token(token: ApiToken, *, acting_user: User, request: HttpRequest 
     """Revoke ``token`` now; False if it was already revoked. The row stays for the record."""
     with transaction.atomic():
         updated = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        authcache.forget()
         if updated:
             audit.record(
                 "auth.token.revoked",
@@ -215,6 +216,7 @@ def do_set_member_active(
             member.save(update_fields=["is_active"])
             if not active:
                 ApiToken.objects.filter(user=member, revoked_at__isnull=True).update(revoked_at=timezone.now())
+                authcache.forget()
         _record_member_change(
             "member.reactivated" if active else "member.deactivated",
             institution,

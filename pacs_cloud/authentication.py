@@ -11,6 +11,7 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from . import authcache
 from .models import ApiToken, User
 
 
@@ -30,10 +31,10 @@ def issue_token(user: User, *, name: str = "", ttl_hours: int | None = None) -> 
 
 def user_for_token(key: str) -> tuple[User, ApiToken]:
     """The active user a bearer token belongs to; raises AuthenticationFailed otherwise."""
-    try:
-        token = ApiToken.objects.select_related("user").get(key_hash=ApiToken.hash_key(key))
-    except ApiToken.DoesNotExist:
-        raise exceptions.AuthenticationFailed("Invalid token.") from None
+    key_hash = ApiToken.hash_key(key)
+    token = authcache.remembered(("token", key_hash), lambda: _load_token(key_hash))
+    if token is None:
+        raise exceptions.AuthenticationFailed("Invalid token.")
     if token.revoked_at is not None:
         raise exceptions.AuthenticationFailed("Token revoked.")
     now = timezone.now()
@@ -44,7 +45,12 @@ def user_for_token(key: str) -> tuple[User, ApiToken]:
     # Touch at most once a minute: a write per request would serialise reads.
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return token.user, token
+        token.last_used_at = now
+    return authcache.private_copy(token.user), token
+
+
+def _load_token(key_hash: str) -> ApiToken | None:
+    return ApiToken.objects.select_related("user").filter(key_hash=key_hash).first()
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):

@@ -76,6 +76,8 @@ def send_now(group: str, topic: str, data: dict[str, Any]) -> None:
 
 
 def _relay(group: str | list[str], topic: str, data: dict[str, Any]) -> None:
+    if not settings.PUSH_RELAY_URL:
+        return
     token = signing.dumps({"group": group, "topic": topic, "data": data}, salt=RELAY_SALT)
     try:
         requests.post(f"{settings.PUSH_RELAY_URL}/internal/push/", data={"token": token}, timeout=2)

@@ -165,6 +165,9 @@ ANONYMOUS_USER_NAME = None  # guardian: no anonymous grants, ever
 API_TOKEN_TTL_HOURS = env.int("API_TOKEN_TTL_HOURS", default=12)
 # Longest validity a user may ask for (an edge gateway or an integration).
 API_TOKEN_MAX_TTL_HOURS = env.int("API_TOKEN_MAX_TTL_HOURS", default=24 * 365)
+# Seconds a web process reuses a token's and a user's memberships lookup
+# (pacs_cloud.authcache); changes made elsewhere take effect within this time.
+AUTH_CACHE_SECONDS = env.float("AUTH_CACHE_SECONDS", default=5.0)
 
 # Security headers --------------------------------------------------------
 
@@ -353,6 +356,24 @@ EDGE_AE_TITLE = env.str("EDGE_AE_TITLE", default="PACSEDGE")
 EDGE_DICOM_PORT = env.int("EDGE_DICOM_PORT", default=11113)
 CLOUD_URL = env.str("CLOUD_URL", default="http://127.0.0.1:8000")
 EDGE_TOKEN = env.str("EDGE_TOKEN", default="")
+# Edge gateway (PACS_ROLE=edge, archive.edge): its status page, the forwarder
+# (instances per STOW-RS request, requests in flight, longest retry pause),
+# how often it reports and syncs the worklist replica, and its online tier.
+EDGE_STATUS_PORT = env.int("EDGE_STATUS_PORT", default=11180)
+EDGE_FORWARD_BATCH = env.int("EDGE_FORWARD_BATCH", default=16)
+EDGE_FORWARD_CONCURRENCY = env.int("EDGE_FORWARD_CONCURRENCY", default=4)
+EDGE_RETRY_MAX_SECONDS = env.float("EDGE_RETRY_MAX_SECONDS", default=300.0)
+EDGE_HEARTBEAT_SECONDS = env.float("EDGE_HEARTBEAT_SECONDS", default=30.0)
+EDGE_SYNC_SECONDS = env.float("EDGE_SYNC_SECONDS", default=30.0)
+EDGE_ONLINE_MAX_AGE_DAYS = env.float("EDGE_ONLINE_MAX_AGE_DAYS", default=30.0)
+EDGE_ONLINE_MAX_GB = env.float("EDGE_ONLINE_MAX_GB", default=200.0)
+EDGE_READ_GUARD_MINUTES = env.float("EDGE_READ_GUARD_MINUTES", default=60.0)
+EDGE_TIER_SWEEP_SECONDS = env.float("EDGE_TIER_SWEEP_SECONDS", default=60.0)
+# Cloud side: an edge whose oldest unsent instance is older than this, or
+# that has not reported for as long, is shown with an alert.
+EDGE_BACKLOG_ALERT_MINUTES = env.float("EDGE_BACKLOG_ALERT_MINUTES", default=30.0)
+# Apps adding services to the edge gateway (see archive.edge.gateway).
+EDGE_EXTENSIONS: list[str] = ["worklist.edge.EdgeWorklist"]
 # Where worker and DICOM processes relay WebSocket pushes when the channel
 # layer is in-memory (the embedded setup): this host's own web server.
 PUSH_RELAY_URL = env.str("PUSH_RELAY_URL", default="http://127.0.0.1:8000")
@@ -415,6 +436,7 @@ CELERY_BEAT_SCHEDULE["workflow-referral-sweep"] = {
 DEMO_SEEDERS = [
     "pacs_cloud.demo.seed",
     "archive.demo.seed",
+    "archive.edge.demo.seed",
     "worklist.demo.seed",
     "workflow.demo.seed",
     "workflow.demo.seed_referral",
@@ -436,4 +458,22 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"pynetdicom": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
+}
+
+# Reports: the key that encrypts radiologists' signing keys at rest (base64 of
+# 32 bytes; derived from SECRET_KEY when unset), the HL7 v2 outbound interface
+# (host:port, MLLP; empty: none), how long a critical result may stay
+# unacknowledged before it escalates to the coordinators, the sweep that
+# escalates them and retries exports, and how many attempts an export gets.
+REPORTS_KEY_ENCRYPTION_KEY = env.str("REPORTS_KEY_ENCRYPTION_KEY", default="")
+REPORTS_HL7_OUTBOUND = env.str("REPORTS_HL7_OUTBOUND", default="")
+REPORTS_HL7_TIMEOUT_SECONDS = env.float("REPORTS_HL7_TIMEOUT_SECONDS", default=10.0)
+REPORTS_CRITICAL_ACK_MINUTES = env.int("REPORTS_CRITICAL_ACK_MINUTES", default=30)
+REPORTS_EXPORT_MAX_ATTEMPTS = env.int("REPORTS_EXPORT_MAX_ATTEMPTS", default=8)
+REPORTS_EXPORT_ON_SIGN = True  # queue the archive and HL7 exports when a version is signed
+HOME_PANELS.append("reports.home.report_panels")
+DEMO_SEEDERS.append("reports.demo.seed")
+CELERY_BEAT_SCHEDULE["reports-sweep"] = {
+    "task": "reports.tasks.sweep",
+    "schedule": env.float("REPORTS_SWEEP_SECONDS", default=60.0),
 }

@@ -17,8 +17,12 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from . import audit
-from .models import AuditEvent, Membership, role_group_name
+from . import audit, authcache
+from .models import ApiToken, AuditEvent, Institution, Membership, User, role_group_name
+
+for _model in (User, ApiToken, Membership, Institution):
+    post_save.connect(authcache.forget, sender=_model, dispatch_uid=f"authcache-save-{_model.__name__}")
+    post_delete.connect(authcache.forget, sender=_model, dispatch_uid=f"authcache-delete-{_model.__name__}")
 
 
 @receiver(post_save, sender=Membership)

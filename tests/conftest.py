@@ -44,6 +44,8 @@ if settings.REDIS_URL:
     settings.CACHES["default"]["KEY_PREFIX"] = _RUN_PREFIX
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{_RUN_PREFIX}:asgi"
 settings.CELERY_BROKER_URL = "memory://"
+# Nothing listens on the default relay address in tests; live_url points it at its server.
+settings.PUSH_RELAY_URL = ""
 settings.CELERY_BROKER_TRANSPORT_OPTIONS = {}
 celery_app.conf.update(broker_url="memory://", broker_transport_options={})
 

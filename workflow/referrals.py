@@ -433,6 +433,7 @@ def _transition(
             who = "sending" if side == SENDER else "receiving"
             raise ReferralRefused(f"Only the {who} institution's referral coordinators may do that.", "forbidden")
         now = timezone.now()
+        locked.updated_at = now
         try:
             apply_transition(
                 locked,
@@ -447,8 +448,6 @@ def _transition(
             )
         except TransitionNotAllowed:
             raise ReferralRefused(f"A {locked.state} referral cannot do that.", "bad_state") from None
-        locked.updated_at = now
-        Referral.objects.filter(pk=locked.pk).update(updated_at=now)
         if after is not None:
             after(locked)
         _notify(locked, method)

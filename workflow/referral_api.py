@@ -274,6 +274,14 @@ class ImportSerializer(serializers.Serializer):
     sex = serializers.CharField(required=False, allow_blank=True, default="", max_length=1)
 
 
+class ShareImportSerializer(serializers.Serializer):
+    patient = serializers.UUIDField(required=False, help_text="An existing patient of your institution.")
+    patient_id = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
+    name = serializers.CharField(required=False, allow_blank=True, default="", max_length=324)
+    birth_date = serializers.DateField(required=False, allow_null=True, default=None)
+    sex = serializers.CharField(required=False, allow_blank=True, default="", max_length=1)
+
+
 class ImportedSerializer(serializers.ModelSerializer):
     patient = PatientSerializer(read_only=True)
 
@@ -636,7 +644,7 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         receivers = access.institution_ids(user, sharing.SHARED_WITH_ROLES)
         qs = StudyShare.objects.filter(
             Q(study__institution_id__in=owners) | Q(institution_id__in=receivers, revoked_at__isnull=True)
-        ).select_related("institution")
+        ).select_related("institution", "study__patient", "study__institution")
         if self.action == "list" and self.request.query_params.get("active") in ("1", "true"):
             qs = qs.filter(revoked_at__isnull=True)
         return qs.order_by("-granted_at")
@@ -673,6 +681,42 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         except sharing.ShareRefused as refused:
             return _refused(refused)
         return Response(self.get_serializer(share).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=ShareImportSerializer, responses={201: ImportedSerializer, 400: Refusal, 403: Refusal, 409: Refusal}
+    )
+    @action(detail=True, methods=["post"], url_path="import", url_name="import")
+    def import_study(self, request: Request, pk: str | None = None) -> Response:
+        """Import the shared study into your institution's archive under one of your patients (or a new one)."""
+        share = self.get_object()
+        if share.revoked_at is not None or share.institution_id not in access.institution_ids(
+            request.user, exchange.IMPORT_ROLES
+        ):
+            return _refused(sharing.ShareRefused("Only the institution it is shared with imports it.", "forbidden"))
+        body = ShareImportSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        study = share.study
+        try:
+            patient = exchange.resolve_local_patient(
+                share.institution,
+                study.patient,
+                acting_user=request.user,
+                pk=data.get("patient"),
+                patient_id=data["patient_id"],
+                name=data["name"],
+                birth_date=data["birth_date"],
+                sex=data["sex"],
+                request=request._request,
+            )
+            imported = exchange.do_import_shared_study(
+                study, patient=patient, acting_user=request.user, request=request._request
+            )
+        except DjangoValidationError as error:
+            raise ValidationError(error.message_dict if hasattr(error, "error_dict") else error.messages) from None
+        except exchange.ImportRefused as refused:
+            return Response({"detail": refused.message, "code": refused.code}, status=REFUSAL_STATUS[refused.code])
+        return Response(ImportedSerializer(imported).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=ReferralReasonSerializer, responses={200: StudyShareSerializer, 403: Refusal})
     @action(detail=True, methods=["post"])

@@ -104,6 +104,14 @@ isolation.route(
     reason="POST only",
 )
 
+isolation.route(
+    "/api/v1/study-shares/{pk}/import/",
+    pk="share.id",
+    bodies={"post": {"patient_id": "X-1"}},
+    reachable=False,
+    reason="POST only",
+)
+
 # Pages.
 isolation.route("/referrals/", queries=[{"box": "outbox", "open": "0"}, {"box": "inbox"}])
 # (Its search box echoes the query, so searching another institution's patient

@@ -140,3 +140,23 @@ def test_import_under_an_existing_local_patient(tenants, ct_series):
     other_study = Study.objects.exclude(pk=ct_series.pk).exclude(institution=b.institution).first()
     if other_study is not None:
         assert coordinator.post(url, {"study": str(other_study.pk)}, format="json").status_code == 404
+
+
+def test_a_second_opinion_share_can_be_imported_by_its_receiver(tenants, ct_series):
+    from workflow import sharing
+
+    a, b = tenants.a, tenants.b
+    share = sharing.do_share_for_second_opinion(
+        ct_series, b.institution, acting_user=a.radiologist, reason="neuroradiology opinion"
+    )
+    url = f"/api/v1/study-shares/{share.pk}/import/"
+    assert api_client(a.referral_coordinator).post(url, {}, format="json").status_code == 403
+    assert api_client(b.clinician).post(url, {}, format="json").status_code == 403
+    assert api_client(tenants.c.radiologist).post(url, {}, format="json").status_code == 404
+    answer = api_client(b.radiologist).post(url, {"patient_id": "BCH-555"}, format="json")
+    assert answer.status_code == 201, answer.content
+    copy = Study.objects.get(pk=answer.json()["study"])
+    assert copy.institution == b.institution and copy.patient.patient_id == "BCH-555"
+    sharing.do_revoke_share(share, acting_user=a.radiologist, reason="answered")
+    # An ended share is gone for the receiver.
+    assert api_client(b.radiologist).post(url, {}, format="json").status_code == 404

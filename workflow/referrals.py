@@ -286,6 +286,18 @@ def _lock(referral: Referral) -> Referral:
     )
 
 
+def _lock_studies(ids: Iterable[Any]) -> None:
+    """Lock study rows, in key order, before anything is audited.
+
+    Every writer of the audit trail takes its lock (``pacs_cloud.audit``), and
+    a share or revoke locks its study first; taking the studies before the
+    first audit event keeps one lock order everywhere: referral, studies,
+    audit. (A referral that audited first and then locked a study would
+    deadlock with a share of that study made at the same moment.)
+    """
+    list(Study.objects.select_for_update().filter(pk__in=list(ids)).order_by("pk").values_list("pk", flat=True))
+
+
 def _attach(referral: Referral, study: Study, *, acting_user: Any, request: Any = None) -> ReferralStudy:
     if not attachable_studies(acting_user, referral).filter(pk=study.pk).exists():
         raise ReferralRefused("Attach only studies of this patient that you can see at the sending institution.")
@@ -317,6 +329,7 @@ def do_attach_study(referral: Referral, study: Study, *, acting_user: Any, reque
             raise ReferralRefused("Only the sending institution's referral coordinators attach studies.", "forbidden")
         if locked.state not in ATTACHABLE_STATES:
             raise ReferralRefused(f"Studies cannot be attached to a {locked.state} referral.", "bad_state")
+        _lock_studies([study.pk])
         row = _attach(locked, study, acting_user=acting_user, request=request)
         _touch(locked)
         _notify(locked, "updated")
@@ -402,7 +415,7 @@ def _revoke_all(
     referral: Referral, *, acting_user: Any, actor_label: str = "", reason: str, request: Any = None
 ) -> int:
     revoked = 0
-    for share in StudyShare.objects.filter(referral=referral, revoked_at__isnull=True):
+    for share in StudyShare.objects.filter(referral=referral, revoked_at__isnull=True).order_by("study_id"):
         revoked += sharing.do_revoke_share(
             share, acting_user=acting_user, actor_label=actor_label, reason=reason, request=request
         )
@@ -432,6 +445,7 @@ def _transition(
         if not allowed:
             who = "sending" if side == SENDER else "receiving"
             raise ReferralRefused(f"Only the {who} institution's referral coordinators may do that.", "forbidden")
+        _lock_studies(locked.attachments.values_list("study_id", flat=True))
         now = timezone.now()
         locked.updated_at = now
         try:
@@ -463,7 +477,7 @@ def do_send_referral(referral: Referral, *, acting_user: Any, reason: str = "", 
         # Checked on the locked row (the transition is rolled back with this refusal).
         if not locked.consent_recorded_at:
             raise ReferralRefused("Record the patient's consent before sending the referral.")
-        for row in locked.attachments.select_related("study"):
+        for row in locked.attachments.select_related("study").order_by("study_id"):
             _share(locked, row.study, acting_user=acting_user, request=request)
 
     return _transition(

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 # Failure Reason (0008,1197) values worth another try (PS3.4 B.2.3: out of resources).
 TRANSIENT_FAILURES = {0xA700, 0xA701, 0xA702, 0x0110}
 BASE_DELAY = 0.5
-RECEIVING_GRACE = 0.5  # seconds after the last C-STORE during which one worker forwards
+RECEIVING_GRACE = 0.5  # seconds after the last C-STORE during which forwarding waits ...
+MAX_DEFERRAL = 15.0  # ... unless the oldest waiting instance is older than this
 
 
 def _sequence_items(answer: dict[str, Any], tag: str) -> list[dict[str, Any]]:
@@ -110,8 +111,9 @@ class Forwarder:
             self._wake.notify_all()
 
     def received(self) -> None:
-        """A modality just stored an instance: while images arrive, one request in flight leaves
-        the disk and the processor to the modality first; all workers resume a moment after."""
+        """A modality just stored an instance: while images keep arriving, forwarding leaves the
+        disk and the processor to the modality, and resumes a moment after the last one; during
+        a long ingest one worker forwards what has waited longer than MAX_DEFERRAL."""
         self._receiving_until = time.time() + RECEIVING_GRACE
         self.wake()
 
@@ -127,6 +129,10 @@ class Forwarder:
             self._in_flight.update(row.sop_instance_uid for row in rows)
         return rows
 
+    def _overdue(self) -> bool:
+        age = self.outbox.oldest_pending_age()
+        return age is not None and age > MAX_DEFERRAL
+
     def _pause(self) -> float:
         now = time.time()
         if now < self._down_until:
@@ -136,7 +142,7 @@ class Forwarder:
 
     def _work(self, number: int = 0) -> None:
         while not self._stop.is_set():
-            if number and time.time() < self._receiving_until:
+            if time.time() < self._receiving_until and (number or not self._overdue()):
                 self._stop.wait(RECEIVING_GRACE / 2)
                 continue
             rows = [] if self.cloud_down else self._take()

@@ -70,6 +70,30 @@ def do_mark_study_routed(study: Study, *, actor: Any = None, actor_label: str = 
     return True
 
 
+def do_mark_study_reported(
+    study: Study, *, amended: bool = False, actor: Any = None, actor_label: str = "", reason: str = ""
+) -> bool:
+    """A signed final report (``amended``: an addendum or amendment) moves the study to reported/amended.
+
+    Called by the reports app inside the signing transaction; False, changing
+    nothing, when the study is not in a state that can take the step.
+    """
+    with transaction.atomic():
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        try:
+            apply_transition(
+                locked,
+                "amend" if amended else "report",
+                actor=actor,
+                actor_label=actor_label,
+                institution=locked.institution_id,
+                reason=reason,
+            )
+        except TransitionNotAllowed:
+            return False
+    return True
+
+
 def do_reopen_study(study_pk: Any, *, actor: Any = None, actor_label: str = "", reason: str = "") -> bool:
     """A complete study (not yet routed) that receives a late instance goes back to receiving.
 

@@ -398,6 +398,7 @@ HOME_PANELS = [
     "worklist.views.home_panels",
     "viewer.home.recent_panel",
     "workflow.home.reading_panels",
+    "workflow.referral_views.home_panels",
 ]
 # Reading workflow: minutes per priority when neither policy nor agreement says,
 # the claims a reader may hold at once (pools set their own), how long an
@@ -414,6 +415,21 @@ WORKFLOW_ROUTE_GRACE_SECONDS = env.int("WORKFLOW_ROUTE_GRACE_SECONDS", default=6
 CELERY_BEAT_SCHEDULE["workflow-sweep"] = {
     "task": "workflow.tasks.sweep_reading_tasks",
     "schedule": env.float("WORKFLOW_SWEEP_SECONDS", default=30.0),
+}
+# Referrals and sharing: hours the receiver has to answer a referral, per
+# urgency; how often an overdue one is recalled; second-opinion shares' default
+# and longest life; the sweep that sends reminders and ends expired shares.
+REFERRAL_RESPONSE_HOURS = {
+    "emergency": env.int("REFERRAL_RESPONSE_EMERGENCY_HOURS", default=2),
+    "urgent": env.int("REFERRAL_RESPONSE_URGENT_HOURS", default=24),
+    "routine": env.int("REFERRAL_RESPONSE_ROUTINE_HOURS", default=72),
+}
+REFERRAL_REMINDER_HOURS = env.int("REFERRAL_REMINDER_HOURS", default=12)
+SHARE_SECOND_OPINION_DAYS = env.int("SHARE_SECOND_OPINION_DAYS", default=14)
+SHARE_MAX_DAYS = env.int("SHARE_MAX_DAYS", default=90)
+CELERY_BEAT_SCHEDULE["workflow-referral-sweep"] = {
+    "task": "workflow.tasks.sweep_referrals",
+    "schedule": env.float("REFERRAL_SWEEP_SECONDS", default=60.0),
 }
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
@@ -441,4 +457,22 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"pynetdicom": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
+}
+
+# Reports: the key that encrypts radiologists' signing keys at rest (base64 of
+# 32 bytes; derived from SECRET_KEY when unset), the HL7 v2 outbound interface
+# (host:port, MLLP; empty: none), how long a critical result may stay
+# unacknowledged before it escalates to the coordinators, the sweep that
+# escalates them and retries exports, and how many attempts an export gets.
+REPORTS_KEY_ENCRYPTION_KEY = env.str("REPORTS_KEY_ENCRYPTION_KEY", default="")
+REPORTS_HL7_OUTBOUND = env.str("REPORTS_HL7_OUTBOUND", default="")
+REPORTS_HL7_TIMEOUT_SECONDS = env.float("REPORTS_HL7_TIMEOUT_SECONDS", default=10.0)
+REPORTS_CRITICAL_ACK_MINUTES = env.int("REPORTS_CRITICAL_ACK_MINUTES", default=30)
+REPORTS_EXPORT_MAX_ATTEMPTS = env.int("REPORTS_EXPORT_MAX_ATTEMPTS", default=8)
+REPORTS_EXPORT_ON_SIGN = True  # queue the archive and HL7 exports when a version is signed
+HOME_PANELS.append("reports.home.report_panels")
+DEMO_SEEDERS.append("reports.demo.seed")
+CELERY_BEAT_SCHEDULE["reports-sweep"] = {
+    "task": "reports.tasks.sweep",
+    "schedule": env.float("REPORTS_SWEEP_SECONDS", default=60.0),
 }

@@ -1,3 +1,25 @@
-from django.urls import path  # noqa: F401
+"""Report routes: the lookup and report pages, the editor, and the REST API."""
 
-urlpatterns: list = []
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from . import api, views
+
+router = SimpleRouter()
+router.register("api/v1/reports", api.ReportViewSet, basename="reports-report")
+router.register("api/v1/report-templates", api.ReportTemplateViewSet, basename="reports-template")
+router.register("api/v1/critical-results", api.CriticalResultViewSet, basename="reports-critical-result")
+
+urlpatterns: list = [
+    path("reports/", views.lookup_page, name="reports-search-reports"),
+    path("reports/<uuid:report_id>/", views.report_page, name="reports-view-report"),
+    path("reports/<uuid:report_id>/edit/", views.editor, name="reports-edit-report"),
+    path("reports/<uuid:report_id>/addendum/", views.open_addendum, name="reports-open-addendum"),
+    path("reports/studies/<uuid:study_id>/write/", views.write_report, name="reports-write-report"),
+    path(
+        "reports/critical/<uuid:critical_id>/acknowledge/",
+        views.acknowledge,
+        name="reports-acknowledge-critical",
+    ),
+    *router.urls,
+]

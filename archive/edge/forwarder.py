@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .client import Cloud, CloudUnavailable
+from .client import Cloud, CloudRefused, CloudUnavailable
 from .outbox import Outbox, Row
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,17 @@ class Forwarder:
             _, answer = self.cloud.stow([Path(r.path) for r in present])
         except CloudUnavailable as exc:
             self._unavailable(present, str(exc))
+            return
+        except CloudRefused as exc:
+            if len(present) > 1:
+                # Find the instance the request failed on: each goes again on its own.
+                for row in present:
+                    self.forward([row])
+                return
+            row = present[0]
+            reason = f"refused by the cloud ({exc})"
+            log.warning("quarantined %s: %s", row.sop_instance_uid, reason)
+            self.outbox.quarantine(row.sop_instance_uid, row.sha256, reason, None)
             return
         stored = {_value(item, "00081155") for item in _sequence_items(answer, "00081199")}
         failed = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -24,10 +25,12 @@ from .models import Report
 FILTERS = ("patient_id", "patient_name", "accession", "date_from", "date_to", "modality", "status")
 
 
-@login_required
 @require_GET
 def lookup_page(request: HttpRequest) -> HttpResponse:
     """Search reports by patient, accession number, dates, modality and status."""
+    if not request.user.is_authenticated:
+        # Back here after signing in, without the search: a query names patients.
+        return redirect_to_login(request.path)
     params = {k: request.GET.get(k, "").strip() for k in FILTERS}
     error = ""
     rows: list[Report] = []

@@ -4,7 +4,7 @@ platform administrators see no PHI by that role alone."""
 from django.contrib import admin
 
 from . import actions
-from .models import ArchivePolicy, DicomNode
+from .models import ArchivePolicy, DicomNode, EdgeGateway
 
 
 @admin.register(DicomNode)
@@ -33,3 +33,15 @@ class DicomNodeAdmin(admin.ModelAdmin):
 @admin.register(ArchivePolicy)
 class ArchivePolicyAdmin(admin.ModelAdmin):
     list_display = ["institution", "stability_seconds"]
+
+
+@admin.register(EdgeGateway)
+class EdgeGatewayAdmin(admin.ModelAdmin):
+    """Health of every institution's edges, read-only: enrolment and tokens belong to the institution admins."""
+
+    list_display = ["name", "institution", "last_seen_at", "outbox_depth", "oldest_unsent_seconds", "quarantined"]
+    list_filter = ["institution"]
+    readonly_fields = [f.name for f in EdgeGateway._meta.fields]
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False

@@ -286,3 +286,62 @@ class DicomNode(models.Model):
 
     def __str__(self) -> str:
         return f"{self.ae_title} ({self.institution})"
+
+
+# Edge gateways (the hospitals' front servers) as the cloud knows them --------------------
+
+
+class EdgeGateway(models.Model):
+    """An enrolled edge gateway of one institution, and the health it last reported.
+
+    The edge acts through a service account of its own (``user``): a member
+    of the institution with the technologist role, so it stores over STOW-RS
+    and retrieves over WADO-RS like any sender, through the access policy.
+    Its bearer token is shown once at enrolment and at each rotation.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="edge_gateways")
+    name = models.CharField(max_length=100)
+    user = models.OneToOneField("pacs_cloud.User", on_delete=models.PROTECT, related_name="edge_gateway")
+    token = models.ForeignKey("pacs_cloud.ApiToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    # The last heartbeat (what the edge says about itself).
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_address = models.CharField(max_length=64, blank=True)
+    version = models.CharField(max_length=40, blank=True)
+    outbox_depth = models.PositiveIntegerField(default=0)
+    oldest_unsent_seconds = models.FloatField(null=True, blank=True)
+    disk_free_bytes = models.BigIntegerField(null=True, blank=True)
+    online_bytes = models.BigIntegerField(null=True, blank=True)
+    quarantined = models.PositiveIntegerField(default=0)
+    last_sync_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["institution", "name"], name="edge_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.institution})"
+
+
+class EdgeQuarantine(models.Model):
+    """An instance the cloud refused for good, as the edge that holds it reported it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    edge = models.ForeignKey(EdgeGateway, on_delete=models.CASCADE, related_name="quarantine")
+    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="+")
+    sop_instance_uid = models.CharField(max_length=64)
+    study_instance_uid = models.CharField(max_length=64, blank=True)
+    sha256 = models.CharField(max_length=64)
+    reason = models.CharField(max_length=300)
+    status_code = models.PositiveIntegerField(null=True, blank=True, help_text="Failure Reason (0008,1197)")
+    quarantined_at = models.DateTimeField(default=timezone.now)
+    reported_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-quarantined_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["edge", "sop_instance_uid", "sha256"], name="edge_quarantine_unique")
+        ]

@@ -5,6 +5,8 @@ from rest_framework.routers import SimpleRouter
 
 from . import api, dicomweb, views
 from .dicomweb import on_worker_thread
+from .edge import cloud_api as edge_api
+from .edge import pages as edge_pages
 
 
 class UIDConverter:
@@ -25,6 +27,7 @@ router = SimpleRouter()
 router.register("api/v1/studies", api.StudyViewSet, basename="archive-study")
 router.register("api/v1/dicom-nodes", api.DicomNodeViewSet, basename="archive-dicom-node")
 router.register("api/v1/ingest-conflicts", api.IngestConflictViewSet, basename="archive-ingest-conflict")
+router.register("api/v1/edges", edge_api.EdgeGatewayViewSet, basename="archive-edge")
 
 INSTANCE = "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>/instances/<uid:instance_uid>"
 
@@ -93,5 +96,12 @@ urlpatterns = [
     path("archive/import/dicomdir/", views.read_dicomdir, name="archive-read-dicomdir"),
     path("archive/dicom-nodes/", views.dicom_nodes, name="archive-list-dicom-nodes"),
     path("archive/dicom-nodes/<uuid:pk>/", views.dicom_node, name="archive-edit-dicom-node"),
+    # Edge gateways: the admins' pages, and the endpoints an edge calls with its token
+    path("archive/edges/", edge_pages.edges, name="archive-list-edges"),
+    path("archive/edges/<uuid:pk>/", edge_pages.edge_detail, name="archive-edit-edge"),
+    path("api/v1/edge/heartbeat/", edge_api.HeartbeatView.as_view(), name="archive-edge-heartbeat"),
+    path("api/v1/edge/quarantine/", edge_api.QuarantineReportView.as_view(), name="archive-edge-quarantine"),
+    path("api/v1/edge/confirm/", edge_api.ConfirmView.as_view(), name="archive-edge-confirm"),
+    path("api/v1/edge/config/", edge_api.ConfigView.as_view(), name="archive-edge-config"),
     path("", include(router.urls)),
 ]

@@ -356,6 +356,24 @@ EDGE_AE_TITLE = env.str("EDGE_AE_TITLE", default="PACSEDGE")
 EDGE_DICOM_PORT = env.int("EDGE_DICOM_PORT", default=11113)
 CLOUD_URL = env.str("CLOUD_URL", default="http://127.0.0.1:8000")
 EDGE_TOKEN = env.str("EDGE_TOKEN", default="")
+# Edge gateway (PACS_ROLE=edge, archive.edge): its status page, the forwarder
+# (instances per STOW-RS request, requests in flight, longest retry pause),
+# how often it reports and syncs the worklist replica, and its online tier.
+EDGE_STATUS_PORT = env.int("EDGE_STATUS_PORT", default=11180)
+EDGE_FORWARD_BATCH = env.int("EDGE_FORWARD_BATCH", default=16)
+EDGE_FORWARD_CONCURRENCY = env.int("EDGE_FORWARD_CONCURRENCY", default=4)
+EDGE_RETRY_MAX_SECONDS = env.float("EDGE_RETRY_MAX_SECONDS", default=300.0)
+EDGE_HEARTBEAT_SECONDS = env.float("EDGE_HEARTBEAT_SECONDS", default=30.0)
+EDGE_SYNC_SECONDS = env.float("EDGE_SYNC_SECONDS", default=30.0)
+EDGE_ONLINE_MAX_AGE_DAYS = env.float("EDGE_ONLINE_MAX_AGE_DAYS", default=30.0)
+EDGE_ONLINE_MAX_GB = env.float("EDGE_ONLINE_MAX_GB", default=200.0)
+EDGE_READ_GUARD_MINUTES = env.float("EDGE_READ_GUARD_MINUTES", default=60.0)
+EDGE_TIER_SWEEP_SECONDS = env.float("EDGE_TIER_SWEEP_SECONDS", default=60.0)
+# Cloud side: an edge whose oldest unsent instance is older than this, or
+# that has not reported for as long, is shown with an alert.
+EDGE_BACKLOG_ALERT_MINUTES = env.float("EDGE_BACKLOG_ALERT_MINUTES", default=30.0)
+# Apps adding services to the edge gateway (see archive.edge.gateway).
+EDGE_EXTENSIONS: list[str] = ["worklist.edge.EdgeWorklist"]
 # Where worker and DICOM processes relay WebSocket pushes when the channel
 # layer is in-memory (the embedded setup): this host's own web server.
 PUSH_RELAY_URL = env.str("PUSH_RELAY_URL", default="http://127.0.0.1:8000")
@@ -380,6 +398,7 @@ HOME_PANELS = [
     "worklist.views.home_panels",
     "viewer.home.recent_panel",
     "workflow.home.reading_panels",
+    "workflow.referral_views.home_panels",
 ]
 # Reading workflow: minutes per priority when neither policy nor agreement says,
 # the claims a reader may hold at once (pools set their own), how long an
@@ -397,11 +416,27 @@ CELERY_BEAT_SCHEDULE["workflow-sweep"] = {
     "task": "workflow.tasks.sweep_reading_tasks",
     "schedule": env.float("WORKFLOW_SWEEP_SECONDS", default=30.0),
 }
+# Referrals and sharing: hours the receiver has to answer a referral, per
+# urgency; how often an overdue one is recalled; second-opinion shares' default
+# and longest life; the sweep that sends reminders and ends expired shares.
+REFERRAL_RESPONSE_HOURS = {
+    "emergency": env.int("REFERRAL_RESPONSE_EMERGENCY_HOURS", default=2),
+    "urgent": env.int("REFERRAL_RESPONSE_URGENT_HOURS", default=24),
+    "routine": env.int("REFERRAL_RESPONSE_ROUTINE_HOURS", default=72),
+}
+REFERRAL_REMINDER_HOURS = env.int("REFERRAL_REMINDER_HOURS", default=12)
+SHARE_SECOND_OPINION_DAYS = env.int("SHARE_SECOND_OPINION_DAYS", default=14)
+SHARE_MAX_DAYS = env.int("SHARE_MAX_DAYS", default=90)
+CELERY_BEAT_SCHEDULE["workflow-referral-sweep"] = {
+    "task": "workflow.tasks.sweep_referrals",
+    "schedule": env.float("REFERRAL_SWEEP_SECONDS", default=60.0),
+}
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [
     "pacs_cloud.demo.seed",
     "archive.demo.seed",
+    "archive.edge.demo.seed",
     "worklist.demo.seed",
     "workflow.demo.seed",
 ]

@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from . import api, views
+from . import api, referral_api, referral_views, views
 
 router = SimpleRouter()
 router.register("reading-tasks", api.ReadingTaskViewSet, basename="reading-task")
@@ -9,6 +9,8 @@ router.register("pools", api.RadiologistPoolViewSet, basename="pool")
 router.register("pool-members", api.PoolMemberViewSet, basename="pool-member")
 router.register("reading-agreements", api.ReadingAgreementViewSet, basename="reading-agreement")
 router.register("routing-policies", api.RoutingPolicyViewSet, basename="routing-policy")
+router.register("referrals", referral_api.ReferralViewSet, basename="referral")
+router.register("study-shares", referral_api.StudyShareViewSet, basename="study-share")
 
 urlpatterns = [
     path("workflow/", views.worklist, name="workflow-view-worklist"),
@@ -24,5 +26,9 @@ urlpatterns = [
     path("workflow/pools/", views.pool_list, name="workflow-list-pools"),
     path("workflow/pools/<uuid:pk>/members/", views.pool_add_member, name="workflow-add-member"),
     path("workflow/pool-members/<uuid:pk>/", views.pool_edit_member, name="workflow-edit-member"),
+    path("referrals/", referral_views.referral_list, name="workflow-list-referrals"),
+    path("referrals/new/", referral_views.referral_new, name="workflow-create-referral"),
+    path("referrals/<uuid:pk>/", referral_views.referral_detail, name="workflow-view-referral"),
+    path("referrals/<uuid:pk>/act/", referral_views.referral_act, name="workflow-change-referral"),
     path("api/v1/", include(router.urls)),
 ]

@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from . import api, views
+from . import api, edge, views
 
 router = SimpleRouter()
 router.register("orders", api.OrderViewSet, basename="worklist-order")
@@ -40,5 +40,7 @@ urlpatterns = [
     path("worklist/catalogue/procedures/<uuid:pk>/", views.procedure_edit, name="worklist-edit-procedure"),
     path("worklist/catalogue/stations/new/", views.station_edit, name="worklist-add-station"),
     path("worklist/catalogue/stations/<uuid:pk>/", views.station_edit, name="worklist-edit-station"),
+    path("api/v1/edge/worklist/", edge.WorklistFeedView.as_view(), name="worklist-edge-feed"),
+    path("api/v1/edge/mpps/", edge.MppsRelayView.as_view(), name="worklist-edge-mpps"),
     path("api/v1/", include(router.urls)),
 ]

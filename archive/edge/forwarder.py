@@ -1,0 +1,198 @@
+"""The forwarder: the outbox to the cloud over STOW-RS, and nothing ever dropped silently.
+
+Several workers (``EDGE_FORWARD_CONCURRENCY``) each take a batch of due
+instances (``EDGE_FORWARD_BATCH``, oldest first) and send it in one STOW-RS
+request. The cloud answers per instance (PS3.18 §10.5.3): the Referenced SOP
+Sequence lists what it stored, the Failed SOP Sequence what it refused and
+why. Then:
+
+* stored: the edge asks which SHA-256 the cloud now holds for each; equal to
+  its own, the instance is ``forwarded`` (and only then may it be evicted);
+* refused for good (cannot understand, SOP class or transfer syntax not
+  supported, conflict with other content, inconsistent with the archive):
+  ``quarantined`` with the reason, shown on the edge's status page and
+  reported to the cloud;
+* refused for now (out of resources), not mentioned, or no usable answer at
+  all (the cloud or the link is down): retried later, with exponential
+  backoff and full jitter per instance, and one shared pause for all workers
+  while the cloud does not answer.
+
+Everything lives in the outbox, so a restart resumes where the last run
+stopped; re-sending what the cloud already has is harmless (an identical
+object is recognised as a duplicate, not stored twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .client import Cloud, CloudUnavailable
+from .outbox import Outbox, Row
+
+log = logging.getLogger(__name__)
+
+# Failure Reason (0008,1197) values worth another try (PS3.4 B.2.3: out of resources).
+TRANSIENT_FAILURES = {0xA700, 0xA701, 0xA702, 0x0110}
+BASE_DELAY = 0.5
+
+
+def _sequence_items(answer: dict[str, Any], tag: str) -> list[dict[str, Any]]:
+    element = answer.get(tag) or {}
+    return [item for item in element.get("Value", []) if isinstance(item, dict)]
+
+
+def _value(item: dict[str, Any], tag: str) -> Any:
+    values = (item.get(tag) or {}).get("Value") or [None]
+    return values[0]
+
+
+def backoff(attempts: int, maximum: float) -> float:
+    """Exponential backoff with full jitter: a random pause up to BASE·2^attempts, capped."""
+    return random.uniform(0, min(maximum, BASE_DELAY * 2 ** min(attempts, 30))) + 0.05
+
+
+class Forwarder:
+    def __init__(self, outbox: Outbox, cloud: Cloud, *, batch: int, concurrency: int, max_delay: float) -> None:
+        self.outbox = outbox
+        self.cloud = cloud
+        self.batch = max(1, batch)
+        self.concurrency = max(1, concurrency)
+        self.max_delay = max_delay
+        self._stop = threading.Event()
+        self._wake = threading.Condition()
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
+        self._down_until = 0.0
+        self._failures = 0
+        self._threads: list[threading.Thread] = []
+        self.last_error = ""
+        self.sent = 0
+
+    # Lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for number in range(self.concurrency):
+            thread = threading.Thread(target=self._work, name=f"edge-forward-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stop.set()
+        self.wake()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    @property
+    def cloud_down(self) -> bool:
+        return time.time() < self._down_until
+
+    # The loop ---------------------------------------------------------------------------
+
+    def _take(self) -> list[Row]:
+        with self._lock:
+            rows = self.outbox.due(self.batch, self._in_flight)
+            self._in_flight.update(row.sop_instance_uid for row in rows)
+        return rows
+
+    def _pause(self) -> float:
+        now = time.time()
+        if now < self._down_until:
+            return self._down_until - now
+        following = self.outbox.next_due_at()
+        return 1.0 if following is None else min(1.0, max(0.01, following - now))
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            rows = [] if self.cloud_down else self._take()
+            if not rows:
+                with self._wake:
+                    self._wake.wait(self._pause())
+                continue
+            try:
+                self.forward(rows)
+            except Exception:
+                # Never lose the loop: the rows stay pending and come back after a pause.
+                log.exception("forwarding a batch failed")
+                self.outbox.retry_later(
+                    [r.sop_instance_uid for r in rows],
+                    {r.sop_instance_uid: backoff(r.attempts, self.max_delay) for r in rows},
+                    "edge error while forwarding",
+                )
+            finally:
+                with self._lock:
+                    self._in_flight.difference_update(row.sop_instance_uid for row in rows)
+
+    def _unavailable(self, rows: list[Row], reason: str) -> None:
+        with self._lock:
+            self._failures += 1
+            self._down_until = time.time() + backoff(self._failures, self.max_delay)
+        self.last_error = reason
+        self.outbox.retry_later(
+            [r.sop_instance_uid for r in rows],
+            {r.sop_instance_uid: backoff(r.attempts, self.max_delay) for r in rows},
+            reason,
+        )
+
+    def forward(self, rows: list[Row]) -> None:
+        """Send one batch and settle every instance of it: forwarded, quarantined or retried later."""
+        present = [r for r in rows if Path(r.path).exists()]
+        for row in rows:
+            if row not in present:
+                # Not silently: the local copy vanished before the cloud had it.
+                self.outbox.quarantine(row.sop_instance_uid, row.sha256, "the local copy is missing", None)
+        if not present:
+            return
+        try:
+            _, answer = self.cloud.stow([Path(r.path) for r in present])
+        except CloudUnavailable as exc:
+            self._unavailable(present, str(exc))
+            return
+        stored = {_value(item, "00081155") for item in _sequence_items(answer, "00081199")}
+        failed = {
+            _value(item, "00081155"): (_value(item, "00081197"), _value(item, "00000902") or "")
+            for item in _sequence_items(answer, "00081198")
+        }
+        by_uid = {r.sop_instance_uid: r for r in present}
+        confirmed: dict[str, str] = {}
+        if stored:
+            try:
+                confirmed = self.cloud.confirm(sorted(uid for uid in stored if uid in by_uid))
+            except CloudUnavailable as exc:
+                self._unavailable([by_uid[u] for u in stored if u in by_uid], str(exc))
+                stored = set()
+        with self._lock:
+            self._failures = 0
+            self._down_until = 0.0
+        retry: list[Row] = []
+        same = {uid: sha for uid, sha in confirmed.items() if uid in by_uid and by_uid[uid].sha256 == sha}
+        self.sent += self.outbox.mark_forwarded(same)
+        for uid, row in by_uid.items():
+            if uid in same:
+                continue
+            if uid in failed:
+                code, comment = failed[uid]
+                if code in TRANSIENT_FAILURES:
+                    retry.append(row)
+                else:
+                    reason = f"refused by the cloud (0x{code or 0:04X}): {comment or 'no reason given'}"
+                    log.warning("quarantined %s: %s", uid, reason)
+                    self.outbox.quarantine(uid, row.sha256, reason, code)
+            elif uid in confirmed:
+                self.outbox.quarantine(uid, row.sha256, "the cloud holds other content under this UID", None)
+            else:  # not mentioned, or stored but not confirmed yet
+                retry.append(row)
+        if retry:
+            self.outbox.retry_later(
+                [r.sop_instance_uid for r in retry],
+                {r.sop_instance_uid: backoff(r.attempts, self.max_delay) for r in retry},
+                "not confirmed by the cloud yet",
+            )

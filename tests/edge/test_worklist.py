@@ -1,0 +1,128 @@
+"""The edge's worklist with real processes: findscu -W while the cloud is down, MPPS relayed when it returns."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
+
+from pacs_cloud.lib.uids import new_uid
+from tests.worklist.conftest import local, make_site, today
+from tests.worklist.test_mpps import completed, in_progress
+from worklist import actions
+from worklist.models import Order, PerformedProcedureStep
+
+pytestmark = [pytest.mark.dcmtk]
+
+STEP = "ScheduledProcedureStepSequence[0]."
+
+
+def findscu(port: int, keys: list[str], out: Path) -> list[pydicom.Dataset]:
+    out.mkdir(parents=True, exist_ok=True)
+    args = ["findscu", "-W", "-aet", "ALPHA_CT", "-aec", "PACSEDGE", "-X", "-od", str(out)]
+    for key in keys:
+        args += ["-k", key]
+    result = subprocess.run(
+        [*args, "127.0.0.1", str(port)], capture_output=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=30
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return [pydicom.dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
+
+
+@pytest.fixture
+def orders(tenants, cloud):
+    site = make_site(tenants.a.institution, "ALPHA")
+    made = []
+    for hour, name in [(9, "WANG^FANG"), (11, "LI^NA")]:
+        patient = actions.do_register_patient(
+            tenants.a.institution, name=name, patient_id=f"EDGE{hour}", allow_possible_duplicate=True
+        )
+        made.append(
+            actions.do_create_order(
+                tenants.a.institution,
+                patient=patient,
+                procedure=site.ct,
+                station=site.ct_station,
+                scheduled_at=local(today(), hour),
+            )
+        )
+    tomorrow = actions.do_register_patient(
+        tenants.a.institution, name="LATER^ONE", patient_id="EDGE99", allow_possible_duplicate=True
+    )
+    actions.do_create_order(
+        tenants.a.institution,
+        patient=tomorrow,
+        procedure=site.ct,
+        station=site.ct_station,
+        scheduled_at=local(today() + dt.timedelta(days=1), 9),
+    )
+    return made
+
+
+KEYS = [
+    "PatientName",
+    "PatientID",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    f"{STEP}ScheduledStationAETitle=ALPHA_CT",
+    f"{STEP}ScheduledProcedureStepStartDate={today():%Y%m%d}",
+    f"{STEP}ScheduledProcedureStepStartTime",
+    f"{STEP}Modality=CT",
+    f"{STEP}ScheduledProcedureStepID",
+]
+
+
+def test_findscu_gets_the_days_orders_from_the_edge_while_the_cloud_is_down(orders, start_edge, cloud, tmp_path):
+    edge = start_edge()
+    edge.wait_for(lambda s: s["worklist_orders"] >= 3)
+    cloud.stop()
+    found = findscu(edge.port, KEYS, tmp_path / "rsp")
+    assert [str(ds.AccessionNumber) for ds in found] == [o.accession_number for o in orders]
+    assert [str(ds.PatientName) for ds in found] == ["WANG^FANG", "LI^NA"]
+    assert str(found[0].StudyInstanceUID) == orders[0].study_instance_uid
+    # Wild cards go through the same matching as in the cloud.
+    only_li = findscu(edge.port, [*KEYS[1:], "PatientName=LI*"], tmp_path / "li")
+    assert [str(ds.AccessionNumber) for ds in only_li] == [orders[1].accession_number]
+
+
+def test_a_cancelled_order_leaves_the_edges_worklist(orders, start_edge, tenants, tmp_path):
+    edge = start_edge()
+    edge.wait_for(lambda s: s["worklist_orders"] >= 3)
+    actions.do_cancel_order(orders[0], reason="patient left", actor=tenants.a.technologist)
+    edge.wait_for(lambda s: s["worklist_orders"] == 2)
+    found = findscu(edge.port, KEYS, tmp_path / "rsp")
+    assert [str(ds.AccessionNumber) for ds in found] == [orders[1].accession_number]
+
+
+def test_mpps_sent_while_the_cloud_is_down_reaches_it_when_it_returns(orders, start_edge, cloud, tmp_path):
+    edge = start_edge()
+    edge.wait_for(lambda s: s["worklist_orders"] >= 3)
+    cloud.stop()
+    order = Order.objects.select_related("patient").get(pk=orders[0].pk)
+    ae = AE(ae_title="ALPHA_CT")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", edge.port, ae_title="PACSEDGE")
+    assert assoc.is_established
+    uid = new_uid()
+    status, _ = assoc.send_n_create(in_progress(order), ModalityPerformedProcedureStep, uid)
+    assert status.Status == 0x0000
+    status, _ = assoc.send_n_set(completed([(new_uid(), [new_uid()])]), ModalityPerformedProcedureStep, uid)
+    assert status.Status == 0x0000
+    assoc.release()
+    assert edge.status()["mpps_waiting"] == 2
+    time.sleep(0.5)
+    assert not PerformedProcedureStep.objects.filter(sop_instance_uid=uid).exists()
+    cloud.start()
+    edge.wait_for(lambda s: s["mpps_waiting"] == 0)
+    step = PerformedProcedureStep.objects.get(sop_instance_uid=uid)
+    assert step.state == PerformedProcedureStep.State.COMPLETED
+    order.refresh_from_db()
+    assert order.state == Order.State.COMPLETED
+    assert edge.status()["mpps_refused"] == 0

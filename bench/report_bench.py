@@ -207,23 +207,41 @@ def bulk_reports(insts, radiologist, count: int) -> list:
             inst = insts[n % len(insts)]
             name = f"{rng.choice(families)}^GIVEN{n % 997}"
             patient = Patient(
-                institution=inst, patient_id=f"P{n:07d}", issuer=inst.patient_id_issuer, name=name,
+                institution=inst,
+                patient_id=f"P{n:07d}",
+                issuer=inst.patient_id_issuer,
+                name=name,
                 name_search=_search_name(name),
             )
             day = date(2020, 1, 1) + timedelta(days=rng.randrange(2500))
             modality = rng.choice(modalities)
             study = Study(
-                institution=inst, patient=patient, study_instance_uid=f"2.25.{uuid.uuid4().int}",
-                study_date=day, accession_number=f"A{n:08d}", modalities=modality, description=f"{modality} STUDY",
+                institution=inst,
+                patient=patient,
+                study_instance_uid=f"2.25.{uuid.uuid4().int}",
+                study_date=day,
+                accession_number=f"A{n:08d}",
+                modalities=modality,
+                description=f"{modality} STUDY",
                 state="reported",
             )
             state = rng.choice(states)
             reports.append(
                 Report(
-                    institution=inst, study=study, author=radiologist, state=state, patient_id=patient.patient_id,
-                    patient_name=name, patient_name_search=_search_name(name), accession_number=study.accession_number,
-                    study_date=day, modality=modality, description=study.description,
-                    signed_at=now if state in ("final", "amended") else None, created_at=now, updated_at=now,
+                    institution=inst,
+                    study=study,
+                    author=radiologist,
+                    state=state,
+                    patient_id=patient.patient_id,
+                    patient_name=name,
+                    patient_name_search=_search_name(name),
+                    accession_number=study.accession_number,
+                    study_date=day,
+                    modality=modality,
+                    description=study.description,
+                    signed_at=now if state in ("final", "amended") else None,
+                    created_at=now,
+                    updated_at=now,
                 )
             )
             patients.append(patient)
@@ -248,16 +266,19 @@ def bench_lookup(args, insts, radiologist, clinician) -> None:
     from pacs_cloud.authentication import issue_token
     from reports.models import Report
 
-    t0 = time.perf_counter()
-    study_ids = bulk_reports(insts, radiologist, args.reports)
+    if not args.reuse:
+        t0 = time.perf_counter()
+        study_ids = bulk_reports(insts, radiologist, args.reports)
+        print(f"lookup.load_seconds={time.perf_counter() - t0:.1f}")
+        foreign = [pk for i, pk in enumerate(study_ids) if i % len(insts) != 0][:200]
+        for study in Study.objects.filter(pk__in=foreign):
+            assign_perm("archive.view_study", clinician, study)
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
     print(f"lookup.reports={Report.objects.count()}")
-    print(f"lookup.load_seconds={time.perf_counter() - t0:.1f}")
-    foreign = [pk for i, pk in enumerate(study_ids) if i % len(insts) != 0][:200]
-    for study in Study.objects.filter(pk__in=foreign):
-        assign_perm("archive.view_study", clinician, study)
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
-    own = list(Report.objects.filter(institution=insts[0]).values_list("patient_id", "accession_number", "patient_name"))
+    own = list(
+        Report.objects.filter(institution=insts[0]).values_list("patient_id", "accession_number", "patient_name")
+    )
     rng = random.Random(5)
     _, key = issue_token(clinician, name="bench")
     client = APIClient()
@@ -301,12 +322,23 @@ def main() -> None:
     parser.add_argument("--sign", type=int, default=30)
     parser.add_argument("--reports", type=int, default=100_000)
     parser.add_argument("--lookups", type=int, default=300)
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure the lookup again on the reports a previous run loaded"
+    )
     args = parser.parse_args()
     setup_django()
+    if args.reuse:
+        from pacs_cloud.models import Institution, User
+
+        insts = list(Institution.objects.filter(slug__startswith="bench-").order_by("accession_prefix"))
+        bench_lookup(args, insts, User.objects.get(username="rad@bench"), User.objects.get(username="doc@bench"))
+        return
     reset_database()
     insts, radiologist, clinician = make_world()
-    bench_sign(args, insts, radiologist)
-    bench_lookup(args, insts, radiologist, clinician)
+    if args.sign:
+        bench_sign(args, insts, radiologist)
+    if args.reports:
+        bench_lookup(args, insts, radiologist, clinician)
 
 
 if __name__ == "__main__":

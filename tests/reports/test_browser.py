@@ -55,7 +55,7 @@ def test_claim_write_sign_then_the_clinician_finds_and_acknowledges(tenants, liv
     assert ReadingTask.objects.get(pk=reading.task.pk).state == ReadingTask.State.FINAL
 
     # The clinician was alerted live, finds the report by accession number and acknowledges.
-    clinician_page.wait_for_selector(".live-alert:has-text('call the ward')", timeout=30_000)
+    clinician_page.wait_for_selector(".live-alert:has-text('call the ward')", timeout=45_000)
     clinician_page.goto(f"{live_url}/reports/")
     clinician_page.fill("input[name=accession]", reading.study.accession_number)
     clinician_page.click("#lookup button[type=submit]")

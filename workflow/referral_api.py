@@ -69,7 +69,7 @@ def allowed_actions(user: Any, referral: Referral, coordinating: set[Any] | None
         found += {
             S.SENT: ["accept", "decline"],
             S.ACCEPTED: ["admit", "import"],
-            S.IN_CARE: ["return", "import"],
+            S.IN_CARE: ["attach", "return", "import"],
             S.RETURNED: ["import"],
         }.get(referral.state, [])
     return found
@@ -81,6 +81,7 @@ def allowed_actions(user: Any, referral: Referral, coordinating: set[Any] | None
 class ReferralStudySerializer(serializers.Serializer):
     id = serializers.UUIDField()
     shared = serializers.BooleanField()
+    institution = serializers.UUIDField(help_text="Whose study: the sender's, or the receiver's sent back.")
     study_instance_uid = serializers.CharField(allow_null=True)
     description = serializers.CharField(allow_null=True)
     study_date = serializers.DateField(allow_null=True)
@@ -180,6 +181,7 @@ class ReferralSerializer(serializers.ModelSerializer):
                 {
                     "id": study.pk,
                     "shared": study.pk in shared,
+                    "institution": study.institution_id,
                     "study_instance_uid": study.study_instance_uid if seen else None,
                     "description": study.description if seen else None,
                     "study_date": study.study_date if seen else None,

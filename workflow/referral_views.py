@@ -165,7 +165,7 @@ def referral_detail(request: HttpRequest, pk: UUID) -> HttpResponse:
         patient_id=referral.patient.patient_id if sees_patient else "",
     )
     allowed = allowed_actions(request.user, referral)
-    attached = list(referral.attachments.select_related("study"))
+    attached = list(referral.attachments.select_related("study__institution"))
     visible = set(
         access.visible_studies(request.user)
         .filter(pk__in=[row.study_id for row in attached])

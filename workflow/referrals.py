@@ -124,10 +124,16 @@ def acting_institution(user: Any, referral: Referral) -> Any:
 
 
 def attachable_studies(user: Any, referral: Referral) -> QuerySet[Study]:
-    """Studies of the referral's patient that the caller may see at the sending institution."""
-    return access.visible_studies(user).filter(
-        institution_id=referral.from_institution_id, patient_id=referral.patient_id
-    )
+    """Studies the caller may attach: the sender's coordinators, studies of the referral's patient
+    they can see at the sending institution; the receiver's, while the patient is in their care,
+    their own institution's studies (images made there travel back with the patient)."""
+    if is_sender(user, referral):
+        return access.visible_studies(user).filter(
+            institution_id=referral.from_institution_id, patient_id=referral.patient_id
+        )
+    if is_receiver(user, referral) and referral.state == Referral.State.IN_CARE:
+        return access.visible_studies(user).filter(institution_id=referral.to_institution_id)
+    return Study.objects.none()
 
 
 def shared_study_ids(referral: Referral) -> set[Any]:
@@ -300,7 +306,10 @@ def _lock_studies(ids: Iterable[Any]) -> None:
 
 def _attach(referral: Referral, study: Study, *, acting_user: Any, request: Any = None) -> ReferralStudy:
     if not attachable_studies(acting_user, referral).filter(pk=study.pk).exists():
-        raise ReferralRefused("Attach only studies of this patient that you can see at the sending institution.")
+        raise ReferralRefused(
+            "Attach only studies of this patient that you can see at your institution"
+            " (the receiver: while the patient is in its care)."
+        )
     try:
         with transaction.atomic():
             row = ReferralStudy.objects.create(referral=referral, study=study, attached_by=acting_user)
@@ -310,7 +319,7 @@ def _attach(referral: Referral, study: Study, *, acting_user: Any, request: Any 
         "workflow.referral.attach",
         request=request,
         actor=acting_user,
-        institution=referral.from_institution_id,
+        institution=study.institution_id,
         object_type="workflow.referral",
         object_id=referral.pk,
         patient_id=referral.patient.patient_id,
@@ -322,12 +331,18 @@ def _attach(referral: Referral, study: Study, *, acting_user: Any, request: Any 
 
 
 def do_attach_study(referral: Referral, study: Study, *, acting_user: Any, request: Any = None) -> ReferralStudy:
-    """Attach one more study; on a referral already sent it is shared at once."""
+    """Attach one more study; on a referral already sent it is shared at once (with the other side).
+
+    The sender attaches its patient's studies until the patient is returned;
+    the receiver attaches its own studies while the patient is in its care,
+    so that they go back down with the patient.
+    """
     with transaction.atomic():
         locked = _lock(referral)
-        if not is_sender(acting_user, locked):
-            raise ReferralRefused("Only the sending institution's referral coordinators attach studies.", "forbidden")
-        if locked.state not in ATTACHABLE_STATES:
+        receiving = not is_sender(acting_user, locked) and is_receiver(acting_user, locked)
+        if not receiving and not is_sender(acting_user, locked):
+            raise ReferralRefused("Only the two institutions' referral coordinators attach studies.", "forbidden")
+        if (receiving and locked.state != Referral.State.IN_CARE) or locked.state not in ATTACHABLE_STATES:
             raise ReferralRefused(f"Studies cannot be attached to a {locked.state} referral.", "bad_state")
         _lock_studies([study.pk])
         row = _attach(locked, study, acting_user=acting_user, request=request)
@@ -399,9 +414,11 @@ def _touch(referral: Referral) -> None:
 
 
 def _share(referral: Referral, study: Study, *, acting_user: Any, request: Any = None) -> StudyShare:
+    # A study of the receiver's (made while in its care) is shared back with the sender.
+    other = referral.from_institution if study.institution_id == referral.to_institution_id else referral.to_institution
     return sharing.do_share_study(
         study,
-        referral.to_institution,
+        other,
         kind=StudyShare.Kind.REFERRAL,
         referral=referral,
         acting_user=acting_user,

@@ -233,3 +233,34 @@ def test_the_referral_list_costs_the_same_queries_for_one_row_or_many(tenants, c
     assert one[0] == 1 and many[0] == 4
     assert many[1] == one[1], "\n".join(q["sql"][:150] for q in QUERIES)
     assert one[1] <= 12
+
+
+def test_images_made_in_care_travel_back_down_with_the_patient(tenants, ct):
+    from .conftest import sent
+
+    a, b = tenants.a, tenants.b
+    referral = sent(tenants, ct)
+    url = f"/api/v1/referrals/{referral.pk}/"
+    follow_up = archived_study(b.institution, description="CT HEAD POST-OP")
+    # Not before the patient is in the receiver's care, and never another institution's study.
+    assert post(b.referral_coordinator, url + "attach/", {"study": str(follow_up.pk)}).status_code == 409
+    post(b.referral_coordinator, url + "accept/")
+    post(b.referral_coordinator, url + "admit/")
+    assert post(b.referral_coordinator, url + "attach/", {"study": str(ct.pk)}).status_code == 400
+    assert probe(a.clinician, follow_up).nowhere
+    answer = post(b.referral_coordinator, url + "attach/", {"study": str(follow_up.pk)})
+    assert answer.status_code == 200, answer.content
+    back = [s for s in answer.json()["studies"] if s["id"] == str(follow_up.pk)][0]
+    assert back["shared"] is True and back["institution"] == str(b.institution.pk)
+    # The sender's team sees the tertiary hospital's images; the outsider does not.
+    assert probe(a.clinician, follow_up).everywhere
+    assert probe(tenants.c.clinician, follow_up).nowhere
+    post(
+        b.referral_coordinator,
+        url + "return/",
+        {"discharge_summary": "evacuated", "follow_up_plan": "clinic in 2 weeks"},
+    )
+    assert probe(a.clinician, follow_up).everywhere
+    post(a.referral_coordinator, url + "close/")
+    assert probe(a.clinician, follow_up).nowhere and probe(b.clinician, ct).nowhere
+    assert probe(b.clinician, follow_up).everywhere

@@ -23,7 +23,7 @@ from .models import CriticalResult, Report, ReportTemplate
 HELD_TASK_STATES = ("claimed", "drafting", "preliminary")
 
 
-def _granted_study_ids(user: Any) -> list[Any]:
+def granted_study_ids(user: Any) -> list[Any]:
     """Studies granted to ``user`` or their groups (reading tasks, referrals, shares), in one query."""
     grants = [
         apps.get_model("archive", model)
@@ -43,7 +43,7 @@ def visible_reports(user: Any) -> QuerySet[Report]:
     if not access._authenticated(user):
         return Report.objects.none()
     rule = Q(institution_id__in=access.institution_ids(user, CLINICAL_ROLES))
-    granted = _granted_study_ids(user)
+    granted = granted_study_ids(user)
     if granted:
         rule |= Q(study_id__in=granted)
     return Report.objects.filter(rule)

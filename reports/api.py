@@ -22,13 +22,14 @@ from rest_framework.response import Response
 
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
-from pacs_cloud.models import Role, User
+from pacs_cloud.models import CLINICAL_ROLES, Role, User
 
 from . import actions, exports, signing
 from .access import (
     access_critical_result,
     access_report,
     access_template,
+    granted_study_ids,
     may_author,
     template_institutions,
     visible_critical_results,
@@ -210,8 +211,12 @@ def _date(value: str | None, name: str) -> dt.date | None:
 
 
 def lookup(user: Any, params: Any) -> QuerySet[Report]:
-    """The clinicians' lookup: filters over the reports the caller may see (shared by the API and the page)."""
-    qs = visible_reports(user)
+    """The clinicians' lookup: filters over the reports the caller may see, newest study first."""
+    return filtered(visible_reports(user), params)
+
+
+def filtered(qs: QuerySet[Report], params: Any) -> QuerySet[Report]:
+    """``qs`` narrowed by the lookup's filters, newest study first."""
     if params.get("patient_id"):
         qs = qs.filter(patient_id=params["patient_id"].strip())
     if params.get("patient_name"):
@@ -246,13 +251,38 @@ LOOKUP_PARAMETERS = [
 ]
 
 
-def page(qs: QuerySet[Report], params: Any) -> tuple[list[Report], bool]:
+def _newest_first(report: Report) -> tuple[bool, dt.date, dt.datetime]:
+    # PostgreSQL's DESC order: studies without a date first, then by date and creation.
+    return (report.study_date is None, report.study_date or dt.date.min, report.created_at)
+
+
+def search(user: Any, params: Any) -> tuple[list[Report], bool]:
+    """One page of the lookup for ``user`` (shared by the API and the page), and whether more follow.
+
+    The reports of the caller's own hospitals and those of studies granted
+    to them are read as two queries and merged: each walks its own index in
+    date order and stops at the page's end, where one query with an OR of
+    both would have to collect and sort every visible report first.
+    """
     try:
         limit = max(1, min(int(params.get("limit", 50)), LOOKUP_MAX))
         offset = max(0, int(params.get("offset", 0)))
     except ValueError:
         raise ValidationError({"limit": "limit and offset are numbers"}) from None
-    rows = list(qs.select_related("institution")[offset : offset + limit + 1])
+    if not core_access._authenticated(user):
+        return [], False
+    own = core_access.institution_ids(user, CLINICAL_ROLES)
+    granted = granted_study_ids(user)
+    end = offset + limit + 1
+    rows: list[Report] = []
+    # The draft (the writers' working copy) is never listed: not read either.
+    base = filtered(Report.objects.select_related("institution").defer("draft"), params)
+    if own:
+        rows += list(base.filter(institution_id__in=own)[:end])
+    if granted:
+        rows += list(base.filter(study_id__in=granted).exclude(institution_id__in=own)[:end])
+    rows.sort(key=_newest_first, reverse=True)
+    rows = rows[offset:end]
     return rows[:limit], len(rows) > limit
 
 
@@ -274,7 +304,7 @@ class ReportViewSet(viewsets.ViewSet):
         operation_id="reports_lookup",
     )
     def list(self, request: Request) -> Response:
-        rows, more = page(lookup(request.user, request.query_params), request.query_params)
+        rows, more = search(request.user, request.query_params)
         if rows:
             audit.record(
                 "report.list",
@@ -478,6 +508,7 @@ class ReportTemplateViewSet(viewsets.ModelViewSet):
     """Report templates of the hospitals the caller reads for; administrators and radiologists keep them."""
 
     serializer_class = ReportTemplateSerializer
+    queryset = ReportTemplate.objects.none()  # the schema's model; get_queryset() decides what is seen
     http_method_names = ["get", "post", "patch", "delete"]
 
     def get_queryset(self) -> QuerySet[ReportTemplate]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -18,16 +19,18 @@ from pacs_cloud import audit
 
 from . import actions, signing
 from .access import access_critical_result, access_report, access_template, may_author, visible_critical_results
-from .api import lookup, page
+from .api import search
 from .models import Report
 
 FILTERS = ("patient_id", "patient_name", "accession", "date_from", "date_to", "modality", "status")
 
 
-@login_required
 @require_GET
 def lookup_page(request: HttpRequest) -> HttpResponse:
     """Search reports by patient, accession number, dates, modality and status."""
+    if not request.user.is_authenticated:
+        # Back here after signing in, without the search: a query names patients.
+        return redirect_to_login(request.path)
     params = {k: request.GET.get(k, "").strip() for k in FILTERS}
     error = ""
     rows: list[Report] = []
@@ -35,7 +38,7 @@ def lookup_page(request: HttpRequest) -> HttpResponse:
     searched = any(params.values()) or "all" in request.GET
     if searched:
         try:
-            rows, more = page(lookup(request.user, {k: v for k, v in params.items() if v}), request.GET)
+            rows, more = search(request.user, {**{k: v for k, v in params.items() if v}, **_paging(request)})
         except ValidationError as exc:
             error = "; ".join(f"{k}: {v}" for k, v in dict(exc.detail).items()) if isinstance(exc.detail, dict) else ""
         if rows:
@@ -54,6 +57,10 @@ def lookup_page(request: HttpRequest) -> HttpResponse:
         "states": Report.State.values,
     }
     return render(request, "reports/lookup.html", context)
+
+
+def _paging(request: HttpRequest) -> dict[str, str]:
+    return {k: request.GET[k] for k in ("limit", "offset") if k in request.GET}
 
 
 @login_required

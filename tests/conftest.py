@@ -207,7 +207,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an event loop running
+# in the main thread while it is open, and Django's test client cannot call an
+# async view (async_to_sync) from a thread with a running loop.
+@pytest.fixture(scope="module")
 def _chromium():
     from playwright.sync_api import sync_playwright
 

@@ -55,7 +55,7 @@ def test_claim_write_sign_then_the_clinician_finds_and_acknowledges(tenants, liv
     assert ReadingTask.objects.get(pk=reading.task.pk).state == ReadingTask.State.FINAL
 
     # The clinician was alerted live, finds the report by accession number and acknowledges.
-    clinician_page.wait_for_selector(".live-alert:has-text('call the ward')")
+    clinician_page.wait_for_selector(".live-alert:has-text('call the ward')", timeout=45_000)
     clinician_page.goto(f"{live_url}/reports/")
     clinician_page.fill("input[name=accession]", reading.study.accession_number)
     clinician_page.click("#lookup button[type=submit]")
@@ -66,3 +66,35 @@ def test_claim_write_sign_then_the_clinician_finds_and_acknowledges(tenants, liv
     clinician_page.wait_for_selector("text=Acknowledged by")
     row = CriticalResult.objects.get(report=report)
     assert row.acknowledged_by == tenants.a.clinician
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_editor_never_loses_typing(tenants, live_url, browser_context):
+    from reports import actions
+
+    reading = make_reading(tenants.a)
+    report, _ = actions.do_create_report(reading.study, acting_user=tenants.a.radiologist, template=reading.template)
+    context = browser_context()
+    page = browser_login(context, live_url, tenants.a.radiologist.username)
+    editor = f"{live_url}/reports/{report.pk}/edit/"
+    page.goto(editor)
+    page.fill("#findings", "Typed, then the tab was closed.")
+    page.wait_for_selector("#save-status:text-matches('^Saved')")
+    page.close()
+    # A closed tab: the next one opens the server's draft.
+    page = context.new_page()
+    page.goto(editor)
+    assert page.input_value("#findings") == "Typed, then the tab was closed."
+    # A dropped link: typing stays in the browser, and is sent once the editor is back.
+    context.set_offline(True)
+    page.fill("#impression", "Typed while offline.")
+    page.wait_for_selector("#save-status.offline")
+    page.close()
+    context.set_offline(False)
+    page = context.new_page()
+    page.goto(editor)
+    assert page.input_value("#impression") == "Typed while offline."
+    page.wait_for_selector("#save-status:text-matches('^Saved')")
+    report.refresh_from_db()
+    assert report.draft["impression"] == "Typed while offline."
+    assert report.draft["findings"] == "Typed, then the tab was closed."

@@ -88,3 +88,57 @@ def test_a_final_reports_editor_sends_back_to_the_page_until_an_addendum_opens(r
     report.refresh_from_db()
     assert report.draft_kind == "addendum"
     assert actions.do_open_addendum(report, acting_user=reading.tenant.radiologist, kind="addendum").pk == report.pk
+
+
+def test_a_referral_share_of_the_study_shares_its_report_until_revoked(reading, tenants):
+    from workflow.sharing import do_revoke_share, do_share_study
+
+    report, _ = write_and_sign(reading)
+    client = web_client(tenants.b.clinician)
+    query = {"accession": reading.study.accession_number}
+    assert client.get("/api/v1/reports/", query).json()["results"] == []
+    share = do_share_study(reading.study, tenants.b.institution, kind="second_opinion", actor_label="test")
+    found = client.get("/api/v1/reports/", query).json()["results"]
+    assert [r["id"] for r in found] == [str(report.pk)]
+    assert client.get(f"/reports/{report.pk}/").status_code == 200
+    assert web_client(tenants.c.clinician).get(f"/reports/{report.pk}/").status_code == 404
+    do_revoke_share(share, actor_label="test", reason="done")
+    assert client.get("/api/v1/reports/", query).json()["results"] == []
+    assert client.get(f"/reports/{report.pk}/").status_code == 404
+
+
+def test_the_lookup_costs_the_same_queries_for_one_report_or_many(reading, tenants):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.conftest import api_client
+
+    write_and_sign(reading)
+    client = api_client(reading.tenant.clinician)
+    client.get("/api/v1/reports/")  # warm the token and membership caches
+
+    def count() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get("/api/v1/reports/", {"status": "final"}).status_code == 200
+        return len(queries)
+
+    one = count()
+    from archive.models import Study
+    from pacs_cloud.lib.uids import new_uid
+    from tests.conftest import PASSWORD
+
+    from .conftest import archive_image
+
+    user = reading.tenant.radiologist
+    for accession in ("MORE1", "MORE2"):
+        image = archive_image(
+            reading.study.institution, study_uid=new_uid(), patient=reading.study.patient, accession=accession
+        )
+        study = Study.objects.get(pk=image.series.study_id)
+        report, _ = actions.do_create_report(study, acting_user=user)
+        report = actions.do_autosave_draft(
+            report, acting_user=user, content={**report.draft, "impression": "Normal."}, base_revision=None
+        )
+        actions.do_sign_report(report, acting_user=user, password=PASSWORD)
+    assert len(client.get("/api/v1/reports/", {"status": "final"}).json()["results"]) == 3
+    assert count() == one

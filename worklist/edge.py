@@ -7,7 +7,9 @@ Cloud side (called by an enrolled edge with its token):
   its worklist record (:func:`worklist.mwl.order_record`) and whether it is
   still on the worklist; and the next cursor. Rows changed shortly before
   the cursor are sent again, so a transaction that committed late is not
-  missed; applying an item twice changes nothing.
+  missed; applying an item twice changes nothing. A change to an order's
+  patient, procedure or station moves the change time of its scheduled
+  orders (:func:`worklist.receivers.on_order_part_saved`), so it is sent too.
 * ``POST /api/v1/edge/mpps/`` — one MPPS N-CREATE or N-SET the edge received
   while it could not reach the cloud, applied through the same actions as
   the cloud's own MPPS service.

@@ -136,6 +136,7 @@ class Order(ConcurrentTransitionMixin, models.Model):
             models.Index(fields=["institution", "scheduled_date", "state"]),
             models.Index(fields=["institution", "state"]),
             models.Index(fields=["institution", "patient"]),
+            models.Index(fields=["institution", "updated_at"], name="order_changed_idx"),
         ]
 
     def __str__(self) -> str:

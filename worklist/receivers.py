@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.utils import timezone
+
 from archive.models import Instance, Study
 
 from . import actions
@@ -47,3 +49,30 @@ def on_study_completed(sender: Any, study: Study, **kwargs: Any) -> None:
         actions.complete_orders_of_study(study)
     except Exception:
         log.exception("completing the orders of study %s failed", study.pk)
+
+
+def on_order_part_saved(sender: Any, instance: Any, created: bool = False, raw: bool = False, **kwargs: Any) -> None:
+    """A patient, procedure, station or station's DICOM node changed: its scheduled orders changed with it.
+
+    Their worklist records carry the part's values, so the orders' change time
+    moves on and the edges' worklist feed (:mod:`worklist.edge`) sends them
+    again. A new part has no orders yet.
+    """
+    if created or raw:
+        return
+    from archive.models import DicomNode, Patient
+
+    from .models import Order, Procedure, Station
+
+    orders = Order.objects.filter(state__in=Order.WORKLIST_STATES)
+    if sender is Patient:
+        orders = orders.filter(patient_id=instance.pk)
+    elif sender is Procedure:
+        orders = orders.filter(procedure_id=instance.pk)
+    elif sender is Station:
+        orders = orders.filter(station_id=instance.pk)
+    elif sender is DicomNode:
+        orders = orders.filter(station__node_id=instance.pk)
+    else:
+        return
+    orders.update(updated_at=timezone.now())

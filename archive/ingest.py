@@ -41,7 +41,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset
+from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
@@ -72,6 +72,15 @@ UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEnd
 BULK_DATA_THRESHOLD = 64 * 1024
 # Pixel Data, Float Pixel Data, Double Float Pixel Data
 PIXEL_DATA_TAGS = frozenset({BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009)})
+
+
+# How a refusal for size begins (Failure Reason 0xA700, out of resources): a sender
+# tells it from a passing shortage, as it will never be stored however often sent.
+TOO_LARGE = "too large:"
+
+
+def too_large_reason(size: int, limit: int) -> str:
+    return f"{TOO_LARGE} {size} bytes, over the {limit}-byte limit for one instance"
 
 
 class IngestError(Exception):
@@ -450,7 +459,17 @@ def store_instance(
     size = path.stat().st_size
     limit = settings.MAX_INSTANCE_BYTES
     if size > limit:
-        raise IngestError(f"{size} bytes is over the {limit}-byte limit for one instance", code="too_large")
+        named: pydicom.Dataset
+        try:
+            named = read_file_meta_info(path)
+        except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, NotImplementedError):
+            named = pydicom.Dataset()
+        raise IngestError(
+            too_large_reason(size, limit),
+            code="too_large",
+            sop_class_uid=str(named.get("MediaStorageSOPClassUID", "") or ""),
+            sop_instance_uid=str(named.get("MediaStorageSOPInstanceUID", "") or ""),
+        )
     offset = 0
     try:
         from pynetdicom.dsutils import split_dataset
@@ -552,7 +571,12 @@ def store_dataset(
     """
     limit = settings.MAX_INSTANCE_BYTES
     if len(dataset) > limit:
-        raise IngestError(f"{len(dataset)} bytes is over the {limit}-byte limit for one instance", code="too_large")
+        raise IngestError(
+            too_large_reason(len(dataset), limit),
+            code="too_large",
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+        )
     # The request names the SOP instance: our header is known before the data
     # set is parsed, so the object's digest is computed on another core
     # meanwhile (hashlib lets go of the GIL).

@@ -12,10 +12,15 @@ why. Then:
   supported, conflict with other content, inconsistent with the archive):
   ``quarantined`` with the reason, shown on the edge's status page and
   reported to the cloud;
+* refused because it is larger than the cloud takes (out of resources, with
+  the cloud's reason saying so, or HTTP 413): quarantined at once, as no
+  retry can succeed;
 * refused for now (out of resources), not mentioned, or no usable answer at
   all (the cloud or the link is down): retried later, with exponential
   backoff and full jitter per instance, and one shared pause for all workers
-  while the cloud does not answer.
+  while the cloud does not answer. An instance the cloud keeps refusing is
+  quarantined with the last reason after ``max_refusals`` such answers
+  (``EDGE_REFUSED_MAX_ATTEMPTS``); an unreachable cloud never counts.
 
 Everything lives in the outbox, so a restart resumes where the last run
 stopped; re-sending what the cloud already has is harmless (an identical
@@ -33,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..ingest import TOO_LARGE
 from .client import Cloud, CloudRefused, CloudUnavailable
 from .outbox import Outbox, Row
 
@@ -61,7 +67,17 @@ def backoff(attempts: int, maximum: float) -> float:
 
 
 class Forwarder:
-    def __init__(self, outbox: Outbox, cloud: Cloud, *, batch: int, concurrency: int, max_delay: float) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        cloud: Cloud,
+        *,
+        batch: int,
+        concurrency: int,
+        max_delay: float,
+        max_refusals: int = 20,
+    ) -> None:
+        self.max_refusals = max(1, max_refusals)
         self.outbox = outbox
         self.cloud = cloud
         self.batch = max(1, batch)
@@ -219,17 +235,23 @@ class Forwarder:
         retry: list[Row] = []
         same = {uid: sha for uid, sha in confirmed.items() if uid in by_uid and by_uid[uid].sha256 == sha}
         self.sent += self.outbox.mark_forwarded(same)
+        # A failure the cloud could not attribute to an instance: the unmentioned ones may be it.
+        unattributed = failed.get(None)
         for uid, row in by_uid.items():
             if uid in same:
                 continue
-            if uid in failed:
-                code, comment = failed[uid]
-                if code in TRANSIENT_FAILURES:
-                    retry.append(row)
-                else:
-                    reason = f"refused by the cloud (0x{code or 0:04X}): {comment or 'no reason given'}"
-                    log.warning("quarantined %s: %s", uid, reason)
-                    self.outbox.quarantine(uid, row.sha256, reason, code)
+            if uid in failed or (unattributed is not None and uid not in stored and uid not in confirmed):
+                code, comment = failed.get(uid) or unattributed or (None, "")
+                reason = f"refused by the cloud (0x{code or 0:04X}): {comment or 'no reason given'}"
+                if code in TRANSIENT_FAILURES and not str(comment).startswith(TOO_LARGE):
+                    if row.refusals + 1 < self.max_refusals:
+                        self.outbox.retry_later(
+                            [uid], {uid: backoff(row.attempts, self.max_delay)}, reason, refused=True
+                        )
+                        continue
+                    reason = f"{reason} ({row.refusals + 1} times)"
+                log.warning("quarantined %s: %s", uid, reason)
+                self.outbox.quarantine(uid, row.sha256, reason, code)
             elif uid in confirmed:
                 self.outbox.quarantine(uid, row.sha256, "the cloud holds other content under this UID", None)
             else:  # not mentioned, or stored but not confirmed yet

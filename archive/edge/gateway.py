@@ -50,6 +50,7 @@ class Gateway:
             batch=settings.EDGE_FORWARD_BATCH,
             concurrency=settings.EDGE_FORWARD_CONCURRENCY,
             max_delay=settings.EDGE_RETRY_MAX_SECONDS,
+            max_refusals=settings.EDGE_REFUSED_MAX_ATTEMPTS,
         )
         self._stop = threading.Event()
         self._servers: list[Any] = []

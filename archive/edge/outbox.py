@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS instances (
     received_at REAL NOT NULL,
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    -- answers "out of resources" from the cloud so far (bounded: EDGE_REFUSED_MAX_ATTEMPTS)
+    refusals INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     forwarded_at REAL,
     reason TEXT NOT NULL DEFAULT '',
@@ -94,12 +96,13 @@ class Row:
     received_at: float
     state: str
     attempts: int
+    refusals: int = 0
 
 
 # The columns of Row, in order (a constant: no value is ever formatted into SQL).
 DUE_SQL = (
     "SELECT sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, transfer_syntax_uid, path,"
-    " size, sha256, received_at, state, attempts FROM instances WHERE state = ? AND next_attempt_at <= ?"
+    " size, sha256, received_at, state, attempts, refusals FROM instances WHERE state = ? AND next_attempt_at <= ?"
     " ORDER BY received_at LIMIT ?"
 )
 
@@ -114,6 +117,9 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(instances)")}
+        if "refusals" not in columns:  # an outbox made before refusals were counted
+            self._db.execute("ALTER TABLE instances ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -216,14 +222,15 @@ class Outbox:
                 ).rowcount
         return done
 
-    def retry_later(self, uids: Iterable[str], delays: dict[str, float], reason: str) -> None:
+    def retry_later(self, uids: Iterable[str], delays: dict[str, float], reason: str, *, refused: bool = False) -> None:
+        """Try again after each one's delay; ``refused``: the cloud answered "out of resources"."""
         now = time.time()
         with self.transaction() as db:
             for uid in uids:
                 db.execute(
-                    "UPDATE instances SET attempts = attempts + 1, next_attempt_at = ?, reason = ? "
-                    "WHERE sop_instance_uid = ? AND state = ?",
-                    (now + delays.get(uid, 1.0), reason[:300], uid, PENDING),
+                    "UPDATE instances SET attempts = attempts + 1, refusals = refusals + ?, next_attempt_at = ?,"
+                    " reason = ? WHERE sop_instance_uid = ? AND state = ?",
+                    (int(refused), now + delays.get(uid, 1.0), reason[:300], uid, PENDING),
                 )
 
     def quarantine(self, uid: str, sha256: str, reason: str, status_code: int | None) -> None:

@@ -82,6 +82,7 @@ def report_page(request: HttpRequest, report_id: str) -> HttpResponse:
         "latest": versions[-1] if versions else None,
         "valid": bool(results) and all(r.valid for r in results),
         "critical": critical,
+        "exports": list(versions[-1].exports.order_by("target")) if versions else [],
         "writer": writer,
         "can_edit": writer and report.state in (Report.State.DRAFT, Report.State.PRELIMINARY),
         "can_add": writer and report.state in (Report.State.FINAL, Report.State.AMENDED),

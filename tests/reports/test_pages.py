@@ -57,6 +57,7 @@ def test_the_report_page_shows_the_badge_key_images_and_viewer_link(reading):
     assert "A 6 mm nodule" in html
     assert f"/viewer/studies/{reading.study.pk}/" in html
     assert f"/instances/{reading.instance.sop_instance_uid}/frames/1/rendered" in html
+    assert "DICOM Encapsulated PDF in the archive: queued" in html
     assert AuditEvent.objects.filter(
         action="report.view", object_id=str(report.pk), actor_id=reading.tenant.clinician.pk
     ).exists()

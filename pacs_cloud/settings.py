@@ -439,6 +439,7 @@ DEMO_SEEDERS = [
     "archive.edge.demo.seed",
     "worklist.demo.seed",
     "workflow.demo.seed",
+    "workflow.demo.seed_referral",
 ]
 
 # Worklist: accession numbers and patient IDs issued here ({prefix} is the

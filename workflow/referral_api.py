@@ -45,11 +45,17 @@ def _refused(error: referrals.ReferralRefused | sharing.ShareRefused) -> Respons
     return Response({"detail": error.message, "code": error.code}, status=REFUSAL_STATUS.get(error.code, 400))
 
 
-def allowed_actions(user: Any, referral: Referral) -> list[str]:
-    """What the caller may do to the referral now (the UI shows these buttons)."""
+def allowed_actions(user: Any, referral: Referral, coordinating: set[Any] | None = None) -> list[str]:
+    """What the caller may do to the referral now (the UI shows these buttons).
+
+    ``coordinating``: the institutions where the caller is a referral
+    coordinator, when already known (a list answers many rows).
+    """
     S = Referral.State
     found: list[str] = []
-    if referrals.is_sender(user, referral):
+    if coordinating is None:
+        coordinating = access.institution_ids(user, [Role.REFERRAL_COORDINATOR])
+    if referral.from_institution_id in coordinating:
         found += {
             S.DRAFT: ["consent", "attach", "detach", "send", "cancel"],
             S.SENT: ["attach", "cancel"],
@@ -59,7 +65,7 @@ def allowed_actions(user: Any, referral: Referral) -> list[str]:
         }.get(referral.state, [])
         if referral.state == S.DRAFT and not referral.consent_recorded_at:
             found.remove("send")
-    if referrals.is_receiver(user, referral):
+    if referral.to_institution_id in coordinating and referral.state != S.DRAFT:
         found += {
             S.SENT: ["accept", "decline"],
             S.ACCEPTED: ["admit", "import"],
@@ -151,19 +157,20 @@ class ReferralSerializer(serializers.ModelSerializer):
     def get_clinical_summary(self, obj: Referral) -> str | None:
         return obj.clinical_summary if self._shows_patient(obj) else None
 
-    @staticmethod
-    def _visible_ids(context: dict[str, Any], referral: Referral) -> set[Any]:
-        cache = context.setdefault("_visible_studies", {})
-        if referral.pk not in cache:
-            attached = [row.study_id for row in referral.attachments.all()]
-            cache[referral.pk] = set(
-                access.visible_studies(context["request"].user).filter(pk__in=attached).values_list("pk", flat=True)
+    def _visible_ids(self) -> set[Any]:
+        """Which attached studies the caller may open, for every referral being shown, in one query."""
+        if "_visible_studies" not in self.context:
+            shown = self.parent.instance if self.parent is not None else [self.instance]
+            attached = [row.study_id for referral in shown for row in referral.attachments.all()]
+            user = self.context["request"].user
+            self.context["_visible_studies"] = set(
+                access.visible_studies(user).filter(pk__in=attached).values_list("pk", flat=True)
             )
-        return cache[referral.pk]
+        return self.context["_visible_studies"]
 
     @extend_schema_field(ReferralStudySerializer(many=True))
     def get_studies(self, obj: Referral) -> list[dict[str, Any]]:
-        visible = self._visible_ids(self.context, obj)
+        visible = self._visible_ids()
         shared = {s.study_id for s in obj.shares.all() if s.revoked_at is None}
         rows = []
         for row in obj.attachments.all():
@@ -199,7 +206,10 @@ class ReferralSerializer(serializers.ModelSerializer):
         return obj.created_by.display_name or obj.created_by.username
 
     def get_actions(self, obj: Referral) -> list[str]:
-        return allowed_actions(self.context["request"].user, obj)
+        user = self.context["request"].user
+        if "_coordinating" not in self.context:
+            self.context["_coordinating"] = access.institution_ids(user, [Role.REFERRAL_COORDINATOR])
+        return allowed_actions(user, obj, self.context["_coordinating"])
 
 
 class ReferralCreateSerializer(serializers.Serializer):

@@ -15,7 +15,6 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_date
 from django.views.decorators.http import require_POST
@@ -26,13 +25,13 @@ from pacs_cloud.models import Institution, Role
 from pacs_cloud.tenancy import current_institution
 
 from . import exchange, referrals
-from .models import ImportedStudy, Referral
+from .models import REFERRAL_ENDED_STATES, ImportedStudy, Referral
 from .referral_api import allowed_actions
 from .serializers import viewer_url
 
 LIST_ROWS = 100
 STUDY_CHOICES = 50
-OPEN_STATES = [s for s in Referral.State.values if s not in ("closed", "declined", "cancelled")]
+OPEN_STATES = [s for s in Referral.State.values if s not in REFERRAL_ENDED_STATES]
 
 
 def _coordinating(request: HttpRequest) -> Institution | None:
@@ -317,10 +316,6 @@ def _import(request: HttpRequest, referral: Referral) -> str:
     )
     imported = exchange.do_import_shared_study(study, patient=patient, acting_user=request.user, request=request)
     return f"Imported into your archive under patient {imported.patient.patient_id}."
-
-
-def referrals_url() -> str:
-    return reverse("workflow-list-referrals")
 
 
 def home_panels(request: HttpRequest, institution: Institution | None, roles: set[str]) -> list[Any]:

@@ -272,6 +272,10 @@ class EdgeWorklist:
         if str(attributes.get("PerformedProcedureStepStatus", "")) != "IN PROGRESS":
             return 0x0106, None  # Invalid attribute value
         self._queue("create", uid, ae_title, attributes)
+        studies = {
+            str(item.get("StudyInstanceUID", "")) for item in attributes.get("ScheduledStepAttributesSequence", [])
+        }
+        self._mark_local(studies, "STARTED")
         reply = Dataset()
         if not given:
             reply.AffectedSOPInstanceUID = uid
@@ -289,7 +293,37 @@ class EdgeWorklist:
         except Exception:
             return 0x0106, None
         self._queue("set", uid, ae_title, modifications)
+        final = str(modifications.get("PerformedProcedureStepStatus", ""))
+        if final in ("COMPLETED", "DISCONTINUED"):
+            self._mark_local(self._studies_of(uid), None)
         return SUCCESS, None
+
+    def _studies_of(self, uid: str) -> set[str]:
+        found: set[str] = set()
+        for (dataset,) in self.outbox.query(
+            "SELECT dataset FROM mpps WHERE kind = 'create' AND sop_instance_uid = ?", (uid,)
+        ):
+            items = Dataset.from_json(dataset).get("ScheduledStepAttributesSequence", [])
+            found |= {str(item.get("StudyInstanceUID", "")) for item in items}
+        return found - {""}
+
+    def _mark_local(self, study_uids: set[str], status: str | None) -> None:
+        """Show the modality's progress in the replica until the cloud's own answer replaces it:
+        a started step is STARTED, a finished one leaves the worklist (as in the cloud)."""
+        study_uids.discard("")
+        if not study_uids:
+            return
+        with self.outbox.transaction() as db:
+            for key, raw in db.execute("SELECT accession_key, record FROM worklist").fetchall():
+                item = json.loads(raw)
+                if item["record"].get("StudyInstanceUID") not in study_uids:
+                    continue
+                if status is None:
+                    db.execute("DELETE FROM worklist WHERE accession_key = ?", (key,))
+                    continue
+                for step in item["record"].get("ScheduledProcedureStepSequence") or []:
+                    step["ScheduledProcedureStepStatus"] = status
+                db.execute("UPDATE worklist SET record = ? WHERE accession_key = ?", (json.dumps(item), key))
 
     def relay(self) -> int:
         """Relay queued MPPS messages in the order they came; stops at the first the cloud cannot take now."""

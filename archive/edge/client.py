@@ -26,6 +26,14 @@ class CloudUnavailable(Exception):
     """The cloud did not answer, or answered that it cannot take the request now."""
 
 
+class CloudRefused(Exception):
+    """The cloud refused a whole request (a 4xx that is not about the token or the load)."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"HTTP {status}: {text[:200]}")
+        self.status = status
+
+
 class MultipartBody(io.RawIOBase):
     """A multipart/related body read from files part by part, its length known in advance.
 
@@ -128,10 +136,14 @@ class Cloud:
             answer = response.json() if response.content else {}
         except ValueError:
             answer = {}
-        if response.status_code not in (200, 202, 409) or not isinstance(answer, dict):
-            # Not a per-instance answer (a 400 on the whole body, a proxy's page): ask again later.
-            raise CloudUnavailable(f"STOW-RS answered {response.status_code}: {response.text[:200]}")
-        return response.status_code, answer
+        if response.status_code in (200, 202, 409) and isinstance(answer, dict):
+            return response.status_code, answer
+        if response.status_code in (400, 413):
+            # Not a per-instance answer: the body as a whole was refused (unreadable, too large).
+            # Other answers (a 404 from a wrong CLOUD_URL, a proxy's page) are retried, never
+            # taken as the cloud's word on the images.
+            raise CloudRefused(response.status_code, response.text)
+        raise CloudUnavailable(f"STOW-RS answered {response.status_code}: {response.text[:200]}")
 
     # WADO-RS (PS3.18 §10.4) ---------------------------------------------------------------
 

@@ -28,10 +28,12 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .client import Cloud, CloudUnavailable
+from .client import Cloud, CloudRefused, CloudUnavailable
 from .outbox import Outbox, Row
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 # Failure Reason (0008,1197) values worth another try (PS3.4 B.2.3: out of resources).
 TRANSIENT_FAILURES = {0xA700, 0xA701, 0xA702, 0x0110}
 BASE_DELAY = 0.5
+RECEIVING_GRACE = 0.5  # seconds after the last C-STORE during which forwarding waits ...
+MAX_DEFERRAL = 15.0  # ... unless the oldest waiting instance is older than this
 
 
 def _sequence_items(answer: dict[str, Any], tag: str) -> list[dict[str, Any]]:
@@ -67,6 +71,8 @@ class Forwarder:
         self._wake = threading.Condition()
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
+        self._held: dict[str, int] = {}
+        self._receiving_until = 0.0
         self._down_until = 0.0
         self._failures = 0
         self._threads: list[threading.Thread] = []
@@ -77,7 +83,7 @@ class Forwarder:
 
     def start(self) -> None:
         for number in range(self.concurrency):
-            thread = threading.Thread(target=self._work, name=f"edge-forward-{number}", daemon=True)
+            thread = threading.Thread(target=self._work, args=(number,), name=f"edge-forward-{number}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -87,9 +93,29 @@ class Forwarder:
         for thread in self._threads:
             thread.join(timeout)
 
+    @contextmanager
+    def holding(self, uid: str) -> Iterator[None]:
+        """Keep ``uid`` out of every batch while the block runs (its file is being written)."""
+        with self._lock:
+            self._held[uid] = self._held.get(uid, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[uid] -= 1
+                if not self._held[uid]:
+                    del self._held[uid]
+
     def wake(self) -> None:
         with self._wake:
             self._wake.notify_all()
+
+    def received(self) -> None:
+        """A modality just stored an instance: while images keep arriving, forwarding leaves the
+        disk and the processor to the modality, and resumes a moment after the last one; during
+        a long ingest one worker forwards what has waited longer than MAX_DEFERRAL."""
+        self._receiving_until = time.time() + RECEIVING_GRACE
+        self.wake()
 
     @property
     def cloud_down(self) -> bool:
@@ -99,9 +125,13 @@ class Forwarder:
 
     def _take(self) -> list[Row]:
         with self._lock:
-            rows = self.outbox.due(self.batch, self._in_flight)
+            rows = self.outbox.due(self.batch, self._in_flight | set(self._held))
             self._in_flight.update(row.sop_instance_uid for row in rows)
         return rows
+
+    def _overdue(self) -> bool:
+        age = self.outbox.oldest_pending_age()
+        return age is not None and age > MAX_DEFERRAL
 
     def _pause(self) -> float:
         now = time.time()
@@ -110,8 +140,11 @@ class Forwarder:
         following = self.outbox.next_due_at()
         return 1.0 if following is None else min(1.0, max(0.01, following - now))
 
-    def _work(self) -> None:
+    def _work(self, number: int = 0) -> None:
         while not self._stop.is_set():
+            if time.time() < self._receiving_until and (number or not self._overdue()):
+                self._stop.wait(RECEIVING_GRACE / 2)
+                continue
             rows = [] if self.cloud_down else self._take()
             if not rows:
                 with self._wake:
@@ -155,6 +188,17 @@ class Forwarder:
             _, answer = self.cloud.stow([Path(r.path) for r in present])
         except CloudUnavailable as exc:
             self._unavailable(present, str(exc))
+            return
+        except CloudRefused as exc:
+            if len(present) > 1:
+                # Find the instance the request failed on: each goes again on its own.
+                for row in present:
+                    self.forward([row])
+                return
+            row = present[0]
+            reason = f"refused by the cloud ({exc})"
+            log.warning("quarantined %s: %s", row.sop_instance_uid, reason)
+            self.outbox.quarantine(row.sop_instance_uid, row.sha256, reason, None)
             return
         stored = {_value(item, "00081155") for item in _sequence_items(answer, "00081199")}
         failed = {

@@ -185,6 +185,13 @@ class Outbox:
             )
         return True
 
+    def forget(self, uid: str, sha256: str) -> None:
+        """Remove a pending row whose file could not be written (the modality was told so)."""
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM instances WHERE sop_instance_uid = ? AND sha256 = ? AND state = ?", (uid, sha256, PENDING)
+            )
+
     def due(self, limit: int, exclude: set[str], now: float | None = None) -> list[Row]:
         """Pending instances whose retry time has come, oldest first, none of ``exclude``."""
         now = time.time() if now is None else now

@@ -88,14 +88,10 @@ def test_storescu_to_edge_to_cloud_is_found_by_qido_byte_identical(start_edge, c
         assert differences(path, answer.content) == []
 
 
-def test_an_unknown_modality_is_refused(start_edge):
+def test_an_unknown_modality_and_an_instance_with_a_bad_uid_are_refused(start_edge):
     edge = start_edge()
     result = dcmtk("echoscu", "-aet", "STRANGER", "-aec", "PACSEDGE", "127.0.0.1", str(edge.port))
     assert result.returncode != 0
-
-
-def test_an_instance_with_a_bad_uid_is_refused_and_nothing_is_kept(start_edge):
-    edge = start_edge()
     ae = AE(ae_title="ALPHA_CT")
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", edge.port, ae_title="PACSEDGE")

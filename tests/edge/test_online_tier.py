@@ -127,3 +127,33 @@ def test_findscu_finds_resident_studies_at_the_edge(start_edge, tmp_path):
     assert [(str(d.StudyInstanceUID), str(d.AccessionNumber), int(d.NumberOfStudyRelatedInstances)) for d in found] == [
         (study, "ACCF1", 3)
     ]
+
+
+class RefusingCloud:
+    """The cloud as a proxy in front of it may answer: 413 for any request carrying ``too_big``."""
+
+    def __init__(self, too_big: str) -> None:
+        self.too_big = too_big
+        self.requests: list[list[str]] = []
+
+    def stow(self, paths):
+        from archive.edge.client import CloudRefused
+
+        names = [p.stem for p in paths]
+        self.requests.append(names)
+        if self.too_big in names:
+            raise CloudRefused(413, "Request Entity Too Large")
+        items = [{"00081155": {"vr": "UI", "Value": [n]}} for n in names]
+        return 200, {"00081199": {"vr": "SQ", "Value": items}}
+
+    def confirm(self, uids):
+        return {uid: hashlib.sha256(f"content {uid}".encode()).hexdigest() for uid in uids}
+
+
+def test_a_request_the_cloud_refuses_whole_is_split_and_only_the_culprit_is_quarantined(gateway):
+    for uid in ("4.1", "4.2", "4.3"):
+        keep(gateway, "4", uid, content=f"content {uid}".encode())
+    gateway.forwarder.cloud = RefusingCloud("4.2")
+    gateway.forwarder.forward(gateway.outbox.due(10, set()))
+    assert states(gateway) == {"4.1": "forwarded", "4.2": "quarantined", "4.3": "forwarded"}
+    assert "413" in gateway.outbox.quarantined()[0][2]

@@ -113,10 +113,18 @@ def test_mpps_sent_while_the_cloud_is_down_reaches_it_when_it_returns(orders, st
     uid = new_uid()
     status, _ = assoc.send_n_create(in_progress(order), ModalityPerformedProcedureStep, uid)
     assert status.Status == 0x0000
+    # The edge's worklist shows the exam started at once, the cloud still out of reach.
+    started = findscu(edge.port, [*KEYS, f"{STEP}ScheduledProcedureStepStatus"], tmp_path / "started")
+    by_accession = {str(ds.AccessionNumber): ds for ds in started}
+    step = by_accession[order.accession_number].ScheduledProcedureStepSequence[0]
+    assert step.ScheduledProcedureStepStatus == "STARTED"
     status, _ = assoc.send_n_set(completed([(new_uid(), [new_uid()])]), ModalityPerformedProcedureStep, uid)
     assert status.Status == 0x0000
     assoc.release()
     assert edge.status()["mpps_waiting"] == 2
+    # Completed: the exam has left the edge's worklist.
+    left = findscu(edge.port, KEYS, tmp_path / "left")
+    assert order.accession_number not in {str(ds.AccessionNumber) for ds in left}
     time.sleep(0.5)
     assert not PerformedProcedureStep.objects.filter(sop_instance_uid=uid).exists()
     cloud.start()

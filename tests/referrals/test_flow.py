@@ -207,3 +207,29 @@ def test_a_study_attached_after_sending_is_shared_at_once(tenants, ct):
     post(a.referral_coordinator, f"/api/v1/referrals/{referral.pk}/attach/", {"study": str(later.pk)})
     assert probe(b.clinician, later).everywhere
     assert Study.objects.filter(pk=later.pk).exists()
+
+
+def test_the_referral_list_costs_the_same_queries_for_one_row_or_many(tenants, ct):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from .conftest import sent
+
+    client = api_client(tenants.b.referral_coordinator)
+    QUERIES: list = []
+
+    def count() -> tuple[int, int]:
+        with CaptureQueriesContext(connection) as queries:
+            rows = client.get("/api/v1/referrals/", {"box": "inbox"}).json()["results"]
+        QUERIES[:] = queries.captured_queries
+        return len(rows), len(queries)
+
+    sent(tenants, ct)
+    count()  # the first request also looks up the token and memberships, which are then reused
+    one = count()
+    for _ in range(3):
+        sent(tenants, archived_study(tenants.a.institution))
+    many = count()
+    assert one[0] == 1 and many[0] == 4
+    assert many[1] == one[1], "\n".join(q["sql"][:150] for q in QUERIES)
+    assert one[1] <= 12

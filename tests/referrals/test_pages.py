@@ -97,6 +97,13 @@ def test_refusals_show_as_messages_and_change_nothing(tenants, ct):
     assert web_client(tenants.a.clinician).get("/referrals/new/").status_code == 404
 
 
+def test_the_study_search_of_a_new_referral_finds_only_the_coordinators_own(tenants, ct):
+    page = web_client(tenants.b.referral_coordinator).get("/referrals/new/", {"q": ct.patient.patient_id})
+    assert page.status_code == 200 and b"CT CHEST" not in page.content and b"Zhou" not in page.content
+    page = web_client(tenants.a.referral_coordinator).get("/referrals/new/", {"q": "zhou"})
+    assert b"CT CHEST" in page.content
+
+
 def test_the_pages_listen_for_live_updates(tenants, ct):
     referral = sent(tenants, ct)
     page = web_client(tenants.b.referral_coordinator).get(f"/referrals/{referral.pk}/").content.decode()

@@ -143,3 +143,13 @@ def test_the_lookup_costs_the_same_queries_for_one_report_or_many(reading, tenan
         actions.do_sign_report(report, acting_user=user, password=PASSWORD)
     assert len(client.get("/api/v1/reports/", {"status": "final"}).json()["results"]) == 3
     assert count() == one
+
+
+def test_a_printed_verification_code_is_checked_on_the_lookup_page(reading, tenants):
+    report, version = write_and_sign(reading)
+    page = web_client(reading.tenant.clinician).get("/reports/", {"code": version.verification_code.lower()})
+    html = page.content.decode()
+    assert "Signature verified" in html and f"/reports/{report.pk}/" in html
+    assert AuditEvent.objects.filter(action="report.verify", object_id=str(report.pk)).exists()
+    outsider = web_client(tenants.c.clinician).get("/reports/", {"code": version.verification_code}).content.decode()
+    assert "No report you may see carries this code." in outsider and str(report.pk) not in outsider

@@ -62,7 +62,8 @@ def worker(tmp_path_factory, _asgi_server):
     )  # fmt: skip
     ready = wait_for(lambda: " ready." in (data_dir / "worker.log").read_text() or process.poll() is not None, 90)
     assert ready and process.poll() is None, (data_dir / "worker.log").read_text()[-3000:]
-    producer = Celery("test-producer", broker="filesystem://")
+    # Not the current app: shared tasks of later tests must still resolve to the product's app.
+    producer = Celery("test-producer", broker="filesystem://", set_as_current=False)
     producer.conf.broker_transport_options = broker_options(data_dir)
     yield producer, data_dir
     process.send_signal(signal.SIGTERM)

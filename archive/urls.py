@@ -99,9 +99,13 @@ urlpatterns = [
     # Edge gateways: the admins' pages, and the endpoints an edge calls with its token
     path("archive/edges/", edge_pages.edges, name="archive-list-edges"),
     path("archive/edges/<uuid:pk>/", edge_pages.edge_detail, name="archive-edit-edge"),
-    path("api/v1/edge/heartbeat/", edge_api.HeartbeatView.as_view(), name="archive-edge-heartbeat"),
-    path("api/v1/edge/quarantine/", edge_api.QuarantineReportView.as_view(), name="archive-edge-quarantine"),
-    path("api/v1/edge/confirm/", edge_api.ConfirmView.as_view(), name="archive-edge-confirm"),
-    path("api/v1/edge/config/", edge_api.ConfigView.as_view(), name="archive-edge-config"),
+    path("api/v1/edge/heartbeat/", on_worker_thread(edge_api.HeartbeatView.as_view()), name="archive-edge-heartbeat"),
+    path(
+        "api/v1/edge/quarantine/",
+        on_worker_thread(edge_api.QuarantineReportView.as_view()),
+        name="archive-edge-quarantine",
+    ),
+    path("api/v1/edge/confirm/", on_worker_thread(edge_api.ConfirmView.as_view()), name="archive-edge-confirm"),
+    path("api/v1/edge/config/", on_worker_thread(edge_api.ConfigView.as_view()), name="archive-edge-config"),
     path("", include(router.urls)),
 ]

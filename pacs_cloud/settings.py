@@ -395,6 +395,7 @@ QUERY_MAX_RESULTS = env.int("QUERY_MAX_RESULTS", default=1000)
 # Home-page panels: each app appends its provider (see pacs_cloud.home).
 HOME_PANELS = [
     "pacs_cloud.home.role_panels",
+    "archive.edge.pages.home_panels",
     "worklist.views.home_panels",
     "viewer.home.recent_panel",
     "workflow.home.reading_panels",

@@ -1,6 +1,8 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
+from archive.dicomweb import on_worker_thread
+
 from . import api, edge, views
 
 router = SimpleRouter()
@@ -40,7 +42,7 @@ urlpatterns = [
     path("worklist/catalogue/procedures/<uuid:pk>/", views.procedure_edit, name="worklist-edit-procedure"),
     path("worklist/catalogue/stations/new/", views.station_edit, name="worklist-add-station"),
     path("worklist/catalogue/stations/<uuid:pk>/", views.station_edit, name="worklist-edit-station"),
-    path("api/v1/edge/worklist/", edge.WorklistFeedView.as_view(), name="worklist-edge-feed"),
-    path("api/v1/edge/mpps/", edge.MppsRelayView.as_view(), name="worklist-edge-mpps"),
+    path("api/v1/edge/worklist/", on_worker_thread(edge.WorklistFeedView.as_view()), name="worklist-edge-feed"),
+    path("api/v1/edge/mpps/", on_worker_thread(edge.MppsRelayView.as_view()), name="worklist-edge-mpps"),
     path("api/v1/", include(router.urls)),
 ]

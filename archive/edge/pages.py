@@ -12,6 +12,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from pacs_cloud import access
+from pacs_cloud.home import Panel
 from pacs_cloud.models import Institution, Role
 from pacs_cloud.tenancy import current_institution
 
@@ -85,3 +86,15 @@ def edge_detail(request: HttpRequest, pk: Any) -> HttpResponse:
         "cloud_url": settings.CLOUD_URL,
     }
     return render(request, "archive/edge.html", context)
+
+
+def home_panels(request: HttpRequest, institution: Institution | None, roles: set[str]) -> list[Panel]:
+    """The institution administrator's panel on the home page: each edge's state, alerts first."""
+    if institution is None or Role.INSTITUTION_ADMIN not in roles:
+        return []
+    edges = list(EdgeGateway.objects.filter(institution=institution, revoked_at__isnull=True).order_by("name"))
+    if not edges:
+        return []
+    rows = sorted(((edge, enrolment.health(edge)) for edge in edges), key=lambda pair: not pair[1]["alert"])
+    context = {"rows": rows, "alerts": sum(1 for _, h in rows if h["alert"])}
+    return [Panel("Edge gateways", "archive/edges_panel.html", context, order=60, role=Role.INSTITUTION_ADMIN.label)]

@@ -9,9 +9,10 @@ C-STORE is written to local disk and the outbox instead of the archive.
 C-STORE (PS3.4 Annex B): the data set is kept exactly as received behind
 the same File Meta Information the cloud writes
 (:func:`archive.ingest.file_meta_header`), so the edge's file and the
-cloud's object have the same SHA-256. The file is written to a temporary
-name, fsynced, renamed and its folder fsynced; then its outbox row is
-committed; only then does the modality hear Success.
+cloud's object have the same SHA-256. The file is written and fsynced
+(:func:`write_durably`) while its outbox row commits; only when both are
+durable does the modality hear Success. Query/Retrieve at the edge is in
+:mod:`.tier`, the worklist in ``worklist.edge``.
 """
 
 from __future__ import annotations

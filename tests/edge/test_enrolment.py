@@ -170,3 +170,18 @@ def test_the_demo_enrols_riversides_edge_once_and_keeps_its_token_for_the_procfi
     demo.seed()
     assert demo.token_file().read_text() != token
     assert EdgeGateway.objects.count() == 1
+
+
+def test_the_admins_home_page_shows_an_edge_in_trouble(tenants, settings):
+    settings.EDGE_BACKLOG_ALERT_MINUTES = 10
+    edge, token = enrol(tenants, name="Closet")
+    page = web_client(tenants.a.institution_admin).get("/").content.decode()
+    assert "Closet: never seen" in page and "need" not in page
+    edge_client(token).post(
+        "/api/v1/edge/heartbeat/", {**HEARTBEAT, "outbox_depth": 40, "oldest_unsent_seconds": 7200}, format="json"
+    )
+    page = web_client(tenants.a.institution_admin).get("/").content.decode()
+    assert "1 edge gateway needs attention" in page and "40 images waiting, the oldest for 120 min" in page
+    # Other roles and other institutions' admins see no such panel.
+    assert "Closet" not in web_client(tenants.a.technologist).get("/").content.decode()
+    assert "Closet" not in web_client(tenants.b.institution_admin).get("/").content.decode()

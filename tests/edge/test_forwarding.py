@@ -108,21 +108,31 @@ def test_an_unknown_modality_and_an_instance_with_a_bad_uid_are_refused(start_ed
 def test_the_cloud_stopped_during_a_500_instance_ingest_gets_every_instance_exactly_once(start_edge, cloud, tmp_path):
     edge = start_edge()
     study, uids = series(tmp_path / "ct", 500)
+    first, rest = tmp_path / "first", tmp_path / "rest"
+    first.mkdir()
+    rest.mkdir()
+    for number, path in enumerate(sorted((tmp_path / "ct").iterdir())):
+        path.rename((first if number < 100 else rest) / path.name)
+    # The first hundred are acknowledged and forwarded while the cloud answers ...
+    assert storescu(edge, first, extra=("+sd",)).returncode == 0
+    edge.wait_for(lambda s: s["forwarded"] >= 20, timeout=60)
+    # ... the cloud stops while the modality is still sending the other four hundred.
     sender = subprocess.Popen(
-        ["storescu", "-aet", "ALPHA_CT", "-aec", "PACSEDGE", "+sd", "127.0.0.1", str(edge.port), str(tmp_path / "ct")],
+        ["storescu", "-aet", "ALPHA_CT", "-aec", "PACSEDGE", "+sd", "127.0.0.1", str(edge.port), str(rest)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    edge.wait_for(lambda s: s["forwarded"] >= 20, timeout=60)
+    edge.wait_for(lambda s: s["outbox_depth"] + s["forwarded"] >= 110, timeout=60)
     cloud.stop()
+    assert sender.poll() is None, "the cloud must stop during the ingest"
     out, err = sender.communicate(timeout=120)
     assert sender.returncode == 0, err
     # Every instance the modality saw acknowledged is in the outbox; some wait for the cloud.
     rows = outbox_rows(edge)
     assert set(rows) == set(uids)
-    waiting = edge.wait_for(lambda s: not s["cloud_reachable"] or s["outbox_depth"] > 0)
-    assert waiting["outbox_depth"] > 0
+    waiting = edge.wait_for(lambda s: not s["cloud_reachable"] and s["outbox_depth"] > 0)
+    assert waiting["forwarded"] < 500
     time.sleep(1)
     cloud.start()
     edge.wait_for(lambda s: s["forwarded"] == 500 and s["outbox_depth"] == 0, timeout=90)

@@ -108,6 +108,16 @@ def test_a_study_evicted_from_the_online_tier_is_retrieved_through_the_edge_by_m
         uid = pydicom.dcmread(original).SOPInstanceUID
         assert differences(original, got[uid]) == []
     assert edge.status()["restored"] == 5
+    # C-GET of the same study, over the caller's own association, after it was evicted again.
+    edge.wait_for(lambda s: s["evicted"] == 5)
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    result = dcmtk(
+        "getscu", "-S", "-aet", "ALPHA_WS", "-aec", "PACSEDGE", "-od", str(fetched),
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(edge.port),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert {pydicom.dcmread(p).SOPInstanceUID for p in fetched.iterdir()} == set(uids)
 
 
 @pytest.mark.dcmtk

@@ -44,3 +44,14 @@ def test_the_app_processes_use_the_production_servers_and_no_literal_secret():
 
 def test_there_is_a_marked_place_for_the_s3_service():
     assert "S3 object storage" in (DOCKER / "compose.yaml").read_text()
+
+
+def test_the_edge_stack_runs_the_gateway_in_the_edge_role_with_its_token_from_the_environment():
+    edge = yaml.safe_load((DOCKER / "edge.yaml").read_text())["services"]["edge"]
+    assert edge["image"] == "cloud-pacs:latest"
+    assert edge["command"][:3] == ["python", "manage.py", "edge_gateway"] and "edge_gateway" in get_commands()
+    assert edge["environment"]["PACS_ROLE"] == "edge"
+    assert edge["environment"]["EDGE_TOKEN"].startswith("${EDGE_TOKEN:?")
+    assert edge["environment"]["CLOUD_URL"].startswith("${CLOUD_URL:?")
+    assert "11113:11113" in edge["ports"]
+    assert not {"DATABASE_URL", "REDIS_URL"} & set(edge["environment"])  # the edge needs no server

@@ -855,16 +855,9 @@ def _json(ds: Dataset) -> dict[str, Any]:
     return ds.to_json_dict(bulk_data_threshold=10**9, bulk_data_element_handler=lambda element: "")
 
 
-def do_create_mpps(
-    sop_instance_uid: str, attributes: Dataset, *, institution: Institution, ae_title: str
-) -> PerformedProcedureStep:
-    """N-CREATE of a Modality Performed Procedure Step (PS3.4 F.7.2.1).
-
-    The step must be IN PROGRESS and carry the Type 1 attributes. A step for
-    a scheduled order moves that order to in_progress; a step for a cancelled
-    or finished order is refused. Raises :class:`MppsError` and changes
-    nothing when the request is refused.
-    """
+def check_mpps_create(sop_instance_uid: str, attributes: Dataset) -> Any:
+    """The checks of an N-CREATE that need no database (the edge makes them too); returns its
+    Scheduled Step Attributes items. Raises :class:`MppsError`."""
     if not is_valid_uid(sop_instance_uid):
         raise MppsError(INVALID_OBJECT_INSTANCE, "Affected SOP Instance UID is not a valid UID")
     for keyword in CREATE_REQUIRED:
@@ -881,6 +874,50 @@ def do_create_mpps(
     for item in items:
         if not _text(item, "StudyInstanceUID"):
             raise MppsError(MISSING_ATTRIBUTE_VALUE, "Scheduled Step Attributes item lacks Study Instance UID")
+    return items
+
+
+def merge_mpps_set(state: str, stored: Dataset, modifications: Dataset) -> tuple[Dataset, PerformedProcedureStep.State]:
+    """The checks of an N-SET on a step in ``state`` with ``stored`` attributes that need no
+    database (the edge makes them too); returns the merged attributes and the new state.
+    Raises :class:`MppsError`."""
+    if state != PerformedProcedureStep.State.IN_PROGRESS:
+        raise MppsError(
+            PROCESSING_FAILURE,
+            "Performed Procedure Step Object may no longer be updated",
+            error_id=MAY_NO_LONGER_BE_UPDATED,
+        )
+    for keyword in SET_NOT_ALLOWED:
+        if keyword in modifications:
+            raise MppsError(INVALID_ATTRIBUTE_VALUE, f"{keyword} may not be changed", tags=[attributes_tag(keyword)])
+    merged = stored
+    for element in modifications:
+        if element.tag.group != 0:
+            merged[element.tag] = element
+    status = _text(merged, "PerformedProcedureStepStatus")
+    new_state = PPS_STATUS.get(status)
+    if new_state is None:
+        raise MppsError(INVALID_ATTRIBUTE_VALUE, f"Performed Procedure Step Status {status!r} is not valid")
+    if new_state == PerformedProcedureStep.State.COMPLETED:
+        if not _text(merged, "PerformedProcedureStepEndDate") or not _text(merged, "PerformedProcedureStepEndTime"):
+            raise MppsError(MISSING_ATTRIBUTE_VALUE, "a completed step needs its end date and time")
+        series = _performed_series(merged)
+        if not series or not all(uid for uid, _ in series):
+            raise MppsError(MISSING_ATTRIBUTE_VALUE, "a completed step needs its Performed Series Sequence")
+    return merged, new_state
+
+
+def do_create_mpps(
+    sop_instance_uid: str, attributes: Dataset, *, institution: Institution, ae_title: str
+) -> PerformedProcedureStep:
+    """N-CREATE of a Modality Performed Procedure Step (PS3.4 F.7.2.1).
+
+    The step must be IN PROGRESS and carry the Type 1 attributes. A step for
+    a scheduled order moves that order to in_progress; a step for a cancelled
+    or finished order is refused. Raises :class:`MppsError` and changes
+    nothing when the request is refused.
+    """
+    items = check_mpps_create(sop_instance_uid, attributes)
     started = _moment(attributes, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", institution)
     order = next((o for o in (_scheduled_order(item, institution) for item in items) if o is not None), None)
     label = f"AE {ae_title}"
@@ -945,32 +982,9 @@ def do_update_mpps(
         )
         if step is None:
             raise MppsError(NO_SUCH_OBJECT_INSTANCE, "no such Performed Procedure Step")
-        if step.state != PerformedProcedureStep.State.IN_PROGRESS:
-            raise MppsError(
-                PROCESSING_FAILURE,
-                "Performed Procedure Step Object may no longer be updated",
-                error_id=MAY_NO_LONGER_BE_UPDATED,
-            )
-        for keyword in SET_NOT_ALLOWED:
-            if keyword in modifications:
-                raise MppsError(
-                    INVALID_ATTRIBUTE_VALUE, f"{keyword} may not be changed", tags=[attributes_tag(keyword)]
-                )
-        merged = Dataset.from_json(step.attributes)
-        for element in modifications:
-            if element.tag.group != 0:
-                merged[element.tag] = element
-        status = _text(merged, "PerformedProcedureStepStatus")
-        new_state = PPS_STATUS.get(status)
-        if new_state is None:
-            raise MppsError(INVALID_ATTRIBUTE_VALUE, f"Performed Procedure Step Status {status!r} is not valid")
+        merged, new_state = merge_mpps_set(step.state, Dataset.from_json(step.attributes), modifications)
         ended = _moment(merged, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime", institution)
         series = _performed_series(merged)
-        if new_state == PerformedProcedureStep.State.COMPLETED:
-            if ended is None or not _text(merged, "PerformedProcedureStepEndTime"):
-                raise MppsError(MISSING_ATTRIBUTE_VALUE, "a completed step needs its end date and time")
-            if not series or not all(uid for uid, _ in series):
-                raise MppsError(MISSING_ATTRIBUTE_VALUE, "a completed step needs its Performed Series Sequence")
         step.attributes = _json(merged)
         step.ended_at = ended
         step.updated_at = timezone.now()
@@ -988,7 +1002,12 @@ def do_update_mpps(
             return step
         method = "complete" if new_state == PerformedProcedureStep.State.COMPLETED else "discontinue"
         apply_transition(
-            step, method, actor_label=label, institution=institution, reason=f"MPPS {status}", update_fields=fields
+            step,
+            method,
+            actor_label=label,
+            institution=institution,
+            reason=f"MPPS {_text(merged, 'PerformedProcedureStepStatus')}",
+            update_fields=fields,
         )
         step.series.all().delete()
         PerformedSeries.objects.bulk_create(

@@ -19,8 +19,10 @@ the Modality Worklist C-FIND answered from the replica in the edge's SQLite
 outbox with the cloud's matching code (:mod:`pacs_cloud.lib.dicom_match`,
 character sets as :mod:`worklist.mwl` chooses them), so a modality gets the
 same answer from the edge as from the cloud, also while the cloud is down;
-MPPS N-CREATE/N-SET queued durably and relayed in order when the cloud
-answers.
+MPPS N-CREATE/N-SET checked against the steps the edge received with the
+cloud's own rules (:func:`worklist.actions.check_mpps_create`,
+:func:`worklist.actions.merge_mpps_set`), queued durably and relayed in order
+when the cloud answers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -62,9 +65,10 @@ from .dimse import (
     SUCCESS,
     UNABLE_TO_PROCESS,
     _failure,
+    _mpps_status,
     unsupported_keys,
 )
-from .models import Order
+from .models import Order, PerformedProcedureStep
 
 if TYPE_CHECKING:
     from archive.edge.gateway import Gateway
@@ -169,6 +173,7 @@ class EdgeWorklist:
         self.gateway = gateway
         self.outbox = gateway.outbox
         self.cloud = gateway.cloud
+        self._mpps_lock = threading.Lock()
 
     def services(self) -> list[DimseService]:
         return [
@@ -271,9 +276,15 @@ class EdgeWorklist:
             attributes = event.attribute_list
         except Exception:
             return 0x0107, None  # Attribute list error
-        if str(attributes.get("PerformedProcedureStepStatus", "")) != "IN PROGRESS":
-            return 0x0106, None  # Invalid attribute value
-        self._queue("create", uid, ae_title, attributes)
+        with self._mpps_lock:
+            try:
+                actions.check_mpps_create(uid, attributes)
+                if self._local_step(uid) is not None:
+                    raise actions.MppsError(actions.DUPLICATE_SOP_INSTANCE, "a step with this SOP Instance UID exists")
+            except actions.MppsError as exc:
+                log.info("MPPS N-CREATE from %s refused: %s", ae_title, exc.comment)
+                return _mpps_status(exc, with_tags=False), None
+            self._queue("create", uid, ae_title, attributes)
         studies = {
             str(item.get("StudyInstanceUID", "")) for item in attributes.get("ScheduledStepAttributesSequence", [])
         }
@@ -287,18 +298,37 @@ class EdgeWorklist:
         """EVT_N_SET (PS3.4 F.7.2.2): queued behind the step's N-CREATE."""
         ae_title = calling_ae_title(event.assoc)
         uid = str(event.request.RequestedSOPInstanceUID or "")
-        known = self.outbox.query("SELECT 1 FROM mpps WHERE kind = 'create' AND sop_instance_uid = ?", (uid,))
-        if not known and not is_valid_uid(uid):
-            return 0x0112, None  # No such object instance
         try:
             modifications = event.modification_list
         except Exception:
             return 0x0106, None
-        self._queue("set", uid, ae_title, modifications)
-        final = str(modifications.get("PerformedProcedureStepStatus", ""))
-        if final in ("COMPLETED", "DISCONTINUED"):
+        with self._mpps_lock:
+            try:
+                stored = self._local_step(uid)
+                if stored is None:
+                    raise actions.MppsError(actions.NO_SUCH_OBJECT_INSTANCE, "no such Performed Procedure Step")
+                state = actions.PPS_STATUS.get(str(stored.get("PerformedProcedureStepStatus", "")), "")
+                _, new_state = actions.merge_mpps_set(state, stored, modifications)
+            except actions.MppsError as exc:
+                log.info("MPPS N-SET from %s refused: %s", ae_title, exc.comment)
+                return _mpps_status(exc, with_tags=True), None
+            self._queue("set", uid, ae_title, modifications)
+        if new_state != PerformedProcedureStep.State.IN_PROGRESS:
             self._mark_local(self._studies_of(uid), None)
         return SUCCESS, None
+
+    def _local_step(self, uid: str) -> Dataset | None:
+        """The step as this edge knows it: its N-CREATE with the N-SETs it accepted since, applied
+        in order (the modalities of the edge's hospital send their steps here), or None."""
+        rows = self.outbox.query("SELECT kind, dataset FROM mpps WHERE sop_instance_uid = ? ORDER BY seq", (uid,))
+        if not rows or rows[0][0] != "create":
+            return None
+        merged = Dataset.from_json(rows[0][1])
+        for _, raw in rows[1:]:
+            for element in Dataset.from_json(raw):
+                if element.tag.group != 0:
+                    merged[element.tag] = element
+        return merged
 
     def _studies_of(self, uid: str) -> set[str]:
         found: set[str] = set()

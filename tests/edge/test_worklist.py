@@ -142,3 +142,56 @@ def test_mpps_sent_while_the_cloud_is_down_reaches_it_when_it_returns(orders, st
     order.refresh_from_db()
     assert order.state == Order.State.COMPLETED
     assert edge.status()["mpps_refused"] == 0
+
+
+def test_the_edge_checks_mpps_like_the_cloud_while_the_cloud_is_down(orders, start_edge, cloud):
+    edge = start_edge()
+    edge.wait_for(lambda s: s["worklist_orders"] >= 3)
+    cloud.stop()
+    first, second = (Order.objects.select_related("patient").get(pk=o.pk) for o in orders)
+    ae = AE(ae_title="ALPHA_CT")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", edge.port, ae_title="PACSEDGE")
+    assert assoc.is_established
+    try:
+        # N-SET of a step nobody created: no such object.
+        status, _ = assoc.send_n_set(completed([(new_uid(), [new_uid()])]), ModalityPerformedProcedureStep, new_uid())
+        assert status.Status == 0x0112
+        uid = new_uid()
+        status, _ = assoc.send_n_create(in_progress(first), ModalityPerformedProcedureStep, uid)
+        assert status.Status == 0x0000
+        # The same SOP Instance UID again: duplicate.
+        status, _ = assoc.send_n_create(in_progress(first), ModalityPerformedProcedureStep, uid)
+        assert status.Status == 0x0111
+        # A step created without its Type 1 attributes, as the cloud refuses it.
+        bare = in_progress(second)
+        del bare.PerformedStationAETitle
+        status, _ = assoc.send_n_create(bare, ModalityPerformedProcedureStep, new_uid())
+        assert status.Status == 0x0120
+        # COMPLETED without the performed series: refused, the step stays in progress.
+        incomplete = completed([])
+        status, _ = assoc.send_n_set(incomplete, ModalityPerformedProcedureStep, uid)
+        assert status.Status == 0x0121
+        status, _ = assoc.send_n_set(completed([(new_uid(), [new_uid()])]), ModalityPerformedProcedureStep, uid)
+        assert status.Status == 0x0000
+        # After COMPLETED the step may no longer be updated.
+        status, _ = assoc.send_n_set(completed([], status="DISCONTINUED"), ModalityPerformedProcedureStep, uid)
+        assert status.Status == 0x0110
+        assert status.ErrorID == 0xA710
+        # A discontinued step is final too.
+        other = new_uid()
+        status, _ = assoc.send_n_create(in_progress(second), ModalityPerformedProcedureStep, other)
+        assert status.Status == 0x0000
+        status, _ = assoc.send_n_set(completed([], status="DISCONTINUED"), ModalityPerformedProcedureStep, other)
+        assert status.Status == 0x0000
+        status, _ = assoc.send_n_set(completed([(new_uid(), [new_uid()])]), ModalityPerformedProcedureStep, other)
+        assert status.Status == 0x0110
+    finally:
+        assoc.release()
+    # Only what the edge accepted waits for the cloud: two creates and two sets.
+    assert edge.status()["mpps_waiting"] == 4
+    cloud.start()
+    edge.wait_for(lambda s: s["mpps_waiting"] == 0)
+    assert edge.status()["mpps_refused"] == 0
+    assert PerformedProcedureStep.objects.get(sop_instance_uid=uid).state == PerformedProcedureStep.State.COMPLETED
+    assert PerformedProcedureStep.objects.get(sop_instance_uid=other).state == PerformedProcedureStep.State.DISCONTINUED

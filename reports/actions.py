@@ -24,7 +24,7 @@ from pacs_cloud import audit, push
 from pacs_cloud.fsm import apply_transition
 from pacs_cloud.models import Membership, Role, User
 
-from . import signing
+from . import exports, signing
 from .access import held_task, may_author
 from .models import (
     SECTIONS,
@@ -457,6 +457,8 @@ def do_sign_report(
             previous_sha256=latest.canonical_sha256 if latest else "",
             is_critical=critical,
         )
+        # The Encapsulated PDF that the export archives carries this UID (see reports.exports).
+        version.dicom_sop_instance_uid = exports.uid_of(version.pk)
         form = signing.canonical_form(
             report_id=locked.pk,
             version_id=version.pk,

@@ -5,6 +5,8 @@ Every page that shows a report or a list of them writes an audit event.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
@@ -18,9 +20,16 @@ from pacs_cloud import access as core_access
 from pacs_cloud import audit
 
 from . import actions, signing
-from .access import access_critical_result, access_report, access_template, may_author, visible_critical_results
+from .access import (
+    access_critical_result,
+    access_report,
+    access_template,
+    may_author,
+    visible_critical_results,
+    visible_reports,
+)
 from .api import search
-from .models import Report
+from .models import Report, ReportVersion
 
 FILTERS = ("patient_id", "patient_name", "accession", "date_from", "date_to", "modality", "status")
 
@@ -48,7 +57,9 @@ def lookup_page(request: HttpRequest) -> HttpResponse:
                 object_type="report",
                 detail={"panel": "lookup", "report_ids": [str(r.pk) for r in rows]},
             )
+    checked = _check_code(request)
     context = {
+        "checked": checked,
         "params": params,
         "rows": rows,
         "more": more,
@@ -57,6 +68,23 @@ def lookup_page(request: HttpRequest) -> HttpResponse:
         "states": Report.State.values,
     }
     return render(request, "reports/lookup.html", context)
+
+
+def _check_code(request: HttpRequest) -> dict[str, Any] | None:
+    """The version a printed verification code names, checked, if the caller may see its report."""
+    code = request.GET.get("code", "").strip().upper()
+    if not code:
+        return None
+    version = (
+        ReportVersion.objects.filter(verification_code=code, report__in=visible_reports(request.user))
+        .select_related("report__study__patient", "report__institution", "signing_key", "signer")
+        .first()
+    )
+    if version is None:
+        return {"found": False}
+    previous = version.report.versions.filter(number=version.number - 1).first()
+    actions.do_record_view(request, version.report, "verify")
+    return {"found": True, "version": version, "result": signing.verify(version, previous=previous)}
 
 
 def _paging(request: HttpRequest) -> dict[str, str]:
@@ -82,6 +110,7 @@ def report_page(request: HttpRequest, report_id: str) -> HttpResponse:
         "latest": versions[-1] if versions else None,
         "valid": bool(results) and all(r.valid for r in results),
         "critical": critical,
+        "exports": list(versions[-1].exports.order_by("target")) if versions else [],
         "writer": writer,
         "can_edit": writer and report.state in (Report.State.DRAFT, Report.State.PRELIMINARY),
         "can_add": writer and report.state in (Report.State.FINAL, Report.State.AMENDED),

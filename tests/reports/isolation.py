@@ -102,7 +102,10 @@ isolation.route(
 # Pages.
 isolation.param("report_id", "report.id")
 isolation.param("critical_id", "critical_result.id")
-isolation.route("/reports/", queries=[{"patient_id": isolation.Ref("patient.patient_id")}, {"all": "1"}])
+isolation.route(
+    "/reports/",
+    queries=[{"patient_id": isolation.Ref("patient.patient_id")}, {"all": "1"}, {"code": isolation.Ref("report.code")}],
+)
 isolation.route("/reports/{report_id}/")
 isolation.route(
     "/reports/{report_id}/edit/",

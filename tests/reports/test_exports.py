@@ -51,6 +51,7 @@ def test_the_encapsulated_pdf_is_archived_with_the_study(reading, tmp_path):
     row.refresh_from_db()
     assert row.state == ReportExport.State.DONE
     instance = Instance.objects.select_related("series__study").get(sop_instance_uid=row.result)
+    assert row.result == version.dicom_sop_instance_uid
     assert instance.series.study_id == reading.study.pk
     assert instance.sop_class_uid == exports.ENCAPSULATED_PDF_STORAGE
     with get_storage().open(instance.storage_key) as handle:

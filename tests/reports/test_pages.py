@@ -57,6 +57,7 @@ def test_the_report_page_shows_the_badge_key_images_and_viewer_link(reading):
     assert "A 6 mm nodule" in html
     assert f"/viewer/studies/{reading.study.pk}/" in html
     assert f"/instances/{reading.instance.sop_instance_uid}/frames/1/rendered" in html
+    assert "DICOM Encapsulated PDF in the archive: queued" in html
     assert AuditEvent.objects.filter(
         action="report.view", object_id=str(report.pk), actor_id=reading.tenant.clinician.pk
     ).exists()
@@ -142,3 +143,13 @@ def test_the_lookup_costs_the_same_queries_for_one_report_or_many(reading, tenan
         actions.do_sign_report(report, acting_user=user, password=PASSWORD)
     assert len(client.get("/api/v1/reports/", {"status": "final"}).json()["results"]) == 3
     assert count() == one
+
+
+def test_a_printed_verification_code_is_checked_on_the_lookup_page(reading, tenants):
+    report, version = write_and_sign(reading)
+    page = web_client(reading.tenant.clinician).get("/reports/", {"code": version.verification_code.lower()})
+    html = page.content.decode()
+    assert "Signature verified" in html and f"/reports/{report.pk}/" in html
+    assert AuditEvent.objects.filter(action="report.verify", object_id=str(report.pk)).exists()
+    outsider = web_client(tenants.c.clinician).get("/reports/", {"code": version.verification_code}).content.decode()
+    assert "No report you may see carries this code." in outsider and str(report.pk) not in outsider

@@ -3,7 +3,7 @@
 (function () {
   "use strict";
   const params = new URLSearchParams(window.location.search);
-  document.querySelectorAll("#lookup [name]").forEach((field) => {
+  document.querySelectorAll("#lookup [name], #verify-code [name]").forEach((field) => {
     if (params.has(field.name)) field.value = params.get(field.name);
   });
 })();

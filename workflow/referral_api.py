@@ -75,6 +75,48 @@ def allowed_actions(user: Any, referral: Referral, coordinating: set[Any] | None
     return found
 
 
+SHARE_OWNER_ROLES = (Role.REFERRAL_COORDINATOR, Role.RADIOLOGIST)
+REVOKE_REFUSED = "Only the study's institution ends a second-opinion share; a referral's ends with the referral."
+
+
+def visible_shares(user: Any) -> QuerySet[StudyShare]:
+    """Shares the caller may see: every share of their institutions' studies, and those in force with them."""
+    owners = access.institution_ids(user, list(SHARE_OWNER_ROLES))
+    receivers = access.institution_ids(user, sharing.SHARED_WITH_ROLES)
+    return StudyShare.objects.filter(
+        Q(study__institution_id__in=owners) | Q(institution_id__in=receivers, revoked_at__isnull=True)
+    ).select_related("institution", "study__patient", "study__institution")
+
+
+def can_revoke_share(user: Any, share: StudyShare) -> bool:
+    """A second-opinion share is ended by its study's coordinators or radiologists (twice is harmless)."""
+    return share.kind == StudyShare.Kind.SECOND_OPINION and access.has_role(
+        user, share.study.institution_id, *SHARE_OWNER_ROLES
+    )
+
+
+def revoke_share(share: StudyShare, *, acting_user: Any, reason: str, request: Any = None) -> bool:
+    """End a second-opinion share now (the caller checked :func:`can_revoke_share`)."""
+    return sharing.do_revoke_share(
+        share, acting_user=acting_user, reason=reason or "ended by the owner", now=timezone.now(), request=request
+    )
+
+
+def can_import_share(user: Any, share: StudyShare) -> bool:
+    """The institution a share in force is with may import its study (coordinators and radiologists)."""
+    return share.revoked_at is None and share.institution_id in access.institution_ids(user, exchange.IMPORT_ROLES)
+
+
+def import_share(share: StudyShare, *, acting_user: Any, request: Any = None, **patient: Any) -> ImportedStudy:
+    """Import a shared study under a patient of the receiving institution (``patient``: as for
+    :func:`exchange.resolve_local_patient`); the caller checked :func:`can_import_share`."""
+    study = share.study
+    local = exchange.resolve_local_patient(
+        share.institution, study.patient, acting_user=acting_user, request=request, **patient
+    )
+    return exchange.do_import_shared_study(study, patient=local, acting_user=acting_user, request=request)
+
+
 # Serializers -------------------------------------------------------------------------
 
 
@@ -641,12 +683,7 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> QuerySet[StudyShare]:
-        user = self.request.user
-        owners = access.institution_ids(user, [Role.REFERRAL_COORDINATOR, Role.RADIOLOGIST])
-        receivers = access.institution_ids(user, sharing.SHARED_WITH_ROLES)
-        qs = StudyShare.objects.filter(
-            Q(study__institution_id__in=owners) | Q(institution_id__in=receivers, revoked_at__isnull=True)
-        ).select_related("institution", "study__patient", "study__institution")
+        qs = visible_shares(self.request.user)
         if self.action == "list" and self.request.query_params.get("active") in ("1", "true"):
             qs = qs.filter(revoked_at__isnull=True)
         return qs.order_by("-granted_at")
@@ -691,18 +728,14 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     def import_study(self, request: Request, pk: str | None = None) -> Response:
         """Import the shared study into your institution's archive under one of your patients (or a new one)."""
         share = self.get_object()
-        if share.revoked_at is not None or share.institution_id not in access.institution_ids(
-            request.user, exchange.IMPORT_ROLES
-        ):
+        if not can_import_share(request.user, share):
             return _refused(sharing.ShareRefused("Only the institution it is shared with imports it.", "forbidden"))
         body = ShareImportSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        study = share.study
         try:
-            patient = exchange.resolve_local_patient(
-                share.institution,
-                study.patient,
+            imported = import_share(
+                share,
                 acting_user=request.user,
                 pk=data.get("patient"),
                 patient_id=data["patient_id"],
@@ -710,9 +743,6 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
                 birth_date=data["birth_date"],
                 sex=data["sex"],
                 request=request._request,
-            )
-            imported = exchange.do_import_shared_study(
-                study, patient=patient, acting_user=request.user, request=request._request
             )
         except DjangoValidationError as error:
             raise ValidationError(error.message_dict if hasattr(error, "error_dict") else error.messages) from None
@@ -725,22 +755,10 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         """End a second-opinion share now (a referral's shares end with the referral)."""
         share = self.get_object()
-        owner = access.has_role(request.user, share.study.institution_id, Role.REFERRAL_COORDINATOR, Role.RADIOLOGIST)
-        if not owner or share.kind != StudyShare.Kind.SECOND_OPINION:
-            return _refused(
-                sharing.ShareRefused(
-                    "Only the study's institution ends a second-opinion share; a referral's ends with the referral.",
-                    "forbidden",
-                )
-            )
+        if not can_revoke_share(request.user, share):
+            return _refused(sharing.ShareRefused(REVOKE_REFUSED, "forbidden"))
         body = ReferralReasonSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        sharing.do_revoke_share(
-            share,
-            acting_user=request.user,
-            reason=body.validated_data["reason"] or "ended by the owner",
-            now=timezone.now(),
-            request=request._request,
-        )
+        revoke_share(share, acting_user=request.user, reason=body.validated_data["reason"], request=request._request)
         share.refresh_from_db()
         return Response(self.get_serializer(share).data)

@@ -74,7 +74,8 @@ def referral_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _study_choices(request: HttpRequest, institution: Institution) -> list[Study]:
+def study_choices(request: HttpRequest, institution: Institution, *, panel: str = "referral-new") -> list[Study]:
+    """The institution's studies the user sees, searched by ``?q=`` (patient ID or name); the list is audited."""
     qs = access.visible_studies(request.user).filter(institution=institution).select_related("patient")
     query = (request.GET.get("q") or "").strip()
     if query:
@@ -86,7 +87,7 @@ def _study_choices(request: HttpRequest, institution: Institution) -> list[Study
             request=request,
             institution=institution,
             object_type="study",
-            detail={"panel": "referral-new", "study_ids": [str(s.pk) for s in studies]},
+            detail={"panel": panel, "study_ids": [str(s.pk) for s in studies]},
         )
     return studies
 
@@ -143,7 +144,7 @@ def referral_new(request: HttpRequest) -> HttpResponse:
         {
             "institution": institution,
             "targets": targets,
-            "studies": _study_choices(request, institution),
+            "studies": study_choices(request, institution),
             "query": request.GET.get("q", ""),
             "urgencies": Referral.Urgency.choices,
             "directions": Referral.Direction.choices,

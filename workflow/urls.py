@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from . import api, referral_api, referral_views, views
+from . import api, referral_api, referral_views, share_views, views
 
 router = SimpleRouter()
 router.register("reading-tasks", api.ReadingTaskViewSet, basename="reading-task")
@@ -30,5 +30,8 @@ urlpatterns = [
     path("referrals/new/", referral_views.referral_new, name="workflow-create-referral"),
     path("referrals/<uuid:pk>/", referral_views.referral_detail, name="workflow-view-referral"),
     path("referrals/<uuid:pk>/act/", referral_views.referral_act, name="workflow-change-referral"),
+    path("shares/", share_views.share_list, name="workflow-list-shares"),
+    path("shares/new/", share_views.share_new, name="workflow-create-share"),
+    path("shares/<uuid:pk>/act/", share_views.share_act, name="workflow-change-share"),
     path("api/v1/", include(router.urls)),
 ]

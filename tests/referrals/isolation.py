@@ -132,3 +132,24 @@ isolation.route(
     reachable=False,
     reason="POST only (a form target that redirects to the referral)",
 )
+isolation.route("/shares/", queries=[{"ended": "1"}])
+isolation.route(
+    "/shares/new/",
+    bodies={
+        "post": isolation.Form(
+            {
+                "study": isolation.Ref("study.id"),
+                "institution": isolation.Ref("partner.id"),
+                "reason": "x",
+                "expires_at": "2999-01-01T00:00",
+            }
+        )
+    },
+)
+isolation.route(
+    "/shares/{pk}/act/",
+    pk="share.id",
+    bodies={"post": isolation.Form({"action": "revoke", "reason": "x"})},
+    reachable=False,
+    reason="POST only (a form target that redirects to the shares page)",
+)

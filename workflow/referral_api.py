@@ -574,15 +574,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     @action(detail=True, methods=["post"])
     def attach(self, request: Request, pk: str | None = None) -> Response:
         """Attach a study of the patient that you can see at the sending institution."""
-        body = StudyBodySerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        referral = self.get_object()
-        study = _study_for(request.user, body.validated_data["study"])
-        try:
-            referrals.do_attach_study(referral, study, acting_user=request.user, request=request._request)
-        except referrals.ReferralRefused as refused:
-            return _refused(refused)
-        return self._fresh(referral)
+        return self._study_change(request, referrals.do_attach_study)
 
     @extend_schema(
         request=StudyBodySerializer, responses={200: ReferralSerializer, 400: Refusal, 403: Refusal, 409: Refusal}
@@ -590,12 +582,15 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     @action(detail=True, methods=["post"])
     def detach(self, request: Request, pk: str | None = None) -> Response:
         """Take a study off a draft."""
+        return self._study_change(request, referrals.do_detach_study)
+
+    def _study_change(self, request: Request, change: Any) -> Response:
         body = StudyBodySerializer(data=request.data)
         body.is_valid(raise_exception=True)
         referral = self.get_object()
         study = _study_for(request.user, body.validated_data["study"])
         try:
-            referrals.do_detach_study(referral, study, acting_user=request.user, request=request._request)
+            change(referral, study, acting_user=request.user, request=request._request)
         except referrals.ReferralRefused as refused:
             return _refused(refused)
         return self._fresh(referral)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import secrets
+import tempfile
+from pathlib import Path
 
 import pytest
 
+from archive.ingest import store_instance
 from tests.isolation.conftest import registry, world  # noqa: F401 (the harness's fixtures, for test_isolation_grants)
 from tests.samples import store_sample_study
+from tests.viewer.phantom import ct_datasets
 from workflow import referrals
 from workflow.models import Referral
 
@@ -48,3 +52,18 @@ def sent(tenants, study, **fields) -> Referral:
     referral = draft(tenants, study, **fields)
     referrals.do_record_consent(referral, acting_user=tenants.a.referral_coordinator, method="written")
     return referrals.do_send_referral(referral, acting_user=tenants.a.referral_coordinator)
+
+
+def archived_ct(institution, *, patient_name: str, patient_id: str, description: str, slices: int):
+    """A small multi-slice CT (a phantom) archived through the ingest service, for the viewer in browser tests."""
+    datasets, _ = ct_datasets(size=64, slices=slices)
+    with tempfile.TemporaryDirectory() as folder:
+        for ds in datasets:
+            ds.PatientName = patient_name
+            ds.PatientID = patient_id
+            ds.IssuerOfPatientID = institution.patient_id_issuer
+            ds.StudyDescription = description
+            path = Path(folder) / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            instance = store_instance(path, institution=institution).instance
+    return instance.series.study

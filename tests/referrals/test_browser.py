@@ -9,14 +9,10 @@ longer open the CT.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import pytest
 
-from archive.ingest import store_instance
 from tests.conftest import browser_login, make_tenant
-from tests.viewer.phantom import ct_datasets
+from tests.referrals.conftest import archived_ct
 from workflow.models import Referral
 
 pytestmark = pytest.mark.browser
@@ -27,17 +23,10 @@ SLICES = 12
 def hospitals(live_url):
     riverside = make_tenant("riverside", "Riverside County Hospital", "RCH")
     central = make_tenant("central", "Central City Hospital", "CCH")
-    datasets, _ = ct_datasets(size=64, slices=SLICES)
-    with tempfile.TemporaryDirectory() as folder:
-        for ds in datasets:
-            ds.PatientName = "Huang^Ming"
-            ds.PatientID = "RCH-000117"
-            ds.IssuerOfPatientID = "RIVERSIDE"
-            ds.StudyDescription = "CT HEAD"
-            path = Path(folder) / f"{ds.SOPInstanceUID}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            instance = store_instance(path, institution=riverside.institution).instance
-    return riverside, central, instance.series.study
+    ct = archived_ct(
+        riverside.institution, patient_name="Huang^Ming", patient_id="RCH-000117", description="CT HEAD", slices=SLICES
+    )
+    return riverside, central, ct
 
 
 def test_refer_up_accept_view_return_close_and_the_viewer_closes(browser_context, live_url, hospitals):

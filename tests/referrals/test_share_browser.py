@@ -9,15 +9,12 @@ in the viewer; Riverside revokes the share from its page; the viewer answers
 
 from __future__ import annotations
 
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from archive.ingest import store_instance
 from tests.conftest import browser_login, make_tenant
-from tests.viewer.phantom import ct_datasets
+from tests.referrals.conftest import archived_ct
 from workflow.models import StudyShare
 
 pytestmark = pytest.mark.browser
@@ -28,17 +25,14 @@ SLICES = 4
 def hospitals(live_url):
     riverside = make_tenant("riverside", "Riverside County Hospital", "RCH")
     central = make_tenant("central", "Central City Hospital", "CCH")
-    datasets, _ = ct_datasets(size=64, slices=SLICES)
-    with tempfile.TemporaryDirectory() as folder:
-        for ds in datasets:
-            ds.PatientName = "Adeyemi^Tola"
-            ds.PatientID = "RCH-000233"
-            ds.IssuerOfPatientID = "RIVERSIDE"
-            ds.StudyDescription = "CT THORAX"
-            path = Path(folder) / f"{ds.SOPInstanceUID}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            instance = store_instance(path, institution=riverside.institution).instance
-    return riverside, central, instance.series.study
+    ct = archived_ct(
+        riverside.institution,
+        patient_name="Adeyemi^Tola",
+        patient_id="RCH-000233",
+        description="CT THORAX",
+        slices=SLICES,
+    )
+    return riverside, central, ct
 
 
 def test_share_for_a_second_opinion_view_it_and_revoke_it(browser_context, live_url, hospitals):

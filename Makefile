@@ -20,7 +20,8 @@ setup: $(BIN)/.installed
 ## Set up, migrate, seed the demo and start every process of the product (Ctrl-C stops all).
 run: setup
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py seed_demo
+	# No web server runs yet to relay live pushes to.
+	PUSH_RELAY_URL= $(BIN)/python manage.py seed_demo
 	@echo
 	@echo "Cloud PACS starts on http://127.0.0.1:8000/ (sign in with a login above). Ctrl-C stops everything."
 	@echo

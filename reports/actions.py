@@ -18,6 +18,7 @@ from django.contrib.auth import authenticate
 from django.db import transaction
 from django.utils import timezone
 
+from archive import names
 from archive.actions import do_mark_study_reported
 from archive.models import Instance, Study
 from pacs_cloud import audit, push
@@ -105,7 +106,8 @@ def clean_macros(macros: Any) -> list[dict[str, str]]:
 
 
 def _search_name(name: str) -> str:
-    return re.sub(r"[\^=,\s]+", " ", name).strip().upper()
+    """The lookup's matching form of a patient name: every word, in every group (:mod:`archive.names`)."""
+    return names.name_forms(name).words[:324]
 
 
 def _identity_fields(study: Study) -> dict[str, Any]:

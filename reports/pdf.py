@@ -20,7 +20,7 @@ from reportlab.lib.units import mm
 from reportlab.platypus import Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from archive.models import Instance
-from pacs_cloud.templatetags.pacs_cloud import person_name
+from pacs_cloud.lib.person_names import display_name
 
 from .models import Report, ReportVersion
 
@@ -73,7 +73,7 @@ def render_pdf(version: ReportVersion) -> bytes:
         Paragraph("Radiology report", s["title"]),
     ]
     facts = [
-        ["Patient", person_name(patient.name) or "—", "Patient ID", patient.patient_id],
+        ["Patient", display_name(patient.name) or "—", "Patient ID", patient.patient_id],
         ["Birth date", patient.birth_date.isoformat() if patient.birth_date else "—", "Sex", patient.sex or "—"],
         ["Study", study.description or "—", "Study date", study.study_date.isoformat() if study.study_date else "—"],
         ["Accession", study.accession_number or "—", "Modality", study.modalities or "—"],

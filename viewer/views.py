@@ -38,6 +38,7 @@ from rest_framework.views import APIView
 from archive.models import Instance, Series, Study
 from pacs_cloud.access import access_study
 from pacs_cloud.authentication import BearerTokenAuthentication
+from pacs_cloud.lib.person_names import display_name
 
 from . import actions, mpr, pixels
 from .access import (
@@ -610,6 +611,7 @@ def study_manifest(study: Study, user: Any) -> dict[str, Any]:
         "study_instance_uid": study.study_instance_uid,
         "patient": {
             "name": patient.name,
+            "display_name": display_name(patient.name),
             "id": patient.patient_id,
             "birth_date": patient.birth_date.isoformat() if patient.birth_date else None,
             "sex": patient.sex,

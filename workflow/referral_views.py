@@ -20,6 +20,7 @@ from django.utils.dateparse import parse_date
 from django.views.decorators.http import require_POST
 
 from archive.models import Study
+from archive.query import patient_name_q
 from pacs_cloud import access, audit
 from pacs_cloud.models import Institution, Role
 from pacs_cloud.tenancy import current_institution
@@ -79,7 +80,7 @@ def study_choices(request: HttpRequest, institution: Institution, *, panel: str 
     qs = access.visible_studies(request.user).filter(institution=institution).select_related("patient")
     query = (request.GET.get("q") or "").strip()
     if query:
-        qs = qs.filter(patient__patient_id__iexact=query) | qs.filter(patient__name__icontains=query)
+        qs = qs.filter(patient__patient_id__iexact=query) | qs.filter(patient_name_q(query, prefix="patient__"))
     studies = list(qs.order_by("-received_at")[:STUDY_CHOICES])
     if studies:
         audit.record(

@@ -15,6 +15,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from pacs_cloud.lib.person_names import display_name
 from pacs_cloud.models import Institution, User
 
 from . import access, policy
@@ -35,7 +36,8 @@ class InstitutionRefSerializer(serializers.Serializer):
 
 
 class PatientSerializer(serializers.Serializer):
-    name = serializers.CharField()
+    name = serializers.CharField(help_text="The DICOM PN value")
+    display_name = serializers.CharField(help_text="The name as shown: 张三 (ZHANG, SAN)")
     patient_id = serializers.CharField()
     birth_date = serializers.DateField(allow_null=True)
     sex = serializers.CharField()
@@ -113,6 +115,7 @@ class ReadingTaskSerializer(serializers.ModelSerializer):
         patient = task.study.patient
         return {
             "name": patient.name,
+            "display_name": display_name(patient.name),
             "patient_id": patient.patient_id,
             "birth_date": patient.birth_date,
             "sex": patient.sex,

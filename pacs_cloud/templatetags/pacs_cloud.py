@@ -8,6 +8,8 @@ from django import template
 from django.urls import reverse
 from django.utils.html import format_html
 
+from pacs_cloud.lib.person_names import display_name
+
 register = template.Library()
 
 
@@ -27,16 +29,6 @@ def navlink(context: dict[str, Any], url_name: str, label: str, *args: Any, **kw
 
 
 @register.filter
-def person_name(value: str) -> str:
-    """A DICOM PN (``FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX``, PS3.5 6.2.1) for reading.
-
-    Only the first (alphabetic) component group is shown; empty components drop.
-    """
-    if not value:
-        return ""
-    alphabetic = str(value).split("=")[0]
-    parts = [p.strip() for p in alphabetic.split("^")]
-    family, given = (parts + ["", ""])[:2]
-    rest = " ".join(p for p in parts[2:] if p)
-    name = ", ".join(p for p in (family, " ".join(p for p in (given, rest) if p)) if p)
-    return name or str(value)
+def person_name(value: object) -> str:
+    """A DICOM PN (PS3.5 6.2.1) as every page shows it: ``张三 (ZHANG, SAN)`` (:func:`display_name`)."""
+    return display_name(value)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django import template
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 
+from pacs_cloud.lib.local_time import format_local
 from pacs_cloud.lib.person_names import display_name
 
 register = template.Library()
@@ -32,3 +36,17 @@ def navlink(context: dict[str, Any], url_name: str, label: str, *args: Any, **kw
 def person_name(value: object) -> str:
     """A DICOM PN (PS3.5 6.2.1) as every page shows it: ``张三 (ZHANG, SAN)`` (:func:`display_name`)."""
     return display_name(value)
+
+
+@register.filter
+def when(value: datetime | str | None, precision: str = "") -> str:
+    """A time as every page shows it: in the institution's zone, with the zone (``2026-12-07 14:03 UTC+8``).
+
+    ``{{ study.received_at|when }}``; ``|when:"seconds"`` adds the seconds. An
+    ISO 8601 string with an offset is read first. Blank for no time.
+    """
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is None or timezone.is_naive(value):
+        return ""
+    return format_local(value, timezone.get_current_timezone(), seconds=precision == "seconds")

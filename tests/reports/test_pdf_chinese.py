@@ -77,7 +77,7 @@ def test_the_signature_time_is_in_the_institution_time_zone(chinese_reading, tmp
     report, version = write_and_sign(chinese_reading, findings=FINDINGS)
     response = api_client(chinese_reading.tenant.clinician).get(f"/api/v1/reports/{report.pk}/pdf/")
     local = version.signed_at.astimezone(ZoneInfo("Asia/Shanghai"))
-    assert f"on {local:%Y-%m-%d %H:%M:%S} CST" in " ".join(pdf_text(response.content, tmp_path).split())
+    assert f"on {local:%Y-%m-%d %H:%M:%S} UTC+8" in " ".join(pdf_text(response.content, tmp_path).split())
 
 
 def test_a_missing_font_is_a_system_check_warning(settings, tmp_path):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 from django import template
 
+from pacs_cloud.lib.local_time import format_local
 from pacs_cloud.lib.person_names import display_name
 
 register = template.Library()
@@ -20,6 +20,5 @@ def person(pn: str | None) -> str:
 
 @register.filter
 def local_time(value: dt.datetime | None, tz_name: str) -> str:
-    if value is None:
-        return ""
-    return value.astimezone(ZoneInfo(tz_name)).strftime("%Y-%m-%d %H:%M")
+    """A time in the named zone, with the zone (``2026-12-07 14:03 UTC+8``; :mod:`pacs_cloud.lib.local_time`)."""
+    return format_local(value, tz_name)

@@ -19,7 +19,8 @@ window.pacsTime = function (value, { seconds = false } = {}) {
     timeZoneName: "shortOffset",
   });
   const part = Object.fromEntries(format.formatToParts(new Date(value)).map((p) => [p.type, p.value]));
-  const zone = part.timeZoneName === "GMT" ? "UTC" : part.timeZoneName.replace("GMT", "UTC");
+  const offset = part.timeZoneName.replace(/^(GMT|UTC)/, ""); // "GMT+8"; "GMT" or "GMT+0" for UTC itself
+  const zone = /^[+-]?0?$/.test(offset) ? "UTC" : `UTC${offset}`;
   const time = `${part.hour}:${part.minute}${seconds ? `:${part.second}` : ""}`;
   return `${part.year}-${part.month}-${part.day} ${time} ${zone}`;
 };

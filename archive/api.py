@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from pacs_cloud import access, audit
 from pacs_cloud.access import HasClinicalRole, IsInstitutionAdmin
+from pacs_cloud.lib.person_names import display_name
 from pacs_cloud.models import Institution, Role
 
 from . import actions
@@ -27,11 +28,15 @@ class PatientSerializer(serializers.Serializer):
     patient_id = serializers.CharField()
     issuer = serializers.SerializerMethodField()
     name = serializers.CharField()
+    display_name = serializers.SerializerMethodField(help_text="The name as shown: 张三 (ZHANG, SAN)")
     birth_date = serializers.DateField(allow_null=True)
     sex = serializers.CharField()
 
     def get_issuer(self, patient: Any) -> str:
         return "" if patient.issuer.startswith("no-patient-id:") else patient.issuer
+
+    def get_display_name(self, patient: Any) -> str:
+        return display_name(patient.name)
 
 
 class SeriesSerializer(serializers.ModelSerializer):

@@ -37,10 +37,13 @@ class InstitutionRefSerializer(serializers.Serializer):
 
 class PatientSerializer(serializers.Serializer):
     name = serializers.CharField(help_text="The DICOM PN value")
-    display_name = serializers.CharField(help_text="The name as shown: 张三 (ZHANG, SAN)")
+    display_name = serializers.SerializerMethodField(help_text="The name as shown: 张三 (ZHANG, SAN)")
     patient_id = serializers.CharField()
     birth_date = serializers.DateField(allow_null=True)
     sex = serializers.CharField()
+
+    def get_display_name(self, patient: Any) -> str:
+        return display_name(patient["name"] if isinstance(patient, dict) else patient.name)
 
 
 class StudyRefSerializer(serializers.Serializer):
@@ -115,7 +118,7 @@ class ReadingTaskSerializer(serializers.ModelSerializer):
         patient = task.study.patient
         return {
             "name": patient.name,
-            "display_name": display_name(patient.name),
+            "display_name": display_name(patient.name),  # returned as is: this dict is the response
             "patient_id": patient.patient_id,
             "birth_date": patient.birth_date,
             "sex": patient.sex,

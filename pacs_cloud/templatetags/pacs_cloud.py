@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 
-from pacs_cloud.lib.local_time import format_local
+from pacs_cloud.lib.local_time import format_local, offset_label
 from pacs_cloud.lib.person_names import display_name
 
 register = template.Library()
@@ -50,3 +50,9 @@ def when(value: datetime | str | None, precision: str = "") -> str:
     if value is None or timezone.is_naive(value):
         return ""
     return format_local(value, timezone.get_current_timezone(), seconds=precision == "seconds")
+
+
+@register.simple_tag
+def zone_label() -> str:
+    """The offset of the zone the page's times are in (``UTC+8``), for a column of wall-clock times."""
+    return offset_label(timezone.localtime())

@@ -62,3 +62,8 @@ def test_scripts_format_times_as_the_pages_do(browser_context):
     assert page.evaluate("pacsTime('2026-12-07T06:03:09Z', { seconds: true })") == "2026-12-07 14:03:09 UTC+8"
     page.set_content(f'<body data-time-zone="UTC"><script>{APP_JS.read_text()}</script></body>')
     assert page.evaluate("pacsTime('2026-12-07T06:03:00Z')") == "2026-12-07 06:03 UTC"
+
+
+def test_the_exam_worklist_says_which_zone_its_times_are_in(tenants):
+    page = web_client(tenants.a.technologist).get("/worklist/").content.decode()
+    assert "Time (UTC+8)" in page

@@ -11,6 +11,8 @@ from workflow.models import ReadingTask
 
 from .conftest import make_reading
 
+pytestmark = pytest.mark.browser
+
 
 @pytest.mark.django_db(transaction=True)
 def test_claim_write_sign_then_the_clinician_finds_and_acknowledges(tenants, live_url, browser_context):

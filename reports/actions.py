@@ -407,11 +407,23 @@ def do_sign_report(
       orders and marks the study reported;
     * ``critical`` opens a :class:`CriticalResult` for the referring clinician.
 
-    Raises :class:`ReportRefused` (status 403 for a wrong password).
+    Raises :class:`ReportRefused` (status 403 for a wrong password); every
+    refusal is audited.
     """
-    _check_writer(report, acting_user)
-    username = acting_user.get_username()
-    if not _password_ok(acting_user, password, request):
+    try:
+        return _sign(
+            report,
+            acting_user=acting_user,
+            password=password,
+            request=request,
+            preliminary=preliminary,
+            base_revision=base_revision,
+            critical=critical,
+            critical_note=critical_note,
+            recipient=recipient,
+        )
+    except ReportRefused as refusal:
+        # Recorded after the refused transaction rolled back, so the attempt stays on record.
         audit.record(
             "report.sign_refused",
             request=request,
@@ -419,9 +431,27 @@ def do_sign_report(
             institution=report.institution_id,
             object_type="report",
             object_id=report.pk,
-            outcome="denied",
-            detail={"reason": "password"},
+            outcome="denied" if refusal.status == 403 else "failure",
+            detail={"reason": refusal.code, "preliminary": preliminary},
         )
+        raise
+
+
+def _sign(
+    report: Report,
+    *,
+    acting_user: Any,
+    password: str,
+    request: Any,
+    preliminary: bool,
+    base_revision: int | None,
+    critical: bool,
+    critical_note: str,
+    recipient: User | None,
+) -> ReportVersion:
+    _check_writer(report, acting_user)
+    username = acting_user.get_username()
+    if not _password_ok(acting_user, password, request):
         raise ReportRefused("The password is not correct.", "password", 403)
     key = signing.active_key(acting_user)
     with transaction.atomic():

@@ -403,6 +403,35 @@ def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any =
     Refused (``TaskRefused``) when the task is not open, not offered to them,
     they hold their cap already, or they hold the other read of a double read.
     """
+    try:
+        locked = _claim(task, acting_user)
+    except TaskRefused as refusal:
+        # Recorded after the refused transaction rolled back, so the denial stays on record.
+        _audit_refusal("claim", task, acting_user, refusal, request)
+        raise
+    # Offers stay active while the task is held, so they still name everyone
+    # whose list must drop it; read after commit, outside the locks.
+    notify.notify_withdrawn(locked, notify.eligible_user_ids(locked) - {acting_user.pk}, "claimed")
+    notify.notify_mine(locked, acting_user.pk)
+    return locked
+
+
+def _audit_refusal(what: str, task: ReadingTask, acting_user: Any, refusal: TaskRefused, request: Any) -> None:
+    audit.record(
+        f"workflow.readingtask.{what}_refused",
+        request=request,
+        actor=acting_user,
+        # A caller may pass a bare ``ReadingTask(pk=...)``.
+        institution=task.institution_id
+        or ReadingTask.objects.filter(pk=task.pk).values_list("institution_id", flat=True).first(),
+        object_type="workflow.readingtask",
+        object_id=task.pk,
+        outcome="denied",
+        detail={"code": refusal.code, "reason": refusal.message},
+    )
+
+
+def _claim(task: ReadingTask, acting_user: Any) -> ReadingTask:
     who = reader(acting_user)
     now = timezone.now()
     with transaction.atomic():
@@ -416,15 +445,6 @@ def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any =
             raise TaskRefused("This task is no longer open: someone else has claimed it or it has ended.", "not_open")
         offers = list(TaskOffer.objects.filter(who.offer_q(), task_id=locked.pk))
         if not offers:
-            audit.record(
-                "workflow.readingtask.claim_refused",
-                request=request,
-                actor=acting_user,
-                institution=locked.institution_id,
-                object_type="workflow.readingtask",
-                object_id=locked.pk,
-                outcome="denied",
-            )
             raise TaskRefused("This task is not offered to you.", "not_offered")
         # Lock this reader's user row so two claims at once cannot both pass
         # the cap. The count must be a later statement than the lock: under
@@ -459,10 +479,6 @@ def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any =
             user=acting_user,
             now=now,
         )
-    # Offers stay active while the task is held, so they still name everyone
-    # whose list must drop it; read after commit, outside the locks.
-    notify.notify_withdrawn(locked, notify.eligible_user_ids(locked) - {acting_user.pk}, "claimed")
-    notify.notify_mine(locked, acting_user.pk)
     return locked
 
 

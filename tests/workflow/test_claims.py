@@ -8,6 +8,7 @@ import pytest
 from django.db import connection
 
 from pacs_cloud import access
+from pacs_cloud.models import AuditEvent
 from tests.conftest import requires_postgres
 from tests.workflow.conftest import make_radiologist, make_study, save_policy
 from workflow.access import offered_tasks
@@ -18,7 +19,6 @@ from workflow.actions import (
     do_reassign_reading_task,
     do_start_reading_process,
 )
-from pacs_cloud.models import AuditEvent
 from workflow.models import PoolMember, ProcessInstance, ReadingTask
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from archive.actions import do_mark_study_reported
@@ -99,6 +99,87 @@ def clean_macros(macros: Any) -> list[dict[str, str]]:
             {"name": str(m["name"])[:100], "section": m["section"], "text": str(m.get("text", ""))[:MAX_SECTION]}
         )
     return out
+
+
+TEMPLATE_FIELDS = ("name", "modality", "procedure_code", "body_part", "sections", "macros", "is_active")
+
+
+def _template_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """Validated template fields from ``values`` (only the keys present); raises :class:`ReportRefused`."""
+    unknown = set(values) - set(TEMPLATE_FIELDS)
+    if unknown:
+        raise ReportRefused(f"unknown template fields: {', '.join(sorted(unknown))}", "invalid", 400)
+    out = dict(values)
+    if "name" in out:
+        out["name"] = str(out["name"] or "").strip()[:200]
+        if not out["name"]:
+            raise ReportRefused("A template needs a name.", "invalid", 400)
+    if "sections" in out:
+        out["sections"] = clean_template_sections(out["sections"])
+    if "macros" in out:
+        out["macros"] = clean_macros(out["macros"])
+    return out
+
+
+def _save_template(row: ReportTemplate, **save: Any) -> None:
+    # The savepoint keeps the caller's transaction usable after a duplicate name.
+    try:
+        with transaction.atomic():
+            row.save(**save)
+    except IntegrityError:
+        raise ReportRefused(f"This hospital already has a template called {row.name}.", "invalid", 400) from None
+
+
+def do_create_report_template(
+    institution_id: Any, *, acting_user: Any, request: Any = None, **fields: Any
+) -> ReportTemplate:
+    """A new template of the institution (the caller keeps its templates). Raises :class:`ReportRefused`."""
+    values = _template_fields(fields)
+    if "name" not in values:
+        raise ReportRefused("A template needs a name.", "invalid", 400)
+    row = ReportTemplate(institution_id=institution_id, created_by=acting_user, **values)
+    with transaction.atomic():
+        _save_template(row, force_insert=True)
+        _audit_template("report_template.create", row, acting_user, request)
+    return row
+
+
+def do_change_report_template(
+    template: ReportTemplate, *, acting_user: Any, request: Any = None, **fields: Any
+) -> ReportTemplate:
+    """Change the given fields of a template; it stays at its institution. Raises :class:`ReportRefused`."""
+    institution_id = fields.pop("institution_id", template.institution_id)
+    if str(institution_id) != str(template.institution_id):
+        raise ReportRefused("A template stays at its hospital; make a new one there.", "invalid", 400)
+    values = _template_fields(fields)
+    with transaction.atomic():
+        locked = ReportTemplate.objects.select_for_update().get(pk=template.pk)
+        for field, value in values.items():
+            setattr(locked, field, value)
+        _save_template(locked, update_fields=list(values))
+        _audit_template("report_template.update", locked, acting_user, request, fields=sorted(values))
+    return locked
+
+
+def do_deactivate_report_template(template: ReportTemplate, *, acting_user: Any, request: Any = None) -> None:
+    """Withdraw a template from new reports; reports written from it keep their text."""
+    with transaction.atomic():
+        locked = ReportTemplate.objects.select_for_update().get(pk=template.pk)
+        locked.is_active = False
+        locked.save(update_fields=["is_active"])
+        _audit_template("report_template.deactivate", locked, acting_user, request)
+
+
+def _audit_template(action: str, row: ReportTemplate, acting_user: Any, request: Any, **detail: Any) -> None:
+    audit.record(
+        action,
+        request=request,
+        actor=acting_user,
+        institution=row.institution_id,
+        object_type="report_template",
+        object_id=row.pk,
+        detail=detail or None,
+    )
 
 
 # Drafts ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from guardian.shortcuts import remove_perm
 from archive.actions import do_mark_study_routed
 from archive.models import Study, StudyUserObjectPermission
 from pacs_cloud import audit
-from pacs_cloud.fsm import apply_transition
+from pacs_cloud.fsm import apply_transition, record_transition
 from pacs_cloud.models import Institution, Membership, Role, User
 
 from . import notify, policy
@@ -842,12 +842,14 @@ def _advance_process(process_id: Any, now: datetime) -> None:
         process.state = ProcessInstance.State.COMPLETED
         process.ended_at = now
         process.save(update_fields=["state", "ended_at"])
-        audit.record(
-            "workflow.process.completed",
+        record_transition(
+            process,
+            ProcessInstance.State.RUNNING,
+            process.state,
+            "complete",
             actor_label=ENGINE,
             institution=process.institution_id,
-            object_type="workflow.processinstance",
-            object_id=process.pk,
+            reason="every task ended",
         )
 
 
@@ -1062,14 +1064,16 @@ def do_cancel_process(process: ProcessInstance, *, actor: Any = None, actor_labe
         locked.state = ProcessInstance.State.CANCELLED
         locked.ended_at = now
         locked.save(update_fields=["state", "ended_at"])
-        audit.record(
-            "workflow.process.cancelled",
+        record_transition(
+            locked,
+            ProcessInstance.State.RUNNING,
+            locked.state,
+            "cancel",
             actor=actor,
             actor_label=actor_label,
             institution=locked.institution_id,
-            object_type="workflow.processinstance",
-            object_id=locked.pk,
-            detail={"reason": reason, "tasks": cancelled},
+            reason=reason,
+            audit_detail={"tasks": cancelled},
         )
     return cancelled
 

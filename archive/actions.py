@@ -21,7 +21,7 @@ from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
 from pacs_cloud import audit
-from pacs_cloud.fsm import apply_transition
+from pacs_cloud.fsm import apply_transition, record_transition
 from pacs_cloud.lib import dicom_datetime
 from pacs_cloud.models import Institution
 
@@ -300,13 +300,15 @@ def do_resolve_conflict(conflict: IngestConflict, *, keep: str, acting_user: Any
             locked.status = IngestConflict.Status.REPLACED
         locked.resolved_at = timezone.now()
         locked.save()
-        audit.record(
-            "archive.conflict.resolve",
+        record_transition(
+            locked,
+            IngestConflict.Status.OPEN,
+            locked.status,
+            "resolve",
             actor=acting_user,
             institution=locked.institution_id,
-            object_type="archive.ingestconflict",
-            object_id=locked.pk,
-            detail={"keep": keep, "sop_instance_uid": locked.sop_instance_uid},
+            reason=f"kept the {keep} object",
+            audit_detail={"keep": keep, "sop_instance_uid": locked.sop_instance_uid},
         )
     return locked
 

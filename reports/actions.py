@@ -8,6 +8,7 @@ effects (exports, pushes, e-mail) after commit.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import uuid
 from datetime import timedelta
@@ -37,6 +38,7 @@ from .models import (
     empty_content,
 )
 
+log = logging.getLogger(__name__)
 MAX_SECTION = 20_000
 MAX_KEY_IMAGES = 24
 CRITICAL_TOPIC = "reports.critical"
@@ -654,6 +656,75 @@ def _queue_exports(version: ReportVersion) -> None:
     ReportExport.objects.bulk_create([ReportExport(version=version, target=t) for t in targets])
     if settings.REPORTS_EXPORT_ON_SIGN:
         tasks.export_report_version.delay_on_commit(str(version.pk))
+
+
+# Exports ---------------------------------------------------------------------------
+
+EXPORTER = "report export"
+
+
+def do_run_export(export: ReportExport, *, pdf: bytes | None = None) -> bool:
+    """Attempt one export of a signed version now; True when done (now or before). Safe to run twice.
+
+    The row stays locked while the archive or the HL7 interface is called, so
+    two workers never send one export twice. A failure is recorded and retried
+    with a growing delay up to ``REPORTS_EXPORT_MAX_ATTEMPTS``; every attempt's
+    outcome is audited with the row's change.
+    """
+    with transaction.atomic():
+        row = ReportExport.objects.select_for_update(skip_locked=True).filter(pk=export.pk).first()
+        if row is None or row.state != ReportExport.State.PENDING:
+            return row is not None and row.state == ReportExport.State.DONE
+        version = ReportVersion.objects.select_related(
+            "report__study__patient", "report__institution", "signing_key", "signer"
+        ).get(pk=row.version_id)
+        row.attempts += 1
+        try:
+            if row.target == ReportExport.Target.DICOM:
+                row.result = exports.store_in_archive(version, pdf)
+            else:
+                host, port = exports.outbound_address()
+                control = uuid.uuid4().hex[:20]
+                row.payload = exports.oru_message(version, control_id=control)
+                exports.send_mllp(row.payload, host=host, port=port, timeout=settings.REPORTS_HL7_TIMEOUT_SECONDS)
+                row.result = control
+        except Exception as exc:  # any failure is recorded and retried by the sweep
+            log.warning("report export %s (%s) failed: %s", row.pk, row.target, exc)
+            row.last_error = str(exc)[:2000]
+            if row.attempts >= settings.REPORTS_EXPORT_MAX_ATTEMPTS:
+                row.state = ReportExport.State.FAILED
+            row.next_attempt_at = timezone.now() + timedelta(seconds=min(3600, 15 * 2**row.attempts))
+            row.save(update_fields=["attempts", "last_error", "state", "next_attempt_at", "payload"])
+            _audit_export(row, version, "give_up" if row.state == ReportExport.State.FAILED else "retry")
+            return False
+        row.state = ReportExport.State.DONE
+        row.done_at = timezone.now()
+        row.last_error = ""
+        row.save(update_fields=["attempts", "result", "state", "done_at", "last_error", "payload"])
+        _audit_export(row, version, "done")
+    return True
+
+
+def _audit_export(row: ReportExport, version: ReportVersion, method: str) -> None:
+    # The export's history is its audit trail: its integer key has no place in
+    # the transition table, whose rows name objects by UUID.
+    audit.record(
+        f"report_export.{method}",
+        actor_label=EXPORTER,
+        institution=version.report.institution_id,
+        object_type="report_export",
+        object_id=row.pk,
+        patient_id=version.report.patient_id,
+        outcome="success" if method == "done" else "failure",
+        detail={
+            "source": ReportExport.State.PENDING,
+            "target": row.state,
+            "export": row.target,
+            "version": str(version.pk),
+            "attempts": row.attempts,
+            "error": row.last_error[:200],
+        },
+    )
 
 
 # Critical results ----------------------------------------------------------------------

@@ -147,6 +147,57 @@ def do_complete_stable_studies(*, now: dt.datetime | None = None) -> int:
     return done
 
 
+# Patients -----------------------------------------------------------------------
+
+
+def do_create_patient(
+    institution: Institution,
+    *,
+    patient_id: str,
+    name: str,
+    issuer: str | None = None,
+    birth_date: dt.date | None = None,
+    sex: str = "",
+    actor: Any = None,
+    actor_label: str = "",
+    request: Any = None,
+    event: str = "archive.patient.create",
+) -> Patient:
+    """Create the institution's record of a patient (registration before any image arrives).
+
+    ``name`` is a DICOM PN string; its matching forms are derived here.
+    ``issuer`` defaults to the institution's issuer of Patient IDs; ``event``
+    names the audit event (the caller's word for what the user did). Raises
+    ``IntegrityError`` when the ID is taken; the caller decides what that
+    means to its user.
+    """
+    forms = names.name_forms(name)
+    with transaction.atomic():
+        patient = Patient.objects.create(
+            institution=institution,
+            patient_id=patient_id[:64],
+            issuer=institution.patient_id_issuer if issuer is None else issuer,
+            name=forms.full[:324],
+            name_search=forms.alphabetic[:324],
+            name_ideographic=forms.ideographic[:324],
+            name_phonetic=forms.phonetic[:324],
+            name_words=forms.words[:400],
+            birth_date=birth_date,
+            sex=sex,
+        )
+        audit.record(
+            event,
+            request=request,
+            actor=actor,
+            actor_label=actor_label,
+            institution=institution,
+            object_type="archive.patient",
+            object_id=patient.pk,
+            patient_id=patient.patient_id,
+        )
+    return patient
+
+
 # Patient corrections (used by the worklist's reconciliation queue) -----------------
 
 PATIENT_KEYWORDS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")

@@ -242,3 +242,27 @@ def view(request):
     cache.delete("key")
 """
     assert _calls(harmless) == []
+
+
+ARCHIVE_MODELS = {"Patient", "Study", "Series", "Instance"}
+
+
+def archive_writes_in(source: str, path: str) -> list[Violation]:
+    """Writes on the archive's own models (``Patient.objects.create(...)``), which only the archive makes."""
+    return [v for v in violations_in(source, path) if v.call.split(".", 1)[0] in ARCHIVE_MODELS]
+
+
+def test_only_the_archive_writes_patients_and_studies():
+    found = []
+    for app in APPS:
+        if app == "archive":
+            continue
+        for path in sorted((ROOT / app).rglob("*.py")):
+            if "migrations" not in path.parts:
+                found += archive_writes_in(path.read_text(), str(path.relative_to(ROOT)))
+    assert not found, "ask an archive action instead:\n" + "\n".join(map(str, found))
+
+
+def test_the_guard_catches_a_patient_created_outside_the_archive():
+    planted = "def register(name):\n    return Patient.objects.create(name=name)\n"
+    assert [v.method for v in archive_writes_in(planted, "worklist/planted.py")] == ["create"]

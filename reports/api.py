@@ -333,6 +333,7 @@ class ReportViewSet(viewsets.ViewSet):
         return Response(self._detail(request, report), status=status.HTTP_201_CREATED if created else 200)
 
     @extend_schema(responses={200: ReportDetailSerializer}, tags=["reports"])
+    @audit.records_refusal("report.view_refused", object_type="report", key="pk")
     def retrieve(self, request: Request, pk: str) -> Response:
         report = access_report(request.user, pk)
         actions.do_record_view(request, report)
@@ -385,6 +386,7 @@ class ReportViewSet(viewsets.ViewSet):
 
     @extend_schema(request=SignSerializer, responses={201: VersionSerializer}, tags=["reports"])
     @action(detail=True, methods=["post"])
+    @audit.records_refusal("report.sign_refused", object_type="report", key="pk")
     def sign(self, request: Request, pk: str) -> Response:
         """Sign the draft (or the open addendum): the password is asked again."""
         report = access_report(request.user, pk)
@@ -460,6 +462,7 @@ class ReportViewSet(viewsets.ViewSet):
         parameters=[OpenApiParameter("version", int)], responses={(200, "application/pdf"): bytes}, tags=["reports"]
     )
     @action(detail=True, methods=["get"])
+    @audit.records_refusal("report.view_refused", object_type="report", key="pk")
     def pdf(self, request: Request, pk: str) -> HttpResponse:
         from .pdf import render_pdf
 

@@ -174,6 +174,7 @@ class ReadingTaskViewSet(viewsets.ReadOnlyModelViewSet):
         audit_patient_list(request._request, shown)
         return response
 
+    @audit.records_refusal("workflow.readingtask.open_refused", object_type="workflow.readingtask", key="pk")
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         task = self.get_object()
         data = self.get_serializer(task).data
@@ -183,6 +184,7 @@ class ReadingTaskViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(request=None, responses={200: ReadingTaskSerializer, 403: Refusal, 409: Refusal})
     @action(detail=True, methods=["post"])
+    @audit.records_refusal("workflow.readingtask.claim_refused", object_type="workflow.readingtask", key="pk")
     def claim(self, request: Request, pk: str | None = None) -> Response:
         """Claim the task: it is mine alone and I may open the study."""
         task = access.access_task(request.user, pk, to_claim=True)

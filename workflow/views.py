@@ -21,6 +21,7 @@ from rest_framework.exceptions import ValidationError
 
 from archive.models import Study
 from pacs_cloud import access as core_access
+from pacs_cloud import audit
 from pacs_cloud.fsm import history
 from pacs_cloud.models import Institution, Role, User
 from pacs_cloud.tenancy import current_institution
@@ -99,6 +100,7 @@ def worklist_rows(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@audit.records_refusal("workflow.readingtask.open_refused", object_type="workflow.readingtask", key="pk")
 def task_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     task = access.access_task(request.user, pk)
     sees_patient = access.can_see_patient(request.user, task)
@@ -120,6 +122,7 @@ def task_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 
 @login_required
 @require_POST
+@audit.records_refusal("workflow.readingtask.claim_refused", object_type="workflow.readingtask", key="pk")
 def claim_task(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     """Claim, then open the study (the viewer when it is there, else the task page)."""
     task = access.access_task(request.user, pk, to_claim=True)
@@ -132,6 +135,7 @@ def claim_task(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 
 
 @login_required
+@audit.records_refusal("workflow.readingtask.open_refused", object_type="workflow.readingtask", key="pk")
 def open_task(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     """Open the task's study for its holder (audited), in the viewer when there is one."""
     task = access.access_task(request.user, pk)

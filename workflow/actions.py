@@ -130,15 +130,18 @@ MAX_CLAIM_CAP = 999
 _UNSET: Any = object()
 
 
-def _claim_cap_value(value: Any, field: str = "claim_cap", *, optional: bool = True) -> int | None:
+def _claim_cap_value(value: Any) -> int | None:
+    """A member's own cap: blank for the pool's, else a whole number from 1 to ``MAX_CLAIM_CAP``."""
     if value is None or value == "":
-        if optional:
-            return None
-        raise ValidationError({field: "A claim cap is needed."})
+        return None
+    return _pool_cap_value(value)
+
+
+def _pool_cap_value(value: Any) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLAIM_CAP:
-        raise ValidationError({field: f"The claim cap is a whole number from 1 to {MAX_CLAIM_CAP}."})
+        raise ValidationError({"claim_cap": f"The claim cap is a whole number from 1 to {MAX_CLAIM_CAP}."})
     return value
 
 
@@ -203,7 +206,7 @@ def do_create_pool(
         owner=owner,
         name=name[:200],
         description=description or "",
-        claim_cap=_claim_cap_value(claim_cap, optional=False),
+        claim_cap=_pool_cap_value(claim_cap),
         is_active=bool(is_active),
     )
     with transaction.atomic():
@@ -234,7 +237,7 @@ def do_change_pool(
     if description is not _UNSET:
         changes["description"] = description or ""
     if claim_cap is not _UNSET:
-        changes["claim_cap"] = _claim_cap_value(claim_cap, optional=False)
+        changes["claim_cap"] = _pool_cap_value(claim_cap)
     if is_active is not _UNSET:
         changes["is_active"] = bool(is_active)
     with transaction.atomic():

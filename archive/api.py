@@ -39,6 +39,20 @@ class PatientSerializer(serializers.Serializer):
         return display_name(patient.name)
 
 
+@extend_schema_serializer(component_name="Patient")
+class PatientRefSerializer(serializers.Serializer):
+    """A patient as other resources show one (a reading task's, a referral's): demographics, no issuer."""
+
+    name = serializers.CharField(help_text="The DICOM PN value")
+    display_name = serializers.SerializerMethodField(help_text="The name as shown: 张三 (ZHANG, SAN)")
+    patient_id = serializers.CharField()
+    birth_date = serializers.DateField(allow_null=True)
+    sex = serializers.CharField()
+
+    def get_display_name(self, patient: Any) -> str:
+        return display_name(patient["name"] if isinstance(patient, dict) else patient.name)
+
+
 class SeriesSerializer(serializers.ModelSerializer):
     class Meta:
         model = Series

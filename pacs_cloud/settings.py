@@ -56,6 +56,8 @@ SECURE_HTTPS = env.bool("SECURE_HTTPS", default="SECRET_KEY" in os.environ)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# A refused form shows the product's 403 page, not Django's.
+CSRF_FAILURE_VIEW = "pacs_cloud.views.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -401,7 +403,7 @@ HOME_PANELS = [
     "worklist.views.home_panels",
     "viewer.home.recent_panel",
     "workflow.home.reading_panels",
-    "workflow.referral_views.home_panels",
+    "workflow.referrals.views.home_panels",
 ]
 # Reading workflow: minutes per priority when neither policy nor agreement says,
 # the claims a reader may hold at once (pools set their own), how long an
@@ -431,9 +433,11 @@ REFERRAL_REMINDER_HOURS = env.int("REFERRAL_REMINDER_HOURS", default=12)
 SHARE_SECOND_OPINION_DAYS = env.int("SHARE_SECOND_OPINION_DAYS", default=14)
 SHARE_MAX_DAYS = env.int("SHARE_MAX_DAYS", default=90)
 CELERY_BEAT_SCHEDULE["workflow-referral-sweep"] = {
-    "task": "workflow.tasks.sweep_referrals",
+    "task": "workflow.referrals.tasks.sweep_referrals",
     "schedule": env.float("REFERRAL_SWEEP_SECONDS", default=60.0),
 }
+# Autodiscovery loads each app's own tasks module; a part's tasks are named here.
+CELERY_IMPORTS = ["workflow.referrals.tasks"]
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [
@@ -442,7 +446,7 @@ DEMO_SEEDERS = [
     "archive.edge.demo.seed",
     "worklist.demo.seed",
     "workflow.demo.seed",
-    "workflow.demo.seed_referral",
+    "workflow.referrals.demo.seed",
 ]
 
 # Worklist: accession numbers and patient IDs issued here ({prefix} is the
@@ -458,9 +462,16 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"refusal_without_traceback": {"()": "pacs_cloud.lib.logfilters.RefusalWithoutTraceback"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"pynetdicom": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
+    "loggers": {
+        "pynetdicom": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+        # A 403 is logged as one line: refusals are expected, not faults.
+        "django.request": {"filters": ["refusal_without_traceback"]},
+        "django.security.csrf": {"filters": ["refusal_without_traceback"]},
+    },
 }
 
 # Reports: the key that encrypts radiologists' signing keys at rest (base64 of

@@ -15,10 +15,12 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from archive.api import PatientRefSerializer
+from pacs_cloud.api import InstitutionRefSerializer
 from pacs_cloud.lib.person_names import display_name
 from pacs_cloud.models import Institution, User
 
-from . import access, policy
+from . import access
 from .models import PoolMember, Priority, RadiologistPool, ReadingAgreement, ReadingTask, RoutingPolicy
 
 
@@ -28,22 +30,6 @@ def viewer_url(study_id: Any) -> str | None:
         return reverse("viewer-open-study", args=[study_id])
     except NoReverseMatch:
         return None
-
-
-class InstitutionRefSerializer(serializers.Serializer):
-    id = serializers.UUIDField()
-    name = serializers.CharField()
-
-
-class PatientSerializer(serializers.Serializer):
-    name = serializers.CharField(help_text="The DICOM PN value")
-    display_name = serializers.SerializerMethodField(help_text="The name as shown: 张三 (ZHANG, SAN)")
-    patient_id = serializers.CharField()
-    birth_date = serializers.DateField(allow_null=True)
-    sex = serializers.CharField()
-
-    def get_display_name(self, patient: Any) -> str:
-        return display_name(patient["name"] if isinstance(patient, dict) else patient.name)
 
 
 class StudyRefSerializer(serializers.Serializer):
@@ -111,7 +97,7 @@ class ReadingTaskSerializer(serializers.ModelSerializer):
     def get_claimed_by(self, task: ReadingTask) -> str | None:
         return task.claimed_by.username if task.claimed_by_id and task.claimed_by else None
 
-    @extend_schema_field(PatientSerializer(allow_null=True))
+    @extend_schema_field(PatientRefSerializer(allow_null=True))
     def get_patient(self, task: ReadingTask) -> dict[str, Any] | None:
         if not self._sees_patient(task):
             return None
@@ -171,11 +157,8 @@ class PoolMemberSerializer(serializers.ModelSerializer):
     class Meta:
         model = PoolMember
         fields = ["id", "pool", "user", "subspecialties", "credentialed_for", "claim_cap", "effective_cap", "is_active"]
-
-    def validate_subspecialties(self, value: Any) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise serializers.ValidationError("Expected a list of subspecialty names.")
-        return sorted({v.strip().lower() for v in value})
+        # Uniqueness, like every rule of a membership, is the write action's (workflow.actions).
+        validators: list[Any] = []
 
 
 class RadiologistPoolSerializer(serializers.ModelSerializer):
@@ -186,6 +169,7 @@ class RadiologistPoolSerializer(serializers.ModelSerializer):
         model = RadiologistPool
         fields = ["id", "owner", "name", "description", "claim_cap", "is_active", "members", "created_at"]
         read_only_fields = ["created_at"]
+        validators: list[Any] = []
 
 
 class ReadingAgreementSerializer(serializers.ModelSerializer):
@@ -207,24 +191,10 @@ class ReadingAgreementSerializer(serializers.ModelSerializer):
             "is_active",
             "in_force",
         ]
+        validators: list[Any] = []
 
     def get_in_force(self, agreement: ReadingAgreement) -> bool:
         return agreement.in_force()
-
-    def validate_sla_minutes(self, value: Any) -> dict[str, int]:
-        errors = policy._Collector()
-        result = policy._sla(value, "sla_minutes", errors)
-        if errors.errors:
-            raise serializers.ValidationError([m for _, m in errors.errors])
-        return result
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        for key in ("modalities", "body_parts"):
-            value = attrs.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise serializers.ValidationError({key: "Expected a list of strings."})
-            attrs[key] = [v.strip().upper() for v in value if v.strip()]
-        return attrs
 
 
 # Routing policies ------------------------------------------------------------------

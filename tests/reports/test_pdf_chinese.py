@@ -11,7 +11,7 @@ from django.core.checks import run_checks
 
 from archive.models import Instance
 from archive.storage import get_storage
-from reports import tasks
+from reports import actions
 from reports.models import ReportExport
 from tests.conftest import api_client
 
@@ -62,7 +62,7 @@ def test_the_pdf_prints_chinese_findings_and_the_ideographic_name(chinese_readin
 def test_the_archived_encapsulated_pdf_prints_chinese(chinese_reading, tmp_path):
     _, version = write_and_sign(chinese_reading, findings=FINDINGS)
     row = ReportExport.objects.get(version=version, target=ReportExport.Target.DICOM)
-    assert tasks.run_export(row)
+    assert actions.do_run_export(row)
     instance = Instance.objects.get(sop_instance_uid=version.dicom_sop_instance_uid)
     with get_storage().open(instance.storage_key) as handle:
         ds = pydicom.dcmread(handle)

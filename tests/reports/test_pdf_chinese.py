@@ -50,6 +50,7 @@ def assert_prints_chinese(document: bytes, tmp_path) -> None:
     assert all(row[-5] == "yes" for row in embedded)  # the "emb" column: the font travels with the PDF
 
 
+@pytest.mark.poppler
 def test_the_pdf_prints_chinese_findings_and_the_ideographic_name(chinese_reading, tmp_path):
     report, _ = write_and_sign(chinese_reading, findings=FINDINGS)
     response = api_client(chinese_reading.tenant.clinician).get(f"/api/v1/reports/{report.pk}/pdf/")
@@ -59,6 +60,7 @@ def test_the_pdf_prints_chinese_findings_and_the_ideographic_name(chinese_readin
     assert any(row[0] == "Helvetica" for row in pdf_fonts(response.content, tmp_path))
 
 
+@pytest.mark.poppler
 def test_the_archived_encapsulated_pdf_prints_chinese(chinese_reading, tmp_path):
     _, version = write_and_sign(chinese_reading, findings=FINDINGS)
     row = ReportExport.objects.get(version=version, target=ReportExport.Target.DICOM)
@@ -71,6 +73,7 @@ def test_the_archived_encapsulated_pdf_prints_chinese(chinese_reading, tmp_path)
     assert_prints_chinese(document, tmp_path)
 
 
+@pytest.mark.poppler
 def test_the_signature_time_is_in_the_institution_time_zone(chinese_reading, tmp_path):
     chinese_reading.tenant.institution.time_zone = "Asia/Shanghai"
     chinese_reading.tenant.institution.save(update_fields=["time_zone"])

@@ -266,6 +266,64 @@ def do_link_study_to_patient(
     return locked
 
 
+def do_merge_duplicate_patients(institution: Institution | None = None) -> int:
+    """Join each patient recorded twice at an institution into one record; the number merged.
+
+    Images whose Patient ID came without an issuer used to get a record of
+    their own beside the one registration made (issuer blank against the
+    institution's issuer). The registered record is kept; every study,
+    order, referral and import of the other moves to it, its demographics
+    are kept as received forms (later images carrying them still match),
+    and it is deleted. Safe to run again: nothing is left to merge.
+    """
+    institutions = [institution] if institution is not None else Institution.objects.all()
+    merged = 0
+    for inst in institutions:
+        if not inst.patient_id_issuer:
+            continue
+        blank = Patient.objects.filter(institution=inst, issuer="").exclude(patient_id="")
+        registered = Patient.objects.filter(
+            institution=inst, issuer=inst.patient_id_issuer, patient_id__in=blank.values("patient_id")
+        )
+        for kept in registered:
+            for duplicate in blank.filter(patient_id=kept.patient_id):
+                _merge_patient(duplicate, into=kept)
+                merged += 1
+    return merged
+
+
+def _merge_patient(duplicate: Patient, *, into: Patient) -> None:
+    with transaction.atomic():
+        kept = Patient.objects.select_for_update().get(pk=into.pk)
+        gone = Patient.objects.select_for_update().get(pk=duplicate.pk)
+        moved = {}
+        # Every relation, the other apps' included, found through the model so
+        # the archive names none of them.
+        for relation in Patient._meta.get_fields(include_hidden=True):
+            if relation.one_to_many and relation.auto_created and not relation.concrete:
+                model = relation.related_model
+                field = relation.field.name
+                count = model._default_manager.filter(**{field: gone}).update(**{field: kept})
+                if count:
+                    moved[model._meta.label_lower] = count
+        forms = [_patient_overrides(gone), *gone.received_forms]
+        kept.received_forms = [*kept.received_forms, *(f for f in forms if f not in kept.received_forms)]
+        kept.updated_at = timezone.now()
+        kept.save(update_fields=["received_forms", "updated_at"])
+        gone_pk = gone.pk
+        gone.delete()
+        _refresh_overrides(kept)
+        audit.record(
+            "archive.patient.merge",
+            actor_label="duplicate patient merge",
+            institution=kept.institution_id,
+            object_type="archive.patient",
+            object_id=kept.pk,
+            patient_id=kept.patient_id,
+            detail={"merged_patient": str(gone_pk), "moved": moved},
+        )
+
+
 # Conflicts ----------------------------------------------------------------------
 
 

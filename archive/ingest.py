@@ -891,7 +891,7 @@ def _check_patient(institution: Institution, incoming: dict[str, str]) -> None:
     if not incoming["PatientID"]:
         return
     patient = Patient.objects.filter(
-        institution=institution, patient_id=incoming["PatientID"], issuer=incoming["IssuerOfPatientID"]
+        institution=institution, patient_id=incoming["PatientID"], issuer=patient_issuer(institution, incoming)
     ).first()
     if patient is None:
         return
@@ -925,6 +925,16 @@ def _load_series(ref: _StudyRef, series_uid: str) -> tuple[Any, str] | None:
         return None
     ref.series[series_uid] = (row["pk"], row["modality"])
     return ref.series[series_uid]
+
+
+def patient_issuer(institution: Institution, received: dict[str, str]) -> str:
+    """The issuer a received Patient ID belongs to.
+
+    Modalities often drop the Issuer of Patient ID (0010,0021) the worklist
+    gave them; an ID without one was assigned by the receiving institution,
+    so it names the patient registered there rather than a second record.
+    """
+    return received["IssuerOfPatientID"] or institution.patient_id_issuer
 
 
 def _anonymous_issuer(study_uid: str) -> str:
@@ -1110,7 +1120,7 @@ def _get_or_create_study(
     ds: pydicom.Dataset, study_uid: str, institution: Institution, now: Any
 ) -> tuple[_StudyRef, bool]:
     received = patient_module(ds)
-    patient_id, issuer = received["PatientID"], received["IssuerOfPatientID"]
+    patient_id, issuer = received["PatientID"], patient_issuer(institution, received)
     if not patient_id:
         issuer = _anonymous_issuer(study_uid)
     forms = names.name_forms(received["PatientName"])

@@ -26,6 +26,7 @@ from pacs_cloud.lib import dicom_datetime
 from pacs_cloud.models import Institution
 
 from . import names, signals
+from .ingest import birth_date_in_future
 from .models import DicomNode, IngestConflict, Instance, Patient, Series, Study
 from .storage import CACHE, get_storage
 
@@ -213,6 +214,8 @@ def do_correct_patient_demographics(
             locked.name_phonetic = forms.phonetic[:324]
             locked.name_words = forms.words[:400]
         if birth_date is not None:
+            if birth_date_in_future(locked.institution, birth_date):
+                raise ValueError(f"the birth date {birth_date.isoformat()} is in the future")
             locked.birth_date = birth_date
         if sex is not None:
             locked.sex = sex.strip().upper()[:16]
@@ -343,6 +346,8 @@ def do_resolve_conflict(conflict: IngestConflict, *, keep: str, acting_user: Any
             locked.status = IngestConflict.Status.KEPT_EXISTING
             transaction.on_commit(lambda: storage.delete(locked.storage_key))
         else:
+            if locked.reason:
+                raise ValueError(f"kept aside because {locked.reason}: correct it at the source and send it again")
             if locked.instance_id is None:
                 raise ValueError("the archived instance of this conflict is gone; keep the existing state")
             instance = Instance.objects.select_for_update().get(pk=locked.instance_id)

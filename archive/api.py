@@ -250,6 +250,7 @@ class IngestConflictSerializer(serializers.ModelSerializer):
             "sha256",
             "size",
             "source",
+            "reason",
             "status",
             "received_at",
             "resolved_at",
@@ -257,7 +258,8 @@ class IngestConflictSerializer(serializers.ModelSerializer):
 
 
 class IngestConflictViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Objects refused because their SOP Instance UID is archived with other content, for review."""
+    """Objects kept aside for review: their SOP Instance UID is archived with other content, or
+    they were refused for what they say (``reason``)."""
 
     serializer_class = IngestConflictSerializer
     permission_classes = [IsInstitutionAdmin]
@@ -279,5 +281,8 @@ class IngestConflictViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
         keep = str(request.data.get("keep", ""))
         if keep not in ("existing", "new"):
             return Response({"keep": ["Choose 'existing' or 'new'."]}, status=status.HTTP_400_BAD_REQUEST)
-        resolved = actions.do_resolve_conflict(conflict, keep=keep, acting_user=request.user)
+        try:
+            resolved = actions.do_resolve_conflict(conflict, keep=keep, acting_user=request.user)
+        except ValueError as exc:
+            return Response({"keep": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         return Response(IngestConflictSerializer(resolved).data)

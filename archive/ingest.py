@@ -16,7 +16,8 @@ Validation, in order: size limit; a readable data set that is not cut short;
 well-formed Study, Series, SOP Instance and SOP Class UIDs (they make the
 storage key); not a DICOMDIR; then against what is archived for the
 institution: the same SOP Instance UID with other bytes is a conflict (the
-new object is kept aside for review, never over the archived one); a study
+new object is kept aside for review, never over the archived one), and so
+is an object whose patient is born after today at the institution; a study
 belongs to one patient (ID, issuer, name, birth date and sex as first
 received); a series belongs to one study and has one modality; a patient's
 birth date and sex do not change between studies.
@@ -24,6 +25,7 @@ birth date and sex do not change between studies.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import logging
@@ -34,6 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pydicom
 from django.conf import settings
@@ -654,6 +657,14 @@ def _ingest(
             )
         if only_study and study_uid != only_study:
             raise IngestError(f"the instance belongs to study {study_uid}, not {only_study}", code="wrong_study")
+        birth_date = _safe_date(ds, "PatientBirthDate")
+        if birth_date is not None and birth_date_in_future(institution, birth_date):
+            reason = f"the patient's birth date {birth_date.isoformat()} is in the future"
+            if not Instance.objects.filter(
+                institution=institution, sop_instance_uid=sop_uid, sha256=obj.sha256
+            ).exists():
+                conflict = _keep_invalid_aside(obj, uids, institution, session.source, reason)
+                raise IngestError(f"{reason}; kept aside for review (conflict {conflict.pk})", code="inconsistent")
         for attempt in range(2):
             _check_consistency(ds, uids, institution, session)
             # The key carries the content digest: an identical re-send lands on
@@ -819,6 +830,56 @@ def _keep_aside(existing: Instance, obj: _Object, key: str, institution: Institu
                 address=source.address,
                 outcome="failure",
                 detail={"sop_instance_uid": existing.sop_instance_uid, "via": source.via},
+            )
+    return conflict
+
+
+def birth_date_in_future(institution: Institution, birth_date: dt.date) -> bool:
+    """Whether ``birth_date`` is after today at ``institution`` (in its time zone)."""
+    return birth_date > timezone.now().astimezone(ZoneInfo(institution.time_zone)).date()
+
+
+def _keep_invalid_aside(
+    obj: _Object, uids: tuple[str, str, str, str], institution: Institution, source: Source, reason: str
+) -> IngestConflict:
+    """Keep an object refused for what it says (not for a clash) aside for review, unindexed."""
+    study_uid, series_uid, sop_uid, _ = uids
+    key = object_key(institution.pk, study_uid, series_uid, sop_uid, version=obj.sha256[:16])
+    storage = get_storage()
+    if obj.staged is not None:
+        staged, obj.staged = obj.staged, None
+        _commit_staged(storage, staged, key)
+    else:
+        storage.put_chunks(key, obj.chunks(), obj.sha256)
+    if isinstance(storage, TieredStorage):
+        storage.copy_to_store(key, obj.sha256)
+    with transaction.atomic():
+        conflict, created = IngestConflict.objects.get_or_create(
+            institution=institution,
+            sop_instance_uid=sop_uid,
+            sha256=obj.sha256,
+            status=IngestConflict.Status.OPEN,
+            defaults={
+                "reason": reason[:200],
+                "study_instance_uid": study_uid,
+                "series_instance_uid": series_uid,
+                "transfer_syntax_uid": obj.transfer_syntax,
+                "storage_key": key,
+                "size": obj.size,
+                "source": str(source)[:200],
+            },
+        )
+        if created:
+            audit.record(
+                "archive.instance.kept_aside",
+                actor=source.actor,
+                actor_label=source.label,
+                institution=institution,
+                object_type="archive.ingestconflict",
+                object_id=conflict.pk,
+                address=source.address,
+                outcome="failure",
+                detail={"sop_instance_uid": sop_uid, "via": source.via, "reason": reason},
             )
     return conflict
 

@@ -210,10 +210,11 @@ class Instance(models.Model):
 
 
 class IngestConflict(models.Model):
-    """An object refused because its SOP Instance UID is archived with other bytes.
+    """An object refused because its SOP Instance UID is archived with other bytes,
+    or (``reason``) because of what it says, e.g. a birth date in the future.
 
     The refused object is kept aside in storage (never over the archived
-    one) until an administrator reviews it.
+    one, never indexed) until an administrator reviews it.
     """
 
     class Status(models.TextChoices):
@@ -232,6 +233,8 @@ class IngestConflict(models.Model):
     sha256 = models.CharField(max_length=64)
     size = models.BigIntegerField()
     source = models.CharField(max_length=200, help_text="Who sent it: an AE title, a user, a media import.")
+    # Blank for a clash with the archived object; otherwise why it was refused.
+    reason = models.CharField(max_length=200, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     received_at = models.DateTimeField(default=timezone.now)
     resolved_at = models.DateTimeField(null=True, blank=True)

@@ -25,6 +25,7 @@ from pydicom import Dataset
 
 from archive import names
 from archive.actions import do_complete_study, do_correct_patient_demographics, do_link_study_to_patient
+from archive.ingest import birth_date_in_future
 from archive.models import Instance, Patient, Study
 from pacs_cloud import audit, push
 from pacs_cloud.fsm import apply_transition
@@ -182,6 +183,8 @@ def do_register_patient(
         raise ValidationError({"name": "A patient needs a name."})
     if sex not in ("", "M", "F", "O"):
         raise ValidationError({"sex": "Sex is M, F, O or blank."})
+    if birth_date is not None and birth_date_in_future(institution, birth_date):
+        raise ValidationError({"birth_date": f"The birth date {birth_date.isoformat()} is in the future."})
     patient_id = patient_id.strip()
     if patient_id and Patient.objects.filter(institution=institution, patient_id=patient_id).exists():
         raise ValidationError({"patient_id": f"Patient ID {patient_id} is already registered here."})

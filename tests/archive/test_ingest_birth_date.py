@@ -59,9 +59,7 @@ def test_a_stow_part_with_a_birth_date_in_the_future_is_kept_aside(tenants, stor
     part = io.BytesIO()
     ds.save_as(part, enforce_file_format=True)
     with pytest.raises(IngestError) as caught:
-        store_part10(
-            part.getvalue(), institution=tenants.a.institution, session=IngestSession(Source("stow", "tech"))
-        )
+        store_part10(part.getvalue(), institution=tenants.a.institution, session=IngestSession(Source("stow", "tech")))
     assert_kept_aside(caught, ds)
 
 

@@ -916,9 +916,12 @@ def do_create_mpps(
     """N-CREATE of a Modality Performed Procedure Step (PS3.4 F.7.2.1).
 
     The step must be IN PROGRESS and carry the Type 1 attributes. A step for
-    a scheduled order moves that order to in_progress; a step for a cancelled
-    or finished order is refused. Raises :class:`MppsError` and changes
-    nothing when the request is refused.
+    a scheduled order moves that order to in_progress. A step for an order
+    already completed (its study completed before the modality's message
+    came, e.g. relayed late by an edge) is kept as the exam's history and
+    leaves the order completed; one for a cancelled or discontinued order is
+    refused. Raises :class:`MppsError` and changes nothing when the request
+    is refused.
     """
     items = check_mpps_create(sop_instance_uid, attributes)
     started = _moment(attributes, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", institution)
@@ -927,9 +930,11 @@ def do_create_mpps(
     with transaction.atomic():
         if PerformedProcedureStep.objects.filter(sop_instance_uid=sop_instance_uid).exists():
             raise MppsError(DUPLICATE_SOP_INSTANCE, "a step with this SOP Instance UID exists")
+        late = False
         if order is not None:
             order = Order.objects.select_for_update().get(pk=order.pk)
-            if order.state not in Order.WORKLIST_STATES:
+            late = order.state == Order.State.COMPLETED
+            if order.state not in Order.WORKLIST_STATES and not late:
                 raise MppsError(
                     PROCESSING_FAILURE, f"order {order.accession_number} is {order.get_state_display().lower()}"
                 )
@@ -951,7 +956,12 @@ def do_create_mpps(
             object_type="worklist.performedprocedurestep",
             object_id=step.pk,
             patient_id=_text(attributes, "PatientID"),
-            detail={"sop_instance_uid": sop_instance_uid, "order": str(order.pk) if order else None},
+            detail={
+                "sop_instance_uid": sop_instance_uid,
+                "order": str(order.pk) if order else None,
+                # Recorded as history: the order was completed before this step arrived.
+                "after_order_completed": late,
+            },
         )
         if order is not None and order.state in Order.OPEN_STATES:
             _transition(order, "start", actor_label=label, reason="MPPS IN PROGRESS")

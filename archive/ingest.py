@@ -60,7 +60,7 @@ from pacs_cloud.lib.uids import InvalidUID, is_valid_uid, require_uid
 from pacs_cloud.models import Institution
 
 from . import names, signals
-from .models import IngestConflict, Instance, Patient, Series, Study
+from .models import NON_IMAGE_MODALITIES, IngestConflict, Instance, Patient, Series, Study
 from .storage import CACHE, CHUNK, STORED, TieredStorage, get_storage, object_key
 
 log = logging.getLogger(__name__)
@@ -759,6 +759,11 @@ def _unindex(instance: Instance) -> None:
             Study.objects.filter(series__pk=instance.series_id).update(
                 num_instances=F("num_instances") - 1, size_bytes=F("size_bytes") - instance.size
             )
+            modality = Series.objects.filter(pk=instance.series_id).values_list("modality", flat=True).first()
+            if _non_image(modality or ""):
+                Study.objects.filter(series__pk=instance.series_id).update(
+                    non_image_instances=F("non_image_instances") - 1
+                )
 
 
 def _wait_until_stored(written: Future, key: str) -> None:
@@ -1056,7 +1061,12 @@ def _index(
         # The usual case inside a series: its study and series rows are known
         # and the study's receipt is audited; index the instance and count it.
         instance.series_id = series_ref[0]
-        still_receiving = _insert_and_count(instance, ref.study_pk, now)
+        if _non_image(series_ref[1]):
+            with transaction.atomic():
+                still_receiving = _insert_and_count(instance, ref.study_pk, now)
+                Study.objects.filter(pk=ref.study_pk).update(non_image_instances=F("non_image_instances") + 1)
+        else:
+            still_receiving = _insert_and_count(instance, ref.study_pk, now)
     else:
         # A new study or series, or the first instance of this session: the
         # rows it needs are created (and the receipt audited) with the
@@ -1073,6 +1083,11 @@ def _index(
             if series_created:
                 Study.objects.filter(pk=ref.study_pk).update(
                     num_series=F("num_series") + 1, modalities=_modalities_after(ref.study_pk, series_ref[1])
+                )
+            if _non_image(series_ref[1]):
+                Study.objects.filter(pk=ref.study_pk).update(
+                    non_image_series=F("non_image_series") + int(series_created),
+                    non_image_instances=F("non_image_instances") + 1,
                 )
             if study_uid not in session.audited:
                 audit.record(
@@ -1169,6 +1184,11 @@ def _insert_and_count(instance: Instance, study_pk: Any, now: Any) -> bool:
             cursor.execute(_COUNT_STUDY, [instance.size, now, study_key])
             cursor.execute(f"SELECT state FROM {Study._meta.db_table} WHERE id = %s", [study_key])  # noqa: S608
             return cursor.fetchone()[0] == Study.State.RECEIVING
+
+
+def _non_image(modality: str) -> bool:
+    # Rare (a report, a key object selection): counted apart, off the per-image path.
+    return modality.upper() in NON_IMAGE_MODALITIES
 
 
 def _modalities_after(study_pk: Any, modality: str) -> str:

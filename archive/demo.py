@@ -12,9 +12,9 @@ from .models import ArchivePolicy, DicomNode
 NODES = [
     ("RIVERSIDE_CT", "riverside", "127.0.0.1", None, "Riverside CT scanner"),
     ("HILLSIDE_MR", "hillside", "127.0.0.1", None, "Hillside MR scanner"),
-    # The benchmark harness's calling AE (bench/); it also receives C-MOVEs.
-    ("BENCHSCU", "riverside", "127.0.0.1", None, "Benchmark and test tools"),
 ]
+# The benchmark harness registers its own calling AE (bench/archive_bench.py): a
+# hospital's demo lists only its modalities.
 DEMO_STABILITY_SECONDS = 10  # a demo study is complete (and routed) seconds after its last image
 
 

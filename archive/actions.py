@@ -17,6 +17,7 @@ from typing import Any
 
 import pydicom
 from django.db import transaction
+from django.db.models import ForeignObjectRel
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
@@ -303,7 +304,7 @@ def _merge_patient(duplicate: Patient, *, into: Patient) -> None:
         # Every relation, the other apps' included, found through the model so
         # the archive names none of them.
         for relation in Patient._meta.get_fields(include_hidden=True):
-            if relation.one_to_many and relation.auto_created and not relation.concrete:
+            if isinstance(relation, ForeignObjectRel) and relation.one_to_many:
                 model = relation.related_model
                 field = relation.field.name
                 count = model._default_manager.filter(**{field: gone}).update(**{field: kept})

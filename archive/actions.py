@@ -27,7 +27,7 @@ from pacs_cloud.lib import dicom_datetime
 from pacs_cloud.models import Institution
 
 from . import names, signals
-from .ingest import birth_date_in_future
+from .ingest import birth_date_in_future, patient_issuer
 from .models import DicomNode, IngestConflict, Instance, Patient, Series, Study
 from .storage import CACHE, get_storage
 
@@ -167,8 +167,12 @@ def _patient_overrides(patient: Patient) -> dict[str, str]:
 def _refresh_overrides(patient: Patient) -> None:
     """Recompute ``header_overrides`` of every study of ``patient`` from the index."""
     wanted = _patient_overrides(patient)
+    institution = Institution.objects.get(pk=patient.institution_id)
     for study in Study.objects.select_for_update().filter(patient=patient):
-        received = study.received_patient or {}
+        received = dict(study.received_patient or {})
+        if received.get("PatientID"):
+            # A blank issuer was read as the institution's own: no override to say so.
+            received["IssuerOfPatientID"] = patient_issuer(institution, {"IssuerOfPatientID": "", **received})
         overrides = {k: v for k, v in wanted.items() if (received.get(k, "") or "") != v}
         if overrides != study.header_overrides:
             study.header_overrides = overrides

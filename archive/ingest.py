@@ -851,13 +851,17 @@ def _keep_invalid_aside(
     study_uid, series_uid, sop_uid, _ = uids
     key = object_key(institution.pk, study_uid, series_uid, sop_uid, version=obj.sha256[:16])
     storage = get_storage()
-    if obj.staged is not None:
-        staged, obj.staged = obj.staged, None
-        _commit_staged(storage, staged, key)
-    else:
-        storage.put_chunks(key, obj.chunks(), obj.sha256)
-    if isinstance(storage, TieredStorage):
-        storage.copy_to_store(key, obj.sha256)
+    try:
+        if obj.staged is not None:
+            staged, obj.staged = obj.staged, None
+            _commit_staged(storage, staged, key)
+        else:
+            storage.put_chunks(key, obj.chunks(), obj.sha256)
+        if isinstance(storage, TieredStorage):
+            storage.copy_to_store(key, obj.sha256)
+    except OSError as exc:
+        log.exception("could not keep %s aside", key)
+        raise IngestError(f"the archive could not store the object: {exc}", code="storage") from exc
     with transaction.atomic():
         conflict, created = IngestConflict.objects.get_or_create(
             institution=institution,

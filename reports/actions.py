@@ -128,7 +128,7 @@ def _identity_fields(study: Study) -> dict[str, Any]:
         "patient_name_search": _search_name(patient.name),
         "accession_number": study.accession_number,
         "study_date": study.study_date,
-        "modality": study.modalities,
+        "modality": "\\".join(study.image_modalities),
         "description": study.description[:200],
     }
 

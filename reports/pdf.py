@@ -76,7 +76,7 @@ def render_pdf(version: ReportVersion) -> bytes:
         ["Patient", person_name(patient.name) or "—", "Patient ID", patient.patient_id],
         ["Birth date", patient.birth_date.isoformat() if patient.birth_date else "—", "Sex", patient.sex or "—"],
         ["Study", study.description or "—", "Study date", study.study_date.isoformat() if study.study_date else "—"],
-        ["Accession", study.accession_number or "—", "Modality", study.modalities or "—"],
+        ["Accession", study.accession_number or "—", "Modality", "/".join(study.image_modalities) or "—"],
     ]
     table = Table(facts, colWidths=[25 * mm, 65 * mm, 25 * mm, 55 * mm])
     table.setStyle(

@@ -3,6 +3,7 @@
 from archive import demo
 from archive.models import ArchivePolicy, DicomNode
 from pacs_cloud import demo as platform_demo
+from pacs_cloud.models import Institution
 
 
 def test_the_demo_nodes_and_stability_window_are_seeded_idempotently(db):
@@ -18,3 +19,16 @@ def test_the_demo_nodes_and_stability_window_are_seeded_idempotently(db):
     assert all(n.host == "127.0.0.1" and n.is_active for n in nodes.values())
     assert set(ArchivePolicy.objects.values_list("stability_seconds", flat=True)) == {demo.DEMO_STABILITY_SECONDS}
     assert demo.DEMO_STABILITY_SECONDS < 60
+
+
+def test_seeding_removes_the_benchmark_node_earlier_demos_registered(db):
+    platform_demo.seed()
+    ae_title, description = demo.FORMER_BENCH_NODE
+    DicomNode.objects.create(
+        institution=Institution.objects.get(slug="riverside"),
+        ae_title=ae_title,
+        host="127.0.0.1",
+        description=description,
+    )
+    demo.seed()
+    assert not DicomNode.objects.filter(ae_title="BENCHSCU").exists()

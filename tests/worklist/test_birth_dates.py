@@ -71,3 +71,15 @@ def test_today_is_the_institutions_today(tenants, sites):
         assert born_today.status_code == 201, born_today.json()
         tomorrow = tech.post("/api/v1/orders/", api_body(sites["a"], "2026-03-03"), format="json")
         assert tomorrow.status_code == 400
+
+
+def test_a_correction_to_a_birth_date_in_the_future_is_refused(sites):
+    from archive.actions import do_correct_patient_demographics
+
+    from .conftest import make_patient
+
+    patient = make_patient(sites["a"].institution, "LIU^YANG", patient_id="RCH-5", birth_date=dt.date(1990, 1, 1))
+    with pytest.raises(ValueError, match="in the future"):
+        do_correct_patient_demographics(patient, birth_date=today() + dt.timedelta(days=1), reason="typo")
+    patient.refresh_from_db()
+    assert patient.birth_date == dt.date(1990, 1, 1)

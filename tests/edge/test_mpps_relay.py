@@ -70,7 +70,7 @@ def images(order: Order, folder: Path, count: int) -> tuple[str, list[str]]:
             birth_date="",
             sex="",
             instance_number=number + 1,
-            size=64,
+            size=256,
             seed=number,
         )
         write(ds, folder / f"{number:04d}.dcm")

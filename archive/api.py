@@ -52,7 +52,13 @@ class SeriesSerializer(serializers.ModelSerializer):
 class StudySerializer(serializers.ModelSerializer):
     institution = serializers.SerializerMethodField()
     patient = PatientSerializer()
+    # As DICOM counts them (every stored object, the archived report included) ...
     modalities = serializers.SerializerMethodField()
+    # ... and as the pages do: images only; the report is the report.
+    image_modalities = serializers.ListField(child=serializers.CharField(), read_only=True)
+    image_series = serializers.IntegerField(read_only=True)
+    image_instances = serializers.IntegerField(read_only=True)
+    has_report_document = serializers.BooleanField(read_only=True)
     dicomweb_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -71,6 +77,10 @@ class StudySerializer(serializers.ModelSerializer):
             "modalities",
             "num_series",
             "num_instances",
+            "image_modalities",
+            "image_series",
+            "image_instances",
+            "has_report_document",
             "size_bytes",
             "state",
             "received_at",

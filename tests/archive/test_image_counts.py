@@ -96,3 +96,10 @@ def test_the_reading_task_page_counts_image_series(client, tenants, reported_ct)
     assert client.post(f"/workflow/tasks/{task.pk}/claim/").status_code == 302
     page = client.get(f"/workflow/tasks/{task.pk}/").content.decode()
     assert "2 series, 3 images (CT)" in page and "Report archived" in page
+
+
+def test_the_studies_api_gives_both_counts(tenants, reported_ct):
+    found = api_client(tenants.a.radiologist).get(f"/api/v1/studies/{reported_ct.pk}/").json()
+    assert (found["num_series"], found["modalities"]) == (3, ["CT", "DOC"])
+    assert (found["image_series"], found["image_instances"], found["image_modalities"]) == (2, 3, ["CT"])
+    assert found["has_report_document"] is True

@@ -1115,7 +1115,11 @@ def _index(
     if not still_receiving:
         late_study = ref.study_pk
         announce.append(lambda: _reopen_if_complete(late_study, session.source))
-    announce.append(lambda: signals.instance_stored.send(Instance, instance=instance, created=True))
+    announce.append(
+        lambda: signals.instance_stored.send(
+            Instance, instance=instance, created=True, series_instance_uid=series_uid
+        )
+    )
     if location != STORED:
         announce.append(lambda: _schedule_copy(instance.pk))
     return announce

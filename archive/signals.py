@@ -10,7 +10,7 @@ from django.dispatch import Signal
 study_received = Signal()
 
 # An instance was stored and indexed. kwargs: instance, created (False for an
-# identical re-send)
+# identical re-send), series_instance_uid (when created)
 instance_stored = Signal()
 
 # A study became complete (stability window passed or MPPS completed). kwargs: study

@@ -8,7 +8,12 @@ Measures (each line of output is ``key=value``; a JSON summary goes to
   one association (TCP_NODELAY on both ends) to Orthanc and to our DICOM
   service, alternately, several runs; instances/s and the ratio ours/Orthanc
   per run (median reported). Every run's series has fresh UIDs.
+* The same with two associations at once, each sending a series of its own.
 * STOW-RS ingest: one multipart/related POST of 100 CT slices to each.
+
+The ingest figures (machine, load, versions, every run of both servers and
+the ratios) are also written to ``bench/results/archive_ingest.json``, which
+is committed and quoted in the README.
 * QIDO-RS study search on PostgreSQL over 10,000 studies / 1,000,000
   instances (bulk-loaded into the index with COPY): p50/p95 of a mix of
   searches a worklist makes (patient ID, name wildcard, date range and
@@ -334,7 +339,58 @@ def bench_cstore(orthanc: Orthanc, ours: Ours, home: Path, runs: int, slices: in
     }
     for key, value in summary.items():
         out(f"cstore.median.{key}", value)
-    return summary
+    return {**summary, "runs": rows}
+
+
+def start_storescu(port: int, called: str, folder: Path) -> subprocess.Popen:
+    command = ["storescu", "-aet", "BENCHSCU", "-aec", called, "127.0.0.1", str(port), "+sd", "+sp", "*.dcm"]
+    return subprocess.Popen(
+        [*command, str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+
+
+def bench_cstore_parallel(orthanc: Orthanc, ours: Ours, home: Path, runs: int, slices: int) -> dict:
+    """Two storescu associations at once, each sending its own series (a CT and a second series)."""
+    out("cstore2.method", f"two dcmtk storescu associations at once, each a {slices}-slice 512x512 CT series of its "
+        f"own (fresh UIDs per run), Orthanc and ours alternately, {runs} runs; instances/s = {2 * slices} / wall time "
+        "until both storescu have finished")  # fmt: skip
+    rows = []
+    for run in range(runs):
+        pair = [make_series(home / "series2" / f"run{run}-{k}", slices, seed=3000 + 2 * run + k) for k in (0, 1)]
+        order = [("orthanc", orthanc), ("ours", ours)] if run % 2 == 0 else [("ours", ours), ("orthanc", orthanc)]
+        row: dict = {"instances": 2 * slices, "bytes": sum(s["bytes"] for s in pair)}
+        for name, server in order:
+            pid = server.process.pid if name == "orthanc" else server.dicom.pid
+            cpu = cpu_seconds(pid)
+            called = "ORTHANC" if name == "orthanc" else "PACSCLOUD"
+            started = time.perf_counter()
+            senders = [start_storescu(server.dicom_port, called, series["folder"]) for series in pair]
+            for sender in senders:
+                _, error = sender.communicate()
+                if sender.returncode != 0:
+                    raise RuntimeError(f"storescu to {called} failed: {error[-500:]}")
+            seconds = time.perf_counter() - started
+            row[f"{name}_cpu_s"] = cpu_seconds(pid) - cpu
+            time.sleep(0.3)
+            row[f"{name}_s"] = seconds
+            row[f"{name}_ips"] = 2 * slices / seconds
+            row[f"{name}_stored"] = sum(server.stored(series["study"]) for series in pair)
+        row["ratio"] = row["ours_ips"] / row["orthanc_ips"]
+        for key, value in row.items():
+            out(f"cstore2.run{run + 1}.{key}", value)
+        rows.append(row)
+    summary = {
+        "ours_ips": statistics.median(r["ours_ips"] for r in rows),
+        "orthanc_ips": statistics.median(r["orthanc_ips"] for r in rows),
+        "ratio": statistics.median(r["ratio"] for r in rows),
+    }
+    for key, value in summary.items():
+        out(f"cstore2.median.{key}", value)
+    return {**summary, "runs": rows}
 
 
 # STOW-RS ---------------------------------------------------------------------------------
@@ -351,6 +407,7 @@ def bench_stow(orthanc: Orthanc, ours: Ours, home: Path, runs: int, count: int) 
     out("stow.method", f"one STOW-RS POST (multipart/related, application/dicom) of {count} 512x512 CT slices, "
         f"{runs} runs alternately, instances/s from the request's wall time")  # fmt: skip
     results: dict[str, list[float]] = {"ours": [], "orthanc": []}
+    rows = []
     for run in range(runs):
         series = make_series(home / "stow" / f"run{run}", count, seed=2000 + run)
         boundary = uuid.uuid4().hex
@@ -368,14 +425,17 @@ def bench_stow(orthanc: Orthanc, ours: Ours, home: Path, runs: int, count: int) 
                 raise RuntimeError(f"STOW to {name} answered {answer.status_code}: {answer.text[:300]}")
             results[name].append(count / elapsed)
             out(f"stow.run{run + 1}.{name}_ips", count / elapsed)
-    summary = {
+        rows.append({"instances": count, "ours_ips": results["ours"][-1], "orthanc_ips": results["orthanc"][-1],
+                     "ratio": results["ours"][-1] / results["orthanc"][-1]})  # fmt: skip
+    summary: dict = {
         "ours_ips": statistics.median(results["ours"]),
         "orthanc_ips": statistics.median(results["orthanc"]),
     }
     summary["ratio"] = summary["ours_ips"] / summary["orthanc_ips"]
+    summary["ratio_median_of_runs"] = statistics.median(r["ratio"] for r in rows)
     for key, value in summary.items():
         out(f"stow.median.{key}", value)
-    return summary
+    return {**summary, "runs": rows}
 
 
 # WADO-RS ---------------------------------------------------------------------------------
@@ -577,6 +637,47 @@ def bench_qido(ours: Ours, repeats: int) -> dict:
     return summary
 
 
+def machine() -> dict:
+    """What the figures were measured on: CPU, memory, kernel, load, and the software on both sides."""
+    import platform
+
+    import pydicom
+    import pynetdicom
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    meminfo = Path("/proc/meminfo").read_text().split() if Path("/proc/meminfo").exists() else []
+    orthanc = subprocess.run(["Orthanc", "--version"], capture_output=True, text=True).stdout.splitlines()
+    storescu = subprocess.run(["storescu", "--version"], capture_output=True, text=True).stdout.splitlines()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_kB": int(meminfo[1]) if len(meminfo) > 1 else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "pydicom": pydicom.__version__,
+        "pynetdicom": pynetdicom.__version__,
+        "orthanc": orthanc[0] if orthanc else "?",
+        "dcmtk": next((line for line in storescu if "dcmtk" in line.lower()), "?"),
+        "commit": commit.strip(),
+    }
+
+
+def postgres_version(url: str) -> str:
+    import psycopg2
+
+    connection = psycopg2.connect(url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW server_version")
+            version = cursor.fetchone()[0]
+            cursor.execute("SHOW synchronous_commit")
+            return f"{version} (synchronous_commit={cursor.fetchone()[0]})"
+    finally:
+        connection.close()
+
+
 def recreate_database(url: str) -> None:
     import psycopg2
 
@@ -602,11 +703,14 @@ def main() -> None:
     parser.add_argument("--qido-studies", type=int, default=10_000)
     parser.add_argument("--qido-instances-per-study", type=int, default=100)
     parser.add_argument("--qido-repeats", type=int, default=60)
-    parser.add_argument("--only", default="", help="comma-separated subset of cstore,stow,wado,qido")
+    parser.add_argument("--parallel-runs", type=int, default=3, help="runs of two C-STORE associations at once")
+    parser.add_argument("--only", default="", help="comma-separated subset of cstore,cstore2,stow,wado,qido")
     args = parser.parse_args()
     home = Path(os.environ.get("BENCH_HOME", ROOT / "bench" / "data")).resolve()
     (home / "results").mkdir(parents=True, exist_ok=True)
-    wanted = set(args.only.split(",")) if args.only else {"cstore", "stow", "wado", "qido"}
+    wanted = set(args.only.split(",")) if args.only else {"cstore", "cstore2", "stow", "wado", "qido"}
+    started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    load_start = os.getloadavg()
     out("date_utc", dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     out("host.cpus", os.cpu_count())
     out("host.loadavg_start", " ".join(f"{x:.2f}" for x in os.getloadavg()))
@@ -626,6 +730,8 @@ def main() -> None:
             summary["qido_load"] = loaded
         if {"cstore", "wado"} & wanted:
             summary["cstore"] = bench_cstore(orthanc, ours, home, args.runs if "cstore" in wanted else 1, args.slices)
+        if "cstore2" in wanted:
+            summary["cstore2"] = bench_cstore_parallel(orthanc, ours, home, args.parallel_runs, args.slices)
         if "stow" in wanted:
             summary["stow"] = bench_stow(orthanc, ours, home, args.stow_runs, args.stow_count)
         if "wado" in wanted:
@@ -640,6 +746,28 @@ def main() -> None:
     target = home / "results" / f"archive-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.json"
     target.write_text(json.dumps(summary, indent=1, default=str))
     out("results_file", target)
+    if {"cstore", "cstore2", "stow"} & summary.keys():
+        write_ingest_results(args, started_at, load_start, summary)
+
+
+def write_ingest_results(args: argparse.Namespace, started_at: str, load_start: tuple, summary: dict) -> None:
+    """The ingest figures, committed with the code: ``bench/results/archive_ingest.json``."""
+    document = {
+        "benchmark": "archive ingest (C-STORE, two associations at once, STOW-RS) beside Orthanc, same run",
+        "command": "bench/archive_bench.py " + " ".join(sys.argv[1:]),
+        "started_utc": started_at,
+        "finished_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "postgresql": postgres_version(args.database),
+        "load_average_start": [round(x, 2) for x in load_start],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "targets": {"cstore": 1.2, "cstore2": 1.2, "stow": 1.2},
+        **{key: summary[key] for key in ("cstore", "cstore2", "stow") if key in summary},
+    }
+    target = ROOT / "bench" / "results" / "archive_ingest.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(document, indent=1, default=str) + "\n")
+    out("ingest_results_file", target)
 
 
 if __name__ == "__main__":

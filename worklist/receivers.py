@@ -32,14 +32,16 @@ def on_instance_stored(sender: Any, instance: Instance, created: bool = True, **
     if not created:
         return
     try:
-        series = instance.series
+        # Once per stored image: one query, the series' UID as the archive
+        # announced it (a series and its instances share the institution).
+        series_uid = kwargs.get("series_instance_uid") or instance.series.series_instance_uid
         waiting = PerformedSeries.objects.filter(
-            series_instance_uid=series.series_instance_uid,
+            series_instance_uid=series_uid,
             step__state=PerformedProcedureStep.State.COMPLETED,
-            step__institution_id=series.study.institution_id,
+            step__institution_id=instance.institution_id,
         ).exists()
         if waiting:
-            actions.check_study_completion(Study.objects.get(pk=series.study_id))
+            actions.check_study_completion(Study.objects.get(series__pk=instance.series_id))
     except Exception:
         log.exception("MPPS completion check for instance %s failed", instance.pk)
 

@@ -138,6 +138,9 @@ class IngestSession:
     source: Source
     studies: dict[str, _StudyRef] = field(default_factory=dict)
     audited: set[str] = field(default_factory=set)
+    # DICOM JSON of element values already seen in this session (see json_metadata):
+    # the patient, study and series attributes repeated by every instance of a series.
+    metadata_parts: dict[tuple, dict] = field(default_factory=dict)
     stored: int = 0
     duplicates: int = 0
     refused: int = 0
@@ -300,6 +303,8 @@ def _read_bare(dataset: bytes, transfer_syntax: str) -> tuple[pydicom.Dataset, i
     syntax = UID(transfer_syntax)
     try:
         ds = read_dataset(io.BytesIO(dataset), syntax.is_implicit_VR, syntax.is_little_endian)
+        # The elements as read, before any is converted: json_metadata knows them by their bytes.
+        ds._raw_elements = dict(ds._dict)
     except EOFError as exc:
         raise IngestError(f"the data set is cut short: {exc}", code="truncated") from exc
     except (InvalidDicomError, ValueError, OSError, KeyError, TypeError, NotImplementedError) as exc:
@@ -380,13 +385,21 @@ def _safe_time(ds: pydicom.Dataset, keyword: str) -> Any:
         return None
 
 
-def json_metadata(ds: pydicom.Dataset) -> dict:
+def json_metadata(ds: pydicom.Dataset, known: dict[tuple, dict] | None = None) -> dict:
     """DICOM JSON (PS3.18 F.2) of the data set; bulk data become empty BulkDataURIs.
 
     Pixel data is always bulk data, other binary values from 64 KiB on.
     WADO-RS fills the URIs in on the way out (they depend on the request's
     base URL). Unreadable elements are left out rather than failing the store.
+
+    ``known`` (an ingest session's) maps an element as received (tag, VR,
+    value bytes, in the data set's encoding and character set) to its JSON:
+    the instances of a series repeat most of their elements byte for byte,
+    and only the others are converted.
     """
+    raw_elements = getattr(ds, "_raw_elements", None)
+    if known is not None and raw_elements is not None:
+        return _json_metadata_reusing(ds, raw_elements, known)
     pixel = {tag: ds._dict.pop(tag) for tag in PIXEL_DATA_TAGS if tag in ds._dict}
     try:
         result = _to_json(ds)
@@ -394,6 +407,47 @@ def json_metadata(ds: pydicom.Dataset) -> dict:
         ds._dict.update(pixel)
     for tag, element in pixel.items():
         result[f"{tag:08X}"] = {"vr": element.VR or "OB", "BulkDataURI": ""}
+    return dict(sorted(result.items()))
+
+
+# Values up to this size are remembered by an ingest session (a series' repeated attributes are short).
+_REUSED_VALUE_BYTES = 1024
+_REUSED_ELEMENTS_LIMIT = 20_000
+
+
+def _json_metadata_reusing(ds: pydicom.Dataset, raw_elements: dict, known: dict[tuple, dict]) -> dict:
+    charset = raw_elements.get(BaseTag(0x00080005))
+    context = (ds.original_encoding, charset.value if charset is not None else None)
+    result: dict[str, Any] = {}
+    missing = pydicom.Dataset()
+    keys: dict[str, tuple] = {}
+    for tag, raw in raw_elements.items():
+        if tag in PIXEL_DATA_TAGS:
+            continue
+        name = f"{tag:08X}"
+        value = getattr(raw, "value", None)
+        if isinstance(value, bytes) and raw.VR != "SQ" and len(value) <= _REUSED_VALUE_BYTES:
+            key = (context, tag, raw.VR, value)
+            part = known.get(key)
+            if part is not None:
+                result[name] = {k: list(v) if isinstance(v, list) else v for k, v in part.items()}
+                continue
+            keys[name] = key
+        try:
+            missing.add(ds[tag])
+        except (ValueError, TypeError, KeyError, OverflowError, EOFError, NotImplementedError):
+            log.info("left %s out of the metadata of %s", tag, _text(ds, "SOPInstanceUID"))
+    converted = _to_json(missing)
+    if len(known) > _REUSED_ELEMENTS_LIMIT:
+        known.clear()
+    for name, part in converted.items():
+        result[name] = part
+        if name in keys:
+            known[keys[name]] = {k: list(v) if isinstance(v, list) else v for k, v in part.items()}
+    for tag in PIXEL_DATA_TAGS:
+        element = ds._dict.get(tag)
+        if element is not None:
+            result[f"{tag:08X}"] = {"vr": element.VR or "OB", "BulkDataURI": ""}
     return dict(sorted(result.items()))
 
 
@@ -685,7 +739,7 @@ def _ingest(
             else:
                 written = _writers.submit(storage.put_chunks, key, obj.chunks(), obj.sha256)
             try:
-                instance = _new_instance(obj, ds, uids, key, location, pixel_offset, pixel_length, institution)
+                instance = _new_instance(obj, ds, uids, key, location, pixel_offset, pixel_length, institution, session)
                 announce = _index(instance, ds, uids, session)
             except _AlreadyIndexed:
                 # Found by the insert itself rather than by a query before it:
@@ -1022,6 +1076,7 @@ def _new_instance(
     pixel_offset: int | None,
     pixel_length: int | None,
     institution: Institution,
+    session: IngestSession | None = None,
 ) -> Instance:
     """The index row of a new object (not saved), its DICOM JSON metadata included."""
     _, _, sop_uid, sop_class = uids
@@ -1041,7 +1096,7 @@ def _new_instance(
         location=location,
         pixel_data_offset=pixel_offset,
         pixel_data_length=pixel_length,
-        metadata=json_metadata(ds),
+        metadata=json_metadata(ds, session.metadata_parts if session is not None else None),
         received_at=timezone.now(),
     )
 
@@ -1116,9 +1171,7 @@ def _index(
         late_study = ref.study_pk
         announce.append(lambda: _reopen_if_complete(late_study, session.source))
     announce.append(
-        lambda: signals.instance_stored.send(
-            Instance, instance=instance, created=True, series_instance_uid=series_uid
-        )
+        lambda: signals.instance_stored.send(Instance, instance=instance, created=True, series_instance_uid=series_uid)
     )
     if location != STORED:
         announce.append(lambda: _schedule_copy(instance.pk))

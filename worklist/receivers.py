@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.db import connection
 from django.utils import timezone
 
 from archive.models import Instance, Study
+from pacs_cloud.models import Institution
 
 from . import actions
 from .models import PerformedProcedureStep, PerformedSeries
@@ -27,6 +29,23 @@ def on_study_received(sender: Any, study: Study, **kwargs: Any) -> None:
         log.exception("matching study %s to an order failed", study.pk)
 
 
+def _waiting_step_sql() -> str:
+    """Whether a completed step of the institution waits for the series' images.
+
+    It runs for every stored image: written out once rather than built by the
+    ORM each time (which costs more than running it). Names come from the models.
+    """
+    series, step = PerformedSeries._meta, PerformedProcedureStep._meta
+    column = {f.name: f.column for f in step.concrete_fields}
+    return (
+        f'SELECT 1 FROM "{series.db_table}" s JOIN "{step.db_table}" p ON p."{step.pk.column}" = s."{series.get_field("step").column}" '  # noqa: S608
+        f'WHERE s."series_instance_uid" = %s AND p."{column["state"]}" = %s AND p."{column["institution"]}" = %s LIMIT 1'
+    )
+
+
+_WAITING_STEP = _waiting_step_sql()
+
+
 def on_instance_stored(sender: Any, instance: Instance, created: bool = True, **kwargs: Any) -> None:
     """An image arrived: complete its study if a completed MPPS was only waiting for images."""
     if not created:
@@ -35,11 +54,10 @@ def on_instance_stored(sender: Any, instance: Instance, created: bool = True, **
         # Once per stored image: one query, the series' UID as the archive
         # announced it (a series and its instances share the institution).
         series_uid = kwargs.get("series_instance_uid") or instance.series.series_instance_uid
-        waiting = PerformedSeries.objects.filter(
-            series_instance_uid=series_uid,
-            step__state=PerformedProcedureStep.State.COMPLETED,
-            step__institution_id=instance.institution_id,
-        ).exists()
+        institution = Institution._meta.pk.get_db_prep_value(instance.institution_id, connection)  # type: ignore[union-attr]
+        with connection.cursor() as cursor:
+            cursor.execute(_WAITING_STEP, [series_uid, PerformedProcedureStep.State.COMPLETED, institution])
+            waiting = cursor.fetchone() is not None
         if waiting:
             actions.check_study_completion(Study.objects.get(series__pk=instance.series_id))
     except Exception:

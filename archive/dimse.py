@@ -22,6 +22,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 import weakref
@@ -43,10 +44,14 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, evt
+from pynetdicom import _config as _pynetdicom_config
 from pynetdicom import association as _pynetdicom_association
 from pynetdicom import dul as _pynetdicom_dul
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -328,17 +333,79 @@ def _copy_context(self: PresentationContext, memo: dict) -> PresentationContext:
     return new
 
 
+def _implicit_element(group_element: int, value: bytes) -> bytes:
+    """One Implicit VR Little Endian element, as command sets are encoded (PS3.7 6.3.1)."""
+    return struct.pack("<HHI", group_element >> 16, group_element & 0xFFFF, len(value)) + value
+
+
+def store_response_command(primitive: C_STORE) -> bytes:
+    """The encoded command set of a successful C-STORE-RSP (PS3.7 9.3.1.2).
+
+    Encoded by hand: it is answered to every stored instance, and building it
+    as a data set and encoding it with pydicom costs more than storing the
+    instance's index row. The same bytes as pynetdicom's encoding.
+    """
+    body = b"".join(
+        (
+            _implicit_element(0x00000002, _even_uid(primitive.AffectedSOPClassUID)),
+            _implicit_element(0x00000100, struct.pack("<H", 0x8001)),  # Command Field: C-STORE-RSP
+            _implicit_element(0x00000120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
+            _implicit_element(0x00000800, struct.pack("<H", 0x0101)),  # Command Data Set Type: none
+            _implicit_element(0x00000900, struct.pack("<H", primitive.Status)),
+            _implicit_element(0x00001000, _even_uid(primitive.AffectedSOPInstanceUID)),
+        )
+    )
+    return _implicit_element(0x00000000, struct.pack("<I", len(body))) + body
+
+
+def _even_uid(uid: Any) -> bytes:
+    raw = str(uid).encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+_pynetdicom_send_msg = DIMSEServiceProvider.send_msg
+
+
+def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+    """``DIMSEServiceProvider.send_msg`` with a successful C-STORE-RSP sent from its encoded bytes.
+
+    Everything else, and every response someone listens to (EVT_DIMSE_SENT), goes pynetdicom's way.
+    """
+    if (
+        type(primitive) is C_STORE
+        and primitive.MessageIDBeingRespondedTo is not None
+        and primitive.Status == STATUS_SUCCESS
+        and not primitive.ErrorComment
+        and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+    ):
+        command = store_response_command(primitive)
+        if not self.maximum_pdu_size or len(command) + 6 <= self.maximum_pdu_size:
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
+            self.dul.send_pdu(pdata)
+            return
+    _pynetdicom_send_msg(self, primitive, context_id)
+
+
 def tune_pynetdicom() -> None:
     """Process-wide latency tuning of pynetdicom for a DICOM service process.
 
     Its loops wait for events instead of polling (:class:`_EventClock`), PDUs
-    are read into one buffer (:func:`_recv`) and presentation contexts are
-    copied cheaply per association (:func:`_copy_context`).
+    are read into one buffer (:func:`_recv`), presentation contexts are
+    copied cheaply per association (:func:`_copy_context`), a successful
+    C-STORE is answered from bytes encoded by hand (:func:`_send_msg`) and
+    its debug descriptions of every message are written only for a debug log.
     ``DIMSE_EVENT_WAITS=False`` leaves pynetdicom as it is.
     """
     if not settings.DIMSE_EVENT_WAITS:
         return
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        # pynetdicom's standard handlers describe every PDU and DIMSE message
+        # for its debug log (copying each received data set to see whether it
+        # is empty), whatever the log level: none unless that log is wanted.
+        _pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     AssociationSocket.recv = _recv  # type: ignore[method-assign]
+    DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
     PresentationContext.__deepcopy__ = _copy_context  # type: ignore[attr-defined]
     clock = _EventClock()
     _pynetdicom_association.time = clock  # type: ignore[assignment]

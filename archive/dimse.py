@@ -69,7 +69,7 @@ from pacs_cloud.models import Institution
 
 from . import query as q
 from . import retrieve
-from .ingest import IngestError, IngestSession, Source, store_dataset
+from .ingest import IngestError, IngestSession, Source, announce_deferred, store_dataset
 from .models import DicomNode, Instance, Patient, Study
 
 log = logging.getLogger(__name__)
@@ -383,8 +383,11 @@ def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> No
             pdata = P_DATA()
             pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
             self.dul.send_pdu(pdata)
+            _announce_after_answer(self.assoc)
             return
     _pynetdicom_send_msg(self, primitive, context_id)
+    if type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None:
+        _announce_after_answer(self.assoc)
 
 
 def tune_pynetdicom() -> None:
@@ -463,7 +466,7 @@ def _association_session(assoc: Any) -> tuple[IngestSession, Institution] | None
     node = calling_node(assoc)
     if node is None:
         return None
-    session = IngestSession(Source("dimse", node.ae_title, address=assoc.requestor.address))
+    session = IngestSession(Source("dimse", node.ae_title, address=assoc.requestor.address), deferred=[])
     with _sessions_lock:
         _sessions[key] = (session, node.institution)
     return session, node.institution
@@ -471,7 +474,16 @@ def _association_session(assoc: Any) -> tuple[IngestSession, Institution] | None
 
 def _forget_association(event: Any) -> None:
     with _sessions_lock:
-        _sessions.pop(id(event.assoc), None)
+        found = _sessions.pop(id(event.assoc), None)
+    if found is not None:
+        announce_deferred(found[0])
+
+
+def _announce_after_answer(assoc: Any) -> None:
+    """A C-STORE was answered: announce what it stored while the sender sends the next one."""
+    found = _sessions.get(id(assoc))
+    if found is not None and found[0].deferred:
+        announce_deferred(found[0])
 
 
 # C-STORE ---------------------------------------------------------------------------

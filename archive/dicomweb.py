@@ -13,6 +13,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 from asgiref.sync import markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections, transaction
 from django.http import Http404, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from pydicom.uid import ExplicitVRLittleEndian
 from rest_framework import authentication
@@ -366,6 +367,12 @@ def _failed_item(sop_class: str, sop_uid: str, code: str, reason: str) -> dict[s
     return dict(sorted(item.items()))
 
 
+# Instances of one STOW-RS request indexed per transaction, and the longest a
+# batch stays open while the body is still arriving.
+STOW_BATCH = 32
+STOW_BATCH_SECONDS = 0.25
+
+
 def _stow(request: Request, study_uid: str | None) -> HttpResponse:
     """Store the parts of a multipart/related body; answer per instance (PS3.18 §10.5)."""
     media_type, params = parse_media_type(request.headers.get("Content-Type", ""))
@@ -388,14 +395,39 @@ def _stow(request: Request, study_uid: str | None) -> HttpResponse:
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     studies: set[str] = set()
-    try:
-        reader = iter(PartReader(request._request, params.get("boundary", ""), folder))
-        for part in reader:
-            _store_part(part, institution, session, study_uid, base, stored, failed, studies, folder)
-    except MultipartError as exc:
+    reader = iter(PartReader(request._request, params.get("boundary", ""), folder))
+    unreadable: MultipartError | None = None
+    finished = False
+    while not finished:
+        # Group commit: the index rows of several instances in one transaction.
+        # Nothing is answered before the commit; a batch that cannot be
+        # committed is reported failed, instance by instance.
+        first = len(stored)
+        try:
+            with transaction.atomic():
+                started = time.monotonic()
+                finished = True
+                try:
+                    for count, part in enumerate(reader, start=1):
+                        _store_part(part, institution, session, study_uid, base, stored, failed, studies, folder)
+                        if count >= STOW_BATCH or time.monotonic() - started > STOW_BATCH_SECONDS:
+                            finished = False
+                            break
+                except MultipartError as exc:
+                    unreadable = exc
+        except DatabaseError as exc:
+            log.exception("a STOW-RS batch could not be indexed")
+            reason = f"the index could not be written: {exc}"
+            for item in stored[first:]:
+                sop_class, sop_uid = item["00081150"]["Value"][0], item["00081155"]["Value"][0]
+                failed.append(_failed_item(sop_class, sop_uid, "storage", reason))
+            del stored[first:]
+            failed.append(_failed_item("", "", "storage", reason))  # the part being stored when it failed
+            finished = False  # the parts after it get a batch of their own
+    if unreadable is not None:
         if not stored and not failed:
-            return _problem(400, f"the multipart body cannot be read: {exc}")
-        failed.append(_failed_item("", "", "bad_part", str(exc)))
+            return _problem(400, f"the multipart body cannot be read: {unreadable}")
+        failed.append(_failed_item("", "", "bad_part", str(unreadable)))
     body: dict[str, Any] = {}
     if len(studies) == 1 or study_uid:
         body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study_uid or next(iter(studies))}"]}

@@ -358,6 +358,12 @@ def store_response_command(primitive: C_STORE) -> bytes:
     return _implicit_element(0x00000000, struct.pack("<I", len(body))) + body
 
 
+def p_data_tf(context_id: int, value: bytes) -> bytes:
+    """A P-DATA-TF PDU of one presentation data value (PS3.8 9.3.5): ``value`` is its control header and data."""
+    item = struct.pack(">IB", len(value) + 1, context_id) + value
+    return struct.pack(">BBI", 0x04, 0x00, len(item)) + item
+
+
 def _even_uid(uid: Any) -> bytes:
     raw = str(uid).encode("ascii")
     return raw + b"\x00" if len(raw) % 2 else raw
@@ -380,9 +386,21 @@ def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> No
     ):
         command = store_response_command(primitive)
         if not self.maximum_pdu_size or len(command) + 6 <= self.maximum_pdu_size:
-            pdata = P_DATA()
-            pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
-            self.dul.send_pdu(pdata)
+            dul = self.dul
+            if (
+                dul.socket is not None
+                and dul.state_machine.current_state == "Sta6"
+                and dul.to_provider_queue.empty()
+                and not self.assoc.get_handlers(evt.EVT_PDU_SENT)
+            ):
+                # Written by this thread, as the DUL's DT-1 would (Sta6 + Evt9:
+                # send a P-DATA-TF, stay in Sta6), sparing the hand-off to the
+                # DUL thread: the sender waits for this answer to send more.
+                dul.socket.send(p_data_tf(context_id, b"\x03" + command))
+            else:
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
+                self.dul.send_pdu(pdata)
             _announce_after_answer(self.assoc)
             return
     _pynetdicom_send_msg(self, primitive, context_id)

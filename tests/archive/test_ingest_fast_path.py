@@ -7,8 +7,10 @@ from pydicom.uid import generate_uid
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
-from archive.dimse import store_response_command
+from archive.dimse import p_data_tf, store_response_command
 from archive.ingest import _read_bare, json_metadata
 from tests.archive.conftest import SAMPLES, dataset_bytes, dataset_part, make_ct, sample_path
 
@@ -61,3 +63,10 @@ def test_the_same_bytes_in_another_character_set_are_decoded_in_that_one():
     for ds, expected in ((utf8, "MÜLLER^HANS"), (latin, "M\u00c3\u009cLLER^HANS"), (utf8, "MÜLLER^HANS")):
         parsed, _, _ = _read_bare(dataset_part(ds), "1.2.840.10008.1.2.1")
         assert json_metadata(parsed, known)["00100010"]["Value"] == [{"Alphabetic": expected}]
+
+
+def test_the_hand_encoded_answer_pdu_is_the_standard_encoding():
+    command = b"\x03" + bytes(range(40))
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((5, command))
+    assert p_data_tf(5, command) == P_DATA_TF(primitive).encode()

@@ -197,7 +197,10 @@ def _dry_run_form(request: HttpRequest, institution: Institution, parsed: policy
         return None, ""
     at: datetime | None = None
     if data.get("at"):
-        at = parse_datetime(data["at"])
+        try:
+            at = parse_datetime(data["at"])
+        except ValueError:  # well-formed but impossible, such as 2026-02-30T10:00
+            at = None
         if at is None:
             return None, "The time is not a date and time (YYYY-MM-DDTHH:MM)."
         if timezone.is_naive(at):

@@ -94,6 +94,7 @@ def test_revoking_from_the_page_makes_the_study_404_for_the_receiver(tenants, ct
     [
         ("", "Give the date and time when the share ends."),
         ("not a date", "Give the date and time when the share ends."),
+        ("2026-02-30T10:00", "Give the date and time when the share ends."),
         ("2001-01-01T10:00", "The expiry must be in the future."),
         ("far", "A share lasts at most"),
     ],

@@ -1,8 +1,8 @@
 """Each role's home page, role-aware navigation and the institution switcher."""
 
 import pytest
-from guardian.shortcuts import assign_perm
 
+from archive.actions import grant_study_view
 from archive.models import Study
 from pacs_cloud.models import AuditEvent, Membership, Role, role_group_name
 from tests.conftest import browser_login, web_client
@@ -65,7 +65,7 @@ def test_a_coordinator_sees_what_other_institutions_share(tenants, studies):
     group = tenants.a.referral_coordinator.groups.get(
         name=role_group_name(tenants.a.institution, "referral_coordinator")
     )
-    assign_perm("archive.view_study", group, studies["bravo"].study)
+    grant_study_view(studies["bravo"].study, groups=[group])
     page = home_of(tenants.a.referral_coordinator)
     assert "BRAVO, BEN" in page and "Bravo City Hospital" in page
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.db import connection
 
-from pacs_cloud import access
+from archive import access
 from tests.conftest import requires_postgres
 from tests.workflow.conftest import make_radiologist, make_study, save_policy
 from workflow.access import offered_tasks

@@ -35,6 +35,16 @@ class PatientSerializer(serializers.Serializer):
         return "" if patient.issuer.startswith("no-patient-id:") else patient.issuer
 
 
+@extend_schema_serializer(component_name="Patient")
+class PatientRefSerializer(serializers.Serializer):
+    """A patient as other resources show one (a reading task's, a referral's): demographics, no issuer."""
+
+    name = serializers.CharField()
+    patient_id = serializers.CharField()
+    birth_date = serializers.DateField(allow_null=True)
+    sex = serializers.CharField()
+
+
 class SeriesSerializer(serializers.ModelSerializer):
     class Meta:
         model = Series

@@ -148,6 +148,13 @@ class ApiTokenViewSet(
 # Institutions ----------------------------------------------------------------
 
 
+class InstitutionRefSerializer(serializers.Serializer):
+    """An institution as other resources name it (a referral's two sides, a share's receiver)."""
+
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+
+
 class InstitutionSerializer(serializers.ModelSerializer):
     my_roles = serializers.SerializerMethodField()
 

@@ -401,7 +401,7 @@ HOME_PANELS = [
     "worklist.views.home_panels",
     "viewer.home.recent_panel",
     "workflow.home.reading_panels",
-    "workflow.referral_views.home_panels",
+    "workflow.referrals.views.home_panels",
 ]
 # Columns of the platform administrator's table of institutions, each a
 # function answering (title, {institution id: count}).
@@ -434,9 +434,11 @@ REFERRAL_REMINDER_HOURS = env.int("REFERRAL_REMINDER_HOURS", default=12)
 SHARE_SECOND_OPINION_DAYS = env.int("SHARE_SECOND_OPINION_DAYS", default=14)
 SHARE_MAX_DAYS = env.int("SHARE_MAX_DAYS", default=90)
 CELERY_BEAT_SCHEDULE["workflow-referral-sweep"] = {
-    "task": "workflow.tasks.sweep_referrals",
+    "task": "workflow.referrals.tasks.sweep_referrals",
     "schedule": env.float("REFERRAL_SWEEP_SECONDS", default=60.0),
 }
+# Autodiscovery loads each app's own tasks module; a part's tasks are named here.
+CELERY_IMPORTS = ["workflow.referrals.tasks"]
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [
@@ -445,7 +447,7 @@ DEMO_SEEDERS = [
     "archive.edge.demo.seed",
     "worklist.demo.seed",
     "workflow.demo.seed",
-    "workflow.demo.seed_referral",
+    "workflow.referrals.demo.seed",
 ]
 
 # Worklist: accession numbers and patient IDs issued here ({prefix} is the

@@ -23,7 +23,7 @@ from pacs_cloud.models import CLINICAL_ROLES, Role
 
 from .models import (
     HELD_STATES,
-    OPEN_STATES,
+    TASK_OPEN_STATES,
     PoolMember,
     RadiologistPool,
     ReadingTask,
@@ -107,7 +107,7 @@ def offered_tasks(user: Any, who: Reader | None = None) -> QuerySet[ReadingTask]
     # An offer's hospital is its task's: naming the reader's hospitals lets the
     # database start from those hospitals' open tasks.
     hospitals = who.hospitals()
-    qs = ReadingTask.objects.filter(state__in=OPEN_STATES).filter(Exists(offers))
+    qs = ReadingTask.objects.filter(state__in=TASK_OPEN_STATES).filter(Exists(offers))
     return qs if who.has_person_offers else qs.filter(institution_id__in=hospitals)
 
 
@@ -133,7 +133,7 @@ def visible_tasks(user: Any, who: Reader | None = None) -> QuerySet[ReadingTask]
     who = who or reader(user)
     offers = TaskOffer.objects.filter(who.offer_q(), task_id=OuterRef("pk"))
     return ReadingTask.objects.filter(
-        Q(institution_id__in=who.monitored) | Q(claimed_by=user) | (Q(state__in=OPEN_STATES) & Exists(offers))
+        Q(institution_id__in=who.monitored) | Q(claimed_by=user) | (Q(state__in=TASK_OPEN_STATES) & Exists(offers))
     )
 
 

@@ -34,10 +34,10 @@ from .access import Reader, reader
 from .facts import study_facts
 from .models import (
     CAPPED_STATES,
-    ENDED_STATES,
     HELD_STATES,
-    OPEN_STATES,
     PRIORITY_RANK,
+    TASK_ENDED_STATES,
+    TASK_OPEN_STATES,
     PoolMember,
     ProcessInstance,
     ReadingAgreement,
@@ -387,7 +387,7 @@ def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any =
             locked = ReadingTask.objects.select_for_update(nowait=True).get(pk=task.pk)
         except OperationalError:
             raise TaskRefused("Someone else is claiming this task right now.", "not_open") from None
-        if locked.state not in OPEN_STATES:
+        if locked.state not in TASK_OPEN_STATES:
             raise TaskRefused("This task is no longer open: someone else has claimed it or it has ended.", "not_open")
         offers = list(TaskOffer.objects.filter(who.offer_q(), task_id=locked.pk))
         if not offers:
@@ -507,7 +507,7 @@ def _advance_process(process_id: Any, now: datetime) -> None:
             and all(t.state == ReadingTask.State.FINAL for t in reads)
         ):
             _offer(task, process.plan, level=0, now=now, reason="both reads are final")
-    if process.state == ProcessInstance.State.RUNNING and all(t.state in ENDED_STATES for t in tasks):
+    if process.state == ProcessInstance.State.RUNNING and all(t.state in TASK_ENDED_STATES for t in tasks):
         process.state = ProcessInstance.State.COMPLETED
         process.ended_at = now
         process.save(update_fields=["state", "ended_at"])
@@ -583,9 +583,9 @@ def do_escalate_reading_task(task: ReadingTask | Any, *, now: datetime | None = 
     pk = getattr(task, "pk", task)
     with transaction.atomic():
         locked = ReadingTask.objects.select_for_update().select_related("process", "institution").filter(pk=pk).first()
-        if locked is None or locked.due_at is None or locked.due_at > now or locked.state in ENDED_STATES:
+        if locked is None or locked.due_at is None or locked.due_at > now or locked.state in TASK_ENDED_STATES:
             return False
-        if locked.state not in OPEN_STATES or locked.escalation_level >= locked.final_level:
+        if locked.state not in TASK_OPEN_STATES or locked.escalation_level >= locked.final_level:
             if locked.breached_at is None:
                 locked.breached_at = now
                 locked.save(update_fields=["breached_at"])
@@ -628,8 +628,8 @@ def do_sweep_reading_tasks(*, now: datetime | None = None) -> dict[str, int]:
     """The periodic guarantee behind every timer: escalations, breaches, idle claims, unrouted studies."""
     now = now or timezone.now()
     escalated = 0
-    due = ReadingTask.objects.filter(due_at__lte=now, state__in=[*OPEN_STATES, *HELD_STATES]).filter(
-        Q(state__in=OPEN_STATES, escalation_level__lt=F("final_level")) | Q(breached_at__isnull=True)
+    due = ReadingTask.objects.filter(due_at__lte=now, state__in=[*TASK_OPEN_STATES, *HELD_STATES]).filter(
+        Q(state__in=TASK_OPEN_STATES, escalation_level__lt=F("final_level")) | Q(breached_at__isnull=True)
     )
     for pk in due.values_list("pk", flat=True)[:1000]:
         escalated += do_escalate_reading_task(pk, now=now)
@@ -710,7 +710,7 @@ def do_cancel_process(process: ProcessInstance, *, actor: Any = None, actor_labe
             ReadingTask.objects.select_for_update()
             .select_related("institution")
             .filter(process=locked)
-            .exclude(state__in=ENDED_STATES)
+            .exclude(state__in=TASK_ENDED_STATES)
         ):
             holder = task.claimed_by_id
             before = notify.eligible_user_ids(task)
@@ -752,7 +752,7 @@ def do_retime_process(process: ProcessInstance, *, priority: Any, actor_label: s
             ReadingTask.objects.select_for_update()
             .select_related("institution")
             .filter(process=process)
-            .exclude(state__in=ENDED_STATES)
+            .exclude(state__in=TASK_ENDED_STATES)
         ):
             if task.priority == new:
                 continue

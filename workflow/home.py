@@ -17,7 +17,7 @@ from pacs_cloud.models import Institution, Role
 
 from . import access
 from .actions import current_policy
-from .models import HELD_STATES, OPEN_STATES, ReadingTask
+from .models import HELD_STATES, TASK_OPEN_STATES, ReadingTask
 
 OFFER_ROWS = 5
 
@@ -41,9 +41,9 @@ def reading_panels(request: HttpRequest, institution: Institution | None, roles:
     if Role.INSTITUTION_ADMIN in roles:
         tasks = ReadingTask.objects.filter(institution=institution)
         context = {
-            "open": tasks.filter(state__in=OPEN_STATES).count(),
+            "open": tasks.filter(state__in=TASK_OPEN_STATES).count(),
             "held": tasks.filter(state__in=HELD_STATES).count(),
-            "breached": tasks.filter(state__in=[*OPEN_STATES, *HELD_STATES], breached_at__isnull=False).count(),
+            "breached": tasks.filter(state__in=[*TASK_OPEN_STATES, *HELD_STATES], breached_at__isnull=False).count(),
             "policy": current_policy(institution),
         }
         panels.append(

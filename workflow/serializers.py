@@ -15,6 +15,8 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from archive.api import PatientRefSerializer
+from pacs_cloud.api import InstitutionRefSerializer
 from pacs_cloud.models import Institution, User
 
 from . import access, policy
@@ -27,18 +29,6 @@ def viewer_url(study_id: Any) -> str | None:
         return reverse("viewer-open-study", args=[study_id])
     except NoReverseMatch:
         return None
-
-
-class InstitutionRefSerializer(serializers.Serializer):
-    id = serializers.UUIDField()
-    name = serializers.CharField()
-
-
-class PatientSerializer(serializers.Serializer):
-    name = serializers.CharField()
-    patient_id = serializers.CharField()
-    birth_date = serializers.DateField(allow_null=True)
-    sex = serializers.CharField()
 
 
 class StudyRefSerializer(serializers.Serializer):
@@ -106,7 +96,7 @@ class ReadingTaskSerializer(serializers.ModelSerializer):
     def get_claimed_by(self, task: ReadingTask) -> str | None:
         return task.claimed_by.username if task.claimed_by_id and task.claimed_by else None
 
-    @extend_schema_field(PatientSerializer(allow_null=True))
+    @extend_schema_field(PatientRefSerializer(allow_null=True))
     def get_patient(self, task: ReadingTask) -> dict[str, Any] | None:
         if not self._sees_patient(task):
             return None

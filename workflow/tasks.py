@@ -33,11 +33,3 @@ def route_study(study_id: str) -> str | None:
     if study is None or study.state not in (Study.State.COMPLETE, Study.State.ROUTED):
         return None
     return str(actions.do_start_reading_process(study).pk)
-
-
-@shared_task(ignore_result=True)
-def sweep_referrals() -> dict[str, int]:
-    """Referral response reminders and share expiries (scheduled by Celery beat)."""
-    from .referrals import do_sweep_referrals
-
-    return do_sweep_referrals()

@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from . import api, referral_api, referral_views, share_views, views
+from . import api, views
 
 router = SimpleRouter()
 router.register("reading-tasks", api.ReadingTaskViewSet, basename="reading-task")
@@ -9,8 +9,6 @@ router.register("pools", api.RadiologistPoolViewSet, basename="pool")
 router.register("pool-members", api.PoolMemberViewSet, basename="pool-member")
 router.register("reading-agreements", api.ReadingAgreementViewSet, basename="reading-agreement")
 router.register("routing-policies", api.RoutingPolicyViewSet, basename="routing-policy")
-router.register("referrals", referral_api.ReferralViewSet, basename="referral")
-router.register("study-shares", referral_api.StudyShareViewSet, basename="study-share")
 
 urlpatterns = [
     path("workflow/", views.worklist, name="workflow-view-worklist"),
@@ -26,12 +24,7 @@ urlpatterns = [
     path("workflow/pools/", views.pool_list, name="workflow-list-pools"),
     path("workflow/pools/<uuid:pk>/members/", views.pool_add_member, name="workflow-add-member"),
     path("workflow/pool-members/<uuid:pk>/", views.pool_edit_member, name="workflow-edit-member"),
-    path("referrals/", referral_views.referral_list, name="workflow-list-referrals"),
-    path("referrals/new/", referral_views.referral_new, name="workflow-create-referral"),
-    path("referrals/<uuid:pk>/", referral_views.referral_detail, name="workflow-view-referral"),
-    path("referrals/<uuid:pk>/act/", referral_views.referral_act, name="workflow-change-referral"),
-    path("shares/", share_views.share_list, name="workflow-list-shares"),
-    path("shares/new/", share_views.share_new, name="workflow-create-share"),
-    path("shares/<uuid:pk>/act/", share_views.share_act, name="workflow-change-share"),
     path("api/v1/", include(router.urls)),
+    # Referrals and shares: their pages and /api/v1/referrals/, /api/v1/study-shares/.
+    path("", include("workflow.referrals.urls")),
 ]

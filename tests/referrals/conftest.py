@@ -12,8 +12,8 @@ from archive.ingest import store_instance
 from tests.isolation.conftest import registry, world  # noqa: F401 (the harness's fixtures, for test_isolation_grants)
 from tests.samples import store_sample_study
 from tests.viewer.phantom import ct_datasets
-from workflow import referrals
-from workflow.models import Referral
+from workflow.referrals import actions
+from workflow.referrals.models import Referral
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def archived_study(institution, *, patient_id: str = "", patient_name: str = "",
 def draft(tenants, study, **fields) -> Referral:
     """A draft referral of ``study``'s patient from institution a to b, the study attached."""
     a, b = tenants.a, tenants.b
-    return referrals.do_create_referral(
+    return actions.do_create_referral(
         acting_user=a.referral_coordinator,
         from_institution=a.institution,
         to_institution=b.institution,
@@ -50,8 +50,8 @@ def draft(tenants, study, **fields) -> Referral:
 
 def sent(tenants, study, **fields) -> Referral:
     referral = draft(tenants, study, **fields)
-    referrals.do_record_consent(referral, acting_user=tenants.a.referral_coordinator, method="written")
-    return referrals.do_send_referral(referral, acting_user=tenants.a.referral_coordinator)
+    actions.do_record_consent(referral, acting_user=tenants.a.referral_coordinator, method="written")
+    return actions.do_send_referral(referral, acting_user=tenants.a.referral_coordinator)
 
 
 def archived_ct(institution, *, patient_name: str, patient_id: str, description: str, slices: int):

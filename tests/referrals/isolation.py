@@ -12,8 +12,8 @@ import secrets
 from archive.models import Study
 from pacs_cloud.models import Institution
 from tests import isolation
-from workflow import referrals, sharing
-from workflow.models import ReferralMessage
+from workflow.referrals import actions
+from workflow.referrals.models import ReferralMessage
 
 
 @isolation.factory
@@ -24,7 +24,7 @@ def referral_and_share(tenant):
     )
     study = Study.objects.select_related("patient").get(pk=tenant.made["study.id"])
     coordinator = tenant.referral_coordinator
-    referral = referrals.do_create_referral(
+    referral = actions.do_create_referral(
         acting_user=coordinator,
         from_institution=tenant.institution,
         to_institution=partner,
@@ -33,10 +33,10 @@ def referral_and_share(tenant):
         clinical_summary=f"SummarySecret{token}",
         studies=[study],
     )
-    referrals.do_record_consent(referral, acting_user=coordinator, method="written", note=f"ConsentSecret{token}")
-    referrals.do_send_referral(referral, acting_user=coordinator)
-    message = referrals.do_post_message(referral, acting_user=coordinator, body=f"MessageSecret{token}")
-    share = sharing.do_share_for_second_opinion(study, partner, acting_user=coordinator, reason=f"ShareSecret{token}")
+    actions.do_record_consent(referral, acting_user=coordinator, method="written", note=f"ConsentSecret{token}")
+    actions.do_send_referral(referral, acting_user=coordinator)
+    message = actions.do_post_message(referral, acting_user=coordinator, body=f"MessageSecret{token}")
+    share = actions.do_share_for_second_opinion(study, partner, acting_user=coordinator, reason=f"ShareSecret{token}")
     assert ReferralMessage.objects.filter(pk=message.pk).exists()
     return isolation.Made(
         values={"referral.id": referral.pk, "share.id": share.pk, "partner.id": partner.pk},

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import browser_login, make_tenant
 from tests.referrals.conftest import archived_ct
-from workflow.models import Referral
+from workflow.referrals.models import Referral
 
 pytestmark = pytest.mark.browser
 SLICES = 12

@@ -9,8 +9,8 @@ from django.db import connection
 
 from pacs_cloud.models import Membership, Role
 from tests.conftest import make_user, requires_postgres
-from workflow import referrals, sharing
-from workflow.models import Referral, StudyShare
+from workflow.referrals import actions
+from workflow.referrals.models import Referral, StudyShare
 
 from .access_probe import probe
 from .conftest import archived_study, sent
@@ -28,7 +28,7 @@ def race(jobs):
             barrier.wait()
             try:
                 result = job()
-            except referrals.ReferralRefused as refused:
+            except actions.ReferralRefused as refused:
                 result = refused.code
             with lock:
                 outcomes.append(result)
@@ -50,11 +50,11 @@ def test_two_coordinators_answering_at_once_give_one_answer(tenants):
     Membership.objects.create(user=second, institution=tenants.b.institution, role=Role.REFERRAL_COORDINATOR)
 
     def accept():
-        referrals.do_accept_referral(referral, acting_user=tenants.b.referral_coordinator)
+        actions.do_accept_referral(referral, acting_user=tenants.b.referral_coordinator)
         return "accepted"
 
     def decline():
-        referrals.do_decline_referral(referral, acting_user=second, reason="no bed")
+        actions.do_decline_referral(referral, acting_user=second, reason="no bed")
         return "declined"
 
     outcomes = race([accept, decline])
@@ -72,12 +72,12 @@ def test_a_share_made_while_another_is_revoked_keeps_the_study_visible(tenants):
         made: list[StudyShare] = []
 
         def cancel(first=first):
-            referrals.do_cancel_referral(first, acting_user=tenants.a.referral_coordinator, reason="race")
+            actions.do_cancel_referral(first, acting_user=tenants.a.referral_coordinator, reason="race")
             return "cancelled"
 
         def share(made=made):
             made.append(
-                sharing.do_share_for_second_opinion(
+                actions.do_share_for_second_opinion(
                     ct, tenants.b.institution, acting_user=tenants.a.radiologist, reason="race"
                 )
             )
@@ -85,5 +85,5 @@ def test_a_share_made_while_another_is_revoked_keeps_the_study_visible(tenants):
 
         assert sorted(race([cancel, share])) == ["cancelled", "shared"]
         assert probe(tenants.b.clinician, ct).everywhere
-        sharing.do_revoke_share(made[0], acting_user=tenants.a.radiologist, reason="next round")
+        actions.do_revoke_share(made[0], acting_user=tenants.a.radiologist, reason="next round")
         assert probe(tenants.b.clinician, ct).nowhere

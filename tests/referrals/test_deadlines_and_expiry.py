@@ -10,8 +10,8 @@ from django.test import TestCase
 
 from pacs_cloud.models import AuditEvent
 from tests.conftest import api_client
-from workflow import referrals, sharing, tasks
-from workflow.models import Referral, ReferralMessage, StudyShare
+from workflow.referrals import actions, tasks
+from workflow.referrals.models import Referral, ReferralMessage, StudyShare
 
 from .access_probe import probe
 from .conftest import archived_study, sent
@@ -51,7 +51,7 @@ def test_reminders_before_and_after_the_response_deadline(tenants, ct, settings)
         timeline = api_client(tenants.b.referral_coordinator).get(f"/api/v1/referrals/{referral.pk}/timeline/").json()
         assert [e["kind"] for e in timeline].count("reminder") == 3
         # An answer stops them.
-        referrals.do_accept_referral(referral, acting_user=tenants.b.referral_coordinator)
+        actions.do_accept_referral(referral, acting_user=tenants.b.referral_coordinator)
         clock.move_to(START + timedelta(hours=60))
         assert tasks.sweep_referrals()["reminded"] == 0
     assert AuditEvent.objects.filter(action="workflow.referral.reminder").count() == 3
@@ -89,7 +89,7 @@ def test_a_second_opinion_share_expires_by_the_periodic_task(tenants, ct):
     share = StudyShare.objects.get()
     assert share.revoke_reason == "expired" and share.revoked_at == START + timedelta(days=3, seconds=1)
     revoke = AuditEvent.objects.get(action="sharing.revoke")
-    assert revoke.actor == sharing.SWEEP and revoke.detail["grant_removed"] is True
+    assert revoke.actor == actions.SHARE_SWEEP and revoke.detail["grant_removed"] is True
 
 
 def test_a_referral_share_with_an_end_date_expires_while_the_referral_stays_open(tenants, ct):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from archive import demo as archive_demo
 from pacs_cloud import demo as platform_demo
 from pacs_cloud.models import User
-from workflow import demo
-from workflow.models import Referral
+from workflow.referrals import demo
+from workflow.referrals.models import Referral
 
 from .access_probe import probe
 
@@ -14,8 +14,8 @@ from .access_probe import probe
 def test_the_demo_referral_is_sent_to_central_and_shares_its_ct(db):
     platform_demo.seed()
     archive_demo.seed()
-    lines = demo.seed_referral()
-    demo.seed_referral()  # idempotent
+    lines = demo.seed()
+    demo.seed()  # idempotent
     referral = Referral.objects.get()
     assert referral.state == Referral.State.SENT and referral.consent_recorded_at is not None
     assert referral.from_institution.slug == "riverside" and referral.to_institution.slug == "central"

@@ -15,7 +15,7 @@ from archive.storage import get_storage
 from pacs_cloud.models import AuditEvent
 from tests.conftest import api_client
 from tests.viewer.phantom import ct_datasets
-from workflow import referrals
+from workflow.referrals import actions
 
 from .access_probe import probe
 
@@ -48,7 +48,7 @@ def ct_series(tenants):
 
 def sent_referral(tenants, study):
     a = tenants.a
-    referral = referrals.do_create_referral(
+    referral = actions.do_create_referral(
         acting_user=a.referral_coordinator,
         from_institution=a.institution,
         to_institution=tenants.b.institution,
@@ -56,8 +56,8 @@ def sent_referral(tenants, study):
         reason="Lung nodule work-up",
         studies=[study],
     )
-    referrals.do_record_consent(referral, acting_user=a.referral_coordinator, method="written")
-    return referrals.do_send_referral(referral, acting_user=a.referral_coordinator)
+    actions.do_record_consent(referral, acting_user=a.referral_coordinator, method="written")
+    return actions.do_send_referral(referral, acting_user=a.referral_coordinator)
 
 
 def test_import_registers_a_local_patient_and_leaves_the_source_untouched(tenants, ct_series):
@@ -71,7 +71,7 @@ def test_import_registers_a_local_patient_and_leaves_the_source_untouched(tenant
     coordinator = api_client(b.referral_coordinator)
     answer = coordinator.post(url, {"study": str(ct_series.pk)}, format="json")
     assert answer.status_code == 409, answer.content
-    referrals.do_accept_referral(referral, acting_user=b.referral_coordinator)
+    actions.do_accept_referral(referral, acting_user=b.referral_coordinator)
     assert api_client(b.clinician).post(url, {"study": str(ct_series.pk)}, format="json").status_code == 403
     assert api_client(a.referral_coordinator).post(url, {"study": str(ct_series.pk)}, format="json").status_code == 403
 
@@ -101,11 +101,11 @@ def test_import_registers_a_local_patient_and_leaves_the_source_untouched(tenant
     assert event.detail["source_patient_id"] == "ACH-0042" and event.patient_id == local.patient_id
 
     # The copy is the receiver's own: it stays after the referral ends, the original does not.
-    referrals.do_admit_referral(referral, acting_user=b.referral_coordinator)
-    referrals.do_return_referral(
+    actions.do_admit_referral(referral, acting_user=b.referral_coordinator)
+    actions.do_return_referral(
         referral, acting_user=b.referral_coordinator, discharge_summary="benign", follow_up_plan="none"
     )
-    referrals.do_close_referral(referral, acting_user=a.referral_coordinator)
+    actions.do_close_referral(referral, acting_user=a.referral_coordinator)
     original = probe(b.clinician, ct_series)
     assert original.rest == original.viewer == original.manifest == 404
     # By its UID the study now answers with the receiver's own copy.
@@ -121,7 +121,7 @@ def test_import_under_an_existing_local_patient(tenants, ct_series):
         institution=b.institution, patient_id="BCH-7", issuer=b.institution.patient_id_issuer, name="LIN^MEI"
     )
     referral = sent_referral(tenants, ct_series)
-    referrals.do_accept_referral(referral, acting_user=b.referral_coordinator)
+    actions.do_accept_referral(referral, acting_user=b.referral_coordinator)
     url = f"/api/v1/referrals/{referral.pk}/import/"
     coordinator = api_client(b.referral_coordinator)
     foreign = Patient.objects.exclude(institution=b.institution).first()
@@ -143,10 +143,8 @@ def test_import_under_an_existing_local_patient(tenants, ct_series):
 
 
 def test_a_second_opinion_share_can_be_imported_by_its_receiver(tenants, ct_series):
-    from workflow import sharing
-
     a, b = tenants.a, tenants.b
-    share = sharing.do_share_for_second_opinion(
+    share = actions.do_share_for_second_opinion(
         ct_series, b.institution, acting_user=a.radiologist, reason="neuroradiology opinion"
     )
     url = f"/api/v1/study-shares/{share.pk}/import/"
@@ -157,6 +155,6 @@ def test_a_second_opinion_share_can_be_imported_by_its_receiver(tenants, ct_seri
     assert answer.status_code == 201, answer.content
     copy = Study.objects.get(pk=answer.json()["study"])
     assert copy.institution == b.institution and copy.patient.patient_id == "BCH-555"
-    sharing.do_revoke_share(share, acting_user=a.radiologist, reason="answered")
+    actions.do_revoke_share(share, acting_user=a.radiologist, reason="answered")
     # An ended share is gone for the receiver.
     assert api_client(b.radiologist).post(url, {}, format="json").status_code == 404

@@ -24,8 +24,8 @@ import pytest
 from tests.conftest import api_client
 from tests.isolation.harness import ask, attackers, client_for, discover, report, walk
 from tests.samples import SampleStudy, store_sample_study
-from workflow import referrals
-from workflow.models import Referral
+from workflow.referrals import actions
+from workflow.referrals.models import Referral
 
 STUDY_PARAMS = {"study_uid", "series_uid", "instance_uid", "sop_uid", "study_id", "series_id", "instance_id"}
 
@@ -59,7 +59,7 @@ def _values(world, made: SampleStudy) -> dict[str, str]:
 def _share(world, made: SampleStudy) -> Referral:
     """Refer the study's patient from a to b (sent: shared with b's clinicians, radiologists and coordinators)."""
     a, b = world["a"].tenant, world["b"].tenant
-    referral = referrals.do_create_referral(
+    referral = actions.do_create_referral(
         acting_user=a.referral_coordinator,
         from_institution=a.institution,
         to_institution=b.institution,
@@ -67,8 +67,8 @@ def _share(world, made: SampleStudy) -> Referral:
         reason="isolation with a grant",
         studies=[made.study],
     )
-    referrals.do_record_consent(referral, acting_user=a.referral_coordinator, method="verbal")
-    return referrals.do_send_referral(referral, acting_user=a.referral_coordinator)
+    actions.do_record_consent(referral, acting_user=a.referral_coordinator, method="verbal")
+    return actions.do_send_referral(referral, acting_user=a.referral_coordinator)
 
 
 def _study_routes(registry):
@@ -110,7 +110,7 @@ def test_a_shared_study_opens_on_every_study_route_for_the_receiver_only(world, 
         opened += 200 <= theirs < 300
     assert opened >= 10
 
-    referrals.do_cancel_referral(referral, acting_user=a.referral_coordinator, reason="isolation done")
+    actions.do_cancel_referral(referral, acting_user=a.referral_coordinator, reason="isolation done")
     for route in routes:
         path = _path(route, registry, values)
         assert ask(grantee, "get", path).status == before[path], path
@@ -126,7 +126,7 @@ def test_while_shared_nothing_else_of_the_sender_reaches_the_receiver(world, reg
     assert api_client(attacker.user).get(f"/api/v1/studies/{made.study.pk}/").status_code == 200
 
     # Revoked: the formerly shared study, standing in for a's objects, is closed on every route.
-    referrals.do_cancel_referral(referral, acting_user=world["a"].tenant.referral_coordinator, reason="done")
+    actions.do_cancel_referral(referral, acting_user=world["a"].tenant.referral_coordinator, reason="done")
     a = world["a"]
     after = {
         **world,

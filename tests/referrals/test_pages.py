@@ -6,7 +6,7 @@ import pytest
 
 from pacs_cloud.models import AuditEvent
 from tests.conftest import web_client
-from workflow.models import Referral
+from workflow.referrals.models import Referral
 
 from .conftest import archived_study, sent
 

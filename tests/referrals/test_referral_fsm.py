@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from workflow.models import Referral
+from workflow.referrals.models import Referral
 
 S = Referral.State
 NOW = timezone.now()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.conftest import api_client
 from tests.reports.conftest import make_reading, write_and_sign
-from workflow import referrals
+from workflow.referrals import actions
 
 
 def test_a_signed_report_travels_with_its_study_and_stops_with_it(tenants):
@@ -14,7 +14,7 @@ def test_a_signed_report_travels_with_its_study_and_stops_with_it(tenants):
     url = f"/api/v1/reports/{report.pk}/"
     assert api_client(b.clinician).get(url).status_code == 404
 
-    referral = referrals.do_create_referral(
+    referral = actions.do_create_referral(
         acting_user=a.referral_coordinator,
         from_institution=a.institution,
         to_institution=b.institution,
@@ -22,14 +22,14 @@ def test_a_signed_report_travels_with_its_study_and_stops_with_it(tenants):
         reason="Neurosurgery",
         studies=[reading.study],
     )
-    referrals.do_record_consent(referral, acting_user=a.referral_coordinator, method="written")
-    referrals.do_send_referral(referral, acting_user=a.referral_coordinator)
+    actions.do_record_consent(referral, acting_user=a.referral_coordinator, method="written")
+    actions.do_send_referral(referral, acting_user=a.referral_coordinator)
     seen = api_client(b.clinician).get(url)
     assert seen.status_code == 200 and "subdural" in seen.content.decode()
     assert report.pk in {r["id"] for r in _reports(b.clinician)}
     assert api_client(c.clinician).get(url).status_code == 404
 
-    referrals.do_cancel_referral(referral, acting_user=a.referral_coordinator, reason="not needed")
+    actions.do_cancel_referral(referral, acting_user=a.referral_coordinator, reason="not needed")
     assert api_client(b.clinician).get(url).status_code == 404
     assert report.pk not in {r["id"] for r in _reports(b.clinician)}
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import browser_login, make_tenant
 from tests.referrals.conftest import archived_ct
-from workflow.models import StudyShare
+from workflow.referrals.models import StudyShare
 
 pytestmark = pytest.mark.browser
 SLICES = 4

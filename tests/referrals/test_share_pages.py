@@ -8,8 +8,8 @@ import pytest
 
 from pacs_cloud.models import AuditEvent
 from tests.conftest import web_client
-from workflow import sharing
-from workflow.models import ImportedStudy, StudyShare
+from workflow.referrals import actions
+from workflow.referrals.models import ImportedStudy, StudyShare
 
 from .access_probe import probe
 from .conftest import archived_study
@@ -121,13 +121,13 @@ def test_wrong_institution_and_roles_get_404(tenants, ct):
     found = web_client(b.referral_coordinator).get("/shares/new/", {"q": ct.patient.patient_id})
     assert b"CT ABDOMEN" not in found.content and b"Okafor" not in found.content
     # An unknown share is a 404 too.
-    share = sharing.do_share_for_second_opinion(ct, b.institution, acting_user=a.referral_coordinator, reason="x")
+    share = actions.do_share_for_second_opinion(ct, b.institution, acting_user=a.referral_coordinator, reason="x")
     assert web_client(c.radiologist).post(f"/shares/{share.pk}/act/", {"action": "revoke"}).status_code == 404
 
 
 def test_the_receiver_imports_a_shared_study_from_the_page(tenants, ct):
     a, b = tenants.a, tenants.b
-    share = sharing.do_share_for_second_opinion(
+    share = actions.do_share_for_second_opinion(
         ct, b.institution, acting_user=a.referral_coordinator, reason="opinion please"
     )
     answer = web_client(b.referral_coordinator).post(

@@ -92,7 +92,7 @@ def test_a_final_reports_editor_sends_back_to_the_page_until_an_addendum_opens(r
 
 
 def test_a_referral_share_of_the_study_shares_its_report_until_revoked(reading, tenants):
-    from workflow.sharing import do_revoke_share, do_share_study
+    from workflow.referrals.actions import do_revoke_share, do_share_study
 
     report, _ = write_and_sign(reading)
     client = web_client(tenants.b.clinician)

@@ -1,4 +1,4 @@
-"""Two-way referrals between hospitals: who sees them, and every change to them.
+"""Every change to referrals, shares and imported studies.
 
 A county hospital's referral coordinator drafts a referral of one of its
 patients to another hospital, attaches studies, records the patient's
@@ -7,56 +7,81 @@ declines it, admits the patient (in care) and returns them with a discharge
 summary and follow-up plan; the sender closes it. The sender may cancel it
 until the patient is admitted.
 
-Sharing follows the state (``workflow.sharing``): sending shares every
-attached study with the receiving institution, accepting and caring keep the
-share, and declining, cancelling or closing revoke it. A response deadline
-per urgency is watched by :func:`do_sweep_referrals` (Celery beat), which
-writes reminders into the referral's timeline and pushes them to the
-receiving coordinators.
+Sharing follows the state: sending shares every attached study with the
+receiving institution, accepting and caring keep the share, and declining,
+cancelling or closing revoke it. A share is a :class:`StudyShare` row plus
+the django-guardian grant ``archive.view_study`` to the receiving
+institution's role groups (``pacs_cloud.models.role_group_name``), so that
+new members inherit it and departing ones lose it; the grant goes when the
+last active share of the study with that institution ends. Reports follow
+their study. A second opinion shares one study, always with an expiry.
+A receiver may import a shared study into its own archive, under its own
+patient (image exchange).
 
-Every ``do_*`` runs in one transaction on the referral row locked with
-``SELECT ... FOR UPDATE``, changes state only through
+A response deadline per urgency and share expiries are watched by
+:func:`do_sweep_referrals` (Celery beat), which writes reminders into the
+referral's timeline and pushes them to the receiving coordinators.
+
+Every referral ``do_*`` runs in one transaction on the referral row locked
+with ``SELECT ... FOR UPDATE``, changes state only through
 ``pacs_cloud.fsm.apply_transition`` (a transition row with actor and reason,
-and an audit event) and pushes after commit. Visibility: the referral
-coordinators and clinicians of the sending institution see its referrals,
-those of the receiving institution once it is sent; ``access_referral``
-answers 404 alike for missing and not yours.
+and an audit event) and pushes after commit. Every grant, revoke and import
+is audited (``sharing.grant``, ``sharing.revoke``, ``sharing.import``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
-from uuid import UUID
 
+import pydicom
 from django.conf import settings
+from django.contrib.auth.models import Group, Permission
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, transaction
-from django.db.models import Q, QuerySet
-from django.http import Http404
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
+from pydicom.dataset import Dataset
 
-from archive.models import Patient, Study
-from pacs_cloud import access, audit
-from pacs_cloud.fsm import apply_transition, history
-from pacs_cloud.models import Institution, Role, Transition
+from archive.ingest import IngestError, IngestSession, Source, store_instance
+from archive.models import Instance, Patient, Study, StudyGroupObjectPermission
+from archive.storage import get_storage
+from pacs_cloud import access as core_access
+from pacs_cloud import audit
+from pacs_cloud.fsm import apply_transition
+from pacs_cloud.lib import dicom_datetime
+from pacs_cloud.models import Institution, Role, Transition, role_group_name
 from pacs_cloud.push import institution_group, notify_many
 
-from . import sharing
+from .access import (
+    IMPORT_ROLES,
+    REFERRAL_ROLES,
+    SHARE_OWNER_ROLES,
+    SHARED_WITH_ROLES,
+    acting_institution,
+    active_share,
+    attachable_studies,
+    is_receiver,
+    is_sender,
+)
 from .models import (
     REFERRAL_SHARING_STATES,
+    REFERRAL_SWEEP,
+    ImportedStudy,
     Referral,
     ReferralMessage,
     ReferralStudy,
     StudyShare,
 )
 
-# Roles that see an institution's referrals; only coordinators change them.
-REFERRAL_ROLES = (Role.REFERRAL_COORDINATOR, Role.CLINICIAN)
-SWEEP = "referral deadline sweep"
+log = logging.getLogger(__name__)
+
+SHARE_SWEEP = "share expiry sweep"
 ATTACHABLE_STATES = (Referral.State.DRAFT, Referral.State.SENT, Referral.State.ACCEPTED, Referral.State.IN_CARE)
 
 
@@ -69,126 +94,28 @@ class ReferralRefused(Exception):
         self.code = code
 
 
-# Who sees what ------------------------------------------------------------------
+class ShareRefused(Exception):
+    """A share that may not be made; ``code`` is ``forbidden`` or ``invalid``."""
+
+    def __init__(self, message: str, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
 
 
-def visible_referrals(user: Any) -> QuerySet[Referral]:
-    """Referrals of the caller's institutions: sent from them, or sent (not drafted) to them."""
-    ids = access.institution_ids(user, REFERRAL_ROLES)
-    if not ids:
-        return Referral.objects.none()
-    return Referral.objects.filter(
-        Q(from_institution_id__in=ids) | (Q(to_institution_id__in=ids) & ~Q(state=Referral.State.DRAFT))
-    )
+class ImportRefused(Exception):
+    """An import that may not (or could not) happen; ``code`` as for referral refusals."""
 
-
-def access_referral(user: Any, pk: object) -> Referral:
-    try:
-        return (
-            visible_referrals(user)
-            .select_related("patient", "from_institution", "to_institution", "created_by")
-            .get(pk=UUID(str(pk)))
-        )
-    except (ValueError, Referral.DoesNotExist):
-        raise Http404("No such referral") from None
-
-
-def is_sender(user: Any, referral: Referral) -> bool:
-    return access.has_role(user, referral.from_institution_id, Role.REFERRAL_COORDINATOR)
-
-
-def is_receiver(user: Any, referral: Referral) -> bool:
-    return referral.state != Referral.State.DRAFT and access.has_role(
-        user, referral.to_institution_id, Role.REFERRAL_COORDINATOR
-    )
-
-
-def shows_patient(user: Any, referral: Referral, mine: set[Any] | None = None) -> bool:
-    """The patient's identity: the sender always; the receiver unless it never took the patient.
-
-    A receiver keeps the record of a patient it accepted; one whose referral
-    was declined or cancelled before admission sees that it ended, not whom it
-    was about.
-    """
-    if mine is None:
-        mine = access.institution_ids(user, REFERRAL_ROLES)
-    if referral.from_institution_id in mine:
-        return True
-    return referral.state not in (Referral.State.DECLINED, Referral.State.CANCELLED)
-
-
-def acting_institution(user: Any, referral: Referral) -> Any:
-    """The side the caller acts for (the sender when they belong to both)."""
-    ids = access.institution_ids(user, REFERRAL_ROLES)
-    return referral.from_institution_id if referral.from_institution_id in ids else referral.to_institution_id
-
-
-def attachable_studies(user: Any, referral: Referral) -> QuerySet[Study]:
-    """Studies the caller may attach: the sender's coordinators, studies of the referral's patient
-    they can see at the sending institution; the receiver's, while the patient is in their care,
-    their own institution's studies (images made there travel back with the patient)."""
-    if is_sender(user, referral):
-        return access.visible_studies(user).filter(
-            institution_id=referral.from_institution_id, patient_id=referral.patient_id
-        )
-    if is_receiver(user, referral) and referral.state == Referral.State.IN_CARE:
-        return access.visible_studies(user).filter(institution_id=referral.to_institution_id)
-    return Study.objects.none()
-
-
-def shared_study_ids(referral: Referral) -> set[Any]:
-    return set(StudyShare.objects.filter(referral=referral, revoked_at__isnull=True).values_list("study_id", flat=True))
-
-
-# Timeline -----------------------------------------------------------------------
-
-
-@dataclass
-class TimelineEntry:
-    time: datetime
-    kind: str  # "transition", "message" or "reminder"
-    actor: str
-    institution: str
-    text: str
-    source: str = ""
-    target: str = ""
-
-
-def timeline(referral: Referral) -> list[TimelineEntry]:
-    """Every transition and message of the referral, oldest first."""
-    names: dict[Any, str] = {
-        referral.from_institution_id: referral.from_institution.name,
-        referral.to_institution_id: referral.to_institution.name,
-    }
-    entries = [
-        TimelineEntry(
-            time=t.time,
-            kind="transition",
-            actor=(t.actor.display_name or t.actor.username) if t.actor else t.actor_label,
-            institution=names.get(t.institution_id, ""),
-            text=t.reason,
-            source=t.source,
-            target=t.target,
-        )
-        for t in history(referral)
-    ]
-    for m in referral.messages.select_related("author"):
-        entries.append(
-            TimelineEntry(
-                time=m.created_at,
-                kind=m.kind,
-                actor=(m.author.display_name or m.author.username) if m.author else SWEEP,
-                institution=names.get(m.institution_id, ""),
-                text=m.body,
-            )
-        )
-    return sorted(entries, key=lambda e: e.time)
+    def __init__(self, message: str, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
 
 
 # Pushes ---------------------------------------------------------------------------
 
 
-def _notify(referral: Referral, event: str) -> None:
+def _notify_referral(referral: Referral, event: str) -> None:
     """Tell both sides' coordinators (the receiver only once it was sent) after commit."""
     institutions = [referral.from_institution_id]
     if referral.state != Referral.State.DRAFT:
@@ -229,7 +156,7 @@ def do_create_referral(
     request: Any = None,
 ) -> Referral:
     """A draft referral of ``patient`` from the actor's institution, with ``studies`` attached."""
-    if not access.has_role(acting_user, from_institution, Role.REFERRAL_COORDINATOR):
+    if not core_access.has_role(acting_user, from_institution, Role.REFERRAL_COORDINATOR):
         raise ReferralRefused("Only the sending institution's referral coordinators create its referrals.", "forbidden")
     if to_institution.pk == from_institution.pk:
         raise ReferralRefused("A referral goes to another institution.")
@@ -280,7 +207,7 @@ def do_create_referral(
         )
         for study in studies:
             _attach(referral, study, acting_user=acting_user, request=request)
-        _notify(referral, "created")
+        _notify_referral(referral, "created")
     return referral
 
 
@@ -347,7 +274,7 @@ def do_attach_study(referral: Referral, study: Study, *, acting_user: Any, reque
         _lock_studies([study.pk])
         row = _attach(locked, study, acting_user=acting_user, request=request)
         _touch(locked)
-        _notify(locked, "updated")
+        _notify_referral(locked, "updated")
     return row
 
 
@@ -405,7 +332,7 @@ def do_record_consent(
             patient_id=locked.patient.patient_id,
             detail={"method": method, "note": locked.consent_note},
         )
-        _notify(locked, "updated")
+        _notify_referral(locked, "updated")
     return locked
 
 
@@ -416,7 +343,7 @@ def _touch(referral: Referral) -> None:
 def _share(referral: Referral, study: Study, *, acting_user: Any, request: Any = None) -> StudyShare:
     # A study of the receiver's (made while in its care) is shared back with the sender.
     other = referral.from_institution if study.institution_id == referral.to_institution_id else referral.to_institution
-    return sharing.do_share_study(
+    return do_share_study(
         study,
         other,
         kind=StudyShare.Kind.REFERRAL,
@@ -433,7 +360,7 @@ def _revoke_all(
 ) -> int:
     revoked = 0
     for share in StudyShare.objects.filter(referral=referral, revoked_at__isnull=True).order_by("study_id"):
-        revoked += sharing.do_revoke_share(
+        revoked += do_revoke_share(
             share, acting_user=acting_user, actor_label=actor_label, reason=reason, request=request
         )
     return revoked
@@ -481,7 +408,7 @@ def _transition(
             raise ReferralRefused(f"A {locked.state} referral cannot do that.", "bad_state") from None
         if after is not None:
             after(locked)
-        _notify(locked, method)
+        _notify_referral(locked, method)
     return locked
 
 
@@ -626,7 +553,7 @@ def do_post_message(referral: Referral, *, acting_user: Any, body: str, request:
         raise ReferralRefused("A message is at most 5000 characters.")
     with transaction.atomic():
         locked = _lock(referral)
-        ids = access.institution_ids(acting_user, REFERRAL_ROLES)
+        ids = core_access.institution_ids(acting_user, REFERRAL_ROLES)
         side = acting_institution(acting_user, locked)
         if side not in ids or (side == locked.to_institution_id and locked.state == Referral.State.DRAFT):
             raise ReferralRefused("Only the two institutions' teams write on a referral.", "forbidden")
@@ -644,7 +571,7 @@ def do_post_message(referral: Referral, *, acting_user: Any, body: str, request:
             detail={"message": str(message.pk)},
         )
         _touch(locked)
-        _notify(locked, "message")
+        _notify_referral(locked, "message")
     return message
 
 
@@ -678,13 +605,13 @@ def _remind(pk: Any, now: datetime) -> bool:
         referral.save(update_fields=["reminders_sent", "next_reminder_at"])
         audit.record(
             "workflow.referral.reminder",
-            actor_label=SWEEP,
+            actor_label=REFERRAL_SWEEP,
             institution=referral.to_institution_id,
             object_type="workflow.referral",
             object_id=referral.pk,
             detail={"due_at": due.isoformat(), "overdue": now >= due, "reminder": referral.reminders_sent},
         )
-        _notify(referral, "reminder")
+        _notify_referral(referral, "reminder")
     return True
 
 
@@ -697,4 +624,359 @@ def do_send_reminders(*, now: datetime | None = None) -> int:
 def do_sweep_referrals(*, now: datetime | None = None) -> dict[str, int]:
     """The periodic guarantee behind deadlines and expiries (Celery beat); safe to run twice."""
     now = now or timezone.now()
-    return {"reminded": do_send_reminders(now=now), "expired_shares": sharing.do_expire_shares(now=now)}
+    return {"reminded": do_send_reminders(now=now), "expired_shares": do_expire_shares(now=now)}
+
+
+# Shares and their grants ---------------------------------------------------------------
+
+
+def _view_study_permission_id() -> int:
+    return Permission.objects.only("pk").get(content_type__app_label="archive", codename="view_study").pk
+
+
+def _groups(institution: Institution) -> list[Group]:
+    return [Group.objects.get_or_create(name=role_group_name(institution, role))[0] for role in SHARED_WITH_ROLES]
+
+
+def _grant(study_id: Any, institution: Institution) -> None:
+    permission = _view_study_permission_id()
+    StudyGroupObjectPermission.objects.bulk_create(
+        [
+            StudyGroupObjectPermission(group=group, permission_id=permission, content_object_id=study_id)
+            for group in _groups(institution)
+        ],
+        ignore_conflicts=True,
+    )
+
+
+def _ungrant(study_id: Any, institution: Institution) -> int:
+    names = [role_group_name(institution, role) for role in SHARED_WITH_ROLES]
+    deleted, _ = StudyGroupObjectPermission.objects.filter(
+        content_object_id=study_id, group__name__in=names, permission__codename="view_study"
+    ).delete()
+    return deleted
+
+
+def _lock_study(study_id: Any) -> Study:
+    # Grants and revokes of one study are serialised on its row, so a revoke
+    # that finds no other active share cannot race a share being made.
+    return Study.objects.select_for_update().select_related("patient", "institution").get(pk=study_id)
+
+
+def _notify_share(share: StudyShare, event: str) -> None:
+    groups = [institution_group(share.institution_id, role) for role in (Role.REFERRAL_COORDINATOR, Role.CLINICIAN)]
+    notify_many(
+        groups,
+        f"workflow.share.{event}",
+        {
+            "id": str(share.pk),
+            "study": str(share.study_id),
+            "kind": share.kind,
+            "referral": str(share.referral_id or ""),
+        },
+    )
+
+
+def do_share_study(
+    study: Study,
+    institution: Institution,
+    *,
+    kind: str,
+    referral: Any = None,
+    acting_user: Any = None,
+    actor_label: str = "",
+    reason: str = "",
+    expires_at: datetime | None = None,
+    request: Any = None,
+) -> StudyShare:
+    """Let ``institution``'s clinicians, radiologists and coordinators see ``study``; audited.
+
+    Precondition: the caller decided the actor may share it (the referral
+    actions, or :func:`do_share_for_second_opinion`).
+    """
+    if institution.pk == study.institution_id:
+        raise ShareRefused("A study is not shared with its own institution.")
+    with transaction.atomic():
+        locked = _lock_study(study.pk)
+        share = StudyShare.objects.create(
+            study=locked,
+            institution=institution,
+            kind=kind,
+            referral=referral,
+            reason=reason[:500],
+            granted_by=acting_user if getattr(acting_user, "pk", None) else None,
+            expires_at=expires_at,
+        )
+        _grant(locked.pk, institution)
+        audit.record(
+            "sharing.grant",
+            request=request,
+            actor=acting_user,
+            actor_label=actor_label,
+            institution=locked.institution_id,
+            object_type="archive.study",
+            object_id=locked.pk,
+            patient_id=locked.patient.patient_id,
+            detail={
+                "share": str(share.pk),
+                "to_institution": str(institution.pk),
+                "kind": kind,
+                "referral": str(getattr(referral, "pk", "") or ""),
+                "expires_at": expires_at.isoformat() if expires_at else None,
+                "roles": list(SHARED_WITH_ROLES),
+            },
+        )
+        _notify_share(share, "granted")
+    return share
+
+
+def do_revoke_share(
+    share: StudyShare,
+    *,
+    acting_user: Any = None,
+    actor_label: str = "",
+    reason: str = "",
+    now: datetime | None = None,
+    request: Any = None,
+) -> bool:
+    """End one share; the grant goes when no other active share of the study with the institution is left.
+
+    Returns False when the share had already ended (safe to call twice).
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        study = _lock_study(share.study_id)
+        locked = StudyShare.objects.select_for_update().select_related("institution").get(pk=share.pk)
+        if locked.revoked_at is not None:
+            return False
+        locked.revoked_at = now
+        locked.revoked_by = acting_user if getattr(acting_user, "pk", None) else None
+        locked.revoke_reason = reason[:200]
+        locked.save(update_fields=["revoked_at", "revoked_by", "revoke_reason"])
+        still_shared = StudyShare.objects.filter(
+            study_id=study.pk, institution_id=locked.institution_id, revoked_at__isnull=True
+        ).exists()
+        removed = 0 if still_shared else _ungrant(study.pk, locked.institution)
+        audit.record(
+            "sharing.revoke",
+            request=request,
+            actor=acting_user,
+            actor_label=actor_label,
+            institution=study.institution_id,
+            object_type="archive.study",
+            object_id=study.pk,
+            patient_id=study.patient.patient_id,
+            detail={
+                "share": str(locked.pk),
+                "to_institution": str(locked.institution_id),
+                "kind": locked.kind,
+                "referral": str(locked.referral_id or ""),
+                "reason": reason,
+                "grant_removed": not still_shared,
+                "grant_rows": removed,
+            },
+        )
+        _notify_share(locked, "revoked")
+    return True
+
+
+def do_share_for_second_opinion(
+    study: Study,
+    institution: Institution,
+    *,
+    acting_user: Any,
+    reason: str,
+    expires_at: datetime | None = None,
+    request: Any = None,
+) -> StudyShare:
+    """Share a study with another institution for a second opinion, always with an expiry.
+
+    The study must be one the actor sees as a referral coordinator or
+    radiologist of the study's own institution; the expiry defaults to
+    ``SHARE_SECOND_OPINION_DAYS`` and may not be later than
+    ``SHARE_MAX_DAYS`` from now.
+    """
+    if not core_access.has_role(acting_user, study.institution_id, *SHARE_OWNER_ROLES):
+        raise ShareRefused(
+            "Only the study's own referral coordinators and radiologists share it for a second opinion.", "forbidden"
+        )
+    if not institution.is_active:
+        raise ShareRefused("That institution is not active.")
+    now = timezone.now()
+    expires_at = expires_at or now + timedelta(days=settings.SHARE_SECOND_OPINION_DAYS)
+    if expires_at <= now:
+        raise ShareRefused("The expiry must be in the future.")
+    if expires_at > now + timedelta(days=settings.SHARE_MAX_DAYS):
+        raise ShareRefused(f"A share lasts at most {settings.SHARE_MAX_DAYS} days.")
+    if not reason.strip():
+        raise ShareRefused("Say why the study is shared.")
+    return do_share_study(
+        study,
+        institution,
+        kind=StudyShare.Kind.SECOND_OPINION,
+        acting_user=acting_user,
+        reason=reason,
+        expires_at=expires_at,
+        request=request,
+    )
+
+
+def do_end_second_opinion(share: StudyShare, *, acting_user: Any, reason: str = "", request: Any = None) -> bool:
+    """End a second-opinion share now, by its owner; False when it had already ended.
+
+    Precondition: ``access.can_revoke_share`` (the study's own coordinators
+    and radiologists; a referral's shares end with the referral).
+    """
+    return do_revoke_share(
+        share, acting_user=acting_user, reason=reason or "ended by the owner", now=timezone.now(), request=request
+    )
+
+
+def do_expire_shares(*, now: datetime | None = None) -> int:
+    """Revoke every share past its expiry (the periodic guarantee); safe to run twice."""
+    now = now or timezone.now()
+    expired = 0
+    due = StudyShare.objects.filter(revoked_at__isnull=True, expires_at__lte=now).order_by("expires_at")
+    for share in list(due[:1000]):
+        try:
+            expired += do_revoke_share(share, actor_label=SHARE_SWEEP, reason="expired", now=now)
+        except Exception:  # one bad row must not stop the sweep; the next run retries
+            log.exception("expiring share %s failed", share.pk)
+    return expired
+
+
+# Image exchange -------------------------------------------------------------------------
+
+
+def do_resolve_local_patient(
+    institution: Institution,
+    source: Patient,
+    *,
+    acting_user: Any,
+    pk: Any = None,
+    patient_id: str = "",
+    name: str = "",
+    birth_date: dt.date | None = None,
+    sex: str = "",
+    request: Any = None,
+) -> Patient:
+    """The receiver's own patient for an import: one it picked, else found or registered.
+
+    Registering defaults to the shared study's demographics with an
+    identifier issued by the receiver (``WORKLIST_PATIENT_ID_FORMAT``).
+    Raises ``django.core.exceptions.ValidationError`` for a clash.
+    """
+    from worklist.actions import do_find_or_register_patient
+
+    return do_find_or_register_patient(
+        institution,
+        pk=pk,
+        patient_id=patient_id,
+        name=name or source.name,
+        birth_date=birth_date if birth_date is not None else source.birth_date,
+        sex=sex or source.sex,
+        actor=acting_user,
+        request=request,
+        # The receiver reconciles on purpose: it saw its candidates and chose to register.
+        allow_possible_duplicate=True,
+    )
+
+
+def _relabel(ds: Dataset, patient: Patient, source: Patient) -> None:
+    """The local patient's identity in the Patient module; the sender's identifier kept as another ID."""
+    if not (patient.name + patient.patient_id).isascii():
+        # Values are held decoded: writing them all as UTF-8 keeps every other text intact.
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientID = patient.patient_id
+    ds.IssuerOfPatientID = patient.issuer
+    ds.PatientName = patient.name
+    ds.PatientBirthDate = dicom_datetime.format_da(patient.birth_date)
+    ds.PatientSex = patient.sex
+    other = Dataset()
+    other.PatientID = source.patient_id
+    other.IssuerOfPatientID = source.issuer
+    other.TypeOfPatientID = "TEXT"
+    ds.OtherPatientIDsSequence = [other]
+
+
+def do_import_shared_study(study: Study, *, patient: Patient, acting_user: Any, request: Any = None) -> ImportedStudy:
+    """Copy a study shared with ``patient``'s institution into that institution's archive.
+
+    Preconditions checked here: the actor is a referral coordinator or
+    radiologist of the receiving institution, and the study is shared with it
+    right now. Importing again under the same patient returns the earlier
+    import (the ingest service recognises identical objects).
+    """
+    receiver = patient.institution
+    if not core_access.has_role(acting_user, receiver, *IMPORT_ROLES):
+        raise ImportRefused("Only the receiving institution's coordinators and radiologists import.", "forbidden")
+    if study.institution_id == receiver.pk:
+        raise ImportRefused("The study is already in this institution's archive.")
+    share = active_share(study, receiver)
+    if share is None:
+        raise ImportRefused("Only a study shared with your institution can be imported.", "forbidden")
+    previous = ImportedStudy.objects.filter(source_study=study, institution=receiver).first()
+    if previous is not None and previous.patient_id != patient.pk:
+        raise ImportRefused(f"This study was imported already, for patient {previous.patient.patient_id}.", "bad_state")
+    source_patient = study.patient
+    storage = get_storage()
+    session = IngestSession(Source("import", f"shared by {study.institution.slug}"[:64], actor=acting_user, address=""))
+    instances = list(Instance.objects.filter(series__study=study).order_by("series_id", "instance_number", "pk"))
+    copy: Study | None = None
+    with tempfile.TemporaryDirectory(prefix="pacs-import-") as folder:
+        for instance in instances:
+            with storage.open(instance.storage_key) as handle:
+                ds = pydicom.dcmread(handle)
+            _relabel(ds, patient, source_patient)
+            path = Path(folder) / f"{instance.pk}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            try:
+                result = store_instance(path, institution=receiver, session=session)
+            except IngestError as error:
+                raise ImportRefused(f"The archive refused {instance.sop_instance_uid}: {error.reason}") from error
+            finally:
+                path.unlink(missing_ok=True)
+            copy = result.instance.series.study
+    if copy is None:
+        raise ImportRefused("The shared study has no images to import.")
+    with transaction.atomic():
+        imported, created = ImportedStudy.objects.get_or_create(
+            source_study=study,
+            institution=receiver,
+            defaults={
+                "study": copy,
+                "patient": patient,
+                "share": share,
+                "instances": len(instances),
+                "imported_by": acting_user,
+            },
+        )
+        audit.record(
+            "sharing.import",
+            request=request,
+            actor=acting_user,
+            institution=receiver,
+            object_type="archive.study",
+            object_id=copy.pk,
+            patient_id=patient.patient_id,
+            detail={
+                "source_study": str(study.pk),
+                "source_institution": str(study.institution_id),
+                "source_patient_id": source_patient.patient_id,
+                "share": str(share.pk),
+                "instances": len(instances),
+                "stored": session.stored,
+                "again": not created,
+            },
+        )
+    return imported
+
+
+def do_import_share(share: StudyShare, *, acting_user: Any, request: Any = None, **patient: Any) -> ImportedStudy:
+    """Import a shared study under a patient of the receiving institution (``patient``: as for
+    :func:`do_resolve_local_patient`). Precondition: ``access.can_import_share``."""
+    study = share.study
+    local = do_resolve_local_patient(
+        share.institution, study.patient, acting_user=acting_user, request=request, **patient
+    )
+    return do_import_shared_study(study, patient=local, acting_user=acting_user, request=request)

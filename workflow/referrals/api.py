@@ -14,9 +14,8 @@ from typing import Any
 from uuid import UUID
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -24,13 +23,15 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from archive.api import PatientRefSerializer
 from archive.models import Patient, Study
-from pacs_cloud import access, audit
+from pacs_cloud import access as core_access
+from pacs_cloud import audit
+from pacs_cloud.api import InstitutionRefSerializer
 from pacs_cloud.models import Institution, Role
 
-from . import exchange, referrals, sharing
-from .models import ImportedStudy, Referral, ReferralMessage, StudyShare
-from .serializers import InstitutionRefSerializer, PatientSerializer, viewer_url
+from . import access, actions
+from .models import REFERRAL_SWEEP, ImportedStudy, Referral, ReferralMessage, StudyShare
 
 REFUSAL_STATUS = {
     "bad_state": status.HTTP_409_CONFLICT,
@@ -41,80 +42,8 @@ BOXES = ("all", "inbox", "outbox")
 Refusal = inline_serializer("ReferralRefusal", {"detail": serializers.CharField(), "code": serializers.CharField()})
 
 
-def _refused(error: referrals.ReferralRefused | sharing.ShareRefused) -> Response:
+def _refused(error: actions.ReferralRefused | actions.ShareRefused) -> Response:
     return Response({"detail": error.message, "code": error.code}, status=REFUSAL_STATUS.get(error.code, 400))
-
-
-def allowed_actions(user: Any, referral: Referral, coordinating: set[Any] | None = None) -> list[str]:
-    """What the caller may do to the referral now (the UI shows these buttons).
-
-    ``coordinating``: the institutions where the caller is a referral
-    coordinator, when already known (a list answers many rows).
-    """
-    S = Referral.State
-    found: list[str] = []
-    if coordinating is None:
-        coordinating = access.institution_ids(user, [Role.REFERRAL_COORDINATOR])
-    if referral.from_institution_id in coordinating:
-        found += {
-            S.DRAFT: ["consent", "attach", "detach", "send", "cancel"],
-            S.SENT: ["attach", "cancel"],
-            S.ACCEPTED: ["attach", "cancel"],
-            S.IN_CARE: ["attach"],
-            S.RETURNED: ["close"],
-        }.get(referral.state, [])
-        if referral.state == S.DRAFT and not referral.consent_recorded_at:
-            found.remove("send")
-    if referral.to_institution_id in coordinating and referral.state != S.DRAFT:
-        found += {
-            S.SENT: ["accept", "decline"],
-            S.ACCEPTED: ["admit", "import"],
-            S.IN_CARE: ["attach", "return", "import"],
-            S.RETURNED: ["import"],
-        }.get(referral.state, [])
-    return found
-
-
-SHARE_OWNER_ROLES = (Role.REFERRAL_COORDINATOR, Role.RADIOLOGIST)
-REVOKE_REFUSED = "Only the study's institution ends a second-opinion share; a referral's ends with the referral."
-
-
-def visible_shares(user: Any) -> QuerySet[StudyShare]:
-    """Shares the caller may see: every share of their institutions' studies, and those in force with them."""
-    owners = access.institution_ids(user, list(SHARE_OWNER_ROLES))
-    receivers = access.institution_ids(user, sharing.SHARED_WITH_ROLES)
-    return StudyShare.objects.filter(
-        Q(study__institution_id__in=owners) | Q(institution_id__in=receivers, revoked_at__isnull=True)
-    ).select_related("institution", "study__patient", "study__institution")
-
-
-def can_revoke_share(user: Any, share: StudyShare) -> bool:
-    """A second-opinion share is ended by its study's coordinators or radiologists (twice is harmless)."""
-    return share.kind == StudyShare.Kind.SECOND_OPINION and access.has_role(
-        user, share.study.institution_id, *SHARE_OWNER_ROLES
-    )
-
-
-def revoke_share(share: StudyShare, *, acting_user: Any, reason: str, request: Any = None) -> bool:
-    """End a second-opinion share now (the caller checked :func:`can_revoke_share`)."""
-    return sharing.do_revoke_share(
-        share, acting_user=acting_user, reason=reason or "ended by the owner", now=timezone.now(), request=request
-    )
-
-
-def can_import_share(user: Any, share: StudyShare) -> bool:
-    """The institution a share in force is with may import its study (coordinators and radiologists)."""
-    return share.revoked_at is None and share.institution_id in access.institution_ids(user, exchange.IMPORT_ROLES)
-
-
-def import_share(share: StudyShare, *, acting_user: Any, request: Any = None, **patient: Any) -> ImportedStudy:
-    """Import a shared study under a patient of the receiving institution (``patient``: as for
-    :func:`exchange.resolve_local_patient`); the caller checked :func:`can_import_share`."""
-    study = share.study
-    local = exchange.resolve_local_patient(
-        share.institution, study.patient, acting_user=acting_user, request=request, **patient
-    )
-    return exchange.do_import_shared_study(study, patient=local, acting_user=acting_user, request=request)
 
 
 # Serializers -------------------------------------------------------------------------
@@ -185,17 +114,17 @@ class ReferralSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    @extend_schema_field(PatientSerializer(allow_null=True))
+    @extend_schema_field(PatientRefSerializer(allow_null=True))
     def get_patient(self, obj: Referral) -> dict[str, Any] | None:
         if not self._shows_patient(obj):
             return None
-        return PatientSerializer(obj.patient).data
+        return PatientRefSerializer(obj.patient).data
 
     def _shows_patient(self, obj: Referral) -> bool:
         user = self.context["request"].user
         if "_mine" not in self.context:
-            self.context["_mine"] = access.institution_ids(user, referrals.REFERRAL_ROLES)
-        return referrals.shows_patient(user, obj, self.context["_mine"])
+            self.context["_mine"] = core_access.institution_ids(user, access.REFERRAL_ROLES)
+        return access.shows_patient(user, obj, self.context["_mine"])
 
     def get_clinical_summary(self, obj: Referral) -> str | None:
         return obj.clinical_summary if self._shows_patient(obj) else None
@@ -207,7 +136,7 @@ class ReferralSerializer(serializers.ModelSerializer):
             attached = [row.study_id for referral in shown for row in referral.attachments.all()]
             user = self.context["request"].user
             self.context["_visible_studies"] = set(
-                access.visible_studies(user).filter(pk__in=attached).values_list("pk", flat=True)
+                core_access.visible_studies(user).filter(pk__in=attached).values_list("pk", flat=True)
             )
         return self.context["_visible_studies"]
 
@@ -229,7 +158,7 @@ class ReferralSerializer(serializers.ModelSerializer):
                     "study_date": study.study_date if seen else None,
                     "modalities": study.modalities if seen else None,
                     "num_instances": study.num_instances if seen else None,
-                    "viewer_url": viewer_url(study.pk) if seen else None,
+                    "viewer_url": access.viewer_url(study.pk) if seen else None,
                 }
             )
         return rows
@@ -252,8 +181,8 @@ class ReferralSerializer(serializers.ModelSerializer):
     def get_actions(self, obj: Referral) -> list[str]:
         user = self.context["request"].user
         if "_coordinating" not in self.context:
-            self.context["_coordinating"] = access.institution_ids(user, [Role.REFERRAL_COORDINATOR])
-        return allowed_actions(user, obj, self.context["_coordinating"])
+            self.context["_coordinating"] = core_access.institution_ids(user, [Role.REFERRAL_COORDINATOR])
+        return access.allowed_actions(user, obj, self.context["_coordinating"])
 
 
 class ReferralCreateSerializer(serializers.Serializer):
@@ -293,7 +222,7 @@ class MessageSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "kind", "author", "institution", "created_at"]
 
     def get_author(self, obj: ReferralMessage) -> str:
-        return (obj.author.display_name or obj.author.username) if obj.author else referrals.SWEEP
+        return (obj.author.display_name or obj.author.username) if obj.author else REFERRAL_SWEEP
 
     def get_institution(self, obj: ReferralMessage) -> str:
         return obj.institution.name if obj.institution else ""
@@ -327,7 +256,7 @@ class ShareImportSerializer(serializers.Serializer):
 
 
 class ImportedSerializer(serializers.ModelSerializer):
-    patient = PatientSerializer(read_only=True)
+    patient = PatientRefSerializer(read_only=True)
 
     class Meta:
         model = ImportedStudy
@@ -373,7 +302,7 @@ class ShareCreateSerializer(serializers.Serializer):
 
 def _study_for(user: Any, pk: Any) -> Study:
     """A study the caller may see (404 alike for missing and not yours)."""
-    return access.access_study(user, pk=pk)
+    return core_access.access_study(user, pk=pk)
 
 
 class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -383,13 +312,13 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> QuerySet[Referral]:
-        qs = referrals.visible_referrals(self.request.user)
+        qs = access.visible_referrals(self.request.user)
         if self.action == "list":
             params = self.request.query_params
             box = params.get("box") or "all"
             if box not in BOXES:
                 raise ValidationError({"box": f"one of {', '.join(BOXES)}"})
-            mine = access.institution_ids(self.request.user, referrals.REFERRAL_ROLES)
+            mine = core_access.institution_ids(self.request.user, access.REFERRAL_ROLES)
             if box == "inbox":
                 qs = qs.filter(to_institution_id__in=mine)
             elif box == "outbox":
@@ -401,7 +330,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         ).prefetch_related("attachments__study", "shares")
 
     def get_object(self) -> Referral:
-        return referrals.access_referral(self.request.user, self.kwargs["pk"])
+        return access.access_referral(self.request.user, self.kwargs["pk"])
 
     @extend_schema(
         parameters=[
@@ -426,7 +355,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         audit.record(
             "workflow.referral.view",
             request=request._request,
-            institution=referrals.acting_institution(request.user, referral),
+            institution=access.acting_institution(request.user, referral),
             object_type="workflow.referral",
             object_id=referral.pk,
             patient_id=referral.patient.patient_id,
@@ -444,7 +373,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         body.is_valid(raise_exception=True)
         data = body.validated_data
         user = request.user
-        mine = access.institution_ids(user, [Role.REFERRAL_COORDINATOR])
+        mine = core_access.institution_ids(user, [Role.REFERRAL_COORDINATOR])
         if not mine:
             return Response(
                 {"detail": "Only referral coordinators create referrals.", "code": "forbidden"},
@@ -476,7 +405,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         else:
             raise ValidationError({"patient": "Name the patient, or attach at least one of their studies."})
         try:
-            referral = referrals.do_create_referral(
+            referral = actions.do_create_referral(
                 acting_user=user,
                 from_institution=Institution.objects.get(pk=from_id),
                 to_institution=to,
@@ -489,7 +418,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
                 studies=studies,
                 request=request._request,
             )
-        except referrals.ReferralRefused as refused:
+        except actions.ReferralRefused as refused:
             return _refused(refused)
         return self._fresh(referral, status.HTTP_201_CREATED)
 
@@ -497,7 +426,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         referral = self.get_object()
         try:
             do(referral, acting_user=request.user, request=request._request, **kwargs)
-        except referrals.ReferralRefused as refused:
+        except actions.ReferralRefused as refused:
             return _refused(refused)
         return self._fresh(referral)
 
@@ -512,13 +441,13 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     @action(detail=True, methods=["post"])
     def send(self, request: Request, pk: str | None = None) -> Response:
         """Send the draft (consent recorded first); its studies are shared with the receiver."""
-        return self._act(request, pk, referrals.do_send_referral, reason=self._reason(request))
+        return self._act(request, pk, actions.do_send_referral, reason=self._reason(request))
 
     @extend_schema(request=ReferralReasonSerializer, responses={200: ReferralSerializer, 403: Refusal, 409: Refusal})
     @action(detail=True, methods=["post"])
     def accept(self, request: Request, pk: str | None = None) -> Response:
         """The receiver accepts the patient."""
-        return self._act(request, pk, referrals.do_accept_referral, reason=self._reason(request))
+        return self._act(request, pk, actions.do_accept_referral, reason=self._reason(request))
 
     @extend_schema(
         request=ReferralReasonSerializer, responses={200: ReferralSerializer, 400: Refusal, 403: Refusal, 409: Refusal}
@@ -526,13 +455,13 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     @action(detail=True, methods=["post"])
     def decline(self, request: Request, pk: str | None = None) -> Response:
         """The receiver declines (a reason is required); sharing ends."""
-        return self._act(request, pk, referrals.do_decline_referral, reason=self._reason(request))
+        return self._act(request, pk, actions.do_decline_referral, reason=self._reason(request))
 
     @extend_schema(request=ReferralReasonSerializer, responses={200: ReferralSerializer, 403: Refusal, 409: Refusal})
     @action(detail=True, methods=["post"])
     def admit(self, request: Request, pk: str | None = None) -> Response:
         """The accepted patient is in the receiver's care."""
-        return self._act(request, pk, referrals.do_admit_referral, reason=self._reason(request))
+        return self._act(request, pk, actions.do_admit_referral, reason=self._reason(request))
 
     @extend_schema(
         request=ReturnSerializer, responses={200: ReferralSerializer, 400: Refusal, 403: Refusal, 409: Refusal}
@@ -542,13 +471,13 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         """The downward referral back, with discharge summary and follow-up plan."""
         body = ReturnSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        return self._act(request, pk, referrals.do_return_referral, **body.validated_data)
+        return self._act(request, pk, actions.do_return_referral, **body.validated_data)
 
     @extend_schema(request=ReferralReasonSerializer, responses={200: ReferralSerializer, 403: Refusal, 409: Refusal})
     @action(detail=True, methods=["post"])
     def close(self, request: Request, pk: str | None = None) -> Response:
         """The sender closes a returned referral; sharing ends."""
-        return self._act(request, pk, referrals.do_close_referral, reason=self._reason(request))
+        return self._act(request, pk, actions.do_close_referral, reason=self._reason(request))
 
     @extend_schema(
         request=ReferralReasonSerializer, responses={200: ReferralSerializer, 400: Refusal, 403: Refusal, 409: Refusal}
@@ -556,7 +485,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         """The sender withdraws the referral (a reason is required); sharing ends."""
-        return self._act(request, pk, referrals.do_cancel_referral, reason=self._reason(request))
+        return self._act(request, pk, actions.do_cancel_referral, reason=self._reason(request))
 
     @extend_schema(
         request=ConsentSerializer, responses={200: ReferralSerializer, 400: Refusal, 403: Refusal, 409: Refusal}
@@ -566,7 +495,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         """Record the patient's consent to the transfer."""
         body = ConsentSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        return self._act(request, pk, referrals.do_record_consent, **body.validated_data)
+        return self._act(request, pk, actions.do_record_consent, **body.validated_data)
 
     @extend_schema(
         request=StudyBodySerializer, responses={200: ReferralSerializer, 400: Refusal, 403: Refusal, 409: Refusal}
@@ -574,7 +503,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     @action(detail=True, methods=["post"])
     def attach(self, request: Request, pk: str | None = None) -> Response:
         """Attach a study of the patient that you can see at the sending institution."""
-        return self._study_change(request, referrals.do_attach_study)
+        return self._study_change(request, actions.do_attach_study)
 
     @extend_schema(
         request=StudyBodySerializer, responses={200: ReferralSerializer, 400: Refusal, 403: Refusal, 409: Refusal}
@@ -582,7 +511,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     @action(detail=True, methods=["post"])
     def detach(self, request: Request, pk: str | None = None) -> Response:
         """Take a study off a draft."""
-        return self._study_change(request, referrals.do_detach_study)
+        return self._study_change(request, actions.do_detach_study)
 
     def _study_change(self, request: Request, change: Any) -> Response:
         body = StudyBodySerializer(data=request.data)
@@ -591,7 +520,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         study = _study_for(request.user, body.validated_data["study"])
         try:
             change(referral, study, acting_user=request.user, request=request._request)
-        except referrals.ReferralRefused as refused:
+        except actions.ReferralRefused as refused:
             return _refused(refused)
         return self._fresh(referral)
 
@@ -607,10 +536,10 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             body = MessageSerializer(data=request.data)
             body.is_valid(raise_exception=True)
             try:
-                message = referrals.do_post_message(
+                message = actions.do_post_message(
                     referral, acting_user=request.user, body=body.validated_data["body"], request=request._request
                 )
-            except referrals.ReferralRefused as refused:
+            except actions.ReferralRefused as refused:
                 return _refused(refused)
             return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
         rows = referral.messages.select_related("author", "institution")
@@ -631,15 +560,15 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         body = ImportSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        if not referrals.is_receiver(request.user, referral):
-            return _refused(referrals.ReferralRefused("Only the receiving institution imports.", "forbidden"))
-        if "import" not in allowed_actions(request.user, referral):
-            return _refused(referrals.ReferralRefused("Import once the referral is accepted.", "bad_state"))
+        if not access.is_receiver(request.user, referral):
+            return _refused(actions.ReferralRefused("Only the receiving institution imports.", "forbidden"))
+        if "import" not in access.allowed_actions(request.user, referral):
+            return _refused(actions.ReferralRefused("Import once the referral is accepted.", "bad_state"))
         attached = referral.attachments.filter(study_id=data["study"]).select_related("study__patient").first()
         if attached is None:
             raise Http404("No such study on this referral")
         try:
-            patient = exchange.resolve_local_patient(
+            patient = actions.do_resolve_local_patient(
                 referral.to_institution,
                 attached.study.patient,
                 acting_user=request.user,
@@ -650,12 +579,12 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
                 sex=data["sex"],
                 request=request._request,
             )
-            imported = exchange.do_import_shared_study(
+            imported = actions.do_import_shared_study(
                 attached.study, patient=patient, acting_user=request.user, request=request._request
             )
         except DjangoValidationError as error:
             raise ValidationError(error.message_dict if hasattr(error, "error_dict") else error.messages) from None
-        except exchange.ImportRefused as refused:
+        except actions.ImportRefused as refused:
             return Response({"detail": refused.message, "code": refused.code}, status=REFUSAL_STATUS[refused.code])
         return Response(ImportedSerializer(imported).data, status=status.HTTP_201_CREATED)
 
@@ -664,7 +593,7 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def timeline(self, request: Request, pk: str | None = None) -> Response:
         """Every transition (with actor and reason) and message, oldest first."""
         referral = self.get_object()
-        return Response(TimelineSerializer([e.__dict__ for e in referrals.timeline(referral)], many=True).data)
+        return Response(TimelineSerializer([e.__dict__ for e in access.timeline(referral)], many=True).data)
 
 
 class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -678,7 +607,7 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> QuerySet[StudyShare]:
-        qs = visible_shares(self.request.user)
+        qs = access.visible_shares(self.request.user)
         if self.action == "list" and self.request.query_params.get("active") in ("1", "true"):
             qs = qs.filter(revoked_at__isnull=True)
         return qs.order_by("-granted_at")
@@ -704,7 +633,7 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         if institution is None:
             raise ValidationError({"institution": "No such institution."})
         try:
-            share = sharing.do_share_for_second_opinion(
+            share = actions.do_share_for_second_opinion(
                 study,
                 institution,
                 acting_user=request.user,
@@ -712,7 +641,7 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
                 expires_at=data["expires_at"],
                 request=request._request,
             )
-        except sharing.ShareRefused as refused:
+        except actions.ShareRefused as refused:
             return _refused(refused)
         return Response(self.get_serializer(share).data, status=status.HTTP_201_CREATED)
 
@@ -723,13 +652,13 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     def import_study(self, request: Request, pk: str | None = None) -> Response:
         """Import the shared study into your institution's archive under one of your patients (or a new one)."""
         share = self.get_object()
-        if not can_import_share(request.user, share):
-            return _refused(sharing.ShareRefused("Only the institution it is shared with imports it.", "forbidden"))
+        if not access.can_import_share(request.user, share):
+            return _refused(actions.ShareRefused("Only the institution it is shared with imports it.", "forbidden"))
         body = ShareImportSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
         try:
-            imported = import_share(
+            imported = actions.do_import_share(
                 share,
                 acting_user=request.user,
                 pk=data.get("patient"),
@@ -741,7 +670,7 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             )
         except DjangoValidationError as error:
             raise ValidationError(error.message_dict if hasattr(error, "error_dict") else error.messages) from None
-        except exchange.ImportRefused as refused:
+        except actions.ImportRefused as refused:
             return Response({"detail": refused.message, "code": refused.code}, status=REFUSAL_STATUS[refused.code])
         return Response(ImportedSerializer(imported).data, status=status.HTTP_201_CREATED)
 
@@ -750,10 +679,12 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         """End a second-opinion share now (a referral's shares end with the referral)."""
         share = self.get_object()
-        if not can_revoke_share(request.user, share):
-            return _refused(sharing.ShareRefused(REVOKE_REFUSED, "forbidden"))
+        if not access.can_revoke_share(request.user, share):
+            return _refused(actions.ShareRefused(access.REVOKE_REFUSED, "forbidden"))
         body = ReferralReasonSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        revoke_share(share, acting_user=request.user, reason=body.validated_data["reason"], request=request._request)
+        actions.do_end_second_opinion(
+            share, acting_user=request.user, reason=body.validated_data["reason"], request=request._request
+        )
         share.refresh_from_db()
         return Response(self.get_serializer(share).data)

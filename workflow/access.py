@@ -1,7 +1,7 @@
 """Who may see, claim and manage reading tasks, pools and policies.
 
-Built on ``pacs_cloud.access``'s roles. A radiologist sees a task when it is offered
-to them (as one of the hospital's radiologists, a credentialled pool member
+Built on ``pacs_cloud.access``'s roles. A radiologist sees a task when it is
+offered to them (as one of the hospital's radiologists, a credentialled pool member
 or by name), when they hold it, or when they finished it; the hospital's own
 clinical staff and administrators see all of its tasks. Patient identity is
 shown only to those who may open the study (``can_see_patient``): a foreign

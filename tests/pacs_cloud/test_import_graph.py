@@ -25,8 +25,11 @@ APPS = tuple(LAYER)
 # Imports between two apps of one layer that the design allows, and why. The
 # reverse direction stays forbidden, so the two never import each other.
 SIDEWAYS = {
-    ("workflow", "worklist"): "routing reads an exam's order (worklist.facts); an imported study gets its order",
-    ("reports", "viewer"): "the report PDF renders its key images with the viewer's renderer",
+    ("workflow", "worklist"): (
+        "the reading workflow routes on an exam's order (worklist.facts), follows its cancellation and priority "
+        "(worklist.signals, connected in AppConfig.ready()), and an imported study gets an order (worklist.actions)"
+    ),
+    ("reports", "viewer"): "a report's PDF renders its key images with the viewer's renderer; the demo marks one",
 }
 # The project's root URLconf names every app's urls module: the one place the
 # bottom layer names the apps, as the settings' INSTALLED_APPS does.

@@ -87,6 +87,16 @@ def test_a_platform_admin_sees_every_institution_and_no_patients(tenants, studie
     assert "Administration" in page
 
 
+def test_the_platform_table_counts_each_institutions_studies(tenants, studies, platform_admin):
+    page = home_of(platform_admin)
+    assert "<th>Studies</th>" in page
+    rows = {tenant.institution.name: 0 for tenant in tenants}
+    rows.update({tenants.a.institution.name: 3, tenants.b.institution.name: 1})
+    for name, count in rows.items():
+        row = page[page.index(f"<td>{name}</td>") :].split("</tr>")[0]
+        assert f"<td>{count}</td>" in row, row
+
+
 def test_navigation_follows_the_role(tenants):
     admin_page = home_of(tenants.a.institution_admin)
     assert ">Members</a>" in admin_page

@@ -56,6 +56,8 @@ SECURE_HTTPS = env.bool("SECURE_HTTPS", default="SECRET_KEY" in os.environ)
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# A refused form shows the product's 403 page, not Django's.
+CSRF_FAILURE_VIEW = "pacs_cloud.views.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -463,9 +465,16 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"refusal_without_traceback": {"()": "pacs_cloud.lib.logfilters.RefusalWithoutTraceback"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"pynetdicom": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
+    "loggers": {
+        "pynetdicom": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+        # A 403 is logged as one line: refusals are expected, not faults.
+        "django.request": {"filters": ["refusal_without_traceback"]},
+        "django.security.csrf": {"filters": ["refusal_without_traceback"]},
+    },
 }
 
 # Reports: the key that encrypts radiologists' signing keys at rest (base64 of

@@ -20,6 +20,8 @@ members_api = api.MemberViewSet.as_view({"get": "list", "post": "create"})
 # the documentation pages (no patient data) relax the policy for exactly that.
 docs_csp = csp_update({"style-src": ["'unsafe-inline'"], "worker-src": ["'self'", "blob:"]})
 
+handler403 = views.permission_denied
+
 urlpatterns = [
     path("", views.home, name="home"),
     path(

@@ -1,4 +1,4 @@
-"""Browser pages of the platform (home, tokens, members), lockout, health and the push relay."""
+"""Browser pages of the platform (home, tokens, members), lockout, health, the push relay and the 403 page."""
 
 from __future__ import annotations
 
@@ -226,3 +226,24 @@ def push_relay(request: HttpRequest) -> HttpResponse:
     if not push.accept_relay(request.POST.get("token", "")):
         return HttpResponseBadRequest("bad relay token")
     return HttpResponse(status=204)
+
+
+# Refusals -----------------------------------------------------------------
+
+REFUSED = "You do not have access to this page."
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """The 403 page, in the product's frame with a way home (``handler403``).
+
+    The product raises PermissionDenied with a message meant for the user (which
+    role or institution the page needs); Django's own refusals carry none.
+    """
+    message = str(exception) if exception is not None and str(exception) else REFUSED
+    return render(request, "pacs_cloud/403.html", {"message": message}, status=403)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form refused for its missing or stale security token (``CSRF_FAILURE_VIEW``)."""
+    message = "This form has expired or was sent from another site. Reload the page and try again."
+    return render(request, "pacs_cloud/403.html", {"message": message}, status=403)

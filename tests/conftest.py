@@ -7,6 +7,8 @@ operator. Helpers: ``make_user`` (password ``PASSWORD``, hashed once per run),
 ``web_client(user)`` (a signed-in session), ``api_client(user)`` (a real bearer
 token), ``free_port()``, ``browser_login(context, live_url, username)``.
 Every route is also walked by the isolation harness in ``tests/isolation/``.
+Tests that need dcmtk, Chromium or poppler are marked and skip without them
+(``tests/tools.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from rest_framework.test import APIClient
 from pacs_cloud import celery_app
 from pacs_cloud.authentication import issue_token
 from pacs_cloud.models import Institution, Membership, Role, User
+from tests.tools import CHROMIUM
+from tests.tools import pytest_collection_modifyitems as pytest_collection_modifyitems
+from tests.tools import pytest_sessionfinish as pytest_sessionfinish
 
 PASSWORD = "test-password-123"
 
@@ -215,7 +220,7 @@ def _chromium():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 

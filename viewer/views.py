@@ -38,6 +38,7 @@ from rest_framework.views import APIView
 from archive.access import access_study
 from archive.models import Instance, Series, Study
 from pacs_cloud.authentication import BearerTokenAuthentication
+from workflow.access import held_tasks
 
 from . import actions, mpr, pixels
 from .access import (
@@ -468,6 +469,8 @@ def open_study(request: HttpRequest, study_id: str) -> HttpResponse:
             "patient": study.patient,
             "manifest_url": reverse("viewer-api-study", args=[study.pk]),
             "key_images_url": reverse("viewer-list-key-images", args=[study.pk]),
+            # The reader holding the study's reading task goes from the images straight to the report.
+            "holds_reading_task": held_tasks(request.user).filter(study=study).exists(),
         },
     )
 
@@ -534,10 +537,21 @@ def _text(metadata: dict, tag: str) -> str:
     return str(value)
 
 
+def image_label(series: Series, instance: Instance, frame: int | None = None) -> str:
+    """An image as readers name it: "Series 2 · Image 14", with "· Frame 3" within a multi-frame image."""
+    parts = [f"Series {series.series_number}" if series.series_number is not None else series.description or "Series"]
+    if instance.instance_number is not None:
+        parts.append(f"Image {instance.instance_number}")
+    if frame is not None and instance.number_of_frames > 1:
+        parts.append(f"Frame {frame}")
+    return " · ".join(parts)
+
+
 def _key_image_json(key_image: KeyImage) -> dict[str, Any]:
     instance = key_image.instance
     series = instance.series
     return {
+        "label": image_label(series, instance, key_image.frame),
         "id": str(key_image.pk),
         "study": str(key_image.study_id),
         "series": str(series.pk),
@@ -573,6 +587,7 @@ def study_manifest(study: Study, user: Any) -> dict[str, Any]:
                     "id": str(instance.pk),
                     "sop": instance.sop_instance_uid,
                     "number": instance.instance_number,
+                    "label": image_label(series, instance),
                     "frames": max(instance.number_of_frames, 1),
                     "rows": instance.rows,
                     "columns": instance.columns,

@@ -11,6 +11,8 @@ from workflow.models import ReadingTask
 
 from .conftest import make_reading
 
+pytestmark = pytest.mark.browser
+
 
 @pytest.mark.django_db(transaction=True)
 def test_claim_write_sign_then_the_clinician_finds_and_acknowledges(tenants, live_url, browser_context):
@@ -23,6 +25,8 @@ def test_claim_write_sign_then_the_clinician_finds_and_acknowledges(tenants, liv
     page.goto(f"{live_url}/workflow/")
     page.click(f'tr[data-task="{reading.task.pk}"] button.claim')
     page.wait_for_url(f"**/viewer/studies/{reading.study.pk}/")
+    # The holder can go from the images straight to the report.
+    assert page.locator("#write-report").is_visible()
 
     # From the home page's "Reports to write", with the template offered for the study.
     page.goto(f"{live_url}/")
@@ -36,6 +40,7 @@ def test_claim_write_sign_then_the_clinician_finds_and_acknowledges(tenants, liv
     page.fill("#impression", "Large left pneumothorax.")
     page.click("#images button.mark-key-image")
     page.wait_for_selector("#chosen figure.chosen-key-image img")
+    assert page.inner_text("#chosen figure.chosen-key-image figcaption").startswith("Series 1 · Image 1")
     page.wait_for_selector("#save-status:text-matches('^Saved')")
     report = Report.objects.get(study=reading.study)
     assert report.draft["key_images"][0]["instance"] == str(reading.instance.pk)

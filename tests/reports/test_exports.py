@@ -29,6 +29,7 @@ def pdf_text(data: bytes, tmp_path) -> str:
     return subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
 
 
+@pytest.mark.poppler
 def test_the_pdf_holds_the_findings_the_header_and_the_signature(reading, tmp_path):
     report, version = write_and_sign(reading)
     response = api_client(reading.tenant.clinician).get(f"/api/v1/reports/{report.pk}/pdf/")
@@ -44,6 +45,7 @@ def test_the_pdf_holds_the_findings_the_header_and_the_signature(reading, tmp_pa
     assert b"/Subtype /Image" in response.content or b"/Subtype/Image" in response.content
 
 
+@pytest.mark.poppler
 def test_the_encapsulated_pdf_is_archived_with_the_study(reading, tmp_path):
     report, version = write_and_sign(reading)
     row = ReportExport.objects.get(version=version, target=ReportExport.Target.DICOM)
@@ -71,6 +73,7 @@ def test_the_encapsulated_pdf_is_archived_with_the_study(reading, tmp_path):
     )
 
 
+@pytest.mark.poppler
 @pytest.mark.django_db(transaction=True)
 def test_the_encapsulated_pdf_is_retrieved_by_wado_rs(live_url, tenants, tmp_path):
     reading = make_reading(tenants.a)

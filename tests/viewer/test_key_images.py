@@ -94,3 +94,21 @@ def test_outsiders_cannot_see_mark_or_unmark(mr, tenants):
     assert outsider.post(url, {"instance": str(mr.pk)}, format="json").status_code == 404
     assert outsider.delete(reverse("viewer-delete-key-image", args=[key.pk])).status_code == 404
     assert KeyImage.objects.count() == 1
+
+
+def test_key_images_are_labelled_by_series_and_image_number(ct_volume, mr, tenants):
+    vol = ct_volume()
+    fourteenth = next(i for i in vol.instances if i.instance_number == 14)
+    do_mark_key_image(acting_user=tenants.a.radiologist, instance=fourteenth, frame=1)
+    do_mark_key_image(acting_user=tenants.a.radiologist, instance=vol.instances[0], frame=1)
+    client = api_client(tenants.a.radiologist)
+    listed = client.get(reverse("viewer-list-key-images", args=[fourteenth.series.study_id])).json()["results"]
+    labels = {row["label"] for row in listed}
+    assert labels == {"Series 2 · Image 14", f"Series 2 · Image {vol.instances[0].instance_number}"}
+    # Within a multi-frame image, the frame too.
+    do_mark_key_image(acting_user=tenants.a.radiologist, instance=mr, frame=4)
+    row = client.get(reverse("viewer-list-key-images", args=[mr.series.study_id])).json()["results"][0]
+    assert row["label"] == f"Series {mr.series.series_number} · Image {mr.instance_number} · Frame 4"
+    # The viewer's manifest names every image the same way, for the report editor.
+    manifest = client.get(reverse("viewer-api-study", args=[fourteenth.series.study_id])).json()
+    assert "Series 2 · Image 14" in {item["label"] for item in manifest["series"][0]["instances"]}

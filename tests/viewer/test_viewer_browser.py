@@ -107,7 +107,8 @@ def exercise_viewer(page, vol, study, tenants, touch=False):
         drag(page, centre, {"x": centre["x"], "y": centre["y"] + 18}, touch=True)
     else:
         viewport.hover()
-        page.mouse.wheel(0, 150)
+        for _ in range(3):  # three notches of the wheel
+            page.mouse.wheel(0, 100)
     wait_for_dataset(page, "#stack-viewport", "shown", middle + 3)
     page.keyboard.press("ArrowDown")
     page.keyboard.press("ArrowDown")
@@ -152,6 +153,7 @@ def exercise_viewer(page, vol, study, tenants, touch=False):
     # Mark the image as a key image; it appears in the list and for the report editor.
     page.click("#key-image")
     page.wait_for_selector("#key-list li")
+    assert "Series 2 · Image 29" in page.locator("#key-list li").first.inner_text()
     assert page.locator("#key-image").get_attribute("aria-pressed") == "true"
     key = KeyImage.objects.get()
     assert key.study == study and key.frame == 1
@@ -200,6 +202,33 @@ def test_a_reader_scrolls_windows_measures_and_marks_a_key_image(ct_volume, tena
     page.wait_for_selector("#key-empty", state="visible")
     assert not KeyImage.objects.exists()
     assert errors == []
+
+
+WHEEL = """([deltaY, deltaMode]) => {
+  const el = document.querySelector('#stack-viewport');
+  el.dispatchEvent(new WheelEvent('wheel', {deltaY, deltaMode, bubbles: true, cancelable: true}));
+  return Number(el.dataset.index);
+}"""
+
+
+def test_one_wheel_notch_moves_one_image(ct_volume, tenants, live_url, browser_context):
+    study = ct_volume().instances[0].series.study
+    page = browser_login(browser_context(viewport={"width": 1280, "height": 800}), live_url, "radiologist@alpha")
+    open_viewer(page, live_url, study)
+    start = int(page.locator("#stack-viewport").get_attribute("data-index"))
+    # One notch as browsers report it: 100 px (Chromium), 300 px, 3 lines (Firefox): each one image.
+    assert page.evaluate(WHEEL, [100, 0]) == start + 1
+    assert page.evaluate(WHEEL, [300, 0]) == start + 2
+    assert page.evaluate(WHEEL, [3, 1]) == start + 3
+    assert page.evaluate(WHEEL, [-120, 0]) == start + 2
+    # A real notch through the browser's own input.
+    page.locator("#stack-viewport").hover()
+    page.mouse.wheel(0, 100)
+    wait_for_dataset(page, "#stack-viewport", "index", start + 3)
+    # A touchpad's stream of small deltas adds up: 100 px in steps of 5 px is two images.
+    for _ in range(19):
+        page.evaluate(WHEEL, [5, 0])
+    assert page.evaluate(WHEEL, [5, 0]) == start + 5
 
 
 def test_the_viewer_works_at_phone_size(ct_volume, tenants, live_url, browser_context):

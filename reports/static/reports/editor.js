@@ -154,6 +154,17 @@
 
   let marked = [];
   let instances = {};
+  let labels = {}; // instance id -> {label: "Series 2 · Image 14", frames}
+
+  function imageLabel(instance, frame) {
+    const image = labels[instance];
+    if (!image) return "";
+    return image.frames > 1 ? `${image.label} · Frame ${frame}` : image.label;
+  }
+
+  function caption(label, note) {
+    return [label, note].filter(Boolean).join(" — ");
+  }
 
   function isChosen(instance, frame) {
     return keyImages.some((k) => k.instance === instance && Number(k.frame) === Number(frame));
@@ -168,7 +179,7 @@
     }
     keyImages.forEach((k) => {
       const src = instances[k.instance] ? instances[k.instance].replace("{frame}", k.frame) : "";
-      const fig = figure(src, k.note || `frame ${k.frame}`);
+      const fig = figure(src, caption(imageLabel(k.instance, k.frame), k.note));
       fig.dataset.instance = k.instance;
       fig.classList.add("chosen-key-image");
       box.appendChild(fig);
@@ -180,7 +191,7 @@
     box.replaceChildren();
     if (!marked.length) box.textContent = "No key image is marked on this study yet.";
     marked.forEach((k) => {
-      const fig = figure(`${k.rendered}?viewport=120,120`, `${k.note || "frame " + k.frame} (${k.user})`);
+      const fig = figure(`${k.rendered}?viewport=120,120`, `${caption(k.label, k.note)} (${k.user})`);
       const label = document.createElement("label");
       const box2 = document.createElement("input");
       box2.type = "checkbox";
@@ -228,7 +239,8 @@
       series.instances.forEach((item) => {
         const base = `/dicomweb/studies/${manifest.study_instance_uid}/series/${series.uid}/instances/${item.sop}/frames/{frame}/rendered`;
         instances[item.id] = `${base}?viewport=120,120`;
-        const fig = figure(instances[item.id].replace("{frame}", 1), `${series.description || series.modality} #${item.number || ""}`);
+        labels[item.id] = { label: item.label, frames: item.frames };
+        const fig = figure(instances[item.id].replace("{frame}", 1), item.label);
         const button = document.createElement("button");
         button.type = "button";
         button.className = "secondary mark-key-image";

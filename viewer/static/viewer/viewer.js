@@ -11,7 +11,8 @@
   const NEIGHBOURS = 8; // frames either side fetched one by one ahead of the series stream
   const STREAM_DELAY_MS = 250;
   const WINDOW_RENDER_DELAY_MS = 60; // debounce of server re-renders while dragging W/L
-  const WHEEL_STEP = 50; // wheel delta units per image
+  const WHEEL_NOTCH = 40; // a pixel wheel delta at least this large is a mouse-wheel notch: one image
+  const WHEEL_STEP = 50; // smaller (touchpad) pixel deltas add up to one image per this many
 
   const state = {
     manifest: null,
@@ -39,6 +40,26 @@
   function windowQuery() {
     if (!state.window) return "";
     return `window=${state.window.center.toFixed(1)},${state.window.width.toFixed(1)},linear`;
+  }
+
+  // One notch of a mouse wheel moves one image, however far the browser says it
+  // scrolls (100 or 120 px, 300 px, 3 lines, a page). A touchpad sends a stream of
+  // small pixel deltas instead, which add up to one image per WHEEL_STEP pixels.
+  function wheelStepper() {
+    let pending = 0;
+    return (event) => {
+      const direction = Math.sign(event.deltaY);
+      if (!direction) return 0;
+      if (event.deltaMode !== WheelEvent.DOM_DELTA_PIXEL || Math.abs(event.deltaY) >= WHEEL_NOTCH) {
+        pending = 0;
+        return direction;
+      }
+      if (Math.sign(pending) !== direction) pending = 0; // turning back starts afresh
+      pending += event.deltaY;
+      if (Math.abs(pending) < WHEEL_STEP) return 0;
+      pending -= direction * WHEEL_STEP;
+      return direction;
+    };
   }
 
   function clamp(value, lo, hi) {
@@ -525,16 +546,11 @@
       this.el.addEventListener("pointerup", end);
       this.el.addEventListener("pointercancel", end);
       this.el.addEventListener("contextmenu", (event) => event.preventDefault());
-      let wheel = 0;
+      const wheelSteps = wheelStepper();
       this.el.addEventListener("wheel", (event) => {
         event.preventDefault();
-        const unit = event.deltaMode === 1 ? WHEEL_STEP : event.deltaMode === 2 ? WHEEL_STEP * 10 : 1;
-        wheel += event.deltaY * unit;
-        const steps = Math.trunc(wheel / WHEEL_STEP);
-        if (steps) {
-          wheel -= steps * WHEEL_STEP;
-          this.step(steps);
-        }
+        const steps = wheelSteps(event);
+        if (steps) this.step(steps);
       }, { passive: false });
       this.el.addEventListener("dblclick", (event) => syncFrom(this, event));
     }
@@ -809,11 +825,14 @@
       open.type = "button";
       open.className = "key-open";
       const thumb = new Image();
-      thumb.alt = `Key image ${k.sop_instance_uid} frame ${k.frame}`;
+      thumb.alt = `Key image: ${k.label}`;
       thumb.src = `${k.rendered}?viewport=96,96&quality=80`;
+      const label = document.createElement("span");
+      label.className = "key-label";
+      label.textContent = k.label;
       const text = document.createElement("span");
       text.textContent = `${k.user}${k.note ? ` — ${k.note}` : ""}`;
-      open.append(thumb, text);
+      open.append(thumb, label, text);
       open.addEventListener("click", () => {
         const series = state.manifest.series.find((s) => s.id === k.series);
         if (!series) return;

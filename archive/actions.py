@@ -24,7 +24,7 @@ from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
 from pacs_cloud import audit
-from pacs_cloud.fsm import apply_transition
+from pacs_cloud.fsm import apply_transition, record_transition
 from pacs_cloud.lib import dicom_datetime
 from pacs_cloud.models import Institution
 
@@ -158,6 +158,57 @@ def do_complete_stable_studies(*, now: dt.datetime | None = None) -> int:
         if do_complete_study(study, actor_label="stability sweep", reason=f"no new instance for {window} s"):
             done += 1
     return done
+
+
+# Patients -----------------------------------------------------------------------
+
+
+def do_create_patient(
+    institution: Institution,
+    *,
+    patient_id: str,
+    name: str,
+    issuer: str | None = None,
+    birth_date: dt.date | None = None,
+    sex: str = "",
+    actor: Any = None,
+    actor_label: str = "",
+    request: Any = None,
+    event: str = "archive.patient.create",
+) -> Patient:
+    """Create the institution's record of a patient (registration before any image arrives).
+
+    ``name`` is a DICOM PN string; its matching forms are derived here.
+    ``issuer`` defaults to the institution's issuer of Patient IDs; ``event``
+    names the audit event (the caller's word for what the user did). Raises
+    ``IntegrityError`` when the ID is taken; the caller decides what that
+    means to its user.
+    """
+    forms = names.name_forms(name)
+    with transaction.atomic():
+        patient = Patient.objects.create(
+            institution=institution,
+            patient_id=patient_id[:64],
+            issuer=institution.patient_id_issuer if issuer is None else issuer,
+            name=forms.full[:324],
+            name_search=forms.alphabetic[:324],
+            name_ideographic=forms.ideographic[:324],
+            name_phonetic=forms.phonetic[:324],
+            name_words=forms.words[:400],
+            birth_date=birth_date,
+            sex=sex,
+        )
+        audit.record(
+            event,
+            request=request,
+            actor=actor,
+            actor_label=actor_label,
+            institution=institution,
+            object_type="archive.patient",
+            object_id=patient.pk,
+            patient_id=patient.patient_id,
+        )
+    return patient
 
 
 # Patient corrections (used by the worklist's reconciliation queue) -----------------
@@ -313,13 +364,15 @@ def do_resolve_conflict(conflict: IngestConflict, *, keep: str, acting_user: Any
             locked.status = IngestConflict.Status.REPLACED
         locked.resolved_at = timezone.now()
         locked.save()
-        audit.record(
-            "archive.conflict.resolve",
+        record_transition(
+            locked,
+            IngestConflict.Status.OPEN,
+            locked.status,
+            "resolve",
             actor=acting_user,
             institution=locked.institution_id,
-            object_type="archive.ingestconflict",
-            object_id=locked.pk,
-            detail={"keep": keep, "sop_instance_uid": locked.sop_instance_uid},
+            reason=f"kept the {keep} object",
+            audit_detail={"keep": keep, "sop_instance_uid": locked.sop_instance_uid},
         )
     return locked
 

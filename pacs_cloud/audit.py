@@ -8,17 +8,20 @@ on PostgreSQL, the single writer on SQLite) so the chain has no forks.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.db import connection, transaction
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest
 from django.utils import timezone
 
 from .models import AuditEvent
 
 GENESIS_HASH = "0" * 64
+_View = TypeVar("_View", bound=Callable[..., Any])
 # Arbitrary constant naming the advisory lock that serialises appends.
 _CHAIN_LOCK_KEY = 0x5AC5A0D1
 
@@ -96,6 +99,35 @@ def record(
         event.hash = event_hash(event)
         event.save(force_insert=True)
     return event
+
+
+def records_refusal(action: str, *, object_type: str, key: str) -> Callable[[_View], _View]:
+    """Decorate a view that opens or acts on one object: a 404 (missing, or not the caller's) is audited as denied.
+
+    ``key`` names the URL argument that identifies the object. The event is
+    written as the view gives up, outside any transaction of the view, so no
+    rollback removes it. Works on function views and on DRF view methods.
+    """
+
+    def decorate(view: _View) -> _View:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return view(*args, **kwargs)
+            except Http404:
+                request = next(a for a in args if hasattr(a, "META"))
+                record(
+                    action,
+                    request=request,
+                    object_type=object_type,
+                    object_id=kwargs.get(key, ""),
+                    outcome=AuditEvent.Outcome.DENIED,
+                )
+                raise
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def first_broken_link(batch_size: int = 5000) -> AuditEvent | None:

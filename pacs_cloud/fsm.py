@@ -40,7 +40,38 @@ def apply_transition(
     source = obj.state  # type: ignore[attr-defined]
     getattr(obj, method)(**kwargs)
     obj.save(update_fields=["state", *update_fields])
-    target = obj.state  # type: ignore[attr-defined]
+    return record_transition(
+        obj,
+        source,
+        obj.state,  # type: ignore[attr-defined]
+        method,
+        actor=actor,
+        actor_label=actor_label,
+        institution=institution,
+        reason=reason,
+        audit_detail=audit_detail,
+    )
+
+
+def record_transition(
+    obj: models.Model,
+    source: str,
+    target: str,
+    method: str,
+    *,
+    actor: Any = None,
+    actor_label: str = "",
+    institution: Any = None,
+    reason: str = "",
+    audit_detail: dict | None = None,
+) -> Transition:
+    """Write the transition row and audit event of a state change the caller has saved.
+
+    For states kept outside django-fsm (a plain status column changed under
+    a row lock); the precondition is the same as :func:`apply_transition`'s.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("record_transition must run inside transaction.atomic")
     label = obj._meta.label_lower
     row = Transition.objects.create(
         content_type=ContentType.objects.get_for_model(obj),

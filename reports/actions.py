@@ -8,6 +8,7 @@ effects (exports, pushes, e-mail) after commit.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import uuid
 from datetime import timedelta
@@ -15,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from archive.actions import do_mark_study_reported
@@ -37,6 +38,7 @@ from .models import (
     empty_content,
 )
 
+log = logging.getLogger(__name__)
 MAX_SECTION = 20_000
 MAX_KEY_IMAGES = 24
 CRITICAL_TOPIC = "reports.critical"
@@ -99,6 +101,87 @@ def clean_macros(macros: Any) -> list[dict[str, str]]:
             {"name": str(m["name"])[:100], "section": m["section"], "text": str(m.get("text", ""))[:MAX_SECTION]}
         )
     return out
+
+
+TEMPLATE_FIELDS = ("name", "modality", "procedure_code", "body_part", "sections", "macros", "is_active")
+
+
+def _template_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """Validated template fields from ``values`` (only the keys present); raises :class:`ReportRefused`."""
+    unknown = set(values) - set(TEMPLATE_FIELDS)
+    if unknown:
+        raise ReportRefused(f"unknown template fields: {', '.join(sorted(unknown))}", "invalid", 400)
+    out = dict(values)
+    if "name" in out:
+        out["name"] = str(out["name"] or "").strip()[:200]
+        if not out["name"]:
+            raise ReportRefused("A template needs a name.", "invalid", 400)
+    if "sections" in out:
+        out["sections"] = clean_template_sections(out["sections"])
+    if "macros" in out:
+        out["macros"] = clean_macros(out["macros"])
+    return out
+
+
+def _save_template(row: ReportTemplate, **save: Any) -> None:
+    # The savepoint keeps the caller's transaction usable after a duplicate name.
+    try:
+        with transaction.atomic():
+            row.save(**save)
+    except IntegrityError:
+        raise ReportRefused(f"This hospital already has a template called {row.name}.", "invalid", 400) from None
+
+
+def do_create_report_template(
+    institution_id: Any, *, acting_user: Any, request: Any = None, **fields: Any
+) -> ReportTemplate:
+    """A new template of the institution (the caller keeps its templates). Raises :class:`ReportRefused`."""
+    values = _template_fields(fields)
+    if "name" not in values:
+        raise ReportRefused("A template needs a name.", "invalid", 400)
+    row = ReportTemplate(institution_id=institution_id, created_by=acting_user, **values)
+    with transaction.atomic():
+        _save_template(row, force_insert=True)
+        _audit_template("report_template.create", row, acting_user, request)
+    return row
+
+
+def do_change_report_template(
+    template: ReportTemplate, *, acting_user: Any, request: Any = None, **fields: Any
+) -> ReportTemplate:
+    """Change the given fields of a template; it stays at its institution. Raises :class:`ReportRefused`."""
+    institution_id = fields.pop("institution_id", template.institution_id)
+    if str(institution_id) != str(template.institution_id):
+        raise ReportRefused("A template stays at its hospital; make a new one there.", "invalid", 400)
+    values = _template_fields(fields)
+    with transaction.atomic():
+        locked = ReportTemplate.objects.select_for_update().get(pk=template.pk)
+        for field, value in values.items():
+            setattr(locked, field, value)
+        _save_template(locked, update_fields=list(values))
+        _audit_template("report_template.update", locked, acting_user, request, fields=sorted(values))
+    return locked
+
+
+def do_deactivate_report_template(template: ReportTemplate, *, acting_user: Any, request: Any = None) -> None:
+    """Withdraw a template from new reports; reports written from it keep their text."""
+    with transaction.atomic():
+        locked = ReportTemplate.objects.select_for_update().get(pk=template.pk)
+        locked.is_active = False
+        locked.save(update_fields=["is_active"])
+        _audit_template("report_template.deactivate", locked, acting_user, request)
+
+
+def _audit_template(action: str, row: ReportTemplate, acting_user: Any, request: Any, **detail: Any) -> None:
+    audit.record(
+        action,
+        request=request,
+        actor=acting_user,
+        institution=row.institution_id,
+        object_type="report_template",
+        object_id=row.pk,
+        detail=detail or None,
+    )
 
 
 # Drafts ----------------------------------------------------------------------------
@@ -407,11 +490,23 @@ def do_sign_report(
       orders and marks the study reported;
     * ``critical`` opens a :class:`CriticalResult` for the referring clinician.
 
-    Raises :class:`ReportRefused` (status 403 for a wrong password).
+    Raises :class:`ReportRefused` (status 403 for a wrong password); every
+    refusal is audited.
     """
-    _check_writer(report, acting_user)
-    username = acting_user.get_username()
-    if not _password_ok(acting_user, password, request):
+    try:
+        return _sign(
+            report,
+            acting_user=acting_user,
+            password=password,
+            request=request,
+            preliminary=preliminary,
+            base_revision=base_revision,
+            critical=critical,
+            critical_note=critical_note,
+            recipient=recipient,
+        )
+    except ReportRefused as refusal:
+        # Recorded after the refused transaction rolled back, so the attempt stays on record.
         audit.record(
             "report.sign_refused",
             request=request,
@@ -419,9 +514,27 @@ def do_sign_report(
             institution=report.institution_id,
             object_type="report",
             object_id=report.pk,
-            outcome="denied",
-            detail={"reason": "password"},
+            outcome="denied" if refusal.status == 403 else "failure",
+            detail={"reason": refusal.code, "preliminary": preliminary},
         )
+        raise
+
+
+def _sign(
+    report: Report,
+    *,
+    acting_user: Any,
+    password: str,
+    request: Any,
+    preliminary: bool,
+    base_revision: int | None,
+    critical: bool,
+    critical_note: str,
+    recipient: User | None,
+) -> ReportVersion:
+    _check_writer(report, acting_user)
+    username = acting_user.get_username()
+    if not _password_ok(acting_user, password, request):
         raise ReportRefused("The password is not correct.", "password", 403)
     key = signing.active_key(acting_user)
     with transaction.atomic():
@@ -543,6 +656,75 @@ def _queue_exports(version: ReportVersion) -> None:
     ReportExport.objects.bulk_create([ReportExport(version=version, target=t) for t in targets])
     if settings.REPORTS_EXPORT_ON_SIGN:
         tasks.export_report_version.delay_on_commit(str(version.pk))
+
+
+# Exports ---------------------------------------------------------------------------
+
+EXPORTER = "report export"
+
+
+def do_run_export(export: ReportExport, *, pdf: bytes | None = None) -> bool:
+    """Attempt one export of a signed version now; True when done (now or before). Safe to run twice.
+
+    The row stays locked while the archive or the HL7 interface is called, so
+    two workers never send one export twice. A failure is recorded and retried
+    with a growing delay up to ``REPORTS_EXPORT_MAX_ATTEMPTS``; every attempt's
+    outcome is audited with the row's change.
+    """
+    with transaction.atomic():
+        row = ReportExport.objects.select_for_update(skip_locked=True).filter(pk=export.pk).first()
+        if row is None or row.state != ReportExport.State.PENDING:
+            return row is not None and row.state == ReportExport.State.DONE
+        version = ReportVersion.objects.select_related(
+            "report__study__patient", "report__institution", "signing_key", "signer"
+        ).get(pk=row.version_id)
+        row.attempts += 1
+        try:
+            if row.target == ReportExport.Target.DICOM:
+                row.result = exports.store_in_archive(version, pdf)
+            else:
+                host, port = exports.outbound_address()
+                control = uuid.uuid4().hex[:20]
+                row.payload = exports.oru_message(version, control_id=control)
+                exports.send_mllp(row.payload, host=host, port=port, timeout=settings.REPORTS_HL7_TIMEOUT_SECONDS)
+                row.result = control
+        except Exception as exc:  # any failure is recorded and retried by the sweep
+            log.warning("report export %s (%s) failed: %s", row.pk, row.target, exc)
+            row.last_error = str(exc)[:2000]
+            if row.attempts >= settings.REPORTS_EXPORT_MAX_ATTEMPTS:
+                row.state = ReportExport.State.FAILED
+            row.next_attempt_at = timezone.now() + timedelta(seconds=min(3600, 15 * 2**row.attempts))
+            row.save(update_fields=["attempts", "last_error", "state", "next_attempt_at", "payload"])
+            _audit_export(row, version, "give_up" if row.state == ReportExport.State.FAILED else "retry")
+            return False
+        row.state = ReportExport.State.DONE
+        row.done_at = timezone.now()
+        row.last_error = ""
+        row.save(update_fields=["attempts", "result", "state", "done_at", "last_error", "payload"])
+        _audit_export(row, version, "done")
+    return True
+
+
+def _audit_export(row: ReportExport, version: ReportVersion, method: str) -> None:
+    # The export's history is its audit trail: its integer key has no place in
+    # the transition table, whose rows name objects by UUID.
+    audit.record(
+        f"report_export.{method}",
+        actor_label=EXPORTER,
+        institution=version.report.institution_id,
+        object_type="report_export",
+        object_id=row.pk,
+        patient_id=version.report.patient_id,
+        outcome="success" if method == "done" else "failure",
+        detail={
+            "source": ReportExport.State.PENDING,
+            "target": row.state,
+            "export": row.target,
+            "version": str(version.pk),
+            "attempts": row.attempts,
+            "error": row.last_error[:200],
+        },
+    )
 
 
 # Critical results ----------------------------------------------------------------------

@@ -58,6 +58,8 @@ class ReportTemplateSerializer(serializers.ModelSerializer):
             "is_active",
         ]
         read_only_fields = ["id"]
+        # A template's rules, its unique name among them, are its write actions' (reports.actions).
+        validators: list[Any] = []
 
 
 class VersionSerializer(serializers.ModelSerializer):
@@ -327,6 +329,7 @@ class ReportViewSet(viewsets.ViewSet):
         return Response(self._detail(request, report), status=status.HTTP_201_CREATED if created else 200)
 
     @extend_schema(responses={200: ReportDetailSerializer}, tags=["reports"])
+    @audit.records_refusal("report.view_refused", object_type="report", key="pk")
     def retrieve(self, request: Request, pk: str) -> Response:
         report = access_report(request.user, pk)
         actions.do_record_view(request, report)
@@ -379,6 +382,7 @@ class ReportViewSet(viewsets.ViewSet):
 
     @extend_schema(request=SignSerializer, responses={201: VersionSerializer}, tags=["reports"])
     @action(detail=True, methods=["post"])
+    @audit.records_refusal("report.sign_refused", object_type="report", key="pk")
     def sign(self, request: Request, pk: str) -> Response:
         """Sign the draft (or the open addendum): the password is asked again."""
         report = access_report(request.user, pk)
@@ -454,6 +458,7 @@ class ReportViewSet(viewsets.ViewSet):
         parameters=[OpenApiParameter("version", int)], responses={(200, "application/pdf"): bytes}, tags=["reports"]
     )
     @action(detail=True, methods=["get"])
+    @audit.records_refusal("report.view_refused", object_type="report", key="pk")
     def pdf(self, request: Request, pk: str) -> HttpResponse:
         from .pdf import render_pdf
 
@@ -520,52 +525,30 @@ class ReportTemplateViewSet(viewsets.ModelViewSet):
         """404 alike for a missing institution and one where the caller keeps no templates."""
         core_access.access_institution(self.request.user, institution_id, Role.RADIOLOGIST, Role.INSTITUTION_ADMIN)
 
-    def _clean(self, serializer: Any) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
+    def _act(self, action: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a template action as the caller; its refusals answer 400."""
         try:
-            if "sections" in serializer.validated_data:
-                extra["sections"] = actions.clean_template_sections(serializer.validated_data["sections"])
-            if "macros" in serializer.validated_data:
-                extra["macros"] = actions.clean_macros(serializer.validated_data["macros"])
+            return action(*args, acting_user=self.request.user, request=self.request, **kwargs)
         except actions.ReportRefused as exc:
             raise ValidationError({"detail": str(exc)}) from None
-        return extra
 
     def perform_create(self, serializer: Any) -> None:
-        self._check(serializer.validated_data["institution_id"])
-        row = serializer.save(created_by=self.request.user, **self._clean(serializer))
-        audit.record(
-            "report_template.create",
-            request=self.request,
-            institution=row.institution_id,
-            object_type="report_template",
-            object_id=row.pk,
-        )
+        data = dict(serializer.validated_data)
+        institution_id = data.pop("institution_id")
+        self._check(institution_id)
+        serializer.instance = self._act(actions.do_create_report_template, institution_id, **data)
 
     def perform_update(self, serializer: Any) -> None:
         self._check(serializer.instance.institution_id)
         if "institution_id" in serializer.validated_data:
             self._check(serializer.validated_data["institution_id"])
-        row = serializer.save(**self._clean(serializer))
-        audit.record(
-            "report_template.update",
-            request=self.request,
-            institution=row.institution_id,
-            object_type="report_template",
-            object_id=row.pk,
+        serializer.instance = self._act(
+            actions.do_change_report_template, serializer.instance, **serializer.validated_data
         )
 
     def perform_destroy(self, instance: ReportTemplate) -> None:
         self._check(instance.institution_id)
-        instance.is_active = False
-        instance.save(update_fields=["is_active"])
-        audit.record(
-            "report_template.deactivate",
-            request=self.request,
-            institution=instance.institution_id,
-            object_type="report_template",
-            object_id=instance.pk,
-        )
+        self._act(actions.do_deactivate_report_template, instance)
 
     def get_object(self) -> ReportTemplate:
         return access_template(self.request.user, self.kwargs["pk"])

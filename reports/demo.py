@@ -29,7 +29,7 @@ from workflow.actions import do_claim_reading_task, do_start_reading_process
 from worklist.actions import do_create_order, do_register_patient
 from worklist.models import Order, Procedure, Station
 
-from . import actions, tasks
+from . import actions
 from .models import Report, ReportExport, ReportTemplate
 
 TEMPLATES = {
@@ -108,7 +108,7 @@ def seed() -> list[str]:
     if done is None:
         done = _signed_demo_report(riverside)
     for export in ReportExport.objects.filter(version__report=done, state=ReportExport.State.PENDING):
-        tasks.run_export(export)
+        actions.do_run_export(export)
     version = done.versions.order_by("-number").first()
     code = version.verification_code if version else ""
     return [

@@ -10,62 +10,26 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import transaction
 from django.utils import timezone
 
-from .models import CriticalResult, ReportExport, ReportVersion
+from .models import CriticalResult, ReportExport
 
 log = logging.getLogger(__name__)
 
 
-def run_export(export: ReportExport, *, pdf: bytes | None = None) -> bool:
-    """Attempt one export now; True when done (now or before)."""
-    from . import exports
-
-    with transaction.atomic():
-        row = ReportExport.objects.select_for_update(skip_locked=True).filter(pk=export.pk).first()
-        if row is None or row.state != ReportExport.State.PENDING:
-            return row is not None and row.state == ReportExport.State.DONE
-        version = ReportVersion.objects.select_related(
-            "report__study__patient", "report__institution", "signing_key", "signer"
-        ).get(pk=row.version_id)
-        row.attempts += 1
-        try:
-            if row.target == ReportExport.Target.DICOM:
-                row.result = exports.store_in_archive(version, pdf)
-            else:
-                host, port = exports.outbound_address()
-                control = uuid.uuid4().hex[:20]
-                row.payload = exports.oru_message(version, control_id=control)
-                exports.send_mllp(row.payload, host=host, port=port, timeout=settings.REPORTS_HL7_TIMEOUT_SECONDS)
-                row.result = control
-        except Exception as exc:  # any failure is recorded and retried by the sweep
-            log.warning("report export %s (%s) failed: %s", row.pk, row.target, exc)
-            row.last_error = str(exc)[:2000]
-            if row.attempts >= settings.REPORTS_EXPORT_MAX_ATTEMPTS:
-                row.state = ReportExport.State.FAILED
-            row.next_attempt_at = timezone.now() + timedelta(seconds=min(3600, 15 * 2**row.attempts))
-            row.save(update_fields=["attempts", "last_error", "state", "next_attempt_at", "payload"])
-            return False
-        row.state = ReportExport.State.DONE
-        row.done_at = timezone.now()
-        row.last_error = ""
-        row.save(update_fields=["attempts", "result", "state", "done_at", "last_error", "payload"])
-    return True
-
-
 @shared_task(ignore_result=True)
 def export_report_version(version_id: str) -> int:
-    """Every pending export of one version; the PDF is made once for all of them."""
+    """Every pending export of one version."""
+    from .actions import do_run_export
+
     done = 0
     for row in ReportExport.objects.filter(version_id=uuid.UUID(version_id), state=ReportExport.State.PENDING):
-        done += run_export(row)
+        done += do_run_export(row)
     return done
 
 
@@ -99,7 +63,7 @@ def mail_critical_result(critical_id: str, event: str) -> int:
 @shared_task(ignore_result=True)
 def sweep() -> dict[str, Any]:
     """Escalate overdue critical results and run exports that are due (Celery beat)."""
-    from .actions import do_escalate_critical_results
+    from .actions import do_escalate_critical_results, do_run_export
 
     escalated = do_escalate_critical_results()
     due = list(
@@ -107,5 +71,5 @@ def sweep() -> dict[str, Any]:
             "pk", flat=True
         )[:200]
     )
-    exported = sum(run_export(ReportExport(pk=pk)) for pk in due)
+    exported = sum(do_run_export(ReportExport(pk=pk)) for pk in due)
     return {"escalated": escalated, "exported": exported}

@@ -93,6 +93,7 @@ def _paging(request: HttpRequest) -> dict[str, str]:
 
 @login_required
 @require_GET
+@audit.records_refusal("report.view_refused", object_type="report", key="report_id")
 def report_page(request: HttpRequest, report_id: str) -> HttpResponse:
     """One report: every signed version, key images, the verification badge, critical results."""
     report = access_report(request.user, report_id)
@@ -121,6 +122,7 @@ def report_page(request: HttpRequest, report_id: str) -> HttpResponse:
 
 @login_required
 @require_GET
+@audit.records_refusal("report.view_refused", object_type="report", key="report_id")
 def editor(request: HttpRequest, report_id: str) -> HttpResponse:
     """The editor: template, sections, macros, key images, autosave and the sign dialog (reports/editor.js)."""
     report = access_report(request.user, report_id)

@@ -37,6 +37,7 @@ from rest_framework.views import APIView
 
 from archive.access import access_study
 from archive.models import Instance, Series, Study
+from pacs_cloud import audit
 from pacs_cloud.authentication import BearerTokenAuthentication
 from workflow.access import held_tasks
 
@@ -457,6 +458,7 @@ class MprImage(DicomWebView):
 
 
 @login_required
+@audit.records_refusal("study.view_refused", object_type="study", key="study_id")
 def open_study(request: HttpRequest, study_id: str) -> HttpResponse:
     """The browser viewer for one study (audited as an opening of the study)."""
     study = access_study(request.user, pk=study_id)
@@ -652,6 +654,7 @@ class StudyManifest(APIView):
     """The viewer's description of a study: patient, series, images, geometry, presets, key images."""
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, tags=["viewer"], operation_id="viewer_study_manifest")
+    @audit.records_refusal("study.view_refused", object_type="study", key="study_id")
     def get(self, request: Request, study_id: str) -> Response:
         study = access_study(request.user, pk=study_id)
         record_study_view(request, study, via="viewer.api")

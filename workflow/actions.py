@@ -13,11 +13,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
@@ -26,7 +28,7 @@ from django_fsm import TransitionNotAllowed
 from archive.actions import do_mark_study_routed, grant_study_view, revoke_study_view
 from archive.models import Study
 from pacs_cloud import audit
-from pacs_cloud.fsm import apply_transition
+from pacs_cloud.fsm import apply_transition, record_transition
 from pacs_cloud.models import Institution, Membership, Role, User
 
 from . import notify, policy
@@ -40,6 +42,7 @@ from .models import (
     TASK_OPEN_STATES,
     PoolMember,
     ProcessInstance,
+    RadiologistPool,
     ReadingAgreement,
     ReadingTask,
     RoutingPolicy,
@@ -112,6 +115,296 @@ def do_save_routing_policy(
             detail={"version": row.version, "note": note},
         )
     return row
+
+
+# Pools, members and reading agreements --------------------------------------
+#
+# One validation for the pools page and the REST API: both call these actions
+# and show a ``ValidationError`` as a form error (the page) or a 400 (the API).
+# The callers have already decided that ``acting_user`` administers the pool's owner.
+
+MAX_CLAIM_CAP = 999
+_UNSET: Any = object()
+
+
+def _claim_cap_value(value: Any) -> int | None:
+    """A member's own cap: blank for the pool's, else a whole number from 1 to ``MAX_CLAIM_CAP``."""
+    if value is None or value == "":
+        return None
+    return _pool_cap_value(value)
+
+
+def _pool_cap_value(value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLAIM_CAP:
+        raise ValidationError({"claim_cap": f"The claim cap is a whole number from 1 to {MAX_CLAIM_CAP}."})
+    return value
+
+
+def _subspecialties(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationError({"subspecialties": "Expected a list of subspecialty names."})
+    return sorted({v.strip().lower() for v in value if v.strip()})
+
+
+def _hospitals(values: Any) -> list[Institution]:
+    """Active institutions named by instance or id; an unknown one is an error, not skipped."""
+    ids = set()
+    for value in values or []:
+        try:
+            ids.add(value.pk if isinstance(value, Institution) else uuid.UUID(str(value)))
+        except ValueError:
+            raise ValidationError({"credentialed_for": f"{value!r} is not a hospital."}) from None
+    found = list(Institution.objects.filter(pk__in=ids, is_active=True))
+    if len(found) != len(ids):
+        raise ValidationError({"credentialed_for": "One of these hospitals does not exist or is closed."})
+    return found
+
+
+def _audit_pool(action: str, obj: Any, institution_id: Any, acting_user: Any, request: Any, **detail: Any) -> None:
+    audit.record(
+        f"workflow.{action}",
+        request=request,
+        actor=acting_user,
+        institution=institution_id,
+        object_type=obj._meta.label_lower,
+        object_id=obj.pk,
+        detail={k: v for k, v in detail.items() if v is not None} or None,
+    )
+
+
+def _saved_uniquely(obj: Any, message: dict[str, str], **save: Any) -> None:
+    # The savepoint keeps the caller's transaction usable after a duplicate.
+    try:
+        with transaction.atomic():
+            obj.save(**save)
+    except IntegrityError:
+        raise ValidationError(message) from None
+
+
+def do_create_pool(
+    owner: Institution,
+    *,
+    acting_user: Any,
+    name: str,
+    description: str = "",
+    claim_cap: Any = 5,
+    is_active: bool = True,
+    request: Any = None,
+) -> RadiologistPool:
+    """A new pool of ``owner``'s radiologists. Raises ``ValidationError``."""
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError({"name": "A pool needs a name."})
+    pool = RadiologistPool(
+        owner=owner,
+        name=name[:200],
+        description=description or "",
+        claim_cap=_pool_cap_value(claim_cap),
+        is_active=bool(is_active),
+    )
+    with transaction.atomic():
+        _saved_uniquely(pool, {"name": f"{owner} already has a pool called {name}."}, force_insert=True)
+        _audit_pool("pool.created", pool, owner.pk, acting_user, request, name=pool.name)
+    return pool
+
+
+def do_change_pool(
+    pool: RadiologistPool,
+    *,
+    acting_user: Any,
+    request: Any = None,
+    owner: Any = _UNSET,
+    name: Any = _UNSET,
+    description: Any = _UNSET,
+    claim_cap: Any = _UNSET,
+    is_active: Any = _UNSET,
+) -> RadiologistPool:
+    """Change the given fields of a pool; its owner never changes. Raises ``ValidationError``."""
+    if owner is not _UNSET and getattr(owner, "pk", owner) != pool.owner_id:
+        raise ValidationError({"owner": "A pool cannot change owner."})
+    changes: dict[str, Any] = {}
+    if name is not _UNSET:
+        if not (name or "").strip():
+            raise ValidationError({"name": "A pool needs a name."})
+        changes["name"] = name.strip()[:200]
+    if description is not _UNSET:
+        changes["description"] = description or ""
+    if claim_cap is not _UNSET:
+        changes["claim_cap"] = _pool_cap_value(claim_cap)
+    if is_active is not _UNSET:
+        changes["is_active"] = bool(is_active)
+    with transaction.atomic():
+        locked = RadiologistPool.objects.select_for_update().get(pk=pool.pk)
+        for field, value in changes.items():
+            setattr(locked, field, value)
+        _saved_uniquely(
+            locked, {"name": f"{locked.owner} already has a pool called {locked.name}."}, update_fields=list(changes)
+        )
+        _audit_pool(
+            "pool.changed", locked, locked.owner_id, acting_user, request, **{k: str(v) for k, v in changes.items()}
+        )
+    return locked
+
+
+def do_add_pool_member(
+    pool: RadiologistPool,
+    user: User | None,
+    *,
+    acting_user: Any,
+    subspecialties: Any = None,
+    credentialed_for: Any = (),
+    claim_cap: Any = None,
+    is_active: bool = True,
+    request: Any = None,
+) -> PoolMember:
+    """Make one of the owner's radiologists a member of ``pool``. Raises ``ValidationError``.
+
+    Refused for anyone not an active radiologist of the pool's owner and for
+    someone already in the pool (change that membership instead).
+    """
+    if (
+        user is None
+        or not user.is_active
+        or not Membership.objects.filter(
+            user=user, institution_id=pool.owner_id, role=Role.RADIOLOGIST, is_active=True
+        ).exists()
+    ):
+        raise ValidationError({"user": f"{user or 'That user'} is not a radiologist of {pool.owner}."})
+    member = PoolMember(
+        pool=pool,
+        user=user,
+        subspecialties=_subspecialties(subspecialties),
+        claim_cap=_claim_cap_value(claim_cap),
+        is_active=bool(is_active),
+    )
+    hospitals = _hospitals(credentialed_for)
+    with transaction.atomic():
+        _saved_uniquely(member, {"user": f"{user} is already a member of {pool}."}, force_insert=True)
+        member.credentialed_for.set(hospitals)
+        _audit_pool("pool.member_added", member, pool.owner_id, acting_user, request, user=user.username)
+    return member
+
+
+def do_change_pool_member(
+    member: PoolMember,
+    *,
+    acting_user: Any,
+    request: Any = None,
+    pool: Any = _UNSET,
+    user: Any = _UNSET,
+    subspecialties: Any = _UNSET,
+    credentialed_for: Any = _UNSET,
+    claim_cap: Any = _UNSET,
+    is_active: Any = _UNSET,
+) -> PoolMember:
+    """Change the given fields of a membership. Raises ``ValidationError``."""
+    if (pool is not _UNSET and getattr(pool, "pk", pool) != member.pool_id) or (
+        user is not _UNSET and getattr(user, "pk", user) != member.user_id
+    ):
+        raise ValidationError(
+            {"user": "A membership cannot move to another pool or person; remove it and add another."}
+        )
+    changes: dict[str, Any] = {}
+    if subspecialties is not _UNSET:
+        changes["subspecialties"] = _subspecialties(subspecialties)
+    if claim_cap is not _UNSET:
+        changes["claim_cap"] = _claim_cap_value(claim_cap)
+    if is_active is not _UNSET:
+        changes["is_active"] = bool(is_active)
+    hospitals = None if credentialed_for is _UNSET else _hospitals(credentialed_for)
+    with transaction.atomic():
+        locked = PoolMember.objects.select_for_update().select_related("pool", "user").get(pk=member.pk)
+        for field, value in changes.items():
+            setattr(locked, field, value)
+        if changes:
+            locked.save(update_fields=list(changes))
+        if hospitals is not None:
+            locked.credentialed_for.set(hospitals)
+        _audit_pool(
+            "pool.member_changed",
+            locked,
+            locked.pool.owner_id,
+            acting_user,
+            request,
+            user=locked.user.username,
+            fields=sorted([*changes, *(["credentialed_for"] if hospitals is not None else [])]),
+        )
+    return locked
+
+
+def do_remove_pool_member(member: PoolMember, *, acting_user: Any, request: Any = None) -> None:
+    """Take a radiologist out of a pool; tasks they hold stay theirs."""
+    with transaction.atomic():
+        locked = PoolMember.objects.select_for_update().select_related("pool", "user").filter(pk=member.pk).first()
+        if locked is None:
+            return
+        _audit_pool(
+            "pool.member_removed", locked, locked.pool.owner_id, acting_user, request, user=locked.user.username
+        )
+        locked.delete()
+
+
+def _agreement_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """Validated agreement fields from ``values`` (only the keys present)."""
+    out: dict[str, Any] = {}
+    for key in ("modalities", "body_parts"):
+        if key in values:
+            value = values[key] if values[key] is not None else []
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValidationError({key: "Expected a list of strings."})
+            out[key] = [v.strip().upper() for v in value if v.strip()]
+    if "sla_minutes" in values:
+        errors = policy._Collector()
+        out["sla_minutes"] = policy._sla(values["sla_minutes"], "sla_minutes", errors)
+        if errors.errors:
+            raise ValidationError({"sla_minutes": [m for _, m in errors.errors]})
+    for key in ("valid_from", "valid_until", "is_active"):
+        if key in values:
+            out[key] = values[key]
+    if out.get("valid_from") is None and "valid_from" in out:
+        raise ValidationError({"valid_from": "An agreement needs a first day."})
+    return out
+
+
+def _check_validity(agreement: ReadingAgreement) -> None:
+    if agreement.valid_until is not None and agreement.valid_until < agreement.valid_from:
+        raise ValidationError({"valid_until": "The last day comes before the first."})
+
+
+def do_create_reading_agreement(
+    pool: RadiologistPool, hospital: Institution, *, acting_user: Any, request: Any = None, **fields: Any
+) -> ReadingAgreement:
+    """``hospital`` sends (some of) its studies to ``pool``: ``modalities``, ``body_parts``,
+    ``sla_minutes``, ``valid_from``, ``valid_until``, ``is_active``. Raises ``ValidationError``."""
+    agreement = ReadingAgreement(pool=pool, hospital=hospital, **_agreement_fields(fields))
+    _check_validity(agreement)
+    with transaction.atomic():
+        _saved_uniquely(agreement, {"hospital": f"{hospital} already has an agreement with {pool}."}, force_insert=True)
+        _audit_pool("agreement.created", agreement, pool.owner_id, acting_user, request, hospital=str(hospital.pk))
+    return agreement
+
+
+def do_change_reading_agreement(
+    agreement: ReadingAgreement, *, acting_user: Any, request: Any = None, **fields: Any
+) -> ReadingAgreement:
+    """Change the given terms of an agreement; its pool and hospital stay. Raises ``ValidationError``."""
+    for key in ("pool", "hospital"):
+        if key in fields and getattr(fields[key], "pk", fields[key]) != getattr(agreement, f"{key}_id"):
+            raise ValidationError({key: "An agreement keeps its pool and hospital; end it and make another."})
+        fields.pop(key, None)
+    changes = _agreement_fields(fields)
+    with transaction.atomic():
+        locked = ReadingAgreement.objects.select_for_update().select_related("pool").get(pk=agreement.pk)
+        for field, value in changes.items():
+            setattr(locked, field, value)
+        _check_validity(locked)
+        locked.save(update_fields=list(changes))
+        _audit_pool("agreement.changed", locked, locked.pool.owner_id, acting_user, request, fields=sorted(changes))
+    return locked
 
 
 # Starting a process -----------------------------------------------------------
@@ -378,6 +671,35 @@ def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any =
     Refused (``TaskRefused``) when the task is not open, not offered to them,
     they hold their cap already, or they hold the other read of a double read.
     """
+    try:
+        locked = _claim(task, acting_user)
+    except TaskRefused as refusal:
+        # Recorded after the refused transaction rolled back, so the denial stays on record.
+        _audit_refusal("claim", task, acting_user, refusal, request)
+        raise
+    # Offers stay active while the task is held, so they still name everyone
+    # whose list must drop it; read after commit, outside the locks.
+    notify.notify_withdrawn(locked, notify.eligible_user_ids(locked) - {acting_user.pk}, "claimed")
+    notify.notify_mine(locked, acting_user.pk)
+    return locked
+
+
+def _audit_refusal(what: str, task: ReadingTask, acting_user: Any, refusal: TaskRefused, request: Any) -> None:
+    audit.record(
+        f"workflow.readingtask.{what}_refused",
+        request=request,
+        actor=acting_user,
+        # A caller may pass a bare ``ReadingTask(pk=...)``.
+        institution=task.institution_id
+        or ReadingTask.objects.filter(pk=task.pk).values_list("institution_id", flat=True).first(),
+        object_type="workflow.readingtask",
+        object_id=task.pk,
+        outcome="denied",
+        detail={"code": refusal.code, "reason": refusal.message},
+    )
+
+
+def _claim(task: ReadingTask, acting_user: Any) -> ReadingTask:
     who = reader(acting_user)
     now = timezone.now()
     with transaction.atomic():
@@ -391,15 +713,6 @@ def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any =
             raise TaskRefused("This task is no longer open: someone else has claimed it or it has ended.", "not_open")
         offers = list(TaskOffer.objects.filter(who.offer_q(), task_id=locked.pk))
         if not offers:
-            audit.record(
-                "workflow.readingtask.claim_refused",
-                request=request,
-                actor=acting_user,
-                institution=locked.institution_id,
-                object_type="workflow.readingtask",
-                object_id=locked.pk,
-                outcome="denied",
-            )
             raise TaskRefused("This task is not offered to you.", "not_offered")
         # Lock this reader's user row so two claims at once cannot both pass
         # the cap. The count must be a later statement than the lock: under
@@ -434,10 +747,6 @@ def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any =
             user=acting_user,
             now=now,
         )
-    # Offers stay active while the task is held, so they still name everyone
-    # whose list must drop it; read after commit, outside the locks.
-    notify.notify_withdrawn(locked, notify.eligible_user_ids(locked) - {acting_user.pk}, "claimed")
-    notify.notify_mine(locked, acting_user.pk)
     return locked
 
 
@@ -511,12 +820,14 @@ def _advance_process(process_id: Any, now: datetime) -> None:
         process.state = ProcessInstance.State.COMPLETED
         process.ended_at = now
         process.save(update_fields=["state", "ended_at"])
-        audit.record(
-            "workflow.process.completed",
+        record_transition(
+            process,
+            ProcessInstance.State.RUNNING,
+            process.state,
+            "complete",
             actor_label=ENGINE,
             institution=process.institution_id,
-            object_type="workflow.processinstance",
-            object_id=process.pk,
+            reason="every task ended",
         )
 
 
@@ -731,14 +1042,16 @@ def do_cancel_process(process: ProcessInstance, *, actor: Any = None, actor_labe
         locked.state = ProcessInstance.State.CANCELLED
         locked.ended_at = now
         locked.save(update_fields=["state", "ended_at"])
-        audit.record(
-            "workflow.process.cancelled",
+        record_transition(
+            locked,
+            ProcessInstance.State.RUNNING,
+            locked.state,
+            "cancel",
             actor=actor,
             actor_label=actor_label,
             institution=locked.institution_id,
-            object_type="workflow.processinstance",
-            object_id=locked.pk,
-            detail={"reason": reason, "tasks": cancelled},
+            reason=reason,
+            audit_detail={"tasks": cancelled},
         )
     return cancelled
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404
@@ -173,6 +174,7 @@ class ReadingTaskViewSet(viewsets.ReadOnlyModelViewSet):
         audit_patient_list(request._request, shown)
         return response
 
+    @audit.records_refusal("workflow.readingtask.open_refused", object_type="workflow.readingtask", key="pk")
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         task = self.get_object()
         data = self.get_serializer(task).data
@@ -182,6 +184,7 @@ class ReadingTaskViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(request=None, responses={200: ReadingTaskSerializer, 403: Refusal, 409: Refusal})
     @action(detail=True, methods=["post"])
+    @audit.records_refusal("workflow.readingtask.claim_refused", object_type="workflow.readingtask", key="pk")
     def claim(self, request: Request, pk: str | None = None) -> Response:
         """Claim the task: it is mine alone and I may open the study."""
         task = access.access_task(request.user, pk, to_claim=True)
@@ -251,7 +254,7 @@ class ReadingTaskViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class _ManagedByOwner:
-    """Writes need an administrator of the owning institution."""
+    """Writes need an administrator of the owning institution; the actions validate them."""
 
     request: Request
 
@@ -259,15 +262,12 @@ class _ManagedByOwner:
         if institution_id not in access.admin_institutions(self.request.user):
             raise PermissionDenied("Only an administrator of the pool's institution may change it.")
 
-    def _audit(self, action: str, obj: Any, institution_id: Any, detail: dict | None = None) -> None:
-        audit.record(
-            f"workflow.{action}",
-            request=self.request._request,
-            institution=institution_id,
-            object_type=obj._meta.label_lower,
-            object_id=obj.pk,
-            detail=detail,
-        )
+    def _act(self, action: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a write action as the caller; its validation errors answer 400."""
+        try:
+            return action(*args, acting_user=self.request.user, request=self.request._request, **kwargs)
+        except DjangoValidationError as error:
+            raise ValidationError(error.message_dict if hasattr(error, "error_dict") else error.messages) from None
 
 
 class RadiologistPoolViewSet(_ManagedByOwner, viewsets.ModelViewSet):
@@ -284,19 +284,14 @@ class RadiologistPoolViewSet(_ManagedByOwner, viewsets.ModelViewSet):
         return access.access_pool(self.request.user, self.kwargs["pk"])
 
     def perform_create(self, serializer: Any) -> None:
-        self._require_admin(serializer.validated_data["owner"].pk)
-        pool = serializer.save()
-        self._audit("pool.created", pool, pool.owner_id)
+        data = dict(serializer.validated_data)
+        owner = data.pop("owner")
+        self._require_admin(owner.pk)
+        serializer.instance = self._act(actions.do_create_pool, owner, **data)
 
     def perform_update(self, serializer: Any) -> None:
         self._require_admin(serializer.instance.owner_id)
-        if (
-            "owner" in serializer.validated_data
-            and serializer.validated_data["owner"].pk != serializer.instance.owner_id
-        ):
-            raise ValidationError({"owner": "a pool cannot change owner"})
-        pool = serializer.save()
-        self._audit("pool.changed", pool, pool.owner_id, dict(self.request.data))
+        serializer.instance = self._act(actions.do_change_pool, serializer.instance, **serializer.validated_data)
 
 
 class PoolMemberViewSet(_ManagedByOwner, viewsets.ModelViewSet):
@@ -318,30 +313,18 @@ class PoolMemberViewSet(_ManagedByOwner, viewsets.ModelViewSet):
         return super().create(request, *args, **kwargs)
 
     def perform_create(self, serializer: Any) -> None:
-        pool = serializer.validated_data["pool"]
+        data = dict(serializer.validated_data)
+        pool, user = data.pop("pool"), data.pop("user")
         self._require_admin(pool.owner_id)
-        user = serializer.validated_data["user"]
-        if not core_access.has_role(user, pool.owner_id, "radiologist"):
-            raise ValidationError({"user": f"{user} is not a radiologist of {pool.owner}"})
-        if PoolMember.objects.filter(pool=pool, user=user).exists():
-            raise ValidationError({"user": "already a member of this pool"})
-        member = serializer.save()
-        self._audit("pool.member_added", member, pool.owner_id, {"user": user.username})
+        serializer.instance = self._act(actions.do_add_pool_member, pool, user, **data)
 
     def perform_update(self, serializer: Any) -> None:
         self._require_admin(serializer.instance.pool.owner_id)
-        if {"pool", "user"} & set(serializer.validated_data) and (
-            serializer.validated_data.get("pool", serializer.instance.pool) != serializer.instance.pool
-            or serializer.validated_data.get("user", serializer.instance.user) != serializer.instance.user
-        ):
-            raise ValidationError("A membership cannot move to another pool or person; remove it and add another.")
-        member = serializer.save()
-        self._audit("pool.member_changed", member, member.pool.owner_id)
+        serializer.instance = self._act(actions.do_change_pool_member, serializer.instance, **serializer.validated_data)
 
     def perform_destroy(self, instance: PoolMember) -> None:
         self._require_admin(instance.pool.owner_id)
-        self._audit("pool.member_removed", instance, instance.pool.owner_id, {"user": instance.user.username})
-        instance.delete()
+        self._act(actions.do_remove_pool_member, instance)
 
 
 class ReadingAgreementViewSet(_ManagedByOwner, viewsets.ModelViewSet):
@@ -362,14 +345,16 @@ class ReadingAgreementViewSet(_ManagedByOwner, viewsets.ModelViewSet):
         return super().create(request, *args, **kwargs)
 
     def perform_create(self, serializer: Any) -> None:
-        self._require_admin(serializer.validated_data["pool"].owner_id)
-        agreement = serializer.save()
-        self._audit("agreement.created", agreement, agreement.pool.owner_id)
+        data = dict(serializer.validated_data)
+        pool, hospital = data.pop("pool"), data.pop("hospital")
+        self._require_admin(pool.owner_id)
+        serializer.instance = self._act(actions.do_create_reading_agreement, pool, hospital, **data)
 
     def perform_update(self, serializer: Any) -> None:
         self._require_admin(serializer.instance.pool.owner_id)
-        agreement = serializer.save()
-        self._audit("agreement.changed", agreement, agreement.pool.owner_id)
+        serializer.instance = self._act(
+            actions.do_change_reading_agreement, serializer.instance, **serializer.validated_data
+        )
 
 
 # Routing policies -----------------------------------------------------------------

@@ -19,7 +19,7 @@ from archive.api import PatientRefSerializer
 from pacs_cloud.api import InstitutionRefSerializer
 from pacs_cloud.models import Institution, User
 
-from . import access, policy
+from . import access
 from .models import PoolMember, Priority, RadiologistPool, ReadingAgreement, ReadingTask, RoutingPolicy
 
 
@@ -155,11 +155,8 @@ class PoolMemberSerializer(serializers.ModelSerializer):
     class Meta:
         model = PoolMember
         fields = ["id", "pool", "user", "subspecialties", "credentialed_for", "claim_cap", "effective_cap", "is_active"]
-
-    def validate_subspecialties(self, value: Any) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise serializers.ValidationError("Expected a list of subspecialty names.")
-        return sorted({v.strip().lower() for v in value})
+        # Uniqueness, like every rule of a membership, is the write action's (workflow.actions).
+        validators: list[Any] = []
 
 
 class RadiologistPoolSerializer(serializers.ModelSerializer):
@@ -170,6 +167,7 @@ class RadiologistPoolSerializer(serializers.ModelSerializer):
         model = RadiologistPool
         fields = ["id", "owner", "name", "description", "claim_cap", "is_active", "members", "created_at"]
         read_only_fields = ["created_at"]
+        validators: list[Any] = []
 
 
 class ReadingAgreementSerializer(serializers.ModelSerializer):
@@ -191,24 +189,10 @@ class ReadingAgreementSerializer(serializers.ModelSerializer):
             "is_active",
             "in_force",
         ]
+        validators: list[Any] = []
 
     def get_in_force(self, agreement: ReadingAgreement) -> bool:
         return agreement.in_force()
-
-    def validate_sla_minutes(self, value: Any) -> dict[str, int]:
-        errors = policy._Collector()
-        result = policy._sla(value, "sla_minutes", errors)
-        if errors.errors:
-            raise serializers.ValidationError([m for _, m in errors.errors])
-        return result
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        for key in ("modalities", "body_parts"):
-            value = attrs.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise serializers.ValidationError({key: "Expected a list of strings."})
-            attrs[key] = [v.strip().upper() for v in value if v.strip()]
-        return attrs
 
 
 # Routing policies ------------------------------------------------------------------

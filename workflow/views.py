@@ -9,6 +9,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
@@ -22,7 +23,7 @@ from archive.models import Study
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
 from pacs_cloud.fsm import history
-from pacs_cloud.models import Institution, Membership, Role, User
+from pacs_cloud.models import Institution, Role, User
 from pacs_cloud.tenancy import current_institution
 
 from . import access, actions, diagram, policy
@@ -99,6 +100,7 @@ def worklist_rows(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@audit.records_refusal("workflow.readingtask.open_refused", object_type="workflow.readingtask", key="pk")
 def task_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     task = access.access_task(request.user, pk)
     sees_patient = access.can_see_patient(request.user, task)
@@ -120,6 +122,7 @@ def task_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 
 @login_required
 @require_POST
+@audit.records_refusal("workflow.readingtask.claim_refused", object_type="workflow.readingtask", key="pk")
 def claim_task(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     """Claim, then open the study (the viewer when it is there, else the task page)."""
     task = access.access_task(request.user, pk, to_claim=True)
@@ -132,6 +135,7 @@ def claim_task(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 
 
 @login_required
+@audit.records_refusal("workflow.readingtask.open_refused", object_type="workflow.readingtask", key="pk")
 def open_task(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     """Open the task's study for its holder (audited), in the viewer when there is one."""
     task = access.access_task(request.user, pk)
@@ -311,6 +315,13 @@ def policy_edit(request: HttpRequest) -> HttpResponse:
 @login_required
 def pool_list(request: HttpRequest) -> HttpResponse:
     """Pools I manage, belong to or send studies to, with members and agreements."""
+    return _pools_page(request)
+
+
+def _pools_page(
+    request: HttpRequest, error_for: Any = None, error: DjangoValidationError | None = None
+) -> HttpResponse:
+    """The pools page; a refused change (``error``) shows beside the form of ``error_for`` (a pool or member)."""
     pools = (
         access.visible_pools(request.user)
         .select_related("owner")
@@ -324,7 +335,29 @@ def pool_list(request: HttpRequest) -> HttpResponse:
             "pools": pools,
             "managed": managed,
             "hospitals": Institution.objects.filter(is_active=True, kind=Institution.Kind.HOSPITAL),
+            "error_for": str(error_for) if error else "",
+            "error_messages": _messages_of(error) if error else [],
         },
+        status=400 if error else 200,
+    )
+
+
+def _member_fields(request: HttpRequest, *, adding: bool = False) -> dict[str, Any]:
+    """A member form's fields as the actions take them (they validate)."""
+    return {
+        "subspecialties": [s for s in request.POST.get("subspecialties", "").split(",") if s.strip()],
+        "credentialed_for": request.POST.getlist("credentialed_for"),
+        "claim_cap": request.POST.get("claim_cap", "").strip() or None,
+        # The edit form's box sends nothing when unticked; the add form has none (a new member is active).
+        "is_active": adding or request.POST.get("is_active") == "on",
+    }
+
+
+def _messages_of(error: DjangoValidationError) -> list[str]:
+    return (
+        [m for messages_ in error.message_dict.values() for m in messages_]
+        if hasattr(error, "error_dict")
+        else error.messages
     )
 
 
@@ -334,42 +367,14 @@ def pool_add_member(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     pool = access.access_pool(request.user, pk, manage=True)
     username = request.POST.get("username", "").strip()
     user = User.objects.filter(username=username, is_active=True).first()
-    if (
-        user is None
-        or not Membership.objects.filter(
-            user=user, institution=pool.owner, role=Role.RADIOLOGIST, is_active=True
-        ).exists()
-    ):
-        messages.error(request, f"{username or 'That user'} is not a radiologist of {pool.owner.name}.")
-        return redirect("workflow-list-pools")
-    member, created = PoolMember.objects.get_or_create(pool=pool, user=user)
-    _update_member(request, member)
-    audit.record(
-        "workflow.pool.member_added" if created else "workflow.pool.member_changed",
-        request=request,
-        institution=pool.owner_id,
-        object_type="workflow.poolmember",
-        object_id=member.pk,
-        detail={"user": user.username},
-    )
+    try:
+        actions.do_add_pool_member(
+            pool, user, acting_user=request.user, request=request, **_member_fields(request, adding=True)
+        )
+    except DjangoValidationError as error:
+        return _pools_page(request, pool.pk, error)
     messages.info(request, f"{user} is a member of {pool.name}.")
     return redirect("workflow-list-pools")
-
-
-def _update_member(request: HttpRequest, member: PoolMember) -> None:
-    subs = [s.strip().lower() for s in request.POST.get("subspecialties", "").split(",") if s.strip()]
-    member.subspecialties = sorted(set(subs))
-    cap = request.POST.get("claim_cap", "").strip()
-    member.claim_cap = int(cap) if cap.isdigit() and 0 < int(cap) < 1000 else None
-    member.is_active = request.POST.get("is_active", "on") == "on"
-    member.save()
-    ids = []
-    for raw in request.POST.getlist("credentialed_for"):
-        try:
-            ids.append(uuid.UUID(raw))
-        except ValueError:
-            continue
-    member.credentialed_for.set(Institution.objects.filter(pk__in=ids, is_active=True))
 
 
 @login_required
@@ -379,24 +384,12 @@ def pool_edit_member(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
         PoolMember.objects.select_related("pool"), pk=pk, pool__owner_id__in=access.admin_institutions(request.user)
     )
     if request.POST.get("remove"):
-        audit.record(
-            "workflow.pool.member_removed",
-            request=request,
-            institution=member.pool.owner_id,
-            object_type="workflow.poolmember",
-            object_id=member.pk,
-            detail={"user": member.user.username},
-        )
-        member.delete()
+        actions.do_remove_pool_member(member, acting_user=request.user, request=request)
         messages.info(request, "Member removed.")
-    else:
-        _update_member(request, member)
-        audit.record(
-            "workflow.pool.member_changed",
-            request=request,
-            institution=member.pool.owner_id,
-            object_type="workflow.poolmember",
-            object_id=member.pk,
-        )
-        messages.info(request, "Member updated.")
+        return redirect("workflow-list-pools")
+    try:
+        actions.do_change_pool_member(member, acting_user=request.user, request=request, **_member_fields(request))
+    except DjangoValidationError as error:
+        return _pools_page(request, member.pk, error)
+    messages.info(request, "Member updated.")
     return redirect("workflow-list-pools")

@@ -24,7 +24,12 @@ from django_fsm import TransitionNotAllowed
 from pydicom import Dataset
 
 from archive import names
-from archive.actions import do_complete_study, do_correct_patient_demographics, do_link_study_to_patient
+from archive.actions import (
+    do_complete_study,
+    do_correct_patient_demographics,
+    do_create_patient,
+    do_link_study_to_patient,
+)
 from archive.models import Instance, Patient, Study
 from pacs_cloud import audit, push
 from pacs_cloud.fsm import apply_transition
@@ -215,24 +220,16 @@ def _create_patient(
     actor: Any,
     request: HttpRequest | None,
 ) -> Patient:
-    patient = Patient.objects.create(
-        institution=institution,
+    return do_create_patient(
+        institution,
         patient_id=patient_id or issue_patient_id(institution),
-        issuer=institution.patient_id_issuer,
-        **patient_name_fields(name),
+        name=name,
         birth_date=birth_date,
         sex=sex,
-    )
-    audit.record(
-        "worklist.patient.register",
-        request=request,
         actor=actor,
-        institution=institution,
-        object_type="archive.patient",
-        object_id=patient.pk,
-        patient_id=patient.patient_id,
+        request=request,
+        event="worklist.patient.register",
     )
-    return patient
 
 
 def do_find_or_register_patient(
@@ -1088,3 +1085,26 @@ def check_study_completion(study: Study) -> bool:
         return False
     ae = completed[0].station_ae_title
     return do_complete_study(study, actor_label=f"AE {ae}", reason="MPPS completed and every referenced image archived")
+
+
+# The catalogue --------------------------------------------------------------------
+
+
+def do_save_catalogue_item(
+    item: Procedure | Station, *, institution: Institution, acting_user: Any, request: HttpRequest | None = None
+) -> Procedure | Station:
+    """Save a procedure or station of ``institution``'s catalogue (validated by its form), audited."""
+    what = item._meta.model_name
+    with transaction.atomic():
+        item.institution = institution
+        item.save()
+        audit.record(
+            f"worklist.{what}.save",
+            request=request,
+            actor=acting_user,
+            institution=institution,
+            object_type=f"worklist.{what}",
+            object_id=item.pk,
+            detail={f.name: str(f.value_from_object(item)) for f in item._meta.concrete_fields if f.name != "id"},
+        )
+    return item

@@ -9,7 +9,6 @@ from zoneinfo import ZoneInfo
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
 from django.db.models import Count, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -421,18 +420,9 @@ def _edit_catalogue(request: HttpRequest, model: Any, form_class: Any, pk: Any, 
             raise Http404(f"No such {what}")
     form = form_class(request.POST or None, instance=instance, institution=institution)
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            item = form.save(commit=False)
-            item.institution = institution
-            item.save()
-            audit.record(
-                f"worklist.{what}.save",
-                request=request,
-                institution=institution,
-                object_type=f"worklist.{what}",
-                object_id=item.pk,
-                detail={k: str(v) for k, v in form.cleaned_data.items()},
-            )
+        item = actions.do_save_catalogue_item(
+            form.save(commit=False), institution=institution, acting_user=request.user, request=request
+        )
         messages.success(request, f"{item} saved.")
         return redirect("worklist-show-catalogue")
     return render(request, "worklist/catalogue_edit.html", {"form": form, "what": what, "instance": instance})

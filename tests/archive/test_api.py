@@ -12,6 +12,7 @@ from archive.actions import do_correct_patient_demographics, do_link_study_to_pa
 from archive.ingest import IngestError, store_instance
 from archive.models import DicomNode, IngestConflict, Patient, Study
 from archive.storage import get_storage
+from pacs_cloud.fsm import history
 from pacs_cloud.models import AuditEvent
 from tests.archive.conftest import make_ct, write
 from tests.conftest import api_client
@@ -138,6 +139,9 @@ def test_a_conflict_is_reviewed_by_an_institution_admin(tenants, storage_dir, tm
         assert b"RESENT WITH CHANGES" in handle.read()
     conflict = IngestConflict.objects.get()
     assert conflict.status == "replaced"
+    (transition,) = history(conflict)
+    assert (transition.source, transition.target, transition.actor) == ("open", "replaced", tenants.a.institution_admin)
+    assert AuditEvent.objects.filter(action="archive.ingestconflict.resolve", object_id=str(conflict.pk)).exists()
     with get_storage().open(conflict.storage_key) as handle:
         assert b"RESENT WITH CHANGES" not in handle.read()  # the old object is kept aside in its place
 

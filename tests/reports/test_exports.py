@@ -16,7 +16,8 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from archive.models import Instance
 from archive.storage import get_storage
 from pacs_cloud.authentication import issue_token
-from reports import exports, tasks
+from pacs_cloud.models import AuditEvent
+from reports import actions, exports, tasks
 from reports.models import ReportExport
 from tests.conftest import api_client
 
@@ -49,7 +50,7 @@ def test_the_pdf_holds_the_findings_the_header_and_the_signature(reading, tmp_pa
 def test_the_encapsulated_pdf_is_archived_with_the_study(reading, tmp_path):
     report, version = write_and_sign(reading)
     row = ReportExport.objects.get(version=version, target=ReportExport.Target.DICOM)
-    assert tasks.run_export(row)
+    assert actions.do_run_export(row)
     row.refresh_from_db()
     assert row.state == ReportExport.State.DONE
     instance = Instance.objects.select_related("series__study").get(sop_instance_uid=row.result)
@@ -150,7 +151,7 @@ def test_the_oru_message_reaches_the_interface_and_parses(reading, settings):
     try:
         _, version = write_and_sign(reading)
         row = ReportExport.objects.get(version=version, target=ReportExport.Target.HL7)
-        assert tasks.run_export(row)
+        assert actions.do_run_export(row)
     finally:
         listener.close()
     row.refresh_from_db()
@@ -173,7 +174,7 @@ def test_an_unreachable_interface_is_retried_by_the_sweep(reading, settings):
     try:
         _, version = write_and_sign(reading, findings="Pipe | and caret ^ survive.")
         row = ReportExport.objects.get(version=version, target=ReportExport.Target.HL7)
-        assert not tasks.run_export(row)  # refused with AE
+        assert not actions.do_run_export(row)  # refused with AE
         row.refresh_from_db()
         assert row.state == ReportExport.State.PENDING and row.attempts == 1 and "AE" in row.last_error
         listener.ack = "AA"
@@ -183,6 +184,11 @@ def test_an_unreachable_interface_is_retried_by_the_sweep(reading, settings):
         listener.close()
     row.refresh_from_db()
     assert row.state == ReportExport.State.DONE and row.attempts == 2
+    attempts = AuditEvent.objects.filter(object_type="report_export", object_id=str(row.pk)).order_by("id")
+    assert [(e.action, e.detail["target"], e.detail["attempts"]) for e in attempts] == [
+        ("report_export.retry", "pending", 1),
+        ("report_export.done", "done", 2),
+    ]
     message = hl7.parse(listener.messages[-1])
     assert "Pipe | and caret ^ survive." in [
         str(o[5]).replace("\\F\\", "|").replace("\\S\\", "^") for o in message.segments("OBX")

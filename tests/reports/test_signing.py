@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 from django.db import IntegrityError, InternalError, ProgrammingError, connection, transaction
 
+from pacs_cloud.models import AuditEvent
 from reports import actions, signing
 from reports.models import FinalReportError, ImmutableError, Report, ReportVersion, SigningKey
 from tests.conftest import PASSWORD, api_client, requires_postgres
@@ -99,6 +100,29 @@ def test_signing_asks_for_the_password_again(reading):
     signed = client.post(f"/api/v1/reports/{report.pk}/sign/", {"password": PASSWORD}, format="json")
     assert signed.status_code == 201, signed.content
     assert Report.objects.get(pk=report.pk).state == Report.State.FINAL
+
+
+@requires_postgres
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_signature_leaves_an_audit_event(reading):
+    author = reading.tenant.radiologist
+    report, _ = actions.do_create_report(reading.study, acting_user=author, template=reading.template)
+    actions.do_autosave_draft(
+        report, acting_user=author, content={**report.draft, "findings": "Normal."}, base_revision=None
+    )
+    # Someone who does not read the study, then the author once the report is final.
+    stranger = reading.tenant.clinician
+    refused = api_client(stranger).post(f"/api/v1/reports/{report.pk}/sign/", {"password": PASSWORD}, format="json")
+    assert refused.status_code == 403
+    actions.do_sign_report(Report.objects.get(pk=report.pk), acting_user=author, password=PASSWORD)
+    with pytest.raises(actions.ReportRefused):
+        actions.do_sign_report(Report.objects.get(pk=report.pk), acting_user=author, password=PASSWORD)
+    events = AuditEvent.objects.filter(action="report.sign_refused", object_id=str(report.pk)).order_by("id")
+    assert [(e.actor_id, e.outcome, e.detail["reason"]) for e in events] == [
+        (stranger.pk, AuditEvent.Outcome.DENIED, "not_author"),
+        (author.pk, AuditEvent.Outcome.FAILURE, "final"),
+    ]
 
 
 def test_an_edit_of_a_final_report_is_refused_through_every_route(reading):

@@ -8,6 +8,7 @@ import pytest
 from django.db import connection
 
 from archive import access
+from pacs_cloud.models import AuditEvent
 from tests.conftest import requires_postgres
 from tests.workflow.conftest import make_radiologist, make_study, save_policy
 from workflow.access import offered_tasks
@@ -46,6 +47,24 @@ def test_a_task_not_offered_to_you_cannot_be_claimed(tenants, centre):
         with pytest.raises(TaskRefused) as refused:
             do_claim_reading_task(task, acting_user=user)
         assert refused.value.code == "not_offered"
+
+
+@requires_postgres
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_claim_leaves_an_audit_event(tenants, centre):
+    save_policy(tenants.b.institution, pool_policy(centre.pool))
+    task = do_start_reading_process(make_study(tenants.b.institution)).tasks.get()
+    for user, code in ((tenants.a.radiologist, "not_offered"), (centre.readers[1], "not_open")):
+        if code == "not_open":
+            do_claim_reading_task(task, acting_user=centre.readers[0])
+        with pytest.raises(TaskRefused):
+            do_claim_reading_task(task, acting_user=user)
+        event = AuditEvent.objects.get(action="workflow.readingtask.claim_refused", actor_id=user.pk)
+        assert event.outcome == AuditEvent.Outcome.DENIED
+        assert event.object_id == str(task.pk)
+        assert event.institution_id == tenants.b.institution.pk
+        assert event.detail["code"] == code
 
 
 def test_a_subspecialty_offer_reaches_only_members_with_it(tenants, centre):

@@ -12,10 +12,12 @@ from archive import access
 from archive.actions import do_complete_study
 from archive.models import Study
 from pacs_cloud.fsm import history
+from pacs_cloud.models import AuditEvent
 from tests.workflow.conftest import make_study, save_policy
 from workflow.access import offered_tasks
 from workflow.actions import (
     TaskRefused,
+    do_cancel_process,
     do_claim_reading_task,
     do_finalize_task,
     do_mark_task_drafting,
@@ -60,8 +62,26 @@ def test_a_completed_study_is_routed_offered_claimed_and_finalised(tenants, cent
     assert task.state == ReadingTask.State.FINAL
     # The signer keeps read access; the process is complete.
     assert access.access_study(reader, pk=study.pk) == study
-    assert ProcessInstance.objects.get(study=study).state == ProcessInstance.State.COMPLETED
+    process = ProcessInstance.objects.get(study=study)
+    assert process.state == ProcessInstance.State.COMPLETED
     assert [t.target for t in history(task)] == ["offered", "claimed", "drafting", "final"]
+    assert [(t.source, t.target, t.method) for t in history(process)] == [("running", "completed", "complete")]
+
+
+def test_cancelling_a_process_writes_its_transition(tenants, centre):
+    save_policy(tenants.a.institution, own_and_pool(centre.pool))
+    process = do_start_reading_process(make_study(tenants.a.institution))
+    assert do_cancel_process(process, actor=tenants.a.institution_admin, reason="order cancelled") == 1
+    process.refresh_from_db()
+    assert process.state == ProcessInstance.State.CANCELLED
+    (row,) = history(process)
+    assert (row.source, row.target, row.actor, row.reason) == (
+        "running",
+        "cancelled",
+        tenants.a.institution_admin,
+        "order cancelled",
+    )
+    assert AuditEvent.objects.filter(action="workflow.processinstance.cancel", object_id=str(process.pk)).exists()
 
 
 def test_releasing_revokes_the_grant_and_reoffers(tenants, centre):

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from pacs_cloud import access, audit
 from pacs_cloud.access import HasClinicalRole, IsInstitutionAdmin
+from pacs_cloud.lib.person_names import display_name
 from pacs_cloud.models import Institution, Role
 
 from . import actions
@@ -28,21 +29,29 @@ class PatientSerializer(serializers.Serializer):
     patient_id = serializers.CharField()
     issuer = serializers.SerializerMethodField()
     name = serializers.CharField()
+    display_name = serializers.SerializerMethodField(help_text="The name as shown: 张三 (ZHANG, SAN)")
     birth_date = serializers.DateField(allow_null=True)
     sex = serializers.CharField()
 
     def get_issuer(self, patient: Any) -> str:
         return "" if patient.issuer.startswith("no-patient-id:") else patient.issuer
 
+    def get_display_name(self, patient: Any) -> str:
+        return display_name(patient.name)
+
 
 @extend_schema_serializer(component_name="Patient")
 class PatientRefSerializer(serializers.Serializer):
     """A patient as other resources show one (a reading task's, a referral's): demographics, no issuer."""
 
-    name = serializers.CharField()
+    name = serializers.CharField(help_text="The DICOM PN value")
+    display_name = serializers.SerializerMethodField(help_text="The name as shown: 张三 (ZHANG, SAN)")
     patient_id = serializers.CharField()
     birth_date = serializers.DateField(allow_null=True)
     sex = serializers.CharField()
+
+    def get_display_name(self, patient: Any) -> str:
+        return display_name(patient["name"] if isinstance(patient, dict) else patient.name)
 
 
 class SeriesSerializer(serializers.ModelSerializer):

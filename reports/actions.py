@@ -19,10 +19,12 @@ from django.contrib.auth import authenticate
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from archive import names
 from archive.actions import do_mark_study_reported
 from archive.models import Instance, Study
 from pacs_cloud import audit, push
 from pacs_cloud.fsm import apply_transition
+from pacs_cloud.lib.local_time import format_local
 from pacs_cloud.models import Membership, Role, User
 
 from . import exports, signing
@@ -188,7 +190,8 @@ def _audit_template(action: str, row: ReportTemplate, acting_user: Any, request:
 
 
 def _search_name(name: str) -> str:
-    return re.sub(r"[\^=,\s]+", " ", name).strip().upper()
+    """The lookup's matching form of a patient name: every word, in every group (:mod:`archive.names`)."""
+    return names.name_forms(name).words[:324]
 
 
 def _identity_fields(study: Study) -> dict[str, Any]:
@@ -419,7 +422,7 @@ def _signed_content(report: Report, latest: ReportVersion | None, now: Any, sign
         if not text:
             raise ReportRefused("The addendum is empty.", "empty", 400)
         earlier = latest.content.get("addendum", "")
-        stamp = f"Addendum {now:%Y-%m-%d %H:%M} UTC, {signer_name}:"
+        stamp = f"Addendum {format_local(now, report.institution.time_zone)}, {signer_name}:"
         content = {k: latest.content.get(k, "") for k in SECTIONS}
         content["addendum"] = (earlier + "\n\n" if earlier else "") + f"{stamp}\n{text}"
         return content

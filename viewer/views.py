@@ -39,6 +39,7 @@ from archive.access import access_study
 from archive.models import Instance, Series, Study
 from pacs_cloud import audit
 from pacs_cloud.authentication import BearerTokenAuthentication
+from pacs_cloud.lib.person_names import display_name
 from workflow.access import held_tasks
 
 from . import actions, mpr, pixels
@@ -627,6 +628,7 @@ def study_manifest(study: Study, user: Any) -> dict[str, Any]:
         "study_instance_uid": study.study_instance_uid,
         "patient": {
             "name": patient.name,
+            "display_name": display_name(patient.name),
             "id": patient.patient_id,
             "birth_date": patient.birth_date.isoformat() if patient.birth_date else None,
             "sex": patient.sex,

@@ -23,6 +23,7 @@ from pacs_cloud import audit
 from pacs_cloud.access import has_role
 from pacs_cloud.fsm import history
 from pacs_cloud.home import Panel
+from pacs_cloud.lib.person_names import display_name
 from pacs_cloud.models import CLINICAL_ROLES, Institution, Role
 from pacs_cloud.tenancy import current_institution
 
@@ -151,7 +152,7 @@ def register(request: HttpRequest) -> HttpResponse:
             for message in exc.messages:
                 order_form.add_error(None, message)
         else:
-            messages.success(request, f"Exam {order.accession_number} registered for {patient.name}.")
+            messages.success(request, f"Exam {order.accession_number} registered for {display_name(patient.name)}.")
             return redirect("worklist-show-order", pk=order.pk)
     return render(
         request,

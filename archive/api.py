@@ -72,7 +72,13 @@ class SeriesSerializer(serializers.ModelSerializer):
 class StudySerializer(serializers.ModelSerializer):
     institution = serializers.SerializerMethodField()
     patient = PatientSerializer()
+    # As DICOM counts them (every stored object, the archived report included) ...
     modalities = serializers.SerializerMethodField()
+    # ... and as the pages do: images only; the report is the report.
+    image_modalities = serializers.ListField(child=serializers.CharField(), read_only=True)
+    image_series = serializers.IntegerField(read_only=True)
+    image_instances = serializers.IntegerField(read_only=True)
+    has_report_document = serializers.BooleanField(read_only=True)
     dicomweb_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -91,6 +97,10 @@ class StudySerializer(serializers.ModelSerializer):
             "modalities",
             "num_series",
             "num_instances",
+            "image_modalities",
+            "image_series",
+            "image_instances",
+            "has_report_document",
             "size_bytes",
             "state",
             "received_at",
@@ -270,6 +280,7 @@ class IngestConflictSerializer(serializers.ModelSerializer):
             "sha256",
             "size",
             "source",
+            "reason",
             "status",
             "received_at",
             "resolved_at",
@@ -277,7 +288,8 @@ class IngestConflictSerializer(serializers.ModelSerializer):
 
 
 class IngestConflictViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Objects refused because their SOP Instance UID is archived with other content, for review."""
+    """Objects kept aside for review: their SOP Instance UID is archived with other content, or
+    they were refused for what they say (``reason``)."""
 
     serializer_class = IngestConflictSerializer
     permission_classes = [IsInstitutionAdmin]
@@ -299,5 +311,8 @@ class IngestConflictViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
         keep = str(request.data.get("keep", ""))
         if keep not in ("existing", "new"):
             return Response({"keep": ["Choose 'existing' or 'new'."]}, status=status.HTTP_400_BAD_REQUEST)
-        resolved = actions.do_resolve_conflict(conflict, keep=keep, acting_user=request.user)
+        try:
+            resolved = actions.do_resolve_conflict(conflict, keep=keep, acting_user=request.user)
+        except ValueError as exc:
+            return Response({"keep": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         return Response(IngestConflictSerializer(resolved).data)

@@ -146,7 +146,7 @@ def render_pdf(version: ReportVersion) -> bytes:
         ["Patient", display_name(patient.name) or "—", "Patient ID", patient.patient_id],
         ["Birth date", patient.birth_date.isoformat() if patient.birth_date else "—", "Sex", patient.sex or "—"],
         ["Study", study.description or "—", "Study date", study.study_date.isoformat() if study.study_date else "—"],
-        ["Accession", study.accession_number or "—", "Modality", study.modalities or "—"],
+        ["Accession", study.accession_number or "—", "Modality", "/".join(study.image_modalities) or "—"],
     ]
     # Labels in grey, values in black; both are paragraphs so a Chinese name prints in the CJK font.
     cells = [[_para(text, s["cell" if column % 2 else "label"]) for column, text in enumerate(row)] for row in facts]

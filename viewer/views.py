@@ -636,7 +636,9 @@ def study_manifest(study: Study, user: Any) -> dict[str, Any]:
         "study_date": study.study_date.isoformat() if study.study_date else None,
         "description": study.description,
         "accession_number": study.accession_number,
-        "modalities": study.modalities,
+        # Image modalities: the archived report is shown as the report, not as a series.
+        "modalities": "\\".join(study.image_modalities),
+        "has_report_document": study.has_report_document,
         "series": series_out,
         "presets": {name: {"center": c, "width": w} for name, (c, w) in PRESETS.items()},
         "key_images": key_image_rows,

@@ -149,8 +149,12 @@ def register(request: HttpRequest) -> HttpResponse:
             if new_patient is not None and hasattr(exc, "error_dict"):
                 if any(e.code == "possible_duplicate" for e in exc.error_dict.get("name", [])):
                     duplicates = actions.likely_duplicates(institution, new_patient["name"], new_patient["birth_date"])
-            for message in exc.messages:
-                order_form.add_error(None, message)
+            fields = exc.error_dict if hasattr(exc, "error_dict") else {}
+            if patient_form is not None and "birth_date" in fields:
+                patient_form.add_error("birth_date", fields["birth_date"])
+            else:
+                for message in exc.messages:
+                    order_form.add_error(None, message)
         else:
             messages.success(request, f"Exam {order.accession_number} registered for {display_name(patient.name)}.")
             return redirect("worklist-show-order", pk=order.pk)

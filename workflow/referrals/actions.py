@@ -56,6 +56,7 @@ from pacs_cloud import access as core_access
 from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition
 from pacs_cloud.lib import dicom_datetime
+from pacs_cloud.lib.local_time import format_local
 from pacs_cloud.models import Institution, Role, Transition, role_group_name
 from pacs_cloud.push import institution_group, notify_many
 
@@ -592,11 +593,13 @@ def _remind(pk: Any, now: datetime) -> bool:
         ):
             return False
         due = referral.response_due_at
+        # The reminder is addressed to the receiving team: in its hospital's time and zone.
+        shown = format_local(due, referral.to_institution.time_zone)
         if now < due:
-            text = f"Reminder: a response is due by {due:%Y-%m-%d %H:%M} UTC."
+            text = f"Reminder: a response is due by {shown}."
             following = due
         else:
-            text = f"Reminder: the response was due at {due:%Y-%m-%d %H:%M} UTC and is overdue."
+            text = f"Reminder: the response was due at {shown} and is overdue."
             following = now + timedelta(hours=settings.REFERRAL_REMINDER_HOURS)
         ReferralMessage.objects.create(
             referral=referral, kind=ReferralMessage.Kind.REMINDER, institution=referral.to_institution, body=text

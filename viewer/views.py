@@ -35,9 +35,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from archive.access import access_study
 from archive.models import Instance, Series, Study
 from pacs_cloud import audit
-from pacs_cloud.access import access_study
 from pacs_cloud.authentication import BearerTokenAuthentication
 from pacs_cloud.lib import image_labels
 from pacs_cloud.lib.person_names import display_name

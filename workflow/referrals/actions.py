@@ -41,15 +41,16 @@ from typing import Any
 
 import pydicom
 from django.conf import settings
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 from pydicom.dataset import Dataset
 
+from archive.actions import grant_study_view, revoke_study_view
 from archive.ingest import IngestError, IngestSession, Source, store_instance
-from archive.models import Instance, Patient, Study, StudyGroupObjectPermission
+from archive.models import Instance, Patient, Study
 from archive.storage import get_storage
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
@@ -633,31 +634,17 @@ def do_sweep_referrals(*, now: datetime | None = None) -> dict[str, int]:
 # Shares and their grants ---------------------------------------------------------------
 
 
-def _view_study_permission_id() -> int:
-    return Permission.objects.only("pk").get(content_type__app_label="archive", codename="view_study").pk
-
-
 def _groups(institution: Institution) -> list[Group]:
     return [Group.objects.get_or_create(name=role_group_name(institution, role))[0] for role in SHARED_WITH_ROLES]
 
 
 def _grant(study_id: Any, institution: Institution) -> None:
-    permission = _view_study_permission_id()
-    StudyGroupObjectPermission.objects.bulk_create(
-        [
-            StudyGroupObjectPermission(group=group, permission_id=permission, content_object_id=study_id)
-            for group in _groups(institution)
-        ],
-        ignore_conflicts=True,
-    )
+    grant_study_view(study_id, groups=_groups(institution))
 
 
 def _ungrant(study_id: Any, institution: Institution) -> int:
     names = [role_group_name(institution, role) for role in SHARED_WITH_ROLES]
-    deleted, _ = StudyGroupObjectPermission.objects.filter(
-        content_object_id=study_id, group__name__in=names, permission__codename="view_study"
-    ).delete()
-    return deleted
+    return revoke_study_view(study_id, groups=Group.objects.filter(name__in=names))
 
 
 def _lock_study(study_id: Any) -> Study:

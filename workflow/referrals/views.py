@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.http import require_POST
 
+from archive.access import access_study, visible_studies
 from archive.models import Patient, Study
 from archive.query import patient_name_q
 from pacs_cloud import access as core_access
@@ -82,7 +83,7 @@ def referral_list(request: HttpRequest) -> HttpResponse:
 
 def study_choices(request: HttpRequest, institution: Institution, *, panel: str = "referral-new") -> list[Study]:
     """The institution's studies the user sees, searched by ``?q=`` (patient ID or name); the list is audited."""
-    qs = core_access.visible_studies(request.user).filter(institution=institution).select_related("patient")
+    qs = visible_studies(request.user).filter(institution=institution).select_related("patient")
     query = (request.GET.get("q") or "").strip()
     if query:
         qs = qs.filter(patient__patient_id__iexact=query) | qs.filter(patient_name_q(query, prefix="patient__"))
@@ -110,7 +111,7 @@ def referral_new(request: HttpRequest) -> HttpResponse:
             ids = [UUID(v) for v in form.getlist("studies")]
         except ValueError:
             ids = []
-        studies = [core_access.access_study(request.user, pk=pk) for pk in ids]
+        studies = [access_study(request.user, pk=pk) for pk in ids]
         to = None
         try:
             to = targets.filter(pk=UUID(form.get("to_institution") or "")).first()
@@ -174,9 +175,7 @@ def referral_detail(request: HttpRequest, pk: UUID) -> HttpResponse:
     allowed = access.allowed_actions(request.user, referral)
     attached = list(referral.attachments.select_related("study__institution"))
     visible = set(
-        core_access.visible_studies(request.user)
-        .filter(pk__in=[row.study_id for row in attached])
-        .values_list("pk", flat=True)
+        visible_studies(request.user).filter(pk__in=[row.study_id for row in attached]).values_list("pk", flat=True)
     )
     shared = access.shared_study_ids(referral)
     imports = {
@@ -279,7 +278,7 @@ def referral_act(request: HttpRequest, pk: UUID) -> HttpResponse:
             )
             done = "Consent recorded."
         elif what == "attach":
-            study = core_access.access_study(user, pk=form.get("study") or "")
+            study = access_study(user, pk=form.get("study") or "")
             actions.do_attach_study(referral, study, acting_user=user, request=request)
             done = "Study attached."
         elif what == "detach":
@@ -461,7 +460,7 @@ def share_new(request: HttpRequest) -> HttpResponse:
         problems = []
         study = None
         try:
-            study = core_access.access_study(request.user, pk=UUID(form.get("study") or ""))
+            study = access_study(request.user, pk=UUID(form.get("study") or ""))
         except ValueError:
             problems.append("Choose the study to share.")
         if study is not None and study.institution_id != institution.pk:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 import time_machine
 from axes.models import AccessAttempt
 from django.contrib.auth import HASH_SESSION_KEY
@@ -17,7 +18,9 @@ from django.utils import timezone
 from pacs_cloud.models import AuditEvent, Membership, Role
 from reports import actions
 from reports.models import Report
-from tests.conftest import PASSWORD, api_client, make_user, web_client
+from tests.conftest import PASSWORD, api_client, browser_login, make_user, web_client
+
+from .conftest import make_reading
 
 NEW_PASSWORD = "another-password-456"  # noqa: S105
 
@@ -225,3 +228,27 @@ def test_a_signature_without_a_request_always_needs_the_password(reading):
         assert exc.code == "password_required"
     else:
         raise AssertionError("signed without a password or a window")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_in_the_browser_the_second_signature_asks_no_password(tenants, live_url, browser_context):
+    reading = make_reading(tenants.a)
+    report = draft(reading)
+    page = browser_login(browser_context(), live_url, tenants.a.radiologist.username)
+    page.goto(f"{live_url}/reports/{report.pk}/edit/")
+    page.click("#sign-open")
+    assert page.is_visible("#sign-password")
+    assert not page.is_visible("#sign-window")
+    page.fill("#sign-password", PASSWORD)
+    page.check("#sign-preliminary")
+    page.click("#sign-submit")
+    page.wait_for_url(f"**/reports/{report.pk}/")
+
+    page.goto(f"{live_url}/reports/{report.pk}/edit/")
+    page.click("#sign-open")
+    page.wait_for_selector("#sign-window:has-text('until')")
+    assert not page.is_visible("#sign-password")
+    page.click("#sign-submit")
+    page.wait_for_url(f"**/reports/{report.pk}/")
+    assert Report.objects.get(pk=report.pk).state == Report.State.FINAL
+    assert [d["reauthenticated"] for d in signatures(report)] == ["password", "window"]

@@ -252,3 +252,26 @@ def test_in_the_browser_the_second_signature_asks_no_password(tenants, live_url,
     page.wait_for_url(f"**/reports/{report.pk}/")
     assert Report.objects.get(pk=report.pk).state == Report.State.FINAL
     assert [d["reauthenticated"] for d in signatures(report)] == ["password", "window"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_in_the_browser_the_dialog_asks_again_once_the_window_has_ended(tenants, live_url, browser_context):
+    reading = make_reading(tenants.a)
+    report = draft(reading)
+    page = browser_login(browser_context(), live_url, tenants.a.radiologist.username)
+    page.goto(f"{live_url}/reports/{report.pk}/edit/")
+    page.click("#sign-open")
+    page.fill("#sign-password", PASSWORD)
+    page.check("#sign-preliminary")
+    page.click("#sign-submit")
+    page.wait_for_url(f"**/reports/{report.pk}/")
+    page.goto(f"{live_url}/reports/{report.pk}/edit/")
+    # The page was loaded inside the window; the dialog is opened after it ended.
+    with time_machine.travel(timezone.now() + timedelta(seconds=301)):
+        page.click("#sign-open")
+        page.wait_for_selector("#sign-password", state="visible")
+        assert not page.is_visible("#sign-window")
+        page.fill("#sign-password", PASSWORD)
+        page.click("#sign-submit")
+        page.wait_for_url(f"**/reports/{report.pk}/")
+    assert [d["reauthenticated"] for d in signatures(report)] == ["password", "password"]

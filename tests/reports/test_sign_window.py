@@ -96,7 +96,7 @@ def test_after_the_window_the_password_is_asked_again(reading, settings):
         assert Report.objects.get(pk=report.pk).state == Report.State.PRELIMINARY
         assert client.get("/api/v1/reports/sign-window/").json() == {"until": None, "seconds_left": 0}
         assert sign(client, report, PASSWORD).status_code == 201
-    assert refusals(report) == ["no_window"]
+    assert refusals(report) == ["password_required"]
     assert [d["reauthenticated"] for d in signatures(report)] == ["password", "password"]
 
 
@@ -204,7 +204,7 @@ def test_a_wrong_password_opens_no_window_and_counts_toward_the_lockout(reading)
     assert client.get("/api/v1/reports/sign-window/").json()["until"] is None
     refused = api_sign(client, report, preliminary=True)
     assert refused.json()["code"] == "password_required"
-    assert refusals(report) == ["password", "no_window"]
+    assert refusals(report) == ["password", "password_required"]
     assert Report.objects.get(pk=report.pk).state == Report.State.DRAFT
 
 

@@ -270,7 +270,7 @@
     if (open) {
       const until = document.getElementById("sign-window-until");
       until.dateTime = new Date(windowEnds).toISOString();
-      until.textContent = new Date(windowEnds).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+      until.textContent = window.pacsTime(windowEnds);
     }
     return open;
   }

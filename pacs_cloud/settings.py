@@ -483,6 +483,9 @@ LOGGING = {
 # (host:port, MLLP; empty: none), how long a critical result may stay
 # unacknowledged before it escalates to the coordinators, the sweep that
 # escalates them and retries exports, and how many attempts an export gets.
+# After the signer's password is re-entered, they sign without it for
+# REPORTS_SIGN_WINDOW_SECONDS in that session (or with that token); 0 asks every time.
+REPORTS_SIGN_WINDOW_SECONDS = env.int("REPORTS_SIGN_WINDOW_SECONDS", default=300)
 REPORTS_KEY_ENCRYPTION_KEY = env.str("REPORTS_KEY_ENCRYPTION_KEY", default="")
 REPORTS_HL7_OUTBOUND = env.str("REPORTS_HL7_OUTBOUND", default="")
 REPORTS_HL7_TIMEOUT_SECONDS = env.float("REPORTS_HL7_TIMEOUT_SECONDS", default=10.0)

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
@@ -162,7 +163,17 @@ class DraftSerializer(serializers.Serializer):
 
 
 class SignSerializer(serializers.Serializer):
-    password = serializers.CharField(trim_whitespace=False, help_text="The signer's password, asked again.")
+    password = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        trim_whitespace=False,
+        help_text=(
+            "The signer's password, asked again. A correct one opens a signing window for this token "
+            "(or browser session) of REPORTS_SIGN_WINDOW_SECONDS, in which it may be left out; "
+            "outside one, leaving it out is refused with code password_required."
+        ),
+    )
     preliminary = serializers.BooleanField(default=False)
     base_revision = serializers.IntegerField(required=False, allow_null=True, min_value=0)
     critical = serializers.BooleanField(default=False)
@@ -173,6 +184,30 @@ class SignSerializer(serializers.Serializer):
         default="",
         help_text="Username of the clinician to notify of a critical result.",
     )
+
+
+class SignedVersionSerializer(VersionSerializer):
+    sign_window_until = serializers.SerializerMethodField(
+        help_text="Until when this token (or session) signs without the password; null: no window."
+    )
+
+    class Meta(VersionSerializer.Meta):
+        fields = [*VersionSerializer.Meta.fields, "sign_window_until"]
+
+    def get_sign_window_until(self, obj: ReportVersion) -> dt.datetime | None:
+        return self.context.get("sign_window_until")
+
+
+class SignWindowSerializer(serializers.Serializer):
+    until = serializers.DateTimeField(allow_null=True)
+    seconds_left = serializers.IntegerField()
+
+
+def sign_window_state(request: Any) -> dict[str, Any]:
+    """The caller's signing window (per token for the API, per session for the browser)."""
+    until = signing.window_until(request, request.user)
+    seconds = int((until - timezone.now()).total_seconds()) if until else 0
+    return {"until": until, "seconds_left": max(seconds, 0)}
 
 
 class AddendumSerializer(serializers.Serializer):
@@ -391,11 +426,15 @@ class ReportViewSet(viewsets.ViewSet):
             }
         )
 
-    @extend_schema(request=SignSerializer, responses={201: VersionSerializer}, tags=["reports"])
+    @extend_schema(request=SignSerializer, responses={201: SignedVersionSerializer}, tags=["reports"])
     @action(detail=True, methods=["post"])
     @audit.records_refusal("report.sign_refused", object_type="report", key="pk")
     def sign(self, request: Request, pk: str) -> Response:
-        """Sign the draft (or the open addendum): the password is asked again."""
+        """Sign the draft (or the open addendum): the password is asked again, unless a signing window is open.
+
+        A bearer-token client's window belongs to its token: another token of
+        the same user has none, and revoking the token ends it.
+        """
         report = access_report(request.user, pk)
         data = SignSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -423,7 +462,15 @@ class ReportViewSet(viewsets.ViewSet):
             )
         except actions.ReportRefused as exc:
             return _refused(exc)
-        return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
+        until = signing.window_until(request, request.user)
+        body = SignedVersionSerializer(version, context={"sign_window_until": until}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={200: SignWindowSerializer}, tags=["reports"])
+    @action(detail=False, methods=["get"], url_path="sign-window")
+    def sign_window(self, request: Request) -> Response:
+        """Until when the caller signs without re-entering the password (this token, or this browser session)."""
+        return Response(SignWindowSerializer(sign_window_state(request)).data)
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, tags=["reports"])
     @action(detail=True, methods=["get"])

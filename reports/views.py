@@ -28,7 +28,7 @@ from .access import (
     visible_critical_results,
     visible_reports,
 )
-from .api import search
+from .api import search, sign_window_state
 from .models import Report, ReportVersion
 
 FILTERS = ("patient_id", "patient_name", "accession", "date_from", "date_to", "modality", "status")
@@ -132,8 +132,10 @@ def editor(request: HttpRequest, report_id: str) -> HttpResponse:
     if report.state in (Report.State.FINAL, Report.State.AMENDED) and not report.draft_kind:
         return redirect("reports-view-report", report_id=report.pk)
     templates = actions.templates_for(report.study)
+    window = sign_window_state(request)
     context = {
         "report": report,
+        "sign_window": window,
         "templates": templates,
         "template_data": [
             {"id": str(t.pk), "name": t.name, "sections": t.sections, "macros": t.macros} for t in templates
@@ -145,9 +147,11 @@ def editor(request: HttpRequest, report_id: str) -> HttpResponse:
             "kind": report.draft_kind or "report",
             "state": report.state,
             "draft": report.draft,
+            "sign_window_seconds": window["seconds_left"],
             "urls": {
                 "draft": reverse("reports-report-draft", args=[report.pk]),
                 "sign": reverse("reports-report-sign", args=[report.pk]),
+                "sign_window": reverse("reports-report-sign-window"),
                 "page": reverse("reports-view-report", args=[report.pk]),
                 "manifest": reverse("viewer-api-study", args=[report.study_id]),
                 "key_images": reverse("viewer-list-key-images", args=[report.study_id]),

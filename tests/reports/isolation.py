@@ -82,6 +82,7 @@ isolation.route(
     reason=POST_ONLY,
     bodies={"post": {"kind": "addendum"}},
 )
+isolation.route("/api/v1/reports/sign-window/")  # the caller's own signing window; names no object
 isolation.route("/api/v1/reports/verify-code/", queries=[{"code": isolation.Ref("report.code")}])
 isolation.route(
     "/api/v1/report-templates/",

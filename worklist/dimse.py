@@ -19,7 +19,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityWorklistInformationFind,
 )
 
-from archive.dimse import DimseService, calling_node
+from archive.dimse import DimseService, calling_node, record_response
 from pacs_cloud import audit
 from pacs_cloud.lib.dicom_match import InvalidKey, element_text, is_universal
 from pacs_cloud.lib.uids import new_uid
@@ -67,8 +67,7 @@ def unsupported_keys(identifier: Dataset, record: dict[str, Any]) -> list[str]:
 
 
 def _station_character_set(node: Any) -> str:
-    station = Station.objects.filter(node=node).only("character_set").first()
-    return station.character_set if station else ""
+    return Station.objects.filter(node=node).values_list("character_set", flat=True).first() or ""
 
 
 def handle_mwl_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
@@ -85,7 +84,7 @@ def handle_mwl_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]
     count = 0
     status = PENDING
     try:
-        for answer, record in mwl.scheduled_step_answers(
+        for record, charset in mwl.scheduled_step_records(
             identifier, node.institution, character_set=_station_character_set(node)
         ):
             if event.is_cancelled:
@@ -94,7 +93,7 @@ def handle_mwl_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]
             if count == 0 and unsupported_keys(identifier, record):
                 status = PENDING_OPTIONAL_KEYS_UNSUPPORTED
             count += 1
-            yield status, answer
+            yield status, record_response(identifier, record, character_set=charset)
     except InvalidKey as exc:
         yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
         return

@@ -17,6 +17,7 @@ C-MOVE and C-GET in the Patient Root and Study Root information models
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,6 @@ import time
 import types
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,7 +252,7 @@ class ConnectionPool:
         """This thread's connection, if it has one (without opening one)."""
         return next((c for c in connections.all(initialized_only=True) if c.alias == self.alias), None)
 
-    @contextmanager
+    @contextlib.contextmanager
     def lent(self) -> Iterator[None]:
         """This thread uses a pooled connection inside the block (unless it has its own)."""
         if self._own() is not None:
@@ -320,13 +320,19 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
     """Sets TCP_NODELAY on every accepted socket: without it each DIMSE round
     trip waits ~40 ms for Nagle's algorithm and the peer's delayed ACK.
 
-    Closes the connection pool of its AE, if any, when shut down.
+    Starts each association's thread from the accepting thread, and closes
+    the connection pool of its AE, if any, when shut down.
     """
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = AssociationServer.get_request(self)
         set_nodelay(client)
         return client, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # The association runs in a thread of its own (and its DUL in another):
+        # create it here rather than in a third thread started only to start it.
+        self.process_request_thread(request, client_address)
 
     def shutdown(self) -> None:
         super().shutdown()
@@ -503,8 +509,8 @@ def c_find_response_pdata(primitive: C_FIND, context_id: int, max_pdu_length: in
     pynetdicom builds each response's Command Set as a pydicom Dataset and
     encodes it twice (once to learn its group length); a worklist answer
     spends a third of its time there. The Command Set (PS3.7 9.3.2.2,
-    Implicit VR Little Endian) is written here directly, each fragment in a
-    P-DATA of its own as pynetdicom sends them.
+    Implicit VR Little Endian) is written here directly, and sent with the
+    Identifier in one P-DATA where the peer's maximum PDU length allows.
     """
     if primitive.ErrorComment is not None or primitive.OffendingElement is not None:
         return None
@@ -526,7 +532,14 @@ def c_find_response_pdata(primitive: C_FIND, context_id: int, max_pdu_length: in
     )
     command = _command_element(0x00000000, struct.pack("<I", len(body))) + body
     fragments = [b"\x03" + command] + ([b"\x02" + data_set] if data_set is not None else [])
-    if max_pdu_length and any(len(fragment) + 5 > max_pdu_length for fragment in fragments):
+    # Each PDV item is its fragment plus a 4-byte length and the context ID.
+    sizes = [len(fragment) + 5 for fragment in fragments]
+    pdata = P_DATA()
+    if not max_pdu_length or sum(sizes) <= max_pdu_length:
+        # Command and Data Set in one P-DATA-TF PDU (PS3.8 9.3.5: one or more PDV items).
+        pdata.presentation_data_value_list.extend((context_id, fragment) for fragment in fragments)
+        return [pdata]
+    if max(sizes) > max_pdu_length:
         return None  # pynetdicom fragments it
     found = []
     for fragment in fragments:
@@ -652,10 +665,41 @@ def _association_session(assoc: Any) -> tuple[IngestSession, Institution] | None
     return session, node.institution
 
 
-def _forget_association(event: Any) -> None:
+# What requests left to do once their association has ended (by id of the association).
+_when_ended: dict[int, list[Callable[[], None]]] = {}
+
+
+def when_association_ends(assoc: Any, action: Callable[[], None]) -> None:
+    """Run ``action`` once ``assoc`` has ended (released, aborted or disconnected).
+
+    For work the peer need not wait for: a query's audit event is written as
+    the association is released, its A-RELEASE-RP already on its way, rather
+    than between the last answer and the final status the modality waits
+    for. A server that does not watch its associations end (the edge's; see
+    :func:`start_server`) runs it at once.
+    """
+    if _pools.get(assoc.ae) is None:
+        action()
+        return
     with _sessions_lock:
-        _sessions.pop(id(event.assoc), None)
-    _nodes.pop(id(event.assoc), None)
+        _when_ended.setdefault(id(assoc), []).append(action)
+
+
+def _forget_association(event: Any) -> None:
+    key = id(event.assoc)
+    with _sessions_lock:
+        _sessions.pop(key, None)
+        actions = _when_ended.pop(key, [])
+    _nodes.pop(key, None)
+    if not actions:
+        return
+    pool = _pools.get(event.assoc.ae)
+    with pool.lent() if pool is not None else contextlib.nullcontext():
+        for action in actions:
+            try:
+                action()
+            except Exception:
+                log.exception("work left for the end of an association with %s failed", calling_ae_title(event.assoc))
 
 
 # C-STORE ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Subquery
 from pydicom import Dataset
 from pydicom.charset import python_encoding
 
@@ -35,7 +35,7 @@ from pacs_cloud.lib.dicom_match import (
 )
 from pacs_cloud.models import Institution
 
-from .models import Order
+from .models import Order, Station
 
 # Scheduled Procedure Step Status (0040,0020), PS3.3 C.4.10
 SPS_STATUS = {
@@ -284,13 +284,24 @@ def find_scheduled_steps(
 
 
 def scheduled_step_records(
-    identifier: Dataset, institution: Institution, *, character_set: str = ""
+    identifier: Dataset, institution: Institution, *, character_set: str = "", calling_node: Any = None
 ) -> Iterator[tuple[dict[str, Any], str | None]]:
     """The worklist items :func:`find_scheduled_steps` answers with, each with
-    the Specific Character Set to answer it in."""
+    the Specific Character Set to answer it in.
+
+    With ``calling_node`` (the querying ``DicomNode``), the character set
+    configured for its station is preferred, read in the same query.
+    """
     check_keys(identifier)
     requested = requested_character_set(identifier)
-    for row in candidate_orders(identifier, institution).values(*RECORD_COLUMNS):
+    rows = candidate_orders(identifier, institution)
+    columns = list(RECORD_COLUMNS)
+    if calling_node is not None:
+        station = Station.objects.filter(node=calling_node).values("character_set")[:1]
+        rows = rows.annotate(calling_character_set=Subquery(station))
+        columns.append("calling_character_set")
+    for row in rows.values(*columns):
         record = worklist_record(row, institution.name)
         if record_matches(identifier, record):
-            yield record, answer_character_set(record, requested=requested, preferred=character_set)
+            preferred = row.get("calling_character_set") or character_set
+            yield record, answer_character_set(record, requested=requested, preferred=preferred)

@@ -666,10 +666,10 @@ def _association_session(assoc: Any) -> tuple[IngestSession, Institution] | None
 
 
 # What requests left to do once their association has ended (by id of the association).
-_when_ended: dict[int, list[Callable[[], None]]] = {}
+_when_ended: dict[int, list[Callable[[], object]]] = {}
 
 
-def when_association_ends(assoc: Any, action: Callable[[], None]) -> None:
+def when_association_ends(assoc: Any, action: Callable[[], object]) -> None:
     """Run ``action`` once ``assoc`` has ended (released, aborted or disconnected).
 
     For work the peer need not wait for: a query's audit event is written as

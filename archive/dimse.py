@@ -442,16 +442,15 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
 
 
 def _copy_context(self: PresentationContext, memo: dict) -> PresentationContext:
-    """``deepcopy`` of a presentation context without re-validating every UID.
+    """``deepcopy`` of a supported presentation context: the context itself.
 
     pynetdicom deep-copies the supported contexts for every association; with
     every storage SOP class in every transfer syntax that re-creates (and
     re-validates) thousands of UID strings, tens of milliseconds per
-    association. UIDs are immutable strings: copying the lists is enough.
+    association. Negotiation only reads the acceptor's contexts (the
+    accepted ones are new objects), so they are shared.
     """
-    new = PresentationContext.__new__(PresentationContext)
-    new.__dict__.update({k: list(v) if isinstance(v, list) else v for k, v in self.__dict__.items()})
-    return new
+    return self
 
 
 class EncodedIdentifier:

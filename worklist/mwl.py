@@ -206,9 +206,8 @@ def candidate_orders(identifier: Dataset, institution: Institution) -> QuerySet[
     Only equality, list and date-range keys narrow here; wild cards, names
     and times are left to :func:`record_matches`, which decides.
     """
-    qs = Order.objects.filter(institution=institution, state__in=Order.WORKLIST_STATES).select_related(
-        "patient", "procedure", "station__node"
-    )
+    # Every condition applied at once: each QuerySet.filter() clones the query.
+    conditions = [Q(institution=institution), Q(state__in=Order.WORKLIST_STATES)]
     sps_seq = identifier.get("ScheduledProcedureStepSequence")
     step = sps_seq[0] if sps_seq else None
     keyed: list[tuple[Dataset, dict[str, str]]] = [(identifier, TOP_LOOKUPS)]
@@ -217,21 +216,25 @@ def candidate_orders(identifier: Dataset, institution: Institution) -> QuerySet[
     for ds, lookups in keyed:
         for keyword, lookup in lookups.items():
             if values := _exact_values(ds, keyword):
-                qs = qs.filter(**{lookup: values})
+                conditions.append(Q(**{lookup: values}))
     if step is not None:
         if values := _exact_values(step, "ScheduledProcedureStepStatus"):
-            qs = qs.filter(state__in=[s for s, text in SPS_STATUS.items() if text in values])
+            conditions.append(Q(state__in=[s for s, text in SPS_STATUS.items() if text in values]))
         date_key = "ScheduledProcedureStepStartDate"
         date_text = element_text(step[date_key]) if date_key in step else ""
         if not is_universal(date_text):
             low, high = dicom_datetime.parse_da_range(date_text)
             if low:
-                qs = qs.filter(scheduled_date__gte=low)
+                conditions.append(Q(scheduled_date__gte=low))
             if high:
-                qs = qs.filter(scheduled_date__lte=high)
+                conditions.append(Q(scheduled_date__lte=high))
     if name_filter := _name_prefilter(identifier):
-        qs = qs.filter(name_filter)
-    return qs.order_by("scheduled_at", "accession_number")
+        conditions.append(name_filter)
+    return (
+        Order.objects.filter(*conditions)
+        .select_related("patient", "procedure", "station__node")
+        .order_by("scheduled_at", "accession_number")
+    )
 
 
 def _encodable(record: dict[str, Any], character_set: str) -> bool:

@@ -20,6 +20,8 @@ setup: $(BIN)/.installed
 ## Set up, migrate, seed the demo and start every process of the product (Ctrl-C stops all).
 run: setup
 	$(BIN)/python manage.py migrate --noinput
+	# An upgraded database may hold one Patient ID twice at a hospital (earlier releases); idempotent.
+	$(BIN)/python manage.py merge_duplicate_patients
 	# No web server runs yet to relay live pushes to.
 	PUSH_RELAY_URL= $(BIN)/python manage.py seed_demo
 	@echo

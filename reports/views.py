@@ -163,6 +163,27 @@ def editor(request: HttpRequest, report_id: str) -> HttpResponse:
 
 
 @login_required
+@require_GET
+@audit.records_refusal("study.view_refused", object_type="study", key="study_id")
+def study_report(request: HttpRequest, study_id: str) -> HttpResponse:
+    """The signed report of a study (the one archived with its images), for pages that know only the study.
+
+    A report is visible exactly when its study is; a study without a signed
+    report answers 404 like a study the caller may not open.
+    """
+    study = access_study(request.user, pk=study_id)
+    report = (
+        visible_reports(request.user)
+        .filter(study=study, state__in=(Report.State.FINAL, Report.State.AMENDED))
+        .order_by("-signed_at")
+        .first()
+    )
+    if report is None:
+        raise Http404("No signed report")
+    return redirect("reports-view-report", report_id=report.pk)
+
+
+@login_required
 @require_POST
 def write_report(request: HttpRequest, study_id: str) -> HttpResponse:
     """Open the caller's report on a study (a new draft from the chosen template) and go to the editor."""

@@ -648,6 +648,8 @@ def study_manifest(study: Study, user: Any) -> dict[str, Any]:
             "rendered": "/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered",
             "mpr": MPR_URL_TEMPLATE,
             "key_images": reverse("viewer-list-key-images", args=[study.pk]),
+            # The archived report opens as the report, not as a series of images.
+            "report": reverse("reports-open-study-report", args=[study.pk]) if study.has_report_document else None,
         },
     }
 

@@ -119,5 +119,10 @@ isolation.route(
     reason=POST_ONLY,
     bodies={"post": isolation.Form({"kind": "addendum"})},
 )
+isolation.route(
+    "/reports/studies/{study_id}/",
+    reachable=False,
+    reason="the study's signed report: it redirects (302) to the report page",
+)
 isolation.route("/reports/studies/{study_id}/write/", reachable=False, reason=POST_ONLY)
 isolation.route("/reports/critical/{critical_id}/acknowledge/", reachable=False, reason=POST_ONLY)

@@ -57,8 +57,15 @@ class ReferralStudySerializer(serializers.Serializer):
     study_instance_uid = serializers.CharField(allow_null=True)
     description = serializers.CharField(allow_null=True)
     study_date = serializers.DateField(allow_null=True)
-    modalities = serializers.CharField(allow_null=True)
-    num_instances = serializers.IntegerField(allow_null=True)
+    modalities = serializers.CharField(
+        allow_null=True, help_text="Modalities in Study of every object, the archived report (DOC) included."
+    )
+    num_instances = serializers.IntegerField(allow_null=True, help_text="Every object, the archived report included.")
+    # What a page shows: the images, and the archived report as the report.
+    image_modalities = serializers.ListField(child=serializers.CharField(), allow_null=True)
+    image_series = serializers.IntegerField(allow_null=True)
+    image_instances = serializers.IntegerField(allow_null=True)
+    has_report_document = serializers.BooleanField(allow_null=True)
     viewer_url = serializers.CharField(allow_null=True)
 
 
@@ -159,6 +166,10 @@ class ReferralSerializer(serializers.ModelSerializer):
                     "study_date": study.study_date if seen else None,
                     "modalities": study.modalities if seen else None,
                     "num_instances": study.num_instances if seen else None,
+                    "image_modalities": study.image_modalities if seen else None,
+                    "image_series": study.image_series if seen else None,
+                    "image_instances": study.image_instances if seen else None,
+                    "has_report_document": study.has_report_document if seen else None,
                     "viewer_url": access.viewer_url(study.pk) if seen else None,
                 }
             )

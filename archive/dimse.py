@@ -17,6 +17,7 @@ C-MOVE and C-GET in the Patient Root and Study Root information models
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,14 +26,16 @@ import socket
 import struct
 import threading
 import time
+import types
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pydicom
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.module_loading import import_string
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -47,9 +50,11 @@ from pynetdicom import AE, evt
 from pynetdicom import _config as _pynetdicom_config
 from pynetdicom import association as _pynetdicom_association
 from pynetdicom import dul as _pynetdicom_dul
+from pynetdicom import service_class as _pynetdicom_service_class
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dsutils import encode as _pydicom_encode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
@@ -65,6 +70,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationServer, AssociationSocket, ThreadedAssociationServer
 
 from pacs_cloud import audit
+from pacs_cloud.lib.dicom_match import Record, encode_response, response_identifier
 from pacs_cloud.models import Institution
 
 from . import query as q
@@ -123,8 +129,20 @@ def calling_ae_title(assoc: Any) -> str:
     return title.strip()
 
 
+# The node each association was accepted for (by id of the association), so
+# its requests do not look it up again; dropped when the association ends.
+_nodes: dict[int, DicomNode] = {}
+
+
 def calling_node(assoc: Any) -> DicomNode | None:
-    """The configured node behind an association, or None for an unknown peer."""
+    """The configured node behind an association, or None for an unknown peer.
+
+    Looked up when the association is requested; its requests get the node
+    it was accepted for (as a C-STORE session does).
+    """
+    known = _nodes.get(id(assoc))
+    if known is not None:
+        return known
     ae_title = calling_ae_title(assoc)
     node = DicomNode.objects.select_related("institution").filter(ae_title=ae_title, is_active=True).first()
     if node is None or not node.institution.is_active:
@@ -140,14 +158,22 @@ def calling_institution(assoc: Any) -> Institution | None:
 
 
 def _handle_association_requested(event: Any) -> None:
-    close_old_connections()
-    if calling_node(event.assoc) is None:
+    pool = _pools.get(event.assoc.ae)
+    if pool is None:
+        close_old_connections()
+        node = calling_node(event.assoc)
+    else:
+        with pool.lent():
+            node = calling_node(event.assoc)
+    if node is None:
         log.warning(
             "refused association from unknown AE %r at %s", calling_ae_title(event.assoc), event.assoc.requestor.address
         )
         # PS3.8 9.3.4: rejected-permanent, service-user, calling AE title not recognized
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.kill()  # lets the DUL flush the A-ASSOCIATE-RJ before the socket closes
+        return
+    _nodes[id(event.assoc)] = node
 
 
 def _handle_echo(event: Any) -> int:
@@ -180,7 +206,6 @@ def _dispatcher(services: list[DimseService]) -> Callable[..., Any]:
     by_class = {sop_class: service for service in services for sop_class in service.sop_classes}
 
     def dispatch(event: Any, *args: Any) -> Any:
-        _check_connections()
         request = event.request
         sop_class = str(
             getattr(request, "AffectedSOPClassUID", None) or getattr(request, "RequestedSOPClassUID", None) or ""
@@ -188,9 +213,90 @@ def _dispatcher(services: list[DimseService]) -> Callable[..., Any]:
         service = by_class.get(sop_class) or (services[0] if len(services) == 1 else None)
         if service is None:
             return 0x0122  # SOP class not supported
-        return service.handler(event, *args)
+        pool = _pools.get(event.assoc.ae)
+        if pool is None:
+            _check_connections()
+            return service.handler(event, *args)
+        with pool.lent():
+            result = service.handler(event, *args)
+        # A generator (C-FIND, C-MOVE, C-GET) does its work as pynetdicom iterates it.
+        return pool.lent_to(result) if isinstance(result, types.GeneratorType) else result
 
     return dispatch
+
+
+# Database connections lent to associations -------------------------------------------
+
+
+class ConnectionPool:
+    """Open database connections lent to the threads that serve associations.
+
+    pynetdicom serves every association in a new thread and Django opens a
+    connection per thread, so without a pool each association would first
+    open a database connection (on PostgreSQL a new server process,
+    authentication and session set-up: milliseconds, more on a busy
+    machine) before it could even look up its calling AE. A request borrows
+    a connection while it runs and gives it back; at most ``size`` idle
+    connections are kept. Like :func:`_check_connections`, a connection is
+    checked for errors and age at most once a second.
+    """
+
+    def __init__(self, alias: str = DEFAULT_DB_ALIAS, size: int = 8) -> None:
+        self.alias = alias
+        self.size = size
+        self._idle: list[tuple[BaseDatabaseWrapper, float]] = []  # (connection, when last checked)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _own(self) -> BaseDatabaseWrapper | None:
+        """This thread's connection, if it has one (without opening one)."""
+        return next((c for c in connections.all(initialized_only=True) if c.alias == self.alias), None)
+
+    @contextlib.contextmanager
+    def lent(self) -> Iterator[None]:
+        """This thread uses a pooled connection inside the block (unless it has its own)."""
+        if self._own() is not None:
+            yield
+            return
+        with self._lock:
+            conn, checked = self._idle.pop() if self._idle else (None, 0.0)
+        if conn is None:
+            conn = connections.create_connection(self.alias)
+            conn.inc_thread_sharing()  # it will serve other threads after this one
+        connections[self.alias] = conn
+        try:
+            now = time.monotonic()
+            if now - checked > 1.0:
+                conn.close_if_unusable_or_obsolete()
+                checked = now
+            yield
+        finally:
+            if self._own() is conn:
+                del connections[self.alias]
+            self._give_back(conn, checked)
+
+    def lent_to(self, generator: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+        with self.lent():
+            return (yield from generator)
+
+    def _give_back(self, conn: BaseDatabaseWrapper, checked: float) -> None:
+        if not conn.in_atomic_block and not conn.needs_rollback:
+            with self._lock:
+                if not self._closed and len(self._idle) < self.size:
+                    self._idle.append((conn, checked))
+                    return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            conn.close()
+
+
+# The pool of each AE served by start_server (the edge serves without one).
+_pools: weakref.WeakKeyDictionary[AE, ConnectionPool] = weakref.WeakKeyDictionary()
 
 
 # Latency: TCP_NODELAY and pynetdicom's polling ----------------------------------------
@@ -212,12 +318,27 @@ NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, _handle_connection_open)]
 
 class NoDelayAssociationServer(ThreadedAssociationServer):
     """Sets TCP_NODELAY on every accepted socket: without it each DIMSE round
-    trip waits ~40 ms for Nagle's algorithm and the peer's delayed ACK."""
+    trip waits ~40 ms for Nagle's algorithm and the peer's delayed ACK.
+
+    Starts each association's thread from the accepting thread, and closes
+    the connection pool of its AE, if any, when shut down.
+    """
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = AssociationServer.get_request(self)
         set_nodelay(client)
         return client, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # The association runs in a thread of its own (and its DUL in another):
+        # create it here rather than in a third thread started only to start it.
+        self.process_request_thread(request, client_address)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        pool = _pools.pop(self.ae, None)
+        if pool is not None:
+            pool.close()
 
 
 class _EventClock:
@@ -321,21 +442,142 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
 
 
 def _copy_context(self: PresentationContext, memo: dict) -> PresentationContext:
-    """``deepcopy`` of a presentation context without re-validating every UID.
+    """``deepcopy`` of a supported presentation context: the context itself.
 
     pynetdicom deep-copies the supported contexts for every association; with
     every storage SOP class in every transfer syntax that re-creates (and
     re-validates) thousands of UID strings, tens of milliseconds per
-    association. UIDs are immutable strings: copying the lists is enough.
+    association. Negotiation only reads the acceptor's contexts (the
+    accepted ones are new objects), so they are shared.
     """
-    new = PresentationContext.__new__(PresentationContext)
-    new.__dict__.update({k: list(v) if isinstance(v, list) else v for k, v in self.__dict__.items()})
-    return new
+    return self
 
 
-def _implicit_element(group_element: int, value: bytes) -> bytes:
-    """One Implicit VR Little Endian element, as command sets are encoded (PS3.7 6.3.1)."""
-    return struct.pack("<HHI", group_element >> 16, group_element & 0xFFFF, len(value)) + value
+class EncodedIdentifier:
+    """A C-FIND response Identifier for a matched record, encoded without pydicom where it can be.
+
+    pynetdicom encodes every response Identifier with pydicom, element by
+    element; for a worklist's many small answers that is most of a query's
+    time. :func:`pacs_cloud.lib.dicom_match.encode_response` writes the same
+    bytes directly; where it declines, pydicom encodes the Dataset
+    :func:`~pacs_cloud.lib.dicom_match.response_identifier` builds.
+    """
+
+    __slots__ = ("identifier", "record", "character_set")
+
+    def __init__(self, identifier: Dataset, record: Record, character_set: str | None) -> None:
+        self.identifier = identifier
+        self.record = record
+        self.character_set = character_set
+
+    def dataset(self) -> Dataset:
+        return response_identifier(self.identifier, self.record, character_set=self.character_set)
+
+    def encode(self, implicit_vr: bool) -> bytes | None:
+        return encode_response(self.identifier, self.record, character_set=self.character_set, implicit_vr=implicit_vr)
+
+    def __iter__(self) -> Iterator[Any]:  # for pynetdicom's debug log of response identifiers
+        return iter(self.dataset())
+
+
+def _encode_identifier(ds: Any, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> bytes | None:
+    """pynetdicom's ``encode`` for its service classes, taking :class:`EncodedIdentifier` as well."""
+    if isinstance(ds, EncodedIdentifier):
+        encoded = ds.encode(is_implicit_vr) if is_little_endian and not deflated else None
+        if encoded is not None:
+            return encoded
+        ds = ds.dataset()
+    return _pydicom_encode(ds, is_implicit_vr, is_little_endian, deflated)
+
+
+_ELEMENT = struct.Struct("<HHI")  # an Implicit VR Little Endian element's tag and length
+_US = struct.Struct("<H")
+_C_FIND_RSP = 0x8020  # Command Field (PS3.7 E.1-1)
+_DATA_SET_PRESENT, _NO_DATA_SET = 0x0001, 0x0101  # Command Data Set Type
+_send_dimse_message = DIMSEServiceProvider.send_msg
+
+
+def _command_element(tag: int, value: bytes) -> bytes:
+    return _ELEMENT.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def c_find_response_pdata(primitive: C_FIND, context_id: int, max_pdu_length: int) -> list[P_DATA] | None:
+    """The P-DATA primitives pynetdicom sends for a C-FIND response without an
+    error comment or offending element, or None for any other.
+
+    pynetdicom builds each response's Command Set as a pydicom Dataset and
+    encodes it twice (once to learn its group length); a worklist answer
+    spends a third of its time there. The Command Set (PS3.7 9.3.2.2,
+    Implicit VR Little Endian) is written here directly, and sent with the
+    Identifier in one P-DATA where the peer's maximum PDU length allows.
+    """
+    if primitive.ErrorComment is not None or primitive.OffendingElement is not None:
+        return None
+    sop_class, message_id, status = primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo, primitive.Status
+    if sop_class is None or message_id is None or status is None:
+        return None
+    data_set = primitive.Identifier.getvalue() if primitive.Identifier is not None else None
+    if data_set == b"":
+        return None
+    uid = str(sop_class).encode()
+    body = b"".join(
+        [
+            _command_element(0x00000002, uid + b"\0" if len(uid) % 2 else uid),
+            _command_element(0x00000100, _US.pack(_C_FIND_RSP)),
+            _command_element(0x00000120, _US.pack(message_id)),
+            _command_element(0x00000800, _US.pack(_NO_DATA_SET if data_set is None else _DATA_SET_PRESENT)),
+            _command_element(0x00000900, _US.pack(status)),
+        ]
+    )
+    command = _command_element(0x00000000, struct.pack("<I", len(body))) + body
+    fragments = [b"\x03" + command] + ([b"\x02" + data_set] if data_set is not None else [])
+    # Each PDV item is its fragment plus a 4-byte length and the context ID.
+    sizes = [len(fragment) + 5 for fragment in fragments]
+    pdata = P_DATA()
+    if not max_pdu_length or sum(sizes) <= max_pdu_length:
+        # Command and Data Set in one P-DATA-TF PDU (PS3.8 9.3.5: one or more PDV items).
+        pdata.presentation_data_value_list.extend((context_id, fragment) for fragment in fragments)
+        return [pdata]
+    if max(sizes) > max_pdu_length:
+        return None  # pynetdicom fragments it
+    found = []
+    for fragment in fragments:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, fragment))
+        found.append(pdata)
+    return found
+
+
+def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+    """``DIMSEServiceProvider.send_msg`` with :func:`c_find_response_pdata` for C-FIND responses
+    and :func:`_send_store_response` for C-STORE responses."""
+    if type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None:
+        if not _send_store_response(self, primitive, context_id):
+            _send_dimse_message(self, primitive, context_id)
+        _announce_after_answer(self.assoc)
+        return
+    if (
+        type(primitive) is C_FIND
+        and primitive.MessageIDBeingRespondedTo is not None
+        and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)  # nobody looks at the message
+    ):
+        found = c_find_response_pdata(primitive, context_id, self.maximum_pdu_size)
+        if found is not None:
+            for pdata in found:
+                self.dul.send_pdu(pdata)
+            return
+    _send_dimse_message(self, primitive, context_id)
+
+
+def record_response(identifier: Dataset, record: Record, *, character_set: str | None = None) -> Any:
+    """The C-FIND response Identifier of a matched record, for a handler to yield.
+
+    An :class:`EncodedIdentifier` once :func:`tune_pynetdicom` has taught
+    pynetdicom to encode one, else the Dataset itself.
+    """
+    if _pynetdicom_service_class.encode is _encode_identifier:  # type: ignore[attr-defined]
+        return EncodedIdentifier(identifier, record, character_set)
+    return response_identifier(identifier, record, character_set=character_set)
 
 
 def store_response_command(primitive: C_STORE) -> bytes:
@@ -347,15 +589,15 @@ def store_response_command(primitive: C_STORE) -> bytes:
     """
     body = b"".join(
         (
-            _implicit_element(0x00000002, _even_uid(primitive.AffectedSOPClassUID)),
-            _implicit_element(0x00000100, struct.pack("<H", 0x8001)),  # Command Field: C-STORE-RSP
-            _implicit_element(0x00000120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
-            _implicit_element(0x00000800, struct.pack("<H", 0x0101)),  # Command Data Set Type: none
-            _implicit_element(0x00000900, struct.pack("<H", primitive.Status)),
-            _implicit_element(0x00001000, _even_uid(primitive.AffectedSOPInstanceUID)),
+            _command_element(0x00000002, _even_uid(primitive.AffectedSOPClassUID)),
+            _command_element(0x00000100, struct.pack("<H", 0x8001)),  # Command Field: C-STORE-RSP
+            _command_element(0x00000120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
+            _command_element(0x00000800, struct.pack("<H", 0x0101)),  # Command Data Set Type: none
+            _command_element(0x00000900, struct.pack("<H", primitive.Status)),
+            _command_element(0x00001000, _even_uid(primitive.AffectedSOPInstanceUID)),
         )
     )
-    return _implicit_element(0x00000000, struct.pack("<I", len(body))) + body
+    return _command_element(0x00000000, struct.pack("<I", len(body))) + body
 
 
 def p_data_tf(context_id: int, value: bytes) -> bytes:
@@ -369,43 +611,30 @@ def _even_uid(uid: Any) -> bytes:
     return raw + b"\x00" if len(raw) % 2 else raw
 
 
-_pynetdicom_send_msg = DIMSEServiceProvider.send_msg
-
-
-def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
-    """``DIMSEServiceProvider.send_msg`` with a successful C-STORE-RSP sent from its encoded bytes.
-
-    Everything else, and every response someone listens to (EVT_DIMSE_SENT), goes pynetdicom's way.
-    """
+def _send_store_response(self: DIMSEServiceProvider, primitive: C_STORE, context_id: int) -> bool:
+    """Send a successful C-STORE-RSP from its encoded bytes; False (nothing sent) for any other,
+    or when someone listens to what is sent (EVT_DIMSE_SENT, EVT_PDU_SENT)."""
     if (
-        type(primitive) is C_STORE
-        and primitive.MessageIDBeingRespondedTo is not None
-        and primitive.Status == STATUS_SUCCESS
-        and not primitive.ErrorComment
-        and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        primitive.Status != STATUS_SUCCESS
+        or primitive.ErrorComment
+        or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        or self.assoc.get_handlers(evt.EVT_PDU_SENT)
     ):
-        command = store_response_command(primitive)
-        if not self.maximum_pdu_size or len(command) + 6 <= self.maximum_pdu_size:
-            dul = self.dul
-            if (
-                dul.socket is not None
-                and dul.state_machine.current_state == "Sta6"
-                and dul.to_provider_queue.empty()
-                and not self.assoc.get_handlers(evt.EVT_PDU_SENT)
-            ):
-                # Written by this thread, as the DUL's DT-1 would (Sta6 + Evt9:
-                # send a P-DATA-TF, stay in Sta6), sparing the hand-off to the
-                # DUL thread: the sender waits for this answer to send more.
-                dul.socket.send(p_data_tf(context_id, b"\x03" + command))
-            else:
-                pdata = P_DATA()
-                pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
-                self.dul.send_pdu(pdata)
-            _announce_after_answer(self.assoc)
-            return
-    _pynetdicom_send_msg(self, primitive, context_id)
-    if type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None:
-        _announce_after_answer(self.assoc)
+        return False
+    command = store_response_command(primitive)
+    if self.maximum_pdu_size and len(command) + 6 > self.maximum_pdu_size:
+        return False
+    dul = self.dul
+    if dul.socket is not None and dul.state_machine.current_state == "Sta6" and dul.to_provider_queue.empty():
+        # Written by this thread, as the DUL's DT-1 would (Sta6 + Evt9: send a
+        # P-DATA-TF, stay in Sta6), sparing the hand-off to the DUL thread:
+        # the sender waits for this answer to send more.
+        dul.socket.send(p_data_tf(context_id, b"\x03" + command))
+    else:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
+        dul.send_pdu(pdata)
+    return True
 
 
 def tune_pynetdicom() -> None:
@@ -413,20 +642,28 @@ def tune_pynetdicom() -> None:
 
     Its loops wait for events instead of polling (:class:`_EventClock`), PDUs
     are read into one buffer (:func:`_recv`), presentation contexts are
-    copied cheaply per association (:func:`_copy_context`), a successful
-    C-STORE is answered from bytes encoded by hand (:func:`_send_msg`) and
-    its debug descriptions of every message are written only for a debug log.
+    copied cheaply per association (:func:`_copy_context`).
     ``DIMSE_EVENT_WAITS=False`` leaves pynetdicom as it is.
+
+    Whatever that setting, its service classes encode an
+    :class:`EncodedIdentifier` (:func:`record_response`) as such, C-FIND
+    responses' Command Sets are written directly
+    (:func:`c_find_response_pdata`), a successful C-STORE is answered from
+    bytes encoded by hand (:func:`_send_store_response`), and it no longer formats every PDU,
+    DIMSE message and identifier for a log that discards them (unless its
+    logger is enabled for that level).
     """
+    _pynetdicom_service_class.encode = _encode_identifier  # type: ignore[attr-defined]
+    DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
+    logger = logging.getLogger("pynetdicom")
+    if not logger.isEnabledFor(logging.DEBUG):
+        _pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+        _pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    if not logger.isEnabledFor(logging.INFO):
+        _pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     if not settings.DIMSE_EVENT_WAITS:
         return
-    if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-        # pynetdicom's standard handlers describe every PDU and DIMSE message
-        # for its debug log (copying each received data set to see whether it
-        # is empty), whatever the log level: none unless that log is wanted.
-        _pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     AssociationSocket.recv = _recv  # type: ignore[method-assign]
-    DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
     PresentationContext.__deepcopy__ = _copy_context  # type: ignore[attr-defined]
     clock = _EventClock()
     _pynetdicom_association.time = clock  # type: ignore[assignment]
@@ -463,6 +700,7 @@ def start_server(
     """Start serving in background threads; returns the server (``shutdown()`` stops it)."""
     tune_pynetdicom()
     ae, handlers = build_ae(ae_title, collect_services(providers))
+    _pools[ae] = ConnectionPool()
     server = ae.make_server((host, port), evt_handlers=handlers, server_class=NoDelayAssociationServer)
     thread = threading.Thread(target=server.serve_forever, name=f"dimse-{ae_title}", daemon=True)
     thread.start()
@@ -490,17 +728,52 @@ def _association_session(assoc: Any) -> tuple[IngestSession, Institution] | None
     return session, node.institution
 
 
-def _forget_association(event: Any) -> None:
+# What requests left to do once their association has ended (by id of the association).
+_when_ended: dict[int, list[Callable[[], object]]] = {}
+
+
+def when_association_ends(assoc: Any, action: Callable[[], object]) -> None:
+    """Run ``action`` once ``assoc`` has ended (released, aborted or disconnected).
+
+    For work the peer need not wait for: a query's audit event is written as
+    the association is released, its A-RELEASE-RP already on its way, rather
+    than between the last answer and the final status the modality waits
+    for. A server that does not watch its associations end (the edge's; see
+    :func:`start_server`) runs it at once.
+    """
+    if _pools.get(assoc.ae) is None:
+        action()
+        return
     with _sessions_lock:
-        found = _sessions.pop(id(event.assoc), None)
-    if found is not None:
-        announce_deferred(found[0])
+        _when_ended.setdefault(id(assoc), []).append(action)
+
+
+def _forget_association(event: Any) -> None:
+    key = id(event.assoc)
+    with _sessions_lock:
+        session = _sessions.pop(key, None)
+        actions = _when_ended.pop(key, [])
+    _nodes.pop(key, None)
+    if session is not None and session[0].deferred:
+        actions.insert(0, lambda: announce_deferred(session[0]))
+    if not actions:
+        return
+    pool = _pools.get(event.assoc.ae)
+    with pool.lent() if pool is not None else contextlib.nullcontext():
+        for action in actions:
+            try:
+                action()
+            except Exception:
+                log.exception("work left for the end of an association with %s failed", calling_ae_title(event.assoc))
 
 
 def _announce_after_answer(assoc: Any) -> None:
     """A C-STORE was answered: announce what it stored while the sender sends the next one."""
     found = _sessions.get(id(assoc))
-    if found is not None and found[0].deferred:
+    if found is None or not found[0].deferred:
+        return
+    pool = _pools.get(assoc.ae)
+    with pool.lent() if pool is not None else contextlib.nullcontext():
         announce_deferred(found[0])
 
 

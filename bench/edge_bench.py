@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Edge gateway benchmark: the edge beside Orthanc, on this machine, in the same run.
 
-Measures (``key=value`` lines; a JSON summary goes to ``$BENCH_HOME/results/``):
+Measures (``key=value`` lines; a JSON summary goes to ``$BENCH_HOME/results/``, and
+the figures with every run, machine, load and versions to
+``bench/results/edge_bench.json``, ``--results``):
 
 * C-STORE ingest at the edge: dcmtk ``storescu`` sends a 300-slice 512x512 CT
   series over one association (TCP_NODELAY on every end) to Orthanc and to
@@ -58,6 +60,7 @@ from archive_bench import (  # noqa: E402
     storescu,
     wait_port,
 )
+from results import RESULTS_DIR, Figures, Run  # noqa: E402
 
 
 class Edge:
@@ -158,6 +161,7 @@ def bench_ingest(orthanc: Orthanc, edge: Edge, cloud: Ours, home: Path, runs: in
     summary["orthanc_cpu_ms_per_instance"] = statistics.median(r["orthanc_cpu_s"] for r in rows) / slices * 1000
     for key, value in summary.items():
         out(f"ingest.median.{key}", value)
+    summary["runs"] = rows
     return summary
 
 
@@ -202,6 +206,7 @@ def bench_memory(edge: Edge, cloud: Ours, home: Path, total: int, slices: int) -
     }
     for key, value in summary.items():
         out(f"memory.{key}", value)
+    summary["rss_samples_mb"] = samples
     return summary
 
 
@@ -213,7 +218,20 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--sustained", type=int, default=3000)
     parser.add_argument("--only", default="", help="comma-separated subset of ingest,memory")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR / "edge_bench.json")
     args = parser.parse_args()
+    run = Run(database=args.database)
+    with Figures() as figures:
+        summary = measure(args)
+    settings = {key: value for key, value in vars(args).items() if key not in ("results", "database")}
+    run.write(
+        args.results.stem,
+        {"benchmark": "edge gateway beside Orthanc", "settings": settings, "figures": figures.values, **summary},
+        directory=args.results.parent,
+    )
+
+
+def measure(args: argparse.Namespace) -> dict:
     wanted = set(args.only.split(",")) if args.only else {"ingest", "memory"}
     home = Path(os.environ.get("BENCH_HOME", ROOT / "bench" / "data")).resolve()
     (home / "results").mkdir(parents=True, exist_ok=True)
@@ -242,6 +260,7 @@ def main() -> None:
     target = home / "results" / f"edge-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.json"
     target.write_text(json.dumps(summary, indent=1, default=str))
     out("results_file", target)
+    return summary
 
 
 if __name__ == "__main__":

@@ -36,14 +36,19 @@ earlier bench data only: institutions whose slug starts ``bench-mwl-``)::
 
 The Orthanc harness (``orthanc_up.sh``/``orthanc_down.sh``) is taken from
 ``PEER_BENCH_DIR`` (default ``/work/shared/bench``). Results are printed as
-``key=value`` lines and saved to ``$BENCH_HOME/results/mwl-query.txt``.
+``key=value`` lines, saved to ``$BENCH_HOME/results/mwl-query.txt`` and
+written to ``bench/results/mwl_query.json`` (``--results`` elsewhere): the
+machine, its load, the versions, every query's time and match count, p50
+and p95 per kind of query, ours and Orthanc's, and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
+import platform
 import random
 import shutil
 import signal
@@ -87,6 +92,8 @@ SURNAMES = [
 GIVEN = [("WEI", "伟"), ("FANG", "芳"), ("NA", "娜"), ("MIN", "敏"), ("JING", "静"), ("LEI", "磊"), ("YANG", "洋")]
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 RESULTS: list[str] = []
+# The same figures as a document, with every run (bench/results/mwl_query.json).
+DOCUMENT: dict = {"benchmark": "mwl_query", "phases": {}, "ratios_p95": {}, "ratios_p50": {}}
 
 
 def out(key: str, value: object) -> None:
@@ -264,11 +271,20 @@ class Series:
         self.matches.setdefault(name, []).append(count)
 
     def report(self) -> None:
+        phase = DOCUMENT["phases"].setdefault(self.label, {})
         for name, times in self.times.items():
             out(f"{self.label}.{name}.n", len(times))
             out(f"{self.label}.{name}.median_ms", statistics.median(times))
             out(f"{self.label}.{name}.p95_ms", p95(times))
             out(f"{self.label}.{name}.matches_mean", statistics.mean(self.matches[name]))
+            phase[name] = {
+                "n": len(times),
+                "p50_ms": round(statistics.median(times), 2),
+                "p95_ms": round(p95(times), 2),
+                "matches_mean": statistics.mean(self.matches[name]),
+                "runs_ms": [round(t, 2) for t in times],
+                "matches": self.matches[name],
+            }
 
 
 def compare(ours: Series, theirs: Series, *, our_port: int, their_port: int, their_aet: str,
@@ -284,7 +300,11 @@ def compare(ours: Series, theirs: Series, *, our_port: int, their_port: int, the
     ours.report()
     theirs.report()
     for name in ours.times:
-        out(f"ratio_p95.{name}.{ours.label}_over_{theirs.label}", p95(ours.times[name]) / p95(theirs.times[name]))
+        ratio = p95(ours.times[name]) / p95(theirs.times[name])
+        out(f"ratio_p95.{name}.{ours.label}_over_{theirs.label}", ratio)
+        DOCUMENT["ratios_p95"].setdefault(f"{ours.label}_over_{theirs.label}", {})[name] = round(ratio, 3)
+        median = statistics.median(ours.times[name]) / statistics.median(theirs.times[name])
+        DOCUMENT["ratios_p50"].setdefault(f"{ours.label}_over_{theirs.label}", {})[name] = round(median, 3)
         if ours.matches[name] != theirs.matches[name]:
             out(f"warning.{name}", f"match counts differ between {ours.label} and {theirs.label}")
 
@@ -393,7 +413,9 @@ def run(args: argparse.Namespace, today: dt.date) -> None:
             compare(Series("ours_all"), Series("orthanc_all"), our_port=port, their_port=their_port,
                     their_aet=their_aet, institutions=list(range(args.institutions)), today=today,
                     runs=args.runs, per=per)  # fmt: skip
-            out("orthanc_one.items_written", worklist_files(folder, slugs[:1]))
+            one_hospital = worklist_files(folder, slugs[:1])
+            out("orthanc_one.items_written", one_hospital)
+            DOCUMENT["data"]["one_hospital_items"] = one_hospital
             compare(Series("ours_one"), Series("orthanc_one"), our_port=port, their_port=their_port,
                     their_aet=their_aet, institutions=[0], today=today, runs=args.runs, per=per)  # fmt: skip
         finally:
@@ -409,6 +431,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100, help="queries of each kind per server")
     parser.add_argument("--no-orthanc", action="store_true")
     parser.add_argument("--seed", type=int, default=20240601)
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "mwl_query.json")
     args = parser.parse_args()
     if not shutil.which("findscu"):
         sys.exit("dcmtk's findscu is needed (apt-get install dcmtk)")
@@ -423,15 +446,65 @@ def main() -> None:
     out("data.database", django.db.connection.vendor)
     out("machine.cpus", os.cpu_count())
     out("machine.load_avg_1m_start", os.getloadavg()[0])
+    describe(args)
     out("method", "dcmtk findscu -W, new process and association per query, TCP_NODELAY=1; "
         f"{args.runs} queries of each kind per server, rotating over the institutions")  # fmt: skip
     measure_core(args, today)
     run(args, today)
     out("machine.load_avg_1m_end", os.getloadavg()[0])
+    DOCUMENT["machine"]["load_avg_end"] = list(os.getloadavg())
     results = Path(os.environ["BENCH_HOME"]) / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "mwl-query.txt").write_text("\n".join(RESULTS) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(DOCUMENT, indent=1, ensure_ascii=False) + "\n")
     clear()
+
+
+def describe(args: argparse.Namespace) -> None:
+    """Machine, versions and method, at the head of the results document."""
+    import pydicom
+    import pynetdicom
+
+    def version(command: list[str]) -> str:
+        try:
+            run = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        except OSError:
+            return ""
+        return (run.stdout or run.stderr).strip().splitlines()[0] if (run.stdout or run.stderr).strip() else ""
+
+    database = django.db.connection.vendor
+    if database == "postgresql":
+        with django.db.connection.cursor() as cursor:
+            cursor.execute("SHOW server_version")
+            database += " " + cursor.fetchone()[0]
+    DOCUMENT.update(
+        {
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "load_avg_start": list(os.getloadavg()),
+            },
+            "versions": {
+                "python": platform.python_version(),
+                "django": django.get_version(),
+                "pydicom": pydicom.__version__,
+                "pynetdicom": pynetdicom.__version__,
+                "database": database,
+                "dcmtk_findscu": version(["findscu", "--version"]),
+                "orthanc": version(["Orthanc", "--version"]),
+            },
+            "data": {"orders": args.orders, "institutions": args.institutions, "one_hospital_items": None},
+            "method": (
+                f"dcmtk findscu -W, a new process and association per query, TCP_NODELAY=1; {args.runs} queries "
+                "of each kind per server, alternating ours and Orthanc's (who goes first alternates); "
+                "ours_all/orthanc_all: Orthanc holding every institution's items, "
+                "ours_one/orthanc_one: Orthanc holding one institution's (a one-hospital Orthanc); "
+                "core: the worklist's own work in-process (database, matching, answers)"
+            ),
+        }
+    )
 
 
 if __name__ == "__main__":

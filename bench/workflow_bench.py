@@ -23,6 +23,8 @@ Three measurements, printed as ``key=value`` lines:
    hospital radiologist, with several sorts and filters.
 
 The database named by BENCH_DATABASE_URL is emptied and migrated first.
+The figures, with every claim's and request's time, machine, load and
+versions, are written to ``bench/results/workflow_bench.json`` (``--results``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from results import RESULTS_DIR, Figures, Run  # noqa: E402
+
+# Every sample behind the printed percentiles, for the results file (milliseconds).
+RUNS: dict[str, object] = {}
 
 
 def setup_django() -> None:
@@ -401,6 +409,7 @@ def bench_claims(args) -> None:
         print(f"claims.steady_p95_ms={pct(steady, 95) * 1000:.1f}")
         print(f"claims.steady_p99_ms={pct(steady, 99) * 1000:.1f}")
     print(f"claims.two_owners={doubles}")
+    RUNS["claims"] = [{"at_s": round(at, 3), "ms": round(latency * 1000, 2)} for at, latency in timed]
     print(
         "claims.method=N radiologists as threads spread over --processes processes (as web workers serve them), one DB connection each: pick at random among the top 20 of the worklist, claim, read for --read-seconds, finalise; "
         "latency of do_claim_reading_task per attempt (won or lost); steady = attempts after the opening rush (the first read)"
@@ -438,6 +447,7 @@ def bench_claims(args) -> None:
         if winners:
             task = ReadingTask.objects.get(pk=task_id)
             do_finalize_task(task, acting_user=task.claimed_by)
+    RUNS["burst_ms"] = [round(latency * 1000, 2) for latency in burst_latencies]
     print(f"burst.rounds={len(open_ids)}")
     print(f"burst.rounds_with_exactly_one_winner={single_winner}")
     print(f"burst.p50_ms={pct(burst_latencies, 50) * 1000:.1f}")
@@ -533,6 +543,7 @@ def bench_worklist(args) -> None:
     print(f"worklist.open_tasks={ReadingTask.objects.filter(state='offered').count()}")
     for label, (count, timings) in results.items():
         print(f"worklist.{label}.visible={count}")
+        RUNS[f"worklist.{label}_ms"] = [round(t * 1000, 2) for t in timings]
         print(f"worklist.{label}.p50_ms={pct(timings, 50) * 1000:.1f}")
         print(f"worklist.{label}.p95_ms={pct(timings, 95) * 1000:.1f}")
     print(
@@ -565,12 +576,21 @@ def main() -> None:
     parser.add_argument("--bursts", type=int, default=20)
     parser.add_argument("--open-tasks", type=int, default=100_000)
     parser.add_argument("--worklist-requests", type=int, default=240)
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR / "workflow_bench.json")
     args = parser.parse_args()
     setup_django()
-    for part in args.only or ["routing", "claims", "worklist"]:
-        reset_database()
-        {"routing": bench_routing, "claims": bench_claims, "worklist": bench_worklist}[part](args)
-        sys.stdout.flush()
+    run = Run(database=os.environ["DATABASE_URL"])
+    with Figures() as figures:
+        for part in args.only or ["routing", "claims", "worklist"]:
+            reset_database()
+            {"routing": bench_routing, "claims": bench_claims, "worklist": bench_worklist}[part](args)
+            sys.stdout.flush()
+    settings = {key: value for key, value in vars(args).items() if key != "results"}
+    run.write(
+        args.results.stem,
+        {"benchmark": "reading workflow engine", "settings": settings, "figures": figures.values, "runs": RUNS},
+        directory=args.results.parent,
+    )
 
 
 if __name__ == "__main__":

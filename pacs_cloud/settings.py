@@ -399,12 +399,16 @@ QUERY_MAX_RESULTS = env.int("QUERY_MAX_RESULTS", default=1000)
 # Home-page panels: each app appends its provider (see pacs_cloud.home).
 HOME_PANELS = [
     "pacs_cloud.home.role_panels",
+    "archive.home.study_panels",
     "archive.edge.pages.home_panels",
     "worklist.views.home_panels",
     "viewer.home.recent_panel",
     "workflow.home.reading_panels",
     "workflow.referrals.views.home_panels",
 ]
+# Columns of the platform administrator's table of institutions, each a
+# function answering (title, {institution id: count}).
+HOME_INSTITUTION_COUNTS = ["archive.home.studies_per_institution"]
 # Reading workflow: minutes per priority when neither policy nor agreement says,
 # the claims a reader may hold at once (pools set their own), how long an
 # untouched claim lasts, and the SLA sweep.
@@ -479,6 +483,9 @@ LOGGING = {
 # (host:port, MLLP; empty: none), how long a critical result may stay
 # unacknowledged before it escalates to the coordinators, the sweep that
 # escalates them and retries exports, and how many attempts an export gets.
+# After the signer's password is re-entered, they sign without it for
+# REPORTS_SIGN_WINDOW_SECONDS in that session (or with that token); 0 asks every time.
+REPORTS_SIGN_WINDOW_SECONDS = env.int("REPORTS_SIGN_WINDOW_SECONDS", default=300)
 REPORTS_KEY_ENCRYPTION_KEY = env.str("REPORTS_KEY_ENCRYPTION_KEY", default="")
 REPORTS_HL7_OUTBOUND = env.str("REPORTS_HL7_OUTBOUND", default="")
 REPORTS_HL7_TIMEOUT_SECONDS = env.float("REPORTS_HL7_TIMEOUT_SECONDS", default=10.0)

@@ -484,11 +484,32 @@ def _password_ok(user: Any, password: str, request: Any) -> bool:
     return again is not None and again.pk == user.pk
 
 
+def _reauthenticate(user: Any, password: str, request: Any) -> dict[str, Any]:
+    """The signer proves it is them: the password again, or an open signing window.
+
+    A password, when given, is always checked (through the sign-in backends,
+    so failures count toward the lockout) and, if right, opens or restarts the
+    window of the caller's session or token; a wrong one also closes it.
+    Without a password the window must be open. Returns the audit detail
+    saying which it was; raises :class:`ReportRefused` (403) otherwise.
+    """
+    if password:
+        if _password_ok(user, password, request):
+            until = signing.open_window(request, user)
+            return {"reauthenticated": "password", "window_until": until.isoformat() if until else None}
+        signing.close_window(request, user)
+        raise ReportRefused("The password is not correct.", "password", 403)
+    until = signing.window_until(request, user)
+    if until is None:
+        raise ReportRefused("Enter your password to sign.", "password_required", 403)
+    return {"reauthenticated": "window", "window_until": until.isoformat()}
+
+
 def do_sign_report(
     report: Report,
     *,
     acting_user: Any,
-    password: str,
+    password: str = "",
     request: Any = None,
     preliminary: bool = False,
     base_revision: int | None = None,
@@ -498,6 +519,10 @@ def do_sign_report(
 ) -> ReportVersion:
     """Re-authenticate the signer, sign the draft's canonical form and record the new version.
 
+    * the signer gives the password again, or signs inside the signing
+      window a correct password opened for the same session or token
+      (``REPORTS_SIGN_WINDOW_SECONDS``; see :mod:`reports.signing`); the
+      signature's audit event says which;
     * a draft becomes *preliminary* (``preliminary=True``) or *final*;
     * an open addendum or amendment of a final report becomes a new version
       and the report *amended*; earlier versions are untouched;
@@ -505,8 +530,8 @@ def do_sign_report(
       orders and marks the study reported;
     * ``critical`` opens a :class:`CriticalResult` for the referring clinician.
 
-    Raises :class:`ReportRefused` (status 403 for a wrong password); every
-    refusal is audited.
+    Raises :class:`ReportRefused` (status 403 for a wrong password, or none
+    outside a window: code ``password_required``); every refusal is audited.
     """
     try:
         return _sign(
@@ -549,8 +574,7 @@ def _sign(
 ) -> ReportVersion:
     _check_writer(report, acting_user)
     username = acting_user.get_username()
-    if not _password_ok(acting_user, password, request):
-        raise ReportRefused("The password is not correct.", "password", 403)
+    reauthenticated = _reauthenticate(acting_user, password, request)
     key = signing.active_key(acting_user)
     with transaction.atomic():
         locked = Report.objects.select_for_update().select_related("study__patient").get(pk=report.pk)
@@ -613,7 +637,12 @@ def _sign(
             institution=locked.institution_id,
             reason=f"version {version.number} signed",
             update_fields=["signed_at", "updated_at", "draft_kind", "is_critical"],
-            audit_detail={"version": version.number, "kind": kind, "code": version.verification_code},
+            audit_detail={
+                "version": version.number,
+                "kind": kind,
+                "code": version.verification_code,
+                **reauthenticated,
+            },
             now=now,
         )
         if kind != ReportVersion.Kind.PRELIMINARY:

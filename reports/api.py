@@ -12,6 +12,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
@@ -20,19 +21,20 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from archive.access import access_study
 from archive.query import name_words_q
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
 from pacs_cloud.lib.person_names import display_name
-from pacs_cloud.models import CLINICAL_ROLES, Role, User
+from pacs_cloud.models import Role, User
 
 from . import actions, exports, signing
 from .access import (
     access_critical_result,
     access_report,
     access_template,
-    granted_study_ids,
     may_author,
+    report_rules,
     template_institutions,
     visible_critical_results,
     visible_reports,
@@ -161,7 +163,17 @@ class DraftSerializer(serializers.Serializer):
 
 
 class SignSerializer(serializers.Serializer):
-    password = serializers.CharField(trim_whitespace=False, help_text="The signer's password, asked again.")
+    password = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        trim_whitespace=False,
+        help_text=(
+            "The signer's password, asked again. A correct one opens a signing window for this token "
+            "(or browser session) of REPORTS_SIGN_WINDOW_SECONDS, in which it may be left out; "
+            "outside one, leaving it out is refused with code password_required."
+        ),
+    )
     preliminary = serializers.BooleanField(default=False)
     base_revision = serializers.IntegerField(required=False, allow_null=True, min_value=0)
     critical = serializers.BooleanField(default=False)
@@ -172,6 +184,30 @@ class SignSerializer(serializers.Serializer):
         default="",
         help_text="Username of the clinician to notify of a critical result.",
     )
+
+
+class SignedVersionSerializer(VersionSerializer):
+    sign_window_until = serializers.SerializerMethodField(
+        help_text="Until when this token (or session) signs without the password; null: no window."
+    )
+
+    class Meta(VersionSerializer.Meta):
+        fields = [*VersionSerializer.Meta.fields, "sign_window_until"]
+
+    def get_sign_window_until(self, obj: ReportVersion) -> dt.datetime | None:
+        return self.context.get("sign_window_until")
+
+
+class SignWindowSerializer(serializers.Serializer):
+    until = serializers.DateTimeField(allow_null=True)
+    seconds_left = serializers.IntegerField()
+
+
+def sign_window_state(request: Any) -> dict[str, Any]:
+    """The caller's signing window (per token for the API, per session for the browser)."""
+    until = signing.window_until(request, request.user)
+    seconds = int((until - timezone.now()).total_seconds()) if until else 0
+    return {"until": until, "seconds_left": max(seconds, 0)}
 
 
 class AddendumSerializer(serializers.Serializer):
@@ -272,28 +308,23 @@ def _newest_first(report: Report) -> tuple[bool, dt.date, dt.datetime]:
 def search(user: Any, params: Any) -> tuple[list[Report], bool]:
     """One page of the lookup for ``user`` (shared by the API and the page), and whether more follow.
 
-    The reports of the caller's own hospitals and those of studies granted
-    to them are read as two queries and merged: each walks its own index in
-    date order and stops at the page's end, where one query with an OR of
-    both would have to collect and sort every visible report first.
+    The visible reports are read as disjoint parts (``report_rules``: the
+    caller's own hospitals, the studies granted to them) and merged: each
+    part walks its own index in date order and stops at the page's end,
+    where one query with an OR of both would have to collect and sort every
+    visible report first.
     """
     try:
         limit = max(1, min(int(params.get("limit", 50)), LOOKUP_MAX))
         offset = max(0, int(params.get("offset", 0)))
     except ValueError:
         raise ValidationError({"limit": "limit and offset are numbers"}) from None
-    if not core_access._authenticated(user):
-        return [], False
-    own = core_access.institution_ids(user, CLINICAL_ROLES)
-    granted = granted_study_ids(user)
     end = offset + limit + 1
     rows: list[Report] = []
     # The draft (the writers' working copy) is never listed: not read either.
     base = filtered(Report.objects.select_related("institution").defer("draft"), params)
-    if own:
-        rows += list(base.filter(institution_id__in=own)[:end])
-    if granted:
-        rows += list(base.filter(study_id__in=granted).exclude(institution_id__in=own)[:end])
+    for rule in report_rules(user):
+        rows += list(base.filter(rule)[:end])
     rows.sort(key=_newest_first, reverse=True)
     rows = rows[offset:end]
     return rows[:limit], len(rows) > limit
@@ -331,7 +362,7 @@ class ReportViewSet(viewsets.ViewSet):
     def create(self, request: Request) -> Response:
         data = CreateReportSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        study = core_access.access_study(request.user, pk=data.validated_data["study"])
+        study = access_study(request.user, pk=data.validated_data["study"])
         template = None
         if data.validated_data.get("template"):
             template = access_template(request.user, data.validated_data["template"])
@@ -395,11 +426,15 @@ class ReportViewSet(viewsets.ViewSet):
             }
         )
 
-    @extend_schema(request=SignSerializer, responses={201: VersionSerializer}, tags=["reports"])
+    @extend_schema(request=SignSerializer, responses={201: SignedVersionSerializer}, tags=["reports"])
     @action(detail=True, methods=["post"])
     @audit.records_refusal("report.sign_refused", object_type="report", key="pk")
     def sign(self, request: Request, pk: str) -> Response:
-        """Sign the draft (or the open addendum): the password is asked again."""
+        """Sign the draft (or the open addendum): the password is asked again, unless a signing window is open.
+
+        A bearer-token client's window belongs to its token: another token of
+        the same user has none, and revoking the token ends it.
+        """
         report = access_report(request.user, pk)
         data = SignSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -427,7 +462,15 @@ class ReportViewSet(viewsets.ViewSet):
             )
         except actions.ReportRefused as exc:
             return _refused(exc)
-        return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
+        until = signing.window_until(request, request.user)
+        body = SignedVersionSerializer(version, context={"sign_window_until": until}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={200: SignWindowSerializer}, tags=["reports"])
+    @action(detail=False, methods=["get"], url_path="sign-window")
+    def sign_window(self, request: Request) -> Response:
+        """Until when the caller signs without re-entering the password (this token, or this browser session)."""
+        return Response(SignWindowSerializer(sign_window_state(request)).data)
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT}, tags=["reports"])
     @action(detail=True, methods=["get"])
@@ -531,7 +574,7 @@ class ReportTemplateViewSet(viewsets.ModelViewSet):
         qs = ReportTemplate.objects.filter(institution_id__in=template_institutions(self.request.user))
         study = self.request.query_params.get("study")
         if study:
-            found = core_access.access_study(self.request.user, pk=study)
+            found = access_study(self.request.user, pk=study)
             ids = [t.pk for t in actions.templates_for(found)]
             qs = qs.filter(pk__in=ids)
         return qs.order_by("name")

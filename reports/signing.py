@@ -14,6 +14,14 @@ signer (username, name, key fingerprint), the signing time and the SHA-256 of
 the previous version's form (a chain). Verifying rebuilds that form from the
 stored fields and checks it byte for byte against what was signed, then the
 signature against the signer's public key: a changed byte anywhere fails.
+
+A signature needs the signer's password again, checked with the product's
+Argon2 hasher. A correct password opens a *signing window*
+(``REPORTS_SIGN_WINDOW_SECONDS``) in which the same signer signs without it:
+in the browser the window belongs to the session (signing out flushes it), for
+a bearer-token client to the token. It is bound to the user and to an HMAC of
+their password hash, so it never serves another user and ends when the
+password changes.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -32,8 +40,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare, salted_hmac
+
+from pacs_cloud.models import ApiToken, User
 
 from .models import SigningKey
 
@@ -218,3 +231,83 @@ def verify_report(report: Any) -> list[Verification]:
         results.append(verify(version, previous=previous))
         previous = version
     return results
+
+
+# The signing window -----------------------------------------------------------------
+
+_WINDOW_SESSION_KEY = "reports.sign_window"
+
+
+def _window_place(request: Any, user: Any) -> tuple[str, Any] | None:
+    """Where ``request``'s window lives: ``("token", id)``, ``("session", session)``, or None (no window).
+
+    A bearer token wins over a session cookie, as it does for authentication;
+    a session counts only when it is ``user``'s signed-in session.
+    """
+    if request is None:
+        return None
+    token = getattr(request, "auth", None)
+    if isinstance(token, ApiToken):
+        return ("token", token.pk) if token.user_id == user.pk else None
+    session = getattr(request, "session", None)
+    if session is not None and session.get(SESSION_KEY) == str(user.pk):
+        return ("session", session)
+    return None
+
+
+def _token_cache_key(token_id: object) -> str:
+    return f"reports:sign-window:token:{token_id}"
+
+
+def _binding(user: Any) -> str:
+    """HMAC of the user's current password hash, read afresh (a cached user may be seconds old)."""
+    stored = User.objects.filter(pk=user.pk, is_active=True).values_list("password", flat=True).first()
+    if not stored:
+        return ""
+    return salted_hmac("cloud-pacs.reports.sign-window", f"{user.pk}|{stored}", algorithm="sha256").hexdigest()
+
+
+def open_window(request: Any, user: Any) -> datetime | None:
+    """Open (or restart) the signing window of ``request``'s session or token; its end, or None if none opens."""
+    seconds = settings.REPORTS_SIGN_WINDOW_SECONDS
+    place = _window_place(request, user)
+    binding = _binding(user)
+    if seconds <= 0 or place is None or not binding:
+        return None
+    until = timezone.now() + timedelta(seconds=seconds)
+    record = {"user": str(user.pk), "binding": binding, "until": until.timestamp()}
+    kind, holder = place
+    if kind == "token":
+        cache.set(_token_cache_key(holder), record, timeout=seconds)
+    else:
+        holder[_WINDOW_SESSION_KEY] = record
+    return until
+
+
+def window_until(request: Any, user: Any) -> datetime | None:
+    """The end of ``user``'s open signing window on ``request``'s session or token, or None."""
+    place = _window_place(request, user)
+    if place is None:
+        return None
+    kind, holder = place
+    record = cache.get(_token_cache_key(holder)) if kind == "token" else holder.get(_WINDOW_SESSION_KEY)
+    if not isinstance(record, dict) or record.get("user") != str(user.pk):
+        return None
+    until = datetime.fromtimestamp(float(record.get("until", 0)), tz=UTC)
+    if until <= timezone.now():
+        return None
+    if not constant_time_compare(str(record.get("binding", "")), _binding(user)):
+        return None  # the password changed since the window opened
+    return until
+
+
+def close_window(request: Any, user: Any) -> None:
+    """End the signing window of ``request``'s session or token, if any."""
+    place = _window_place(request, user)
+    if place is None:
+        return
+    kind, holder = place
+    if kind == "token":
+        cache.delete(_token_cache_key(holder))
+    else:
+        holder.pop(_WINDOW_SESSION_KEY, None)

@@ -15,6 +15,7 @@ urlpatterns: list = [
     path("reports/<uuid:report_id>/", views.report_page, name="reports-view-report"),
     path("reports/<uuid:report_id>/edit/", views.editor, name="reports-edit-report"),
     path("reports/<uuid:report_id>/addendum/", views.open_addendum, name="reports-open-addendum"),
+    path("reports/studies/<uuid:study_id>/", views.study_report, name="reports-open-study-report"),
     path("reports/studies/<uuid:study_id>/write/", views.write_report, name="reports-write-report"),
     path(
         "reports/critical/<uuid:critical_id>/acknowledge/",

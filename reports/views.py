@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework.exceptions import ValidationError
 
-from pacs_cloud import access as core_access
+from archive.access import access_study
 from pacs_cloud import audit
 
 from . import actions, signing
@@ -28,7 +28,7 @@ from .access import (
     visible_critical_results,
     visible_reports,
 )
-from .api import search
+from .api import search, sign_window_state
 from .models import Report, ReportVersion
 
 FILTERS = ("patient_id", "patient_name", "accession", "date_from", "date_to", "modality", "status")
@@ -132,8 +132,10 @@ def editor(request: HttpRequest, report_id: str) -> HttpResponse:
     if report.state in (Report.State.FINAL, Report.State.AMENDED) and not report.draft_kind:
         return redirect("reports-view-report", report_id=report.pk)
     templates = actions.templates_for(report.study)
+    window = sign_window_state(request)
     context = {
         "report": report,
+        "sign_window": window,
         "templates": templates,
         "template_data": [
             {"id": str(t.pk), "name": t.name, "sections": t.sections, "macros": t.macros} for t in templates
@@ -145,9 +147,11 @@ def editor(request: HttpRequest, report_id: str) -> HttpResponse:
             "kind": report.draft_kind or "report",
             "state": report.state,
             "draft": report.draft,
+            "sign_window_seconds": window["seconds_left"],
             "urls": {
                 "draft": reverse("reports-report-draft", args=[report.pk]),
                 "sign": reverse("reports-report-sign", args=[report.pk]),
+                "sign_window": reverse("reports-report-sign-window"),
                 "page": reverse("reports-view-report", args=[report.pk]),
                 "manifest": reverse("viewer-api-study", args=[report.study_id]),
                 "key_images": reverse("viewer-list-key-images", args=[report.study_id]),
@@ -159,10 +163,31 @@ def editor(request: HttpRequest, report_id: str) -> HttpResponse:
 
 
 @login_required
+@require_GET
+@audit.records_refusal("study.view_refused", object_type="study", key="study_id")
+def study_report(request: HttpRequest, study_id: str) -> HttpResponse:
+    """The signed report of a study (the one archived with its images), for pages that know only the study.
+
+    A report is visible exactly when its study is; a study without a signed
+    report answers 404 like a study the caller may not open.
+    """
+    study = access_study(request.user, pk=study_id)
+    report = (
+        visible_reports(request.user)
+        .filter(study=study, state__in=(Report.State.FINAL, Report.State.AMENDED))
+        .order_by("-signed_at")
+        .first()
+    )
+    if report is None:
+        raise Http404("No signed report")
+    return redirect("reports-view-report", report_id=report.pk)
+
+
+@login_required
 @require_POST
 def write_report(request: HttpRequest, study_id: str) -> HttpResponse:
     """Open the caller's report on a study (a new draft from the chosen template) and go to the editor."""
-    study = core_access.access_study(request.user, pk=study_id)
+    study = access_study(request.user, pk=study_id)
     template = None
     if request.POST.get("template"):
         template = access_template(request.user, request.POST["template"])

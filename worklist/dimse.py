@@ -8,6 +8,7 @@ Served by ``manage.py dicom_server`` in the cloud, and by an edge gateway.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -19,13 +20,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityWorklistInformationFind,
 )
 
-from archive.dimse import DimseService, calling_node
+from archive.dimse import DimseService, calling_node, record_response, when_association_ends
 from pacs_cloud import audit
 from pacs_cloud.lib.dicom_match import InvalidKey, element_text, is_universal
 from pacs_cloud.lib.uids import new_uid
 
 from . import actions, mwl
-from .models import Station
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,6 @@ def unsupported_keys(identifier: Dataset, record: dict[str, Any]) -> list[str]:
     return missing
 
 
-def _station_character_set(node: Any) -> str:
-    station = Station.objects.filter(node=node).only("character_set").first()
-    return station.character_set if station else ""
-
-
 def handle_mwl_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """EVT_C_FIND for Modality Worklist Information Model – FIND."""
     node = calling_node(event.assoc)
@@ -85,25 +80,28 @@ def handle_mwl_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]
     count = 0
     status = PENDING
     try:
-        for answer, record in mwl.scheduled_step_answers(
-            identifier, node.institution, character_set=_station_character_set(node)
-        ):
+        for record, charset in mwl.scheduled_step_records(identifier, node.institution, calling_node=node):
             if event.is_cancelled:
                 yield CANCELLED, None
                 return
             if count == 0 and unsupported_keys(identifier, record):
                 status = PENDING_OPTIONAL_KEYS_UNSUPPORTED
             count += 1
-            yield status, answer
+            yield status, record_response(identifier, record, character_set=charset)
     except InvalidKey as exc:
         yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
         return
-    audit.record(
-        "worklist.mwl.query",
-        actor_label=f"AE {node.ae_title}",
-        institution=node.institution,
-        address=event.assoc.requestor.address,
-        detail={"matches": count},
+    # Recorded once the association ends: the modality does not wait for it.
+    when_association_ends(
+        event.assoc,
+        functools.partial(
+            audit.record,
+            "worklist.mwl.query",
+            actor_label=f"AE {node.ae_title}",
+            institution=node.institution,
+            address=event.assoc.requestor.address,
+            detail={"matches": count},
+        ),
     )
 
 

@@ -13,11 +13,12 @@ discontinued and cancelled orders have left it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Subquery
 from pydicom import Dataset
 from pydicom.charset import python_encoding
 
@@ -34,7 +35,7 @@ from pacs_cloud.lib.dicom_match import (
 )
 from pacs_cloud.models import Institution
 
-from .models import Order
+from .models import Order, Station
 
 # Scheduled Procedure Step Status (0040,0020), PS3.3 C.4.10
 SPS_STATUS = {
@@ -55,6 +56,35 @@ def _code(code: str, scheme: str, meaning: str) -> dict[str, Any]:
     return {"CodeValue": code, "CodingSchemeDesignator": scheme, "CodeMeaning": meaning[:64]}
 
 
+# The columns of an order, and of what it points to, that its worklist item is made of.
+RECORD_COLUMNS = (
+    "patient__name",
+    "patient__patient_id",
+    "patient__issuer",
+    "patient__birth_date",
+    "patient__sex",
+    "procedure__code",
+    "procedure__coding_scheme",
+    "procedure__name",
+    "procedure__body_part",
+    "procedure__duration_minutes",
+    "station__name",
+    "station__location",
+    "station__node__ae_title",
+    "accession_number",
+    "requested_procedure_id",
+    "sps_id",
+    "study_instance_uid",
+    "priority",
+    "referring_physician",
+    "clinical_info",
+    "scheduled_date",
+    "scheduled_time",
+    "modality",
+    "state",
+)
+
+
 def order_record(order: Order) -> dict[str, Any]:
     """The worklist item of an order: every attribute we support, keyed by keyword.
 
@@ -62,55 +92,60 @@ def order_record(order: Order) -> dict[str, Any]:
     from. ``order`` must come with its patient, procedure, station and the
     station's node loaded.
     """
-    patient, procedure, station = order.patient, order.procedure, order.station
-    end = dt.datetime.combine(order.scheduled_date, order.scheduled_time) + dt.timedelta(
-        minutes=procedure.duration_minutes
+    row = {column: functools.reduce(getattr, column.split("__"), order) for column in RECORD_COLUMNS}
+    return worklist_record(row, order.institution.name)
+
+
+def worklist_record(row: Mapping[str, Any], institution_name: str) -> dict[str, Any]:
+    """The worklist item of an order read as ``RECORD_COLUMNS`` (see :func:`order_record`)."""
+    end = dt.datetime.combine(row["scheduled_date"], row["scheduled_time"]) + dt.timedelta(
+        minutes=row["procedure__duration_minutes"]
     )
-    protocol = _code(procedure.code, procedure.coding_scheme, procedure.name)
+    protocol = _code(row["procedure__code"], row["procedure__coding_scheme"], row["procedure__name"])
     step = {
-        "ScheduledStationAETitle": station.node.ae_title,
-        "ScheduledStationName": station.name,
-        "ScheduledProcedureStepLocation": station.location,
-        "ScheduledProcedureStepStartDate": order.scheduled_date,
-        "ScheduledProcedureStepStartTime": order.scheduled_time,
+        "ScheduledStationAETitle": row["station__node__ae_title"],
+        "ScheduledStationName": row["station__name"],
+        "ScheduledProcedureStepLocation": row["station__location"],
+        "ScheduledProcedureStepStartDate": row["scheduled_date"],
+        "ScheduledProcedureStepStartTime": row["scheduled_time"],
         "ScheduledProcedureStepEndDate": end.date(),
         "ScheduledProcedureStepEndTime": end.time(),
-        "Modality": order.modality,
+        "Modality": row["modality"],
         "ScheduledPerformingPhysicianName": None,
-        "ScheduledProcedureStepDescription": procedure.name,
+        "ScheduledProcedureStepDescription": row["procedure__name"],
         "ScheduledProtocolCodeSequence": [protocol],
-        "ScheduledProcedureStepID": order.sps_id,
-        "ScheduledProcedureStepStatus": SPS_STATUS.get(order.state, ""),
+        "ScheduledProcedureStepID": row["sps_id"],
+        "ScheduledProcedureStepStatus": SPS_STATUS.get(row["state"], ""),
         "PreMedication": None,
         "RequestedContrastAgent": None,
         "CommentsOnTheScheduledProcedureStep": None,
     }
     return {
         # Patient (PS3.4 K.6-1, Patient Identification and Demographics)
-        "PatientName": patient.name,
-        "PatientID": patient.patient_id,
-        "IssuerOfPatientID": patient.issuer,
-        "PatientBirthDate": patient.birth_date,
-        "PatientSex": patient.sex,
-        "AdditionalPatientHistory": order.clinical_info,
+        "PatientName": row["patient__name"],
+        "PatientID": row["patient__patient_id"],
+        "IssuerOfPatientID": row["patient__issuer"],
+        "PatientBirthDate": row["patient__birth_date"],
+        "PatientSex": row["patient__sex"],
+        "AdditionalPatientHistory": row["clinical_info"],
         "MedicalAlerts": None,
         "Allergies": None,
         "PregnancyStatus": None,
         "PatientWeight": None,
         "PatientSize": None,
         # Imaging Service Request
-        "AccessionNumber": order.accession_number,
-        "ReferringPhysicianName": order.referring_physician,
-        "RequestingPhysician": order.referring_physician,
-        "InstitutionName": order.institution.name[:64],
+        "AccessionNumber": row["accession_number"],
+        "ReferringPhysicianName": row["referring_physician"],
+        "RequestingPhysician": row["referring_physician"],
+        "InstitutionName": institution_name[:64],
         # Requested Procedure
-        "StudyInstanceUID": order.study_instance_uid,
-        "RequestedProcedureID": order.requested_procedure_id,
-        "RequestedProcedureDescription": procedure.name,
+        "StudyInstanceUID": row["study_instance_uid"],
+        "RequestedProcedureID": row["requested_procedure_id"],
+        "RequestedProcedureDescription": row["procedure__name"],
         "RequestedProcedureCodeSequence": [protocol],
-        "RequestedProcedurePriority": DICOM_PRIORITY[Order.Priority(order.priority)],
-        "ReasonForTheRequestedProcedure": order.clinical_info[:64],
-        "BodyPartExamined": procedure.body_part,
+        "RequestedProcedurePriority": DICOM_PRIORITY[Order.Priority(row["priority"])],
+        "ReasonForTheRequestedProcedure": row["clinical_info"][:64],
+        "BodyPartExamined": row["procedure__body_part"],
         "ReferencedStudySequence": [],
         "ReferencedPatientSequence": [],
         # Scheduled Procedure Step
@@ -171,9 +206,8 @@ def candidate_orders(identifier: Dataset, institution: Institution) -> QuerySet[
     Only equality, list and date-range keys narrow here; wild cards, names
     and times are left to :func:`record_matches`, which decides.
     """
-    qs = Order.objects.filter(institution=institution, state__in=Order.WORKLIST_STATES).select_related(
-        "patient", "procedure", "station__node"
-    )
+    # Every condition applied at once: each QuerySet.filter() clones the query.
+    conditions = [Q(institution=institution), Q(state__in=Order.WORKLIST_STATES)]
     sps_seq = identifier.get("ScheduledProcedureStepSequence")
     step = sps_seq[0] if sps_seq else None
     keyed: list[tuple[Dataset, dict[str, str]]] = [(identifier, TOP_LOOKUPS)]
@@ -182,21 +216,25 @@ def candidate_orders(identifier: Dataset, institution: Institution) -> QuerySet[
     for ds, lookups in keyed:
         for keyword, lookup in lookups.items():
             if values := _exact_values(ds, keyword):
-                qs = qs.filter(**{lookup: values})
+                conditions.append(Q(**{lookup: values}))
     if step is not None:
         if values := _exact_values(step, "ScheduledProcedureStepStatus"):
-            qs = qs.filter(state__in=[s for s, text in SPS_STATUS.items() if text in values])
+            conditions.append(Q(state__in=[s for s, text in SPS_STATUS.items() if text in values]))
         date_key = "ScheduledProcedureStepStartDate"
         date_text = element_text(step[date_key]) if date_key in step else ""
         if not is_universal(date_text):
             low, high = dicom_datetime.parse_da_range(date_text)
             if low:
-                qs = qs.filter(scheduled_date__gte=low)
+                conditions.append(Q(scheduled_date__gte=low))
             if high:
-                qs = qs.filter(scheduled_date__lte=high)
+                conditions.append(Q(scheduled_date__lte=high))
     if name_filter := _name_prefilter(identifier):
-        qs = qs.filter(name_filter)
-    return qs.order_by("scheduled_at", "accession_number")
+        conditions.append(name_filter)
+    return (
+        Order.objects.filter(*conditions)
+        .select_related("patient", "procedure", "station__node")
+        .order_by("scheduled_at", "accession_number")
+    )
 
 
 def _encodable(record: dict[str, Any], character_set: str) -> bool:
@@ -244,19 +282,29 @@ def find_scheduled_steps(
     Set (blank: as the query asks). Raises
     :class:`pacs_cloud.lib.dicom_match.InvalidKey` for a malformed key.
     """
-    for answer, _record in scheduled_step_answers(identifier, institution, character_set=character_set):
-        yield answer
+    for record, charset in scheduled_step_records(identifier, institution, character_set=character_set):
+        yield response_identifier(identifier, record, character_set=charset)
 
 
-def scheduled_step_answers(
-    identifier: Dataset, institution: Institution, *, character_set: str = ""
-) -> Iterator[tuple[Dataset, dict[str, Any]]]:
-    """Like :func:`find_scheduled_steps`, with the matched record beside each answer."""
+def scheduled_step_records(
+    identifier: Dataset, institution: Institution, *, character_set: str = "", calling_node: Any = None
+) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """The worklist items :func:`find_scheduled_steps` answers with, each with
+    the Specific Character Set to answer it in.
+
+    With ``calling_node`` (the querying ``DicomNode``), the character set
+    configured for its station is preferred, read in the same query.
+    """
     check_keys(identifier)
     requested = requested_character_set(identifier)
-    for order in candidate_orders(identifier, institution):
-        order.institution = institution  # known already: no join, no second copy per row
-        record = order_record(order)
+    rows = candidate_orders(identifier, institution)
+    columns = list(RECORD_COLUMNS)
+    if calling_node is not None:
+        station = Station.objects.filter(node=calling_node).values("character_set")[:1]
+        rows = rows.annotate(calling_character_set=Subquery(station))
+        columns.append("calling_character_set")
+    for row in rows.values(*columns):
+        record = worklist_record(row, institution.name)
         if record_matches(identifier, record):
-            charset = answer_character_set(record, requested=requested, preferred=character_set)
-            yield response_identifier(identifier, record, character_set=charset), record
+            preferred = row.get("calling_character_set") or character_set
+            yield record, answer_character_set(record, requested=requested, preferred=preferred)

@@ -34,13 +34,15 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import struct
 import unicodedata
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.sequence import Sequence
 
@@ -340,3 +342,127 @@ def texts(record: Record) -> Iterable[str]:
                 yield item
             elif isinstance(item, Mapping):
                 yield from texts(item)
+
+
+# Encoding a response Identifier directly -----------------------------------
+#
+# pydicom builds a DataElement per value (validating it) and writes each one
+# through several layers; a worklist answer of a few dozen short strings
+# costs most of its time there. :func:`encode_response` writes the bytes
+# :func:`response_identifier` would be encoded to, for the cases that are
+# plain (Little Endian, a character set without ISO 2022 code extensions,
+# text and string values), and declines the rest.
+
+# Text VRs encoded in the Specific Character Set; string VRs in the default repertoire.
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
+# Explicit VR elements with a 4-byte length (PS3.5 7.1.2).
+_LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_ITEM = struct.Struct("<HHI")
+_SHORT = struct.Struct("<HH2sH")
+_LONG = struct.Struct("<HH2sHI")
+_SPECIFIC_CHARACTER_SET = 0x00080005
+
+
+class _Declined(Exception):
+    """A value :func:`encode_response` leaves to pydicom."""
+
+
+class _Writer:
+    def __init__(self, codec: str, implicit_vr: bool) -> None:
+        self.codec = codec
+        self.implicit_vr = implicit_vr
+
+    def element(self, tag: int, vr: str, value: bytes) -> bytes:
+        if self.implicit_vr:
+            return _ITEM.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
+        if len(vr) != 2:
+            raise _Declined(vr)  # an ambiguous VR ("US or SS"): pydicom resolves it
+        if vr in _LONG_LENGTH_VRS:
+            return _LONG.pack(tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(value)) + value
+        if len(value) > 0xFFFF:
+            raise _Declined(vr)
+        return _SHORT.pack(tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
+
+    def value(self, vr: str, value: Any) -> bytes:
+        value = to_dicom(vr, value)
+        if value is None:
+            return b""
+        if isinstance(value, list):
+            if not all(isinstance(v, str) for v in value):
+                raise _Declined(vr)
+            value = "\\".join(value)
+        if not isinstance(value, str):
+            raise _Declined(vr)
+        try:
+            if vr in _TEXT_VRS:
+                data = value.encode(self.codec)
+            elif vr in _STRING_VRS:
+                data = value.encode("latin-1")
+            else:
+                raise _Declined(vr)
+        except UnicodeEncodeError:
+            raise _Declined(vr) from None  # pydicom decides what to write instead
+        if len(data) % 2:
+            data += b"\0" if vr == "UI" else b" "
+        return data
+
+    def item(self, body: bytes) -> bytes:
+        return _ITEM.pack(0xFFFE, 0xE000, len(body)) + body
+
+    def sequence(self, key_items: Any, record_items: Any) -> bytes:
+        records = list(record_items or [])
+        if not key_items or len(key_items[0]) == 0:
+            return b"".join(self.item(self.full(r)) for r in records)
+        key_item = key_items[0]
+        return b"".join(self.item(self.requested(key_item, r)) for r in records if record_matches(key_item, r))
+
+    def full(self, record: Record) -> bytes:
+        elements = []
+        for keyword, value in record.items():
+            tag = tag_for_keyword(keyword)
+            vr = dictionary_VR(keyword)
+            if tag is None:
+                raise _Declined(keyword)
+            body = self.sequence(None, value) if vr == "SQ" else self.value(vr, value)
+            elements.append((tag, self.element(tag, vr, body)))
+        return b"".join(encoded for _, encoded in sorted(elements))
+
+    def requested(self, identifier: Dataset, record: Record) -> bytes:
+        parts = []
+        for element in identifier:
+            tag = element.tag
+            if tag.group == 0 or tag == _SPECIFIC_CHARACTER_SET:
+                continue
+            keyword = element.keyword or keyword_for_tag(tag)
+            value = record.get(keyword) if keyword else None
+            vr = element.VR
+            body = self.sequence(element.value, value) if vr == "SQ" else self.value(vr, value)
+            parts.append(self.element(tag, vr, body))
+        return b"".join(parts)
+
+
+def encode_response(
+    identifier: Dataset, record: Record, *, character_set: str | None = None, implicit_vr: bool
+) -> bytes | None:
+    """The encoding of ``response_identifier(identifier, record, character_set=...)``
+    in Little Endian (Implicit or Explicit VR), or None where pydicom must encode it.
+
+    Byte for byte what pydicom writes for that Dataset; it declines ISO 2022
+    character sets (code extensions), values its character set cannot hold,
+    ambiguous VRs and values that are neither text nor strings.
+    """
+    codec = python_encoding.get(character_set or "")
+    if codec is None or (character_set or "").startswith("ISO 2022"):
+        return None
+    if character_set and any(0xFFFF < tag < _SPECIFIC_CHARACTER_SET for tag in identifier.keys()):
+        return None  # a key that sorts before Specific Character Set
+    writer = _Writer(codec, implicit_vr)
+    try:
+        body = writer.requested(identifier, record)
+        if not character_set:
+            return body
+        first = writer.element(_SPECIFIC_CHARACTER_SET, "CS", writer.value("CS", character_set))
+    except _Declined:
+        return None
+    return first + body

@@ -30,8 +30,15 @@ def test_the_stack_has_every_process_of_the_product():
     assert commands["web"] is None  # the image's default: uvicorn
     assert commands["worker"][:4] == ["celery", "-A", "pacs_cloud", "worker"]
     assert commands["beat"][:4] == ["celery", "-A", "pacs_cloud", "beat"]
-    for name in ("migrate", "dicom"):
-        assert commands[name][:2] == ["python", "manage.py"] and commands[name][2] in get_commands()
+    assert commands["dicom"][:2] == ["python", "manage.py"] and commands["dicom"][2] in get_commands()
+
+
+def test_the_setup_step_migrates_then_merges_patients_recorded_twice_by_an_earlier_release():
+    command = compose()["services"]["migrate"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    steps = [step.split() for step in command[2].split("&&")]
+    assert all(step[:2] == ["python", "manage.py"] and step[2] in get_commands() for step in steps)
+    assert [step[2] for step in steps] == ["migrate", "merge_duplicate_patients"]
 
 
 def test_the_app_processes_use_the_production_servers_and_no_literal_secret():

@@ -82,6 +82,7 @@ isolation.route(
     reason=POST_ONLY,
     bodies={"post": {"kind": "addendum"}},
 )
+isolation.route("/api/v1/reports/sign-window/")  # the caller's own signing window; names no object
 isolation.route("/api/v1/reports/verify-code/", queries=[{"code": isolation.Ref("report.code")}])
 isolation.route(
     "/api/v1/report-templates/",
@@ -117,6 +118,11 @@ isolation.route(
     reachable=False,
     reason=POST_ONLY,
     bodies={"post": isolation.Form({"kind": "addendum"})},
+)
+isolation.route(
+    "/reports/studies/{study_id}/",
+    reachable=False,
+    reason="the study's signed report: it redirects (302) to the report page",
 )
 isolation.route("/reports/studies/{study_id}/write/", reachable=False, reason=POST_ONLY)
 isolation.route("/reports/critical/{critical_id}/acknowledge/", reachable=False, reason=POST_ONLY)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from pacs_cloud.models import Membership, Role
-from reports.models import Report
+from archive.models import Study
+from pacs_cloud.models import AuditEvent, Membership, Role
+from reports.actions import do_run_export
+from reports.models import Report, ReportExport
 from tests.conftest import make_user, web_client
-from tests.reports.conftest import make_reading
+from tests.reports.conftest import make_reading, write_and_sign
 
 pytestmark = pytest.mark.django_db
 
@@ -47,3 +49,34 @@ def test_before_the_task_is_claimed_nobody_is_offered_it(tenants):
     response = viewer(tenants.a.radiologist, reading.study)
     assert response.context["holds_reading_task"] is False
     assert 'id="write-report"' not in response.content.decode()
+
+
+def test_the_archived_report_is_offered_as_the_report_to_whoever_may_see_it(tenants):
+    reading = make_reading(tenants.a)
+    report, version = write_and_sign(reading)
+    assert do_run_export(ReportExport.objects.get(version=version, target=ReportExport.Target.DICOM))
+    study = Study.objects.get(pk=reading.study.pk)
+    assert study.has_report_document
+    link = reverse("reports-open-study-report", args=[study.pk])
+    # The clinician may see the study, hence its report: the viewer offers it beside the images.
+    page = viewer(tenants.a.clinician, study)
+    assert page.status_code == 200 and f'id="open-report" href="{link}"' in page.content.decode()
+    manifest = web_client(tenants.a.clinician).get(reverse("viewer-api-study", args=[study.pk])).json()
+    assert manifest["urls"]["report"] == link
+    assert manifest["modalities"] == "CT" and [s["modality"] for s in manifest["series"]] == ["CT"]
+    opened = web_client(tenants.a.clinician).get(link)
+    assert opened.status_code == 302 and opened["Location"] == reverse("reports-view-report", args=[report.pk])
+    # The outsider learns nothing, and the refusal is audited.
+    assert web_client(tenants.c.clinician).get(link).status_code == 404
+    assert AuditEvent.objects.filter(action="study.view_refused", object_id=str(study.pk)).exists()
+
+
+def test_a_study_without_an_archived_report_offers_none(tenants):
+    reading = make_reading(tenants.a)
+    page = viewer(tenants.a.clinician, reading.study).content.decode()
+    assert 'id="open-report"' not in page
+    manifest = web_client(tenants.a.clinician).get(reverse("viewer-api-study", args=[reading.study.pk])).json()
+    assert manifest["urls"]["report"] is None
+    # A study with no signed report answers as a missing one.
+    link = reverse("reports-open-study-report", args=[reading.study.pk])
+    assert web_client(tenants.a.clinician).get(link).status_code == 404

@@ -3,6 +3,7 @@
 import datetime as dt
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -12,6 +13,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from archive.dimse import start_server
+from pacs_cloud.models import AuditEvent
 from tests.conftest import api_client, free_port
 from worklist.models import Order
 
@@ -179,3 +181,19 @@ def test_a_malformed_key_fails_and_an_unsupported_one_warns(scp, sites, order_fa
     responses = _pynetdicom_find(scp, identifier)
     assert [status for status, _ in responses] == [0xFF01, 0x0000]
     assert responses[0][1].PatientComments in (None, "")
+
+
+def test_a_worklist_query_is_audited_once_its_association_ends(scp, sites, order_factory):
+    order_factory()
+    identifier = Dataset()
+    identifier.PatientName = ""
+    responses = _pynetdicom_find(scp, identifier)
+    assert [status for status, _ in responses] == [0xFF00, 0x0000]
+    deadline = time.monotonic() + 10
+    while not (events := list(AuditEvent.objects.filter(action="worklist.mwl.query"))):
+        assert time.monotonic() < deadline, "the query was never audited"
+        time.sleep(0.05)
+    (event,) = events
+    assert event.actor == "AE ALPHA_CT"
+    assert event.institution_id == sites["a"].institution.pk
+    assert event.detail == {"matches": 1}

@@ -23,6 +23,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from archive.access import access_study, visible_studies
 from archive.api import PatientRefSerializer
 from archive.models import Patient, Study
 from pacs_cloud import access as core_access
@@ -56,8 +57,15 @@ class ReferralStudySerializer(serializers.Serializer):
     study_instance_uid = serializers.CharField(allow_null=True)
     description = serializers.CharField(allow_null=True)
     study_date = serializers.DateField(allow_null=True)
-    modalities = serializers.CharField(allow_null=True)
-    num_instances = serializers.IntegerField(allow_null=True)
+    modalities = serializers.CharField(
+        allow_null=True, help_text="Modalities in Study of every object, the archived report (DOC) included."
+    )
+    num_instances = serializers.IntegerField(allow_null=True, help_text="Every object, the archived report included.")
+    # What a page shows: the images, and the archived report as the report.
+    image_modalities = serializers.ListField(child=serializers.CharField(), allow_null=True)
+    image_series = serializers.IntegerField(allow_null=True)
+    image_instances = serializers.IntegerField(allow_null=True)
+    has_report_document = serializers.BooleanField(allow_null=True)
     viewer_url = serializers.CharField(allow_null=True)
 
 
@@ -136,7 +144,7 @@ class ReferralSerializer(serializers.ModelSerializer):
             attached = [row.study_id for referral in shown for row in referral.attachments.all()]
             user = self.context["request"].user
             self.context["_visible_studies"] = set(
-                core_access.visible_studies(user).filter(pk__in=attached).values_list("pk", flat=True)
+                visible_studies(user).filter(pk__in=attached).values_list("pk", flat=True)
             )
         return self.context["_visible_studies"]
 
@@ -158,6 +166,10 @@ class ReferralSerializer(serializers.ModelSerializer):
                     "study_date": study.study_date if seen else None,
                     "modalities": study.modalities if seen else None,
                     "num_instances": study.num_instances if seen else None,
+                    "image_modalities": study.image_modalities if seen else None,
+                    "image_series": study.image_series if seen else None,
+                    "image_instances": study.image_instances if seen else None,
+                    "has_report_document": study.has_report_document if seen else None,
                     "viewer_url": access.viewer_url(study.pk) if seen else None,
                 }
             )
@@ -302,7 +314,7 @@ class ShareCreateSerializer(serializers.Serializer):
 
 def _study_for(user: Any, pk: Any) -> Study:
     """A study the caller may see (404 alike for missing and not yours)."""
-    return core_access.access_study(user, pk=pk)
+    return access_study(user, pk=pk)
 
 
 class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

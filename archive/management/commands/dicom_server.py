@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from typing import Any
@@ -25,6 +26,10 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         server = start_server(ae_title, host, port)
+        # Everything loaded so far lives as long as the process: keep it out of
+        # the collector's way. pynetdicom collects garbage every 60 connections,
+        # which would otherwise walk Django's and pydicom's objects each time.
+        gc.freeze()
         self.stdout.write(f"DICOM services of {ae_title} on {host}:{port}")
         stop.wait()
         # Stop accepting; associations in progress finish their current request.

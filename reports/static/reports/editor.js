@@ -256,10 +256,41 @@
   document.getElementById("refresh-keys").addEventListener("click", loadMarked);
 
   // Signing ----------------------------------------------------------------------------
+  // Inside the signing window (opened by the last password entered in this
+  // session) the dialog does not ask for the password; the server decides.
   const dialog = document.getElementById("sign-dialog");
+  const passwordField = document.getElementById("sign-password");
+  let windowEnds = config.sign_window_seconds > 0 ? Date.now() + config.sign_window_seconds * 1000 : 0;
+
+  function showWindow() {
+    const open = windowEnds - Date.now() > 2000;
+    document.getElementById("sign-window").hidden = !open;
+    document.getElementById("sign-password-label").hidden = open;
+    passwordField.required = !open;
+    if (open) {
+      const until = document.getElementById("sign-window-until");
+      until.dateTime = new Date(windowEnds).toISOString();
+      until.textContent = window.pacsTime(windowEnds);
+    }
+    return open;
+  }
+
+  async function refreshWindow() {
+    try {
+      const response = await fetch(config.urls.sign_window, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (response.ok) {
+        const body = await response.json();
+        windowEnds = body.seconds_left > 0 ? Date.now() + body.seconds_left * 1000 : 0;
+      }
+    } catch (error) { /* offline: the server asks for the password if the window has ended */ }
+    showWindow();
+  }
+
   document.getElementById("sign-open").addEventListener("click", () => {
     document.getElementById("sign-error").textContent = "";
+    showWindow();
     dialog.showModal();
+    refreshWindow();
   });
   document.getElementById("sign-cancel").addEventListener("click", () => dialog.close());
   document.getElementById("sign-form").addEventListener("submit", async (event) => {
@@ -277,7 +308,7 @@
     }
     const preliminary = document.getElementById("sign-preliminary");
     const body = {
-      password: document.getElementById("sign-password").value,
+      password: showWindow() ? "" : passwordField.value,
       base_revision: revision,
       preliminary: Boolean(preliminary && preliminary.checked),
       critical: document.getElementById("sign-critical").checked,
@@ -294,6 +325,12 @@
     try {
       const answer = await response.json();
       detail = answer.detail || Object.values(answer).flat().join(" ") || detail;
+      if (answer.code === "password_required") {
+        windowEnds = 0;
+        showWindow();
+        detail = "Your signing window has ended: enter your password again.";
+        passwordField.focus();
+      }
     } catch (e) { /* not JSON */ }
     error.textContent = detail;
   });

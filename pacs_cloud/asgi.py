@@ -11,6 +11,8 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from viewer.lean import lean_http  # noqa: E402
+
 from . import push  # noqa: E402
 from .routing import websocket_urlpatterns  # noqa: E402
 
@@ -18,7 +20,8 @@ push.IN_WEB_PROCESS = True
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Single rendered frames asked for with a bearer token skip the middleware chain.
+        "http": lean_http(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

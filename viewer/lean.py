@@ -30,15 +30,16 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.core.exceptions import PermissionDenied, SynchronousOnlyOperation
-from django.core.handlers.asgi import ASGIHandler
+from django.core.exceptions import PermissionDenied, RequestAborted, SynchronousOnlyOperation
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
+from django.db import close_old_connections
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
-from django.urls import path
+from django.urls import path, set_script_prefix
 from rest_framework.exceptions import APIException
 
 from archive.storage import FileSystemStorage, get_storage
@@ -49,6 +50,7 @@ from .access import access_instance, already_recorded, record_study_view
 from .pixels import RenderError
 from .render import render_cached, render_frame, render_key
 
+T = TypeVar("T")
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
@@ -116,7 +118,20 @@ async def rendered(
         full = views.FrameThumbnail if thumbnail else views.FrameRendered
     else:
         full = views.InstanceThumbnail if thumbnail else views.InstanceRendered
-    return await sync_to_async(full.as_view())(request, **kwargs)
+    return await _in_thread(full.as_view())(request, **kwargs)
+
+
+def _in_thread(function: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """``function`` run in the sync thread, its database connection checked before and after (as per request)."""
+
+    def run(*args: Any, **kwargs: Any) -> T:
+        close_old_connections()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return sync_to_async(run)
 
 
 async def _lean(
@@ -126,11 +141,9 @@ async def _lean(
         (target, number), params, kind, etag, audited = _decide(request, key, uids, frames, thumbnail)
     except SynchronousOnlyOperation:
         # A memo is cold: the same decision with database access, in a thread.
-        (target, number), params, kind, etag, audited = await sync_to_async(_decide)(
-            request, key, uids, frames, thumbnail
-        )
+        (target, number), params, kind, etag, audited = await _in_thread(_decide)(request, key, uids, frames, thumbnail)
     if not audited:
-        await sync_to_async(record_study_view)(request, target.series.study, via=f"dicomweb.{kind}")
+        await _in_thread(record_study_view)(request, target.series.study, via=f"dicomweb.{kind}")
     if views._not_modified(request, etag):
         return views._cached_headers(HttpResponse(status=304), etag)
     if isinstance(get_storage(), FileSystemStorage):
@@ -158,13 +171,33 @@ urlpatterns = [
 
 
 class LeanHandler(ASGIHandler):
-    """Django's ASGI handler with no middleware and only this module's routes."""
+    """Django's ASGI handler with no middleware and only this module's routes.
+
+    It also leaves out the per-request thread context and the
+    request_started/finished signals, whose receivers would each cost a hop
+    into a thread: the only database work here runs through :func:`_in_thread`,
+    which looks after the connection as those signals would.
+    """
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            assert error_response is not None
+            await self.send_response(error_response, send)
+        else:
+            await self.send_response(await self.run_get_response(request), send)
+        body_file.close()
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware: list = []
         self._template_response_middleware: list = []
         self._exception_middleware: list = []
-        self._middleware_chain = convert_exception_to_response(self._get_response_async)
+        self._middleware_chain = convert_exception_to_response(self._get_response_async)  # type: ignore[attr-defined]
 
     def resolve_request(self, request: HttpRequest) -> Any:
         request.urlconf = __name__

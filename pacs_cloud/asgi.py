@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP (Django) and WebSockets (channels) on one server."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -25,3 +26,8 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Everything loaded so far (code, settings, URL patterns) lives as long as the
+# process: leave it out of the collector's full passes, which otherwise walk it
+# in the middle of requests.
+gc.freeze()

@@ -94,6 +94,12 @@ def timed_get(session: requests.Session, url: str, **kwargs) -> tuple[float, req
     return elapsed, response
 
 
+def server_time(response: requests.Response) -> float | None:
+    """Our ``Server-Timing: app;dur=<ms>``: arrival in the application to the response head."""
+    timing = response.headers.get("Server-Timing", "")
+    return float(timing.split("dur=")[1].split(";")[0].split(",")[0]) if "dur=" in timing else None
+
+
 # Set-up -------------------------------------------------------------------------
 
 
@@ -272,7 +278,7 @@ def measure_http(args, home: Path, manifest: dict, orthanc: str, ids: dict, ours
 
     # Cold: Orthanc and ours alternate slice by slice, so both see the same
     # moment of a shared machine's load; each round starts our server afresh.
-    orthanc_ms, ours_ms, sizes, rounds = [], [], [], []
+    orthanc_ms, ours_ms, sizes, rounds, cold_server = [], [], [], [], []
     for number in range(args.rounds):
         if number:
             ours.restart()
@@ -284,6 +290,7 @@ def measure_http(args, home: Path, manifest: dict, orthanc: str, ids: dict, ours
             assert response.headers["Content-Type"] == "image/jpeg"
             round_orthanc.append(ms_orthanc)
             round_ours.append(ms)
+            cold_server.append(server_time(response))
             sizes.append(len(response.content))
         orthanc_ms += round_orthanc
         ours_ms += round_ours
@@ -293,6 +300,7 @@ def measure_http(args, home: Path, manifest: dict, orthanc: str, ids: dict, ours
     orthanc_p50 = summary("render.orthanc_cold_jpeg_q90", orthanc_ms)
     ours_p50 = summary("render.ours_cold_jpeg_q90", ours_ms)
     out("render.cold_p50_ratio_ours_over_orthanc", ours_p50 / orthanc_p50)
+    summary("render.ours_cold_server", [v for v in cold_server if v is not None])
     out("render.ours_jpeg_q90_bytes_mean", statistics.mean(sizes))
     out("render.ours_jpeg_q90_bytes_ratio_vs_raw", statistics.mean(sizes) / raw_mean)
 
@@ -301,9 +309,9 @@ def measure_http(args, home: Path, manifest: dict, orthanc: str, ids: dict, ours
     for e in pick:
         ms, response = timed_get(session, frame_url(ours.base, manifest, e["sop"], "quality=90"))
         hits.append(ms)
-        timing = response.headers.get("Server-Timing", "")
-        if "dur=" in timing:
-            server_ms.append(float(timing.split("dur=")[1].split(";")[0].split(",")[0]))
+        spent = server_time(response)
+        if spent is not None:
+            server_ms.append(spent)
     summary("render.ours_cached_image", hits)
     if server_ms:
         summary("render.ours_cached_image_server", server_ms)

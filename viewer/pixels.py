@@ -628,8 +628,7 @@ def to_display(frame: DecodedFrame, voi: Voi | None = None) -> np.ndarray:
     if px.dtype.itemsize <= 2 and px.dtype.kind in "iu":
         lut = grayscale_lut(info, voi, px.dtype)
         unsigned: Any = px.view(np.uint8 if px.dtype.itemsize == 1 else np.uint16)
-        # Indices as intp take numpy's fast gather (a third quicker than uint16 ones).
-        return np.take(lut, unsigned.astype(np.intp))
+        return np.take(lut, unsigned)
     return p_values(modality_values(px, info), voi, info)
 
 
@@ -648,7 +647,7 @@ def modality_display(values: np.ndarray, voi: Voi, info: FrameInfo) -> np.ndarra
     )
     if values.dtype == np.int16:
         lut = grayscale_lut(identity, voi, values.dtype)
-        return np.take(lut, values.view(np.uint16).astype(np.intp))
+        return np.take(lut, values.view(np.uint16))
     return p_values(values.astype(np.float64), voi, identity)
 
 

@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP (Django) and WebSockets (channels) on one server."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -11,6 +12,8 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from viewer.lean import lean_http  # noqa: E402
+
 from . import push  # noqa: E402
 from .routing import websocket_urlpatterns  # noqa: E402
 
@@ -18,7 +21,13 @@ push.IN_WEB_PROCESS = True
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Single rendered frames asked for with a bearer token skip the middleware chain.
+        "http": lean_http(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Everything loaded so far (code, settings, URL patterns) lives as long as the
+# process: leave it out of the collector's full passes, which otherwise walk it
+# in the middle of requests.
+gc.freeze()

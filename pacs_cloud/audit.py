@@ -119,14 +119,13 @@ def _append_alone(event: AuditEvent) -> None:
     drawn under the lock too, so id order stays chain order. The second
     inserts the row and commits, which releases the lock.
     """
-    table = connection.ops.quote_name(AuditEvent._meta.db_table)
     with connection.cursor() as cursor:
         try:
             cursor.execute(
                 "BEGIN; SELECT pg_advisory_xact_lock(%s); "
-                f"SELECT (SELECT hash FROM {table} ORDER BY id DESC LIMIT 1), "
-                "nextval(pg_get_serial_sequence(%s, 'id'))",
-                [_CHAIN_LOCK_KEY, AuditEvent._meta.db_table],
+                "SELECT (SELECT hash FROM pacs_cloud_auditevent ORDER BY id DESC LIMIT 1), "
+                "nextval(pg_get_serial_sequence('pacs_cloud_auditevent', 'id'))",
+                [_CHAIN_LOCK_KEY],
             )
             last, event.pk = cursor.fetchone()
             event.prev_hash = last or GENESIS_HASH

@@ -72,6 +72,9 @@ def _text_q(path: str, value: str) -> Q:
 
 
 def _element(vr: str, values: list[Any]) -> dict[str, Any]:
+    if len(values) == 1:  # the common case, kept cheap: every answer row holds a dozen of these
+        value = values[0]
+        return {"vr": vr} if value is None or value == "" else {"vr": vr, "Value": values}
     values = [v for v in values if v is not None and v != ""]
     return {"vr": vr, "Value": values} if values else {"vr": vr}
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pydicom
 from django.db import transaction
+from django.db.models import ForeignObjectRel
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
@@ -26,6 +27,7 @@ from pacs_cloud.lib import dicom_datetime
 from pacs_cloud.models import Institution
 
 from . import names, signals
+from .ingest import birth_date_in_future, patient_issuer
 from .models import DicomNode, IngestConflict, Instance, Patient, Series, Study
 from .storage import CACHE, get_storage
 
@@ -216,8 +218,12 @@ def _patient_overrides(patient: Patient) -> dict[str, str]:
 def _refresh_overrides(patient: Patient) -> None:
     """Recompute ``header_overrides`` of every study of ``patient`` from the index."""
     wanted = _patient_overrides(patient)
+    institution = Institution.objects.get(pk=patient.institution_id)
     for study in Study.objects.select_for_update().filter(patient=patient):
-        received = study.received_patient or {}
+        received = dict(study.received_patient or {})
+        if received.get("PatientID"):
+            # A blank issuer was read as the institution's own: no override to say so.
+            received["IssuerOfPatientID"] = patient_issuer(institution, {"IssuerOfPatientID": "", **received})
         overrides = {k: v for k, v in wanted.items() if (received.get(k, "") or "") != v}
         if overrides != study.header_overrides:
             study.header_overrides = overrides
@@ -264,6 +270,8 @@ def do_correct_patient_demographics(
             locked.name_phonetic = forms.phonetic[:324]
             locked.name_words = forms.words[:400]
         if birth_date is not None:
+            if birth_date_in_future(locked.institution, birth_date):
+                raise ValueError(f"the birth date {birth_date.isoformat()} is in the future")
             locked.birth_date = birth_date
         if sex is not None:
             locked.sex = sex.strip().upper()[:16]
@@ -317,6 +325,64 @@ def do_link_study_to_patient(
     return locked
 
 
+def do_merge_duplicate_patients(institution: Institution | None = None) -> int:
+    """Join each patient recorded twice at an institution into one record; the number merged.
+
+    Images whose Patient ID came without an issuer used to get a record of
+    their own beside the one registration made (issuer blank against the
+    institution's issuer). The registered record is kept; every study,
+    order, referral and import of the other moves to it, its demographics
+    are kept as received forms (later images carrying them still match),
+    and it is deleted. Safe to run again: nothing is left to merge.
+    """
+    institutions = [institution] if institution is not None else Institution.objects.all()
+    merged = 0
+    for inst in institutions:
+        if not inst.patient_id_issuer:
+            continue
+        blank = Patient.objects.filter(institution=inst, issuer="").exclude(patient_id="")
+        registered = Patient.objects.filter(
+            institution=inst, issuer=inst.patient_id_issuer, patient_id__in=blank.values("patient_id")
+        )
+        for kept in registered:
+            for duplicate in blank.filter(patient_id=kept.patient_id):
+                _merge_patient(duplicate, into=kept)
+                merged += 1
+    return merged
+
+
+def _merge_patient(duplicate: Patient, *, into: Patient) -> None:
+    with transaction.atomic():
+        kept = Patient.objects.select_for_update().get(pk=into.pk)
+        gone = Patient.objects.select_for_update().get(pk=duplicate.pk)
+        moved = {}
+        # Every relation, the other apps' included, found through the model so
+        # the archive names none of them.
+        for relation in Patient._meta.get_fields(include_hidden=True):
+            if isinstance(relation, ForeignObjectRel) and relation.one_to_many:
+                model = relation.related_model
+                field = relation.field.name
+                count = model._default_manager.filter(**{field: gone}).update(**{field: kept})
+                if count:
+                    moved[model._meta.label_lower] = count
+        forms = [_patient_overrides(gone), *gone.received_forms]
+        kept.received_forms = [*kept.received_forms, *(f for f in forms if f not in kept.received_forms)]
+        kept.updated_at = timezone.now()
+        kept.save(update_fields=["received_forms", "updated_at"])
+        gone_pk = gone.pk
+        gone.delete()
+        _refresh_overrides(kept)
+        audit.record(
+            "archive.patient.merge",
+            actor_label="duplicate patient merge",
+            institution=kept.institution_id,
+            object_type="archive.patient",
+            object_id=kept.pk,
+            patient_id=kept.patient_id,
+            detail={"merged_patient": str(gone_pk), "moved": moved},
+        )
+
+
 # Conflicts ----------------------------------------------------------------------
 
 
@@ -336,6 +402,8 @@ def do_resolve_conflict(conflict: IngestConflict, *, keep: str, acting_user: Any
             locked.status = IngestConflict.Status.KEPT_EXISTING
             transaction.on_commit(lambda: storage.delete(locked.storage_key))
         else:
+            if locked.reason:
+                raise ValueError(f"kept aside because {locked.reason}: correct it at the source and send it again")
             if locked.instance_id is None:
                 raise ValueError("the archived instance of this conflict is gone; keep the existing state")
             instance = Instance.objects.select_for_update().get(pk=locked.instance_id)

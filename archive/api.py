@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from pacs_cloud import access, audit
 from pacs_cloud.access import HasClinicalRole, IsInstitutionAdmin
+from pacs_cloud.lib.person_names import display_name
 from pacs_cloud.models import Institution, Role
 
 from . import actions
@@ -27,21 +28,29 @@ class PatientSerializer(serializers.Serializer):
     patient_id = serializers.CharField()
     issuer = serializers.SerializerMethodField()
     name = serializers.CharField()
+    display_name = serializers.SerializerMethodField(help_text="The name as shown: 张三 (ZHANG, SAN)")
     birth_date = serializers.DateField(allow_null=True)
     sex = serializers.CharField()
 
     def get_issuer(self, patient: Any) -> str:
         return "" if patient.issuer.startswith("no-patient-id:") else patient.issuer
 
+    def get_display_name(self, patient: Any) -> str:
+        return display_name(patient.name)
+
 
 @extend_schema_serializer(component_name="Patient")
 class PatientRefSerializer(serializers.Serializer):
     """A patient as other resources show one (a reading task's, a referral's): demographics, no issuer."""
 
-    name = serializers.CharField()
+    name = serializers.CharField(help_text="The DICOM PN value")
+    display_name = serializers.SerializerMethodField(help_text="The name as shown: 张三 (ZHANG, SAN)")
     patient_id = serializers.CharField()
     birth_date = serializers.DateField(allow_null=True)
     sex = serializers.CharField()
+
+    def get_display_name(self, patient: Any) -> str:
+        return display_name(patient["name"] if isinstance(patient, dict) else patient.name)
 
 
 class SeriesSerializer(serializers.ModelSerializer):
@@ -62,7 +71,13 @@ class SeriesSerializer(serializers.ModelSerializer):
 class StudySerializer(serializers.ModelSerializer):
     institution = serializers.SerializerMethodField()
     patient = PatientSerializer()
+    # As DICOM counts them (every stored object, the archived report included) ...
     modalities = serializers.SerializerMethodField()
+    # ... and as the pages do: images only; the report is the report.
+    image_modalities = serializers.ListField(child=serializers.CharField(), read_only=True)
+    image_series = serializers.IntegerField(read_only=True)
+    image_instances = serializers.IntegerField(read_only=True)
+    has_report_document = serializers.BooleanField(read_only=True)
     dicomweb_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -81,6 +96,10 @@ class StudySerializer(serializers.ModelSerializer):
             "modalities",
             "num_series",
             "num_instances",
+            "image_modalities",
+            "image_series",
+            "image_instances",
+            "has_report_document",
             "size_bytes",
             "state",
             "received_at",
@@ -260,6 +279,7 @@ class IngestConflictSerializer(serializers.ModelSerializer):
             "sha256",
             "size",
             "source",
+            "reason",
             "status",
             "received_at",
             "resolved_at",
@@ -267,7 +287,8 @@ class IngestConflictSerializer(serializers.ModelSerializer):
 
 
 class IngestConflictViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Objects refused because their SOP Instance UID is archived with other content, for review."""
+    """Objects kept aside for review: their SOP Instance UID is archived with other content, or
+    they were refused for what they say (``reason``)."""
 
     serializer_class = IngestConflictSerializer
     permission_classes = [IsInstitutionAdmin]
@@ -289,5 +310,8 @@ class IngestConflictViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
         keep = str(request.data.get("keep", ""))
         if keep not in ("existing", "new"):
             return Response({"keep": ["Choose 'existing' or 'new'."]}, status=status.HTTP_400_BAD_REQUEST)
-        resolved = actions.do_resolve_conflict(conflict, keep=keep, acting_user=request.user)
+        try:
+            resolved = actions.do_resolve_conflict(conflict, keep=keep, acting_user=request.user)
+        except ValueError as exc:
+            return Response({"keep": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         return Response(IngestConflictSerializer(resolved).data)

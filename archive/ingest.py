@@ -16,7 +16,8 @@ Validation, in order: size limit; a readable data set that is not cut short;
 well-formed Study, Series, SOP Instance and SOP Class UIDs (they make the
 storage key); not a DICOMDIR; then against what is archived for the
 institution: the same SOP Instance UID with other bytes is a conflict (the
-new object is kept aside for review, never over the archived one); a study
+new object is kept aside for review, never over the archived one), and so
+is an object whose patient is born after today at the institution; a study
 belongs to one patient (ID, issuer, name, birth date and sex as first
 received); a series belongs to one study and has one modality; a patient's
 birth date and sex do not change between studies.
@@ -24,6 +25,7 @@ birth date and sex do not change between studies.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import logging
@@ -34,6 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pydicom
 from django.conf import settings
@@ -57,7 +60,7 @@ from pacs_cloud.lib.uids import InvalidUID, is_valid_uid, require_uid
 from pacs_cloud.models import Institution
 
 from . import names, signals
-from .models import IngestConflict, Instance, Patient, Series, Study
+from .models import NON_IMAGE_MODALITIES, IngestConflict, Instance, Patient, Series, Study
 from .storage import CACHE, CHUNK, STORED, TieredStorage, get_storage, object_key
 
 log = logging.getLogger(__name__)
@@ -654,6 +657,14 @@ def _ingest(
             )
         if only_study and study_uid != only_study:
             raise IngestError(f"the instance belongs to study {study_uid}, not {only_study}", code="wrong_study")
+        birth_date = _safe_date(ds, "PatientBirthDate")
+        if birth_date is not None and birth_date_in_future(institution, birth_date):
+            reason = f"the patient's birth date {birth_date.isoformat()} is in the future"
+            if not Instance.objects.filter(
+                institution=institution, sop_instance_uid=sop_uid, sha256=obj.sha256
+            ).exists():
+                conflict = _keep_invalid_aside(obj, uids, institution, session.source, reason)
+                raise IngestError(f"{reason}; kept aside for review (conflict {conflict.pk})", code="inconsistent")
         for attempt in range(2):
             _check_consistency(ds, uids, institution, session)
             # The key carries the content digest: an identical re-send lands on
@@ -748,6 +759,11 @@ def _unindex(instance: Instance) -> None:
             Study.objects.filter(series__pk=instance.series_id).update(
                 num_instances=F("num_instances") - 1, size_bytes=F("size_bytes") - instance.size
             )
+            modality = Series.objects.filter(pk=instance.series_id).values_list("modality", flat=True).first()
+            if _non_image(modality or ""):
+                Study.objects.filter(series__pk=instance.series_id).update(
+                    non_image_instances=F("non_image_instances") - 1
+                )
 
 
 def _wait_until_stored(written: Future, key: str) -> None:
@@ -823,6 +839,60 @@ def _keep_aside(existing: Instance, obj: _Object, key: str, institution: Institu
     return conflict
 
 
+def birth_date_in_future(institution: Institution, birth_date: dt.date) -> bool:
+    """Whether ``birth_date`` is after today at ``institution`` (in its time zone)."""
+    return birth_date > timezone.now().astimezone(ZoneInfo(institution.time_zone)).date()
+
+
+def _keep_invalid_aside(
+    obj: _Object, uids: tuple[str, str, str, str], institution: Institution, source: Source, reason: str
+) -> IngestConflict:
+    """Keep an object refused for what it says (not for a clash) aside for review, unindexed."""
+    study_uid, series_uid, sop_uid, _ = uids
+    key = object_key(institution.pk, study_uid, series_uid, sop_uid, version=obj.sha256[:16])
+    storage = get_storage()
+    try:
+        if obj.staged is not None:
+            staged, obj.staged = obj.staged, None
+            _commit_staged(storage, staged, key)
+        else:
+            storage.put_chunks(key, obj.chunks(), obj.sha256)
+        if isinstance(storage, TieredStorage):
+            storage.copy_to_store(key, obj.sha256)
+    except OSError as exc:
+        log.exception("could not keep %s aside", key)
+        raise IngestError(f"the archive could not store the object: {exc}", code="storage") from exc
+    with transaction.atomic():
+        conflict, created = IngestConflict.objects.get_or_create(
+            institution=institution,
+            sop_instance_uid=sop_uid,
+            sha256=obj.sha256,
+            status=IngestConflict.Status.OPEN,
+            defaults={
+                "reason": reason[:200],
+                "study_instance_uid": study_uid,
+                "series_instance_uid": series_uid,
+                "transfer_syntax_uid": obj.transfer_syntax,
+                "storage_key": key,
+                "size": obj.size,
+                "source": str(source)[:200],
+            },
+        )
+        if created:
+            audit.record(
+                "archive.instance.kept_aside",
+                actor=source.actor,
+                actor_label=source.label,
+                institution=institution,
+                object_type="archive.ingestconflict",
+                object_id=conflict.pk,
+                address=source.address,
+                outcome="failure",
+                detail={"sop_instance_uid": sop_uid, "via": source.via, "reason": reason},
+            )
+    return conflict
+
+
 def _same_name(a: str, b: str) -> bool:
     first, second = names.name_forms(a), names.name_forms(b)
     for x, y in (
@@ -891,7 +961,7 @@ def _check_patient(institution: Institution, incoming: dict[str, str]) -> None:
     if not incoming["PatientID"]:
         return
     patient = Patient.objects.filter(
-        institution=institution, patient_id=incoming["PatientID"], issuer=incoming["IssuerOfPatientID"]
+        institution=institution, patient_id=incoming["PatientID"], issuer=patient_issuer(institution, incoming)
     ).first()
     if patient is None:
         return
@@ -925,6 +995,16 @@ def _load_series(ref: _StudyRef, series_uid: str) -> tuple[Any, str] | None:
         return None
     ref.series[series_uid] = (row["pk"], row["modality"])
     return ref.series[series_uid]
+
+
+def patient_issuer(institution: Institution, received: dict[str, str]) -> str:
+    """The issuer a received Patient ID belongs to.
+
+    Modalities often drop the Issuer of Patient ID (0010,0021) the worklist
+    gave them; an ID without one was assigned by the receiving institution,
+    so it names the patient registered there rather than a second record.
+    """
+    return received["IssuerOfPatientID"] or institution.patient_id_issuer
 
 
 def _anonymous_issuer(study_uid: str) -> str:
@@ -985,7 +1065,12 @@ def _index(
         # The usual case inside a series: its study and series rows are known
         # and the study's receipt is audited; index the instance and count it.
         instance.series_id = series_ref[0]
-        still_receiving = _insert_and_count(instance, ref.study_pk, now)
+        if _non_image(series_ref[1]):
+            with transaction.atomic():
+                still_receiving = _insert_and_count(instance, ref.study_pk, now)
+                Study.objects.filter(pk=ref.study_pk).update(non_image_instances=F("non_image_instances") + 1)
+        else:
+            still_receiving = _insert_and_count(instance, ref.study_pk, now)
     else:
         # A new study or series, or the first instance of this session: the
         # rows it needs are created (and the receipt audited) with the
@@ -1002,6 +1087,11 @@ def _index(
             if series_created:
                 Study.objects.filter(pk=ref.study_pk).update(
                     num_series=F("num_series") + 1, modalities=_modalities_after(ref.study_pk, series_ref[1])
+                )
+            if _non_image(series_ref[1]):
+                Study.objects.filter(pk=ref.study_pk).update(
+                    non_image_series=F("non_image_series") + int(series_created),
+                    non_image_instances=F("non_image_instances") + 1,
                 )
             if study_uid not in session.audited:
                 audit.record(
@@ -1100,6 +1190,11 @@ def _insert_and_count(instance: Instance, study_pk: Any, now: Any) -> bool:
             return cursor.fetchone()[0] == Study.State.RECEIVING
 
 
+def _non_image(modality: str) -> bool:
+    # Rare (a report, a key object selection): counted apart, off the per-image path.
+    return modality.upper() in NON_IMAGE_MODALITIES
+
+
 def _modalities_after(study_pk: Any, modality: str) -> str:
     current = Study.objects.filter(pk=study_pk).values_list("modalities", flat=True).first() or ""
     values = set(filter(None, current.split("\\"))) | ({modality} if modality else set())
@@ -1110,7 +1205,7 @@ def _get_or_create_study(
     ds: pydicom.Dataset, study_uid: str, institution: Institution, now: Any
 ) -> tuple[_StudyRef, bool]:
     received = patient_module(ds)
-    patient_id, issuer = received["PatientID"], received["IssuerOfPatientID"]
+    patient_id, issuer = received["PatientID"], patient_issuer(institution, received)
     if not patient_id:
         issuer = _anonymous_issuer(study_uid)
     forms = names.name_forms(received["PatientName"])

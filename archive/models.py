@@ -56,6 +56,12 @@ class Patient(models.Model):
         return f"{self.name or '(no name)'} [{self.patient_id}]"
 
 
+# Modalities of objects that are not images (PS3.3 C.7.3.1.1.1): the archived
+# report (DOC), structured reports, key object selections, presentation states.
+# The study's DICOM attributes count them; the pages count and list images.
+NON_IMAGE_MODALITIES = frozenset({"DOC", "SR", "KO", "PR", "REG", "RWV", "PLAN", "RTPLAN", "RTSTRUCT"})
+
+
 class Study(ConcurrentTransitionMixin, models.Model):
     class State(models.TextChoices):
         # Workflow view of an archived study (DESIGN.md, state machines).
@@ -80,6 +86,9 @@ class Study(ConcurrentTransitionMixin, models.Model):
     modalities = models.CharField(max_length=64, blank=True, help_text="Modalities in Study, backslash-separated")
     num_series = models.PositiveIntegerField(default=0)
     num_instances = models.PositiveIntegerField(default=0)
+    # Of those, the series and instances of NON_IMAGE_MODALITIES (e.g. the archived report).
+    non_image_series = models.PositiveIntegerField(default=0)
+    non_image_instances = models.PositiveIntegerField(default=0)
     size_bytes = models.BigIntegerField(default=0)
     state = FSMField(default=State.RECEIVING, choices=State.choices, protected=True)
     received_at = models.DateTimeField(default=timezone.now)
@@ -113,6 +122,25 @@ class Study(ConcurrentTransitionMixin, models.Model):
 
     def __str__(self) -> str:
         return f"{self.description or 'Study'} {self.study_date or ''} [{self.study_instance_uid}]"
+
+    # What the pages show: images. DICOMweb and DIMSE answer with every object.
+
+    @property
+    def image_modalities(self) -> list[str]:
+        return [m for m in self.modalities.split("\\") if m and m.upper() not in NON_IMAGE_MODALITIES]
+
+    @property
+    def image_series(self) -> int:
+        return max(self.num_series - self.non_image_series, 0)
+
+    @property
+    def image_instances(self) -> int:
+        return max(self.num_instances - self.non_image_instances, 0)
+
+    @property
+    def has_report_document(self) -> bool:
+        """Whether a report is archived with the study as a document (Encapsulated PDF, modality DOC)."""
+        return "DOC" in self.modalities.upper().split("\\")
 
     @transition(field=state, source=State.RECEIVING, target=State.COMPLETE)
     def complete(self) -> None:
@@ -213,10 +241,11 @@ class Instance(models.Model):
 
 
 class IngestConflict(models.Model):
-    """An object refused because its SOP Instance UID is archived with other bytes.
+    """An object refused because its SOP Instance UID is archived with other bytes,
+    or (``reason``) because of what it says, e.g. a birth date in the future.
 
     The refused object is kept aside in storage (never over the archived
-    one) until an administrator reviews it.
+    one, never indexed) until an administrator reviews it.
     """
 
     class Status(models.TextChoices):
@@ -235,6 +264,8 @@ class IngestConflict(models.Model):
     sha256 = models.CharField(max_length=64)
     size = models.BigIntegerField()
     source = models.CharField(max_length=200, help_text="Who sent it: an AE title, a user, a media import.")
+    # Blank for a clash with the archived object; otherwise why it was refused.
+    reason = models.CharField(max_length=200, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     received_at = models.DateTimeField(default=timezone.now)
     resolved_at = models.DateTimeField(null=True, blank=True)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
+from pacs_cloud.lib.person_names import search_words
+
 
 def fold(text: str) -> str:
     """Upper-case, accent-free form of alphabetic text."""
@@ -109,11 +111,9 @@ def _trim_pattern(pattern: str) -> str:
 def fuzzy_words(value: str) -> list[set[str]]:
     """The words of a fuzzy name key: each must start a word of the name.
 
+    The key may be typed in any form a user meets (a raw PN, ``ZHANG, SAN``,
+    the displayed ``张三 (ZHANG, SAN)``; :func:`pacs_cloud.lib.person_names.search_words`).
     Every word comes with its alphabetic and its ideographic folding (either
     may match), since a key does not say which script a word is in.
     """
-    words = []
-    for group in (value.split("=") + ["", ""])[:3]:
-        for part in group.replace("^", " ").replace("*", " ").replace("?", " ").split():
-            words.append({fold(part), _ideographic(part)})
-    return words
+    return [{fold(word), _ideographic(word)} for word in search_words(value)]

@@ -273,13 +273,7 @@ def _range_q(path: str, value: str, parse: Callable[[str], tuple[Any, Any]]) -> 
 def _pn_q(prefix: str, value: str, fuzzy: bool) -> Q:
     """Person name matching on the patient's matching columns (see :mod:`archive.names`)."""
     if fuzzy:
-        q = Q()
-        for alternatives in names.fuzzy_words(value):
-            any_form = Q()
-            for word in alternatives:
-                any_form |= Q(_Like(F(f"{prefix}name_words"), Value(f"% {like_pattern(word)}%")))
-            q &= any_form
-        return q
+        return name_words_q(f"{prefix}name_words", value)
     columns = {"alphabetic": "name_search", "ideographic": "name_ideographic", "phonetic": "name_phonetic"}
     q = Q()
     for column, pattern in names.query_groups(value):
@@ -291,6 +285,27 @@ def _pn_q(prefix: str, value: str, fuzzy: bool) -> Q:
         else:
             q &= _name_column_q(f"{prefix}{columns[column]}", names.fold_pattern(pattern, column))
     return q
+
+
+def name_words_q(path: str, text: str) -> Q:
+    """Rows whose name words (``path``, an :attr:`archive.names.NameForms.words` column) fit a typed name.
+
+    Every word of ``text``, in any form a user types or pastes (``张三``,
+    ``ZHANG, SAN``, ``张三 (ZHANG, SAN)``), must start a word of the name.
+    A text without words (blank, punctuation) does not narrow.
+    """
+    q = Q()
+    for alternatives in names.fuzzy_words(text):
+        any_form = Q()
+        for word in alternatives:
+            any_form |= Q(_Like(F(path), Value(f"% {like_pattern(word)}%")))
+        q &= any_form
+    return q
+
+
+def patient_name_q(text: str, *, prefix: str = "") -> Q:
+    """Patients (through ``prefix``, e.g. ``patient__``) whose name fits a name typed in a search box."""
+    return name_words_q(f"{prefix}name_words", text)
 
 
 def _name_column_q(path: str, pattern: str) -> Q:

@@ -18,6 +18,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from pacs_cloud import access, audit
+from pacs_cloud.lib.person_names import display_name
 from pacs_cloud.models import Institution, Role
 from pacs_cloud.tenancy import current_institution
 
@@ -88,6 +89,7 @@ def import_file(request: HttpRequest) -> JsonResponse:
             "study_instance_uid": study.study_instance_uid,
             "study": str(study.pk),
             "patient_name": study.patient.name,
+            "patient_display_name": display_name(study.patient.name),
             "patient_id": study.patient.patient_id,
             "study_description": study.description,
             "modality": instance.series.modality,

@@ -178,6 +178,25 @@ class Orthanc:
         self.process.wait(timeout=30)
 
 
+# The harness's own calling AE, a DICOM node of Riverside in the bench database
+# only (the demo registers hospital modalities, not test tools).
+BENCH_AE = "BENCHSCU"
+REGISTER_BENCH_NODE = f"""
+from archive.actions import do_save_dicom_node
+from archive.models import DicomNode
+from pacs_cloud.models import Institution
+
+do_save_dicom_node(
+    institution=Institution.objects.get(slug="riverside"),
+    acting_user=None,
+    node=DicomNode.objects.filter(ae_title="{BENCH_AE}").first(),
+    ae_title="{BENCH_AE}",
+    host="127.0.0.1",
+    description="Benchmark harness",
+)
+"""
+
+
 class Ours:
     """Cloud PACS: the ASGI web server and the DICOM service, on a PostgreSQL database of their own."""
 
@@ -200,6 +219,7 @@ class Ours:
         manage = [PYTHON, str(ROOT / "manage.py")]
         subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=self.env, check=True, cwd=ROOT)
         subprocess.run([*manage, "seed_demo"], env=self.env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        subprocess.run([*manage, "shell", "-c", REGISTER_BENCH_NODE], env=self.env, check=True, cwd=ROOT)
         self.web = subprocess.Popen(
             [PYTHON, "-m", "uvicorn", "pacs_cloud.asgi:application", "--host", "127.0.0.1", "--port",
              str(http_port), "--no-access-log", "--log-level", "warning"],

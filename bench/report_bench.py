@@ -191,6 +191,7 @@ def bulk_reports(insts, radiologist, count: int) -> list:
     from django.utils import timezone
 
     from archive.models import Patient, Study
+    from archive.names import name_forms
     from reports.actions import _search_name
     from reports.models import Report
 
@@ -211,7 +212,8 @@ def bulk_reports(insts, radiologist, count: int) -> list:
                 patient_id=f"P{n:07d}",
                 issuer=inst.patient_id_issuer,
                 name=name,
-                name_search=_search_name(name),
+                name_search=name_forms(name).alphabetic,
+                name_words=name_forms(name).words,
             )
             day = date(2020, 1, 1) + timedelta(days=rng.randrange(2500))
             modality = rng.choice(modalities)

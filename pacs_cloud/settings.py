@@ -87,6 +87,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "pacs_cloud.middleware.time_zone",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -491,6 +492,10 @@ REPORTS_HL7_TIMEOUT_SECONDS = env.float("REPORTS_HL7_TIMEOUT_SECONDS", default=1
 REPORTS_CRITICAL_ACK_MINUTES = env.int("REPORTS_CRITICAL_ACK_MINUTES", default=30)
 REPORTS_EXPORT_MAX_ATTEMPTS = env.int("REPORTS_EXPORT_MAX_ATTEMPTS", default=8)
 REPORTS_EXPORT_ON_SIGN = True  # queue the archive and HL7 exports when a version is signed
+# The font the report PDF embeds for Chinese (and other non-Latin) text: a
+# TrueType font or collection (first face); the Debian package
+# fonts-wqy-zenhei installs the default. Checked by reports.W001.
+REPORTS_PDF_CJK_FONT = env.str("REPORTS_PDF_CJK_FONT", default="/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
 HOME_PANELS.append("reports.home.report_panels")
 DEMO_SEEDERS.append("reports.demo.seed")
 CELERY_BEAT_SCHEDULE["reports-sweep"] = {

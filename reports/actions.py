@@ -19,10 +19,12 @@ from django.contrib.auth import authenticate
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from archive import names
 from archive.actions import do_mark_study_reported
 from archive.models import Instance, Study
 from pacs_cloud import audit, push
 from pacs_cloud.fsm import apply_transition
+from pacs_cloud.lib.local_time import format_local
 from pacs_cloud.models import Membership, Role, User
 
 from . import exports, signing
@@ -66,17 +68,29 @@ class DraftConflict(ReportRefused):
 
 
 def templates_for(study: Study) -> list[ReportTemplate]:
-    """The study hospital's active templates that apply to it, the most specific first."""
+    """The study hospital's active templates that apply to it, the most specific first.
+
+    The exam's procedure decides: with an order, its procedure code and body
+    part (the images' Body Part Examined is often missing, or names the
+    scout); without one, the images' modalities and body parts.
+    """
+    from worklist.facts import study_order_facts
+
     series = list(study.series.values_list("modality", "body_part"))
-    modalities = {m.upper() for m, _ in series if m} | {m for m in study.modalities.split("\\") if m}
+    modalities = {m.upper() for m, _ in series if m} | {m.upper() for m in study.image_modalities}
     parts = {b.upper() for _, b in series if b}
-    codes = set(study.orders.values_list("procedure__code", flat=True)) if hasattr(study, "orders") else set()
+    codes: set[str] = set()
+    order = study_order_facts(study)
+    if order is not None:
+        modalities |= {order.modality.upper()} if order.modality else set()
+        parts = {order.body_part.upper()} if order.body_part else parts
+        codes = {order.procedure_code.upper()}
     rows = [
         t
         for t in ReportTemplate.objects.filter(institution_id=study.institution_id, is_active=True)
         if (not t.modality or t.modality.upper() in modalities)
         and (not t.body_part or t.body_part.upper() in parts)
-        and (not t.procedure_code or t.procedure_code in codes)
+        and (not t.procedure_code or t.procedure_code.upper() in codes)
     ]
     return sorted(rows, key=lambda t: (-t.specificity(), t.name))
 
@@ -188,7 +202,8 @@ def _audit_template(action: str, row: ReportTemplate, acting_user: Any, request:
 
 
 def _search_name(name: str) -> str:
-    return re.sub(r"[\^=,\s]+", " ", name).strip().upper()
+    """The lookup's matching form of a patient name: every word, in every group (:mod:`archive.names`)."""
+    return names.name_forms(name).words[:324]
 
 
 def _identity_fields(study: Study) -> dict[str, Any]:
@@ -199,7 +214,7 @@ def _identity_fields(study: Study) -> dict[str, Any]:
         "patient_name_search": _search_name(patient.name),
         "accession_number": study.accession_number,
         "study_date": study.study_date,
-        "modality": study.modalities,
+        "modality": "\\".join(study.image_modalities),
         "description": study.description[:200],
     }
 
@@ -419,7 +434,7 @@ def _signed_content(report: Report, latest: ReportVersion | None, now: Any, sign
         if not text:
             raise ReportRefused("The addendum is empty.", "empty", 400)
         earlier = latest.content.get("addendum", "")
-        stamp = f"Addendum {now:%Y-%m-%d %H:%M} UTC, {signer_name}:"
+        stamp = f"Addendum {format_local(now, report.institution.time_zone)}, {signer_name}:"
         content = {k: latest.content.get(k, "") for k in SECTIONS}
         content["addendum"] = (earlier + "\n\n" if earlier else "") + f"{stamp}\n{text}"
         return content

@@ -20,8 +20,10 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from archive.query import name_words_q
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
+from pacs_cloud.lib.person_names import display_name
 from pacs_cloud.models import CLINICAL_ROLES, Role, User
 
 from . import actions, exports, signing
@@ -86,6 +88,7 @@ class VersionSerializer(serializers.ModelSerializer):
 class ReportListSerializer(serializers.ModelSerializer):
     study = serializers.UUIDField(source="study_id")
     institution_name = serializers.CharField(source="institution.name")
+    patient_display_name = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
 
     class Meta:
@@ -98,6 +101,7 @@ class ReportListSerializer(serializers.ModelSerializer):
             "institution_name",
             "patient_id",
             "patient_name",
+            "patient_display_name",
             "accession_number",
             "study_date",
             "modality",
@@ -106,6 +110,9 @@ class ReportListSerializer(serializers.ModelSerializer):
             "signed_at",
             "url",
         ]
+
+    def get_patient_display_name(self, obj: Report) -> str:
+        return display_name(obj.patient_name)
 
     def get_url(self, obj: Report) -> str:
         return f"/reports/{obj.pk}/"
@@ -222,7 +229,7 @@ def filtered(qs: QuerySet[Report], params: Any) -> QuerySet[Report]:
     if params.get("patient_id"):
         qs = qs.filter(patient_id=params["patient_id"].strip())
     if params.get("patient_name"):
-        qs = qs.filter(patient_name_search__startswith=actions._search_name(params["patient_name"]))
+        qs = qs.filter(name_words_q("patient_name_search", params["patient_name"]))
     if params.get("accession"):
         qs = qs.filter(accession_number=params["accession"].strip())
     date_from, date_to = _date(params.get("date_from"), "date_from"), _date(params.get("date_to"), "date_to")
@@ -242,7 +249,11 @@ def filtered(qs: QuerySet[Report], params: Any) -> QuerySet[Report]:
 
 LOOKUP_PARAMETERS = [
     OpenApiParameter("patient_id", str),
-    OpenApiParameter("patient_name", str, description="Start of the name (family name first)"),
+    OpenApiParameter(
+        "patient_name",
+        str,
+        description="Name words, each the start of a word of the name, in any script (张三, ZHANG SAN, 张三 (ZHANG, SAN))",
+    ),
     OpenApiParameter("accession", str),
     OpenApiParameter("date_from", OpenApiTypes.DATE),
     OpenApiParameter("date_to", OpenApiTypes.DATE),

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from archive.ingest import IngestSession, Source, store_part10
-from pacs_cloud.templatetags.pacs_cloud import person_name
+from pacs_cloud.lib.person_names import display_name
 
 from .models import Report, ReportVersion
 from .pdf import render_pdf
@@ -159,7 +159,7 @@ def diagnostic_report(version: ReportVersion, *, base_url: str = "") -> dict[str
                 "system": f"urn:cloud-pacs:patient-id:{patient.issuer or report.institution.slug}",
                 "value": patient.patient_id,
             },
-            "display": person_name(patient.name),
+            "display": display_name(patient.name),
         },
         "issued": version.signed_at.astimezone(dt.UTC).isoformat(),
         "performer": [{"display": report.institution.name}],

@@ -4,23 +4,37 @@ Key images are rendered by the viewer's pipeline (``viewer.render``) with the
 file's own window, so the PDF shows what the reader saw. The verification
 code printed at the foot finds the version and proves which signature it
 carries (``/api/v1/reports/verify-code/``).
+
+Latin text is set in Helvetica; every run of characters Helvetica cannot
+print (Chinese findings, the patient's ideographic name) is set in the CJK
+font named by ``REPORTS_PDF_CJK_FONT``, embedded as a subset, so the PDF
+prints and its text can be searched and extracted (reports.W001 warns when
+the font is missing).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
+from functools import lru_cache
+from itertools import groupby
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from django.conf import settings
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFError, TTFont
 from reportlab.platypus import Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from archive.models import Instance
-from pacs_cloud.templatetags.pacs_cloud import person_name
+from pacs_cloud.lib.local_time import format_local
+from pacs_cloud.lib.person_names import display_name
 
 from .models import Report, ReportVersion
 
@@ -28,6 +42,47 @@ log = logging.getLogger(__name__)
 
 SECTION_TITLES = (("technique", "Technique"), ("findings", "Findings"), ("impression", "Impression"))
 KEY_IMAGE_SIZE = 256  # pixels of the longer side
+
+
+class FontUnavailable(Exception):
+    """The configured CJK font cannot be read or embedded."""
+
+
+@lru_cache(maxsize=4)
+def cjk_font(path: str) -> str:
+    """Register the TrueType font (or a collection's first face) at ``path``; its name for ``<font name>``.
+
+    reportlab embeds TrueType outlines only: an OpenType font with CFF
+    outlines (``.otf``, e.g. Noto Sans CJK) raises :class:`FontUnavailable`.
+    """
+    if not path or not Path(path).is_file():
+        raise FontUnavailable(f"no font file at {path!r}")
+    name = f"ReportCJK-{Path(path).stem}"
+    try:
+        pdfmetrics.registerFont(TTFont(name, path, subfontIndex=0))
+    except (TTFError, OSError) as exc:
+        raise FontUnavailable(f"{path}: {exc}") from exc
+    return name
+
+
+def _cjk_font_name() -> str | None:
+    try:
+        return cjk_font(settings.REPORTS_PDF_CJK_FONT)
+    except FontUnavailable as exc:
+        log.warning("report PDF without its CJK font (reports.W001): %s", exc)
+        return None
+
+
+def _beyond_helvetica(char: str) -> bool:
+    # The standard PDF fonts print WinAnsi (cp1252) only.
+    try:
+        char.encode("cp1252")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_WIDE = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
 def _styles() -> dict[str, ParagraphStyle]:
@@ -38,11 +93,26 @@ def _styles() -> dict[str, ParagraphStyle]:
         "h": ParagraphStyle("h", parent=base["Heading3"], spaceBefore=8, spaceAfter=2),
         "p": ParagraphStyle("p", parent=base["BodyText"], fontSize=10, leading=13),
         "small": ParagraphStyle("s", parent=base["BodyText"], fontSize=8, leading=10, textColor=colors.grey),
+        "cell": ParagraphStyle("c", parent=base["BodyText"], fontSize=9, leading=11),
+        "label": ParagraphStyle("l", parent=base["BodyText"], fontSize=9, leading=11, textColor=colors.grey),
     }
 
 
 def _text(value: str) -> str:
-    return escape(value).replace("\n", "<br/>")
+    """Paragraph markup for plain text: escaped, line breaks kept, non-Latin runs in the CJK font."""
+    font = _cjk_font_name()
+    out = []
+    for wide, chars in groupby(value, key=_beyond_helvetica):
+        chunk = escape("".join(chars)).replace("\n", "<br/>")
+        out.append(f'<font name="{font}">{chunk}</font>' if wide and font else chunk)
+    return "".join(out)
+
+
+def _para(value: str, style: ParagraphStyle) -> Paragraph:
+    """A paragraph of plain text; text with Chinese, Japanese or Korean may break between any two characters."""
+    if _WIDE.search(value):
+        style = ParagraphStyle(f"{style.name}-cjk", parent=style, wordWrap="CJK")
+    return Paragraph(_text(value), style)
 
 
 def key_image_jpeg(key_image: dict[str, Any], institution_id: Any) -> bytes | None:
@@ -69,22 +139,22 @@ def render_pdf(version: ReportVersion) -> bytes:
     patient = study.patient
     s = _styles()
     story: list[Any] = [
-        Paragraph(_text(report.institution.name), s["inst"]),
+        _para(report.institution.name, s["inst"]),
         Paragraph("Radiology report", s["title"]),
     ]
     facts = [
-        ["Patient", person_name(patient.name) or "—", "Patient ID", patient.patient_id],
+        ["Patient", display_name(patient.name) or "—", "Patient ID", patient.patient_id],
         ["Birth date", patient.birth_date.isoformat() if patient.birth_date else "—", "Sex", patient.sex or "—"],
         ["Study", study.description or "—", "Study date", study.study_date.isoformat() if study.study_date else "—"],
-        ["Accession", study.accession_number or "—", "Modality", study.modalities or "—"],
+        ["Accession", study.accession_number or "—", "Modality", "/".join(study.image_modalities) or "—"],
     ]
-    table = Table(facts, colWidths=[25 * mm, 65 * mm, 25 * mm, 55 * mm])
+    # Labels in grey, values in black; both are paragraphs so a Chinese name prints in the CJK font.
+    cells = [[_para(text, s["cell" if column % 2 else "label"]) for column, text in enumerate(row)] for row in facts]
+    table = Table(cells, colWidths=[25 * mm, 65 * mm, 25 * mm, 55 * mm])
     table.setStyle(
         TableStyle(
             [
-                ("FONTSIZE", (0, 0), (-1, -1), 9),
-                ("TEXTCOLOR", (0, 0), (0, -1), colors.grey),
-                ("TEXTCOLOR", (2, 0), (2, -1), colors.grey),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
                 ("LINEBELOW", (0, -1), (-1, -1), 0.5, colors.grey),
             ]
         )
@@ -93,9 +163,9 @@ def render_pdf(version: ReportVersion) -> bytes:
     for key, title in SECTION_TITLES:
         text = version.content.get(key, "")
         if text.strip():
-            story += [Paragraph(title, s["h"]), Paragraph(_text(text), s["p"])]
+            story += [Paragraph(title, s["h"]), _para(text, s["p"])]
     if version.content.get("addendum", "").strip():
-        story += [Paragraph("Addenda", s["h"]), Paragraph(_text(version.content["addendum"]), s["p"])]
+        story += [Paragraph("Addenda", s["h"]), _para(version.content["addendum"], s["p"])]
     images = []
     for k in version.key_images:
         jpeg = key_image_jpeg(k, report.institution_id)
@@ -113,11 +183,9 @@ def render_pdf(version: ReportVersion) -> bytes:
     kind = {"preliminary": "Preliminary report", "final": "Final report"}.get(version.kind, f"{version.kind.title()}")
     signature = [
         Paragraph("Electronic signature", s["h"]),
-        Paragraph(
-            _text(
-                f"{kind}, version {version.number}, signed by {version.signer_name} "
-                f"on {version.signed_at:%Y-%m-%d %H:%M:%S} UTC."
-            ),
+        _para(
+            f"{kind}, version {version.number}, signed by {version.signer_name} "
+            f"on {format_local(version.signed_at, report.institution.time_zone, seconds=True)}.",
             s["p"],
         ),
         Paragraph(_text(f"Verification code: {version.verification_code}"), s["p"]),

@@ -38,6 +38,8 @@ def store_sample_study(
     objects. Needs ``settings.STORAGE_URL`` pointing at a test folder.
     """
     ds = pydicom.dcmread(get_testdata_file(sample))
+    if not patient_name.isascii():
+        ds.SpecificCharacterSet = "ISO_IR 192"  # a name in Chinese characters
     ds.PatientName = patient_name
     ds.PatientID = patient_id
     ds.IssuerOfPatientID = institution.patient_id_issuer

@@ -39,6 +39,7 @@ from archive.models import Instance, Series, Study
 from pacs_cloud import audit
 from pacs_cloud.access import access_study
 from pacs_cloud.authentication import BearerTokenAuthentication
+from pacs_cloud.lib.person_names import display_name
 from workflow.access import held_tasks
 
 from . import actions, mpr, pixels
@@ -627,6 +628,7 @@ def study_manifest(study: Study, user: Any) -> dict[str, Any]:
         "study_instance_uid": study.study_instance_uid,
         "patient": {
             "name": patient.name,
+            "display_name": display_name(patient.name),
             "id": patient.patient_id,
             "birth_date": patient.birth_date.isoformat() if patient.birth_date else None,
             "sex": patient.sex,
@@ -634,7 +636,9 @@ def study_manifest(study: Study, user: Any) -> dict[str, Any]:
         "study_date": study.study_date.isoformat() if study.study_date else None,
         "description": study.description,
         "accession_number": study.accession_number,
-        "modalities": study.modalities,
+        # Image modalities: the archived report is shown as the report, not as a series.
+        "modalities": "\\".join(study.image_modalities),
+        "has_report_document": study.has_report_document,
         "series": series_out,
         "presets": {name: {"center": c, "width": w} for name, (c, w) in PRESETS.items()},
         "key_images": key_image_rows,

@@ -17,6 +17,7 @@ from rest_framework import serializers
 
 from archive.api import PatientRefSerializer
 from pacs_cloud.api import InstitutionRefSerializer
+from pacs_cloud.lib.person_names import display_name
 from pacs_cloud.models import Institution, User
 
 from . import access
@@ -103,6 +104,7 @@ class ReadingTaskSerializer(serializers.ModelSerializer):
         patient = task.study.patient
         return {
             "name": patient.name,
+            "display_name": display_name(patient.name),  # returned as is: this dict is the response
             "patient_id": patient.patient_id,
             "birth_date": patient.birth_date,
             "sex": patient.sex,

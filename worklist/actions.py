@@ -30,6 +30,7 @@ from archive.actions import (
     do_create_patient,
     do_link_study_to_patient,
 )
+from archive.ingest import birth_date_in_future
 from archive.models import Instance, Patient, Study
 from pacs_cloud import audit, push
 from pacs_cloud.fsm import apply_transition
@@ -187,6 +188,8 @@ def do_register_patient(
         raise ValidationError({"name": "A patient needs a name."})
     if sex not in ("", "M", "F", "O"):
         raise ValidationError({"sex": "Sex is M, F, O or blank."})
+    if birth_date is not None and birth_date_in_future(institution, birth_date):
+        raise ValidationError({"birth_date": f"The birth date {birth_date.isoformat()} is in the future."})
     patient_id = patient_id.strip()
     if patient_id and Patient.objects.filter(institution=institution, patient_id=patient_id).exists():
         raise ValidationError({"patient_id": f"Patient ID {patient_id} is already registered here."})
@@ -910,9 +913,12 @@ def do_create_mpps(
     """N-CREATE of a Modality Performed Procedure Step (PS3.4 F.7.2.1).
 
     The step must be IN PROGRESS and carry the Type 1 attributes. A step for
-    a scheduled order moves that order to in_progress; a step for a cancelled
-    or finished order is refused. Raises :class:`MppsError` and changes
-    nothing when the request is refused.
+    a scheduled order moves that order to in_progress. A step for an order
+    already completed (its study completed before the modality's message
+    came, e.g. relayed late by an edge) is kept as the exam's history and
+    leaves the order completed; one for a cancelled or discontinued order is
+    refused. Raises :class:`MppsError` and changes nothing when the request
+    is refused.
     """
     items = check_mpps_create(sop_instance_uid, attributes)
     started = _moment(attributes, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", institution)
@@ -921,9 +927,11 @@ def do_create_mpps(
     with transaction.atomic():
         if PerformedProcedureStep.objects.filter(sop_instance_uid=sop_instance_uid).exists():
             raise MppsError(DUPLICATE_SOP_INSTANCE, "a step with this SOP Instance UID exists")
+        late = False
         if order is not None:
             order = Order.objects.select_for_update().get(pk=order.pk)
-            if order.state not in Order.WORKLIST_STATES:
+            late = order.state == Order.State.COMPLETED
+            if order.state not in Order.WORKLIST_STATES and not late:
                 raise MppsError(
                     PROCESSING_FAILURE, f"order {order.accession_number} is {order.get_state_display().lower()}"
                 )
@@ -945,7 +953,12 @@ def do_create_mpps(
             object_type="worklist.performedprocedurestep",
             object_id=step.pk,
             patient_id=_text(attributes, "PatientID"),
-            detail={"sop_instance_uid": sop_instance_uid, "order": str(order.pk) if order else None},
+            detail={
+                "sop_instance_uid": sop_instance_uid,
+                "order": str(order.pk) if order else None,
+                # Recorded as history: the order was completed before this step arrived.
+                "after_order_completed": late,
+            },
         )
         if order is not None and order.state in Order.OPEN_STATES:
             _transition(order, "start", actor_label=label, reason="MPPS IN PROGRESS")

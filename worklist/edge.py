@@ -22,7 +22,8 @@ same answer from the edge as from the cloud, also while the cloud is down;
 MPPS N-CREATE/N-SET checked against the steps the edge received with the
 cloud's own rules (:func:`worklist.actions.check_mpps_create`,
 :func:`worklist.actions.merge_mpps_set`), queued durably and relayed in order
-when the cloud answers.
+at once by a thread of their own (never behind the images being forwarded),
+or when the cloud answers again.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -174,6 +175,9 @@ class EdgeWorklist:
         self.outbox = gateway.outbox
         self.cloud = gateway.cloud
         self._mpps_lock = threading.Lock()
+        # Set when an MPPS message is queued: it is relayed at once, not at the next sync,
+        # so the cloud hears a step has started while its images are still coming.
+        self.mpps_queued = threading.Event()
 
     def services(self) -> list[DimseService]:
         return [
@@ -182,8 +186,8 @@ class EdgeWorklist:
             DimseService(evt.EVT_N_SET, (ModalityPerformedProcedureStep,), self.handle_mpps_set),
         ]
 
-    def jobs(self) -> list[tuple[float, Callable[[], Any]]]:
-        return [(settings.EDGE_SYNC_SECONDS, self.sync), (settings.EDGE_SYNC_SECONDS, self.relay)]
+    def jobs(self) -> list[tuple[Any, ...]]:
+        return [(settings.EDGE_SYNC_SECONDS, self.sync), (settings.EDGE_SYNC_SECONDS, self.relay, self.mpps_queued)]
 
     def report(self) -> dict[str, Any]:
         waiting = self.outbox.query("SELECT COUNT(*) FROM mpps WHERE relayed_at IS NULL")[0][0]
@@ -264,6 +268,7 @@ class EdgeWorklist:
                 "INSERT INTO mpps (kind, sop_instance_uid, ae_title, dataset, queued_at) VALUES (?, ?, ?, ?, ?)",
                 (kind, uid, ae_title, json.dumps(dataset.to_json_dict()), time.time()),
             )
+        self.mpps_queued.set()
 
     def handle_mpps_create(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
         """EVT_N_CREATE (PS3.4 F.7.2.1): queued durably, relayed to the cloud when it answers."""

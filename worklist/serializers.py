@@ -8,6 +8,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from archive.models import Patient
+from pacs_cloud.lib.person_names import display_name
 
 from .models import Order, Procedure, ReconciliationItem, Station
 
@@ -26,10 +27,14 @@ class OrderPatientSerializer(serializers.ModelSerializer):
         help_text="DICOM PN: alphabetic=ideographic=phonetic groups, components separated by ^, "
         "e.g. WANG^XIAOMING=王^小明"
     )
+    display_name = serializers.SerializerMethodField(help_text="The name as shown: 王小明 (WANG, XIAOMING)")
 
     class Meta:
         model = Patient
-        fields = ["id", "patient_id", "issuer", "name", "birth_date", "sex"]
+        fields = ["id", "patient_id", "issuer", "name", "display_name", "birth_date", "sex"]
+
+    def get_display_name(self, patient: Patient) -> str:
+        return display_name(patient.name)
 
 
 class ProcedureSerializer(serializers.ModelSerializer):

@@ -23,6 +23,7 @@ from pacs_cloud import audit
 from pacs_cloud.access import has_role
 from pacs_cloud.fsm import history
 from pacs_cloud.home import Panel
+from pacs_cloud.lib.person_names import display_name
 from pacs_cloud.models import CLINICAL_ROLES, Institution, Role
 from pacs_cloud.tenancy import current_institution
 
@@ -148,10 +149,14 @@ def register(request: HttpRequest) -> HttpResponse:
             if new_patient is not None and hasattr(exc, "error_dict"):
                 if any(e.code == "possible_duplicate" for e in exc.error_dict.get("name", [])):
                     duplicates = actions.likely_duplicates(institution, new_patient["name"], new_patient["birth_date"])
-            for message in exc.messages:
-                order_form.add_error(None, message)
+            fields = exc.error_dict if hasattr(exc, "error_dict") else {}
+            if patient_form is not None and "birth_date" in fields:
+                patient_form.add_error("birth_date", fields["birth_date"])
+            else:
+                for message in exc.messages:
+                    order_form.add_error(None, message)
         else:
-            messages.success(request, f"Exam {order.accession_number} registered for {patient.name}.")
+            messages.success(request, f"Exam {order.accession_number} registered for {display_name(patient.name)}.")
             return redirect("worklist-show-order", pk=order.pk)
     return render(
         request,

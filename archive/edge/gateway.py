@@ -54,6 +54,7 @@ class Gateway:
         )
         self._stop = threading.Event()
         self._servers: list[Any] = []
+        self._wakes: list[threading.Event] = []
         self.started_at = time.time()
         # Apps above the archive add their edge services (the worklist's MWL and MPPS)
         # the way they add DICOM services to the cloud: listed in settings.
@@ -103,21 +104,30 @@ class Gateway:
 
     # Running ----------------------------------------------------------------------------
 
-    def _every(self, seconds: float, job: Any) -> None:
+    def _every(self, seconds: float, job: Any, wake: threading.Event | None = None) -> None:
+        """Run ``job`` every ``seconds``, and at once whenever ``wake`` is set (new work for it)."""
+        if wake is not None:
+            self._wakes.append(wake)
+
         def loop() -> None:
             while not self._stop.is_set():
                 try:
                     job()
                 except Exception:
                     log.exception("edge background job failed")
-                self._stop.wait(seconds)
+                if wake is None:
+                    self._stop.wait(seconds)
+                else:
+                    # Cleared before the next run, which then sees whatever set it.
+                    wake.wait(seconds)
+                    wake.clear()
 
         threading.Thread(target=loop, name=f"edge-{job.__name__}", daemon=True).start()
 
     def start(self, host: str = "127.0.0.1", port: int | None = None, status_port: int | None = None) -> None:
         self.replica.sync()
         for extension in self.extensions:
-            for _, job in extension.jobs():
+            for _, job, *_ in extension.jobs():
                 job()  # once before serving: a fresh worklist if the cloud answers
         self._servers.append(scp.start(self, host, port if port is not None else settings.EDGE_DICOM_PORT))
         status_port = status_port if status_port is not None else settings.EDGE_STATUS_PORT
@@ -128,12 +138,15 @@ class Gateway:
         self._every(settings.EDGE_HEARTBEAT_SECONDS, self.report_to_cloud)
         self._every(settings.EDGE_TIER_SWEEP_SECONDS, self.tier.evict)
         for extension in self.extensions:
-            for seconds, job in extension.jobs():
-                self._every(seconds, job)
+            # An extension's job is (period, function) or (period, function, event that wakes it).
+            for seconds, job, *wake in extension.jobs():
+                self._every(seconds, job, *wake)
 
     def stop(self) -> None:
         """Stop accepting associations, let the forwarder finish its requests, close the outbox."""
         self._stop.set()
+        for wake in self._wakes:
+            wake.set()
         for server in self._servers:
             server.shutdown()
         self.forwarder.stop()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django import template
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
+
+from pacs_cloud.lib.local_time import format_local, offset_label
+from pacs_cloud.lib.person_names import display_name
 
 register = template.Library()
 
@@ -27,16 +33,26 @@ def navlink(context: dict[str, Any], url_name: str, label: str, *args: Any, **kw
 
 
 @register.filter
-def person_name(value: str) -> str:
-    """A DICOM PN (``FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX``, PS3.5 6.2.1) for reading.
+def person_name(value: object) -> str:
+    """A DICOM PN (PS3.5 6.2.1) as every page shows it: ``张三 (ZHANG, SAN)`` (:func:`display_name`)."""
+    return display_name(value)
 
-    Only the first (alphabetic) component group is shown; empty components drop.
+
+@register.filter
+def when(value: datetime | str | None, precision: str = "") -> str:
+    """A time as every page shows it: in the institution's zone, with the zone (``2026-12-07 14:03 UTC+8``).
+
+    ``{{ study.received_at|when }}``; ``|when:"seconds"`` adds the seconds. An
+    ISO 8601 string with an offset is read first. Blank for no time.
     """
-    if not value:
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is None or timezone.is_naive(value):
         return ""
-    alphabetic = str(value).split("=")[0]
-    parts = [p.strip() for p in alphabetic.split("^")]
-    family, given = (parts + ["", ""])[:2]
-    rest = " ".join(p for p in parts[2:] if p)
-    name = ", ".join(p for p in (family, " ".join(p for p in (given, rest) if p)) if p)
-    return name or str(value)
+    return format_local(value, timezone.get_current_timezone(), seconds=precision == "seconds")
+
+
+@register.simple_tag
+def zone_label() -> str:
+    """The offset of the zone the page's times are in (``UTC+8``), for a column of wall-clock times."""
+    return offset_label(timezone.localtime())

@@ -91,8 +91,8 @@ class EdgeProcess:
             EDGE_SYNC_SECONDS="0.5",
             EDGE_RETRY_MAX_SECONDS="1",
             TCP_NODELAY="1",
-            **env,
         )
+        self.env.update(env)  # a test may set any of the above otherwise
         self.process: subprocess.Popen | None = None
 
     def start(self) -> EdgeProcess:

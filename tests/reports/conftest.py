@@ -52,6 +52,7 @@ class Reading:
 
 def archive_image(institution, *, study_uid: str, patient, accession: str, sample: str = "CT_small.dcm") -> Instance:
     ds = pydicom.dcmread(get_testdata_file(sample))
+    ds.SpecificCharacterSet = "ISO_IR 192"  # names may be written in Chinese characters
     ds.PatientName = patient.name
     ds.PatientID = patient.patient_id
     ds.IssuerOfPatientID = patient.issuer
@@ -82,10 +83,10 @@ def make_template(institution) -> ReportTemplate:
     )
 
 
-def make_reading(tenant, tag: str = "ALPHA", *, claim: bool = True) -> Reading:
+def make_reading(tenant, tag: str = "ALPHA", *, claim: bool = True, patient_name: str = "DOE^JOHN") -> Reading:
     institution = tenant.institution
     site = make_site(institution, tag)
-    patient = make_patient(institution, "DOE^JOHN", birth_date=None)
+    patient = make_patient(institution, patient_name, birth_date=None)
     order = make_order(site, patient, referring_physician=tenant.clinician.display_name, clinical_info="cough")
     with TestCase.captureOnCommitCallbacks(execute=True):
         instance = archive_image(

@@ -106,6 +106,6 @@ def test_a_task_claimed_in_one_browser_vanishes_from_the_other(tenants, centre, 
     page_first.click(f"{row} button.claim")
     page_first.wait_for_url(f"**/viewer/studies/{task.study_id}/")  # claiming opens the study
     page_first.goto(f"{live_url}/workflow/tasks/{task.pk}/")
-    assert "HIDDEN^NAME" in page_first.inner_text("#patient")
+    assert "HIDDEN, NAME" in page_first.inner_text("#patient")
     page_second.wait_for_selector(row, state="detached", timeout=5000)
     assert page_second.url == f"{live_url}/workflow/"  # no reload happened

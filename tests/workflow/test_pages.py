@@ -45,7 +45,7 @@ def test_the_worklist_shows_offers_without_identity_and_claiming_opens_the_study
     assert opened.status_code == 302 and opened["Location"] == f"/viewer/studies/{offered.study_id}/"
     assert reader.get(opened["Location"]).status_code == 200  # the claim's grant opens the viewer
     detail = reader.get(f"/workflow/tasks/{offered.pk}/").content.decode()
-    assert "SECRET^PATIENT" in detail and "Open in the viewer" in detail
+    assert "SECRET, PATIENT" in detail and "Open in the viewer" in detail
     assert AuditEvent.objects.filter(action="workflow.readingtask.open", patient_id__startswith="P").exists()
     assert f'data-task="{offered.pk}"' in reader.get("/workflow/?view=claimed").content.decode()
     assert f'data-task="{offered.pk}"' not in signed_in(centre.readers[1]).get("/workflow/rows/").content.decode()

@@ -353,3 +353,40 @@ def test_an_intermediate_n_set_keeps_the_step_in_progress(order_factory):
     assert AuditEvent.objects.get(action="worklist.mpps.update").detail == {
         "attributes": ["PerformedProcedureStepDescription"]
     }
+
+
+def test_a_late_mpps_for_a_completed_order_is_kept_as_history(order_factory):
+    from django.contrib.contenttypes.models import ContentType
+
+    from pacs_cloud.models import Transition
+    from worklist.actions import do_complete_order
+
+    order = order_factory()
+    do_complete_order(order, actor_label="archive", reason="study complete")
+    uid = new_uid()
+    assert create_directly(order, in_progress(order), uid) == 0x0000
+    step = PerformedProcedureStep.objects.get(sop_instance_uid=uid)
+    assert step.order == order and step.state == PerformedProcedureStep.State.IN_PROGRESS
+    assert state(order) == Order.State.COMPLETED
+    event = AuditEvent.objects.get(action="worklist.mpps.create", object_id=str(step.pk))
+    assert event.detail["after_order_completed"] is True
+
+    assert set_directly(order, uid, completed([(new_uid(), [new_uid()])])) == 0x0000
+    step.refresh_from_db()
+    assert step.state == PerformedProcedureStep.State.COMPLETED
+    assert state(order) == Order.State.COMPLETED
+    order_rows = Transition.objects.filter(content_type=ContentType.objects.get_for_model(Order), object_id=order.pk)
+    assert [(t.source, t.target) for t in order_rows] == [("scheduled", "completed")]
+    step_rows = Transition.objects.filter(content_type=ContentType.objects.get_for_model(step), object_id=step.pk)
+    assert [(t.source, t.target) for t in step_rows] == [("in_progress", "completed")]
+
+
+def test_an_n_create_for_a_discontinued_order_is_still_refused(order_factory):
+    from worklist.actions import do_discontinue_order
+
+    order = order_factory()
+    create_directly(order, in_progress(order))
+    PerformedProcedureStep.objects.all().delete()
+    order = do_discontinue_order(order, reason="patient unwell")
+    assert create_directly(order, in_progress(order)) == 0x0110
+    assert PerformedProcedureStep.objects.count() == 0

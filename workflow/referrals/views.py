@@ -23,6 +23,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.http import require_POST
 
 from archive.models import Patient, Study
+from archive.query import patient_name_q
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
 from pacs_cloud.models import Institution, Role
@@ -83,7 +84,7 @@ def study_choices(request: HttpRequest, institution: Institution, *, panel: str 
     qs = core_access.visible_studies(request.user).filter(institution=institution).select_related("patient")
     query = (request.GET.get("q") or "").strip()
     if query:
-        qs = qs.filter(patient__patient_id__iexact=query) | qs.filter(patient__name__icontains=query)
+        qs = qs.filter(patient__patient_id__iexact=query) | qs.filter(patient_name_q(query, prefix="patient__"))
     studies = list(qs.order_by("-received_at")[:STUDY_CHOICES])
     if studies:
         audit.record(

@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 from django import template
 
-from pacs_cloud.lib.dicom_match import name_groups
-from pacs_cloud.templatetags.pacs_cloud import person_name
+from pacs_cloud.lib.local_time import format_local
+from pacs_cloud.lib.person_names import display_name
 
 register = template.Library()
 
 
 @register.filter
 def person(pn: str | None) -> str:
-    """``WANG^XIAOMING=王^小明`` as ``王小明 (WANG, XIAOMING)``: the characters first, when the name has them."""
-    alphabetic, ideographic, phonetic = name_groups(pn or "")
-    latin = person_name(alphabetic or phonetic)
-    if ideographic:
-        chars = "".join(part for part in ideographic.split("^") if part)
-        return f"{chars} ({latin})" if latin else chars
-    return latin or "—"
+    """A PN as every page shows it (``王小明 (WANG, XIAOMING)``), or a dash for none."""
+    return display_name(pn) or "—"
 
 
 @register.filter
 def local_time(value: dt.datetime | None, tz_name: str) -> str:
-    if value is None:
-        return ""
-    return value.astimezone(ZoneInfo(tz_name)).strftime("%Y-%m-%d %H:%M")
+    """A time in the named zone, with the zone (``2026-12-07 14:03 UTC+8``; :mod:`pacs_cloud.lib.local_time`)."""
+    return format_local(value, tz_name)

@@ -149,7 +149,7 @@
           reasons.set(answer.reason, (reasons.get(answer.reason) || 0) + 1);
         } else {
           show(cell, status, status === "stored" ? "stored" : "duplicate: already archived, identical");
-          const label = [answer.patient_name, answer.patient_id && `(${answer.patient_id})`, answer.study_description]
+          const label = [answer.patient_display_name || answer.patient_name, answer.patient_id && `(${answer.patient_id})`, answer.study_description]
             .filter(Boolean)
             .join(" ");
           const known = studies.get(answer.study) || { label, count: 0 };

@@ -85,7 +85,7 @@
           dirty = false;
           localStorage.removeItem(storageKey);
         }
-        setStatus(`Saved (revision ${revision}) at ${new Date().toLocaleTimeString()}.`);
+        setStatus(`Saved (revision ${revision}) at ${window.pacsTime(new Date(), { seconds: true })}.`);
         return true;
       } catch (error) {
         setStatus("Offline — your typing is kept in this browser and sent when the link is back.", true);

@@ -9,7 +9,7 @@ the Specific Character Set it arrived in (GB18030, ISO_IR 192, ...).
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from django.db import models
 from django.utils import timezone
@@ -313,13 +313,13 @@ class _StudyGroupGrants(GroupObjectPermissionManager):
 class StudyUserObjectPermission(UserObjectPermissionBase):
     content_object = models.ForeignKey(Study, on_delete=models.CASCADE)
 
-    objects = _StudyUserGrants()
+    objects: ClassVar[_StudyUserGrants] = _StudyUserGrants()
 
 
 class StudyGroupObjectPermission(GroupObjectPermissionBase):
     content_object = models.ForeignKey(Study, on_delete=models.CASCADE)
 
-    objects = _StudyGroupGrants()
+    objects: ClassVar[_StudyGroupGrants] = _StudyGroupGrants()
 
 
 class DicomNode(models.Model):

@@ -1,6 +1,7 @@
 """ASGI entry point: HTTP (Django) and WebSockets (channels) on one server."""
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -12,13 +13,23 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from . import push  # noqa: E402
+from .lean import LeanHandler, takes_lean_path  # noqa: E402
 from .routing import websocket_urlpatterns  # noqa: E402
 
 push.IN_WEB_PROCESS = True
 
+lean_app = LeanHandler()
+
+
+async def http_app(scope: dict, receive: Any, send: Any) -> None:
+    """Bearer-token reads of the views that ask for it skip the browser middleware (see ``lean``)."""
+    app = lean_app if takes_lean_path(scope) else django_asgi_app
+    await app(scope, receive, send)
+
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_app,
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

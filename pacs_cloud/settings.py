@@ -134,9 +134,8 @@ else:
     # for spinning disks; with the index in memory or on SSD it passes over
     # index joins (a name search's patients to their studies) for a scan of
     # every study. Sent at connection start: no round trip per request.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-        "options", f"-c random_page_cost={env.float('DB_RANDOM_PAGE_COST', default=1.1)}"
-    )
+    random_page_cost = env.float("DB_RANDOM_PAGE_COST", default=1.1)
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("options", f"-c random_page_cost={random_page_cost}")
 USING_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.postg")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

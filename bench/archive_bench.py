@@ -33,6 +33,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -690,10 +691,14 @@ def write_qido_results(target: Path, loaded: dict, summary: dict, args: argparse
             "concurrent": concurrent["worst_kind_p95_ms"] < 25,
         },
         **{key: value for key, value in summary.items() if key != "runs"},
-        "runs": summary["runs"],
+        "runs_columns": ["phase", "kind", "ms", "results"],
+        "runs": [[run["phase"], run["kind"], run["ms"], run["results"]] for run in summary["runs"]],
     }
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(document, indent=1, default=str) + "\n")
+    text = json.dumps(document, indent=1, default=str)
+    # One line per request, not five.
+    text = re.sub(r"\[\n\s+(\"\w+\"),\n\s+(\"\w+\"),\n\s+([\d.]+),\n\s+(\d+)\n\s+\]", r"[\1, \2, \3, \4]", text)
+    target.write_text(text + "\n")
     out("qido.results_file", target)
 
 

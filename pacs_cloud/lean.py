@@ -19,11 +19,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from django.core.handlers.asgi import ASGIHandler
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest
 from django.middleware.security import SecurityMiddleware
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, resolve, set_script_prefix
+
+Scope = dict[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 LEAN_ATTRIBUTE = "lean_for_bearer"
 
@@ -34,7 +38,17 @@ def lean_for_bearer(view: Callable[..., Any]) -> Callable[..., Any]:
     return view
 
 
-def takes_lean_path(scope: dict[str, Any]) -> bool:
+def bearer_reads(full: ASGIApp) -> ASGIApp:
+    """An ASGI app: requests :func:`takes_lean_path` accepts go to a :class:`LeanHandler`, the rest to ``full``."""
+    lean = LeanHandler()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await (lean if takes_lean_path(scope) else full)(scope, receive, send)
+
+    return app
+
+
+def takes_lean_path(scope: Scope) -> bool:
     """Whether an ASGI HTTP request goes to :class:`LeanHandler`."""
     if scope.get("type") != "http" or scope.get("method") not in ("GET", "HEAD"):
         return False
@@ -53,7 +67,26 @@ class LeanHandler(ASGIHandler):
     ``SecurityMiddleware``'s two hooks only read settings and set headers, so
     they run on the event loop instead of a thread of their own; Content-Length
     is set as ``CommonMiddleware`` does, so clients need no chunked decoding.
+    It also leaves out the per-request thread context and the
+    request_started/finished signals, whose receivers would each cost a hop
+    into a thread: the lean views run on the DICOMweb worker threads, which
+    look after their database connections as those signals would
+    (``archive.dicomweb.on_worker_thread``).
     """
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            assert error_response is not None
+            await self.send_response(error_response, send)
+        else:
+            await self.send_response(await self.run_get_response(request), send)
+        body_file.close()
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware: list[Any] = []

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from collections.abc import Iterable
 from typing import Any
 
 import pydicom
+from django.contrib.auth.models import Group, Permission
 from django.db import transaction
-from django.db.models import ForeignObjectRel
+from django.db.models import ForeignObjectRel, QuerySet
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
@@ -27,8 +29,18 @@ from pacs_cloud.lib import dicom_datetime
 from pacs_cloud.models import Institution
 
 from . import names, signals
+from .access import VIEW_STUDY
 from .ingest import birth_date_in_future, patient_issuer
-from .models import DicomNode, IngestConflict, Instance, Patient, Series, Study
+from .models import (
+    DicomNode,
+    IngestConflict,
+    Instance,
+    Patient,
+    Series,
+    Study,
+    StudyGroupObjectPermission,
+    StudyUserObjectPermission,
+)
 from .storage import CACHE, get_storage
 
 
@@ -518,3 +530,59 @@ def do_delete_dicom_node(node: DicomNode, *, acting_user: Any) -> None:
             detail={"ae_title": node.ae_title},
         )
         node.delete()
+
+
+# Study grants --------------------------------------------------------------
+#
+# The only writers of django-guardian's ``archive.view_study`` rows, which
+# ``archive.access`` reads. They run inside the caller's action (a reading-task
+# claim or release, a share or its revocation), which holds the transaction
+# and writes the audit event.
+
+
+def _view_study_permission_id() -> int:
+    # Not cached across calls: a flushed test database renumbers permissions.
+    return Permission.objects.only("pk").get(content_type__app_label="archive", codename=VIEW_STUDY).pk
+
+
+def grant_study_view(study: Study | Any, *, user: Any = None, groups: Iterable[Group] = ()) -> None:
+    """Let ``user`` and the members of ``groups`` see ``study``; idempotent.
+
+    ``study`` and ``user`` may be given as rows or primary keys.
+
+    The rows are guardian's own (its direct-foreign-key models, unique per
+    holder, permission and study), written in one statement each.
+    """
+    study_id: Any = getattr(study, "pk", study)
+    permission = _view_study_permission_id()
+    if user is not None:
+        StudyUserObjectPermission.objects.bulk_create(
+            [
+                StudyUserObjectPermission(
+                    user_id=getattr(user, "pk", user), permission_id=permission, content_object_id=study_id
+                )
+            ],
+            ignore_conflicts=True,
+        )
+    group_rows = [
+        StudyGroupObjectPermission(group=group, permission_id=permission, content_object_id=study_id)
+        for group in groups
+    ]
+    if group_rows:
+        StudyGroupObjectPermission.objects.bulk_create(group_rows, ignore_conflicts=True)
+
+
+def revoke_study_view(study: Study | Any, *, user: Any = None, groups: Iterable[Group] = ()) -> int:
+    """Take back what :func:`grant_study_view` gave ``user`` and ``groups``; the number of grants removed."""
+    study_id: Any = getattr(study, "pk", study)
+    removed = 0
+    if user is not None:
+        removed += StudyUserObjectPermission.objects.filter(
+            content_object_id=study_id, user_id=getattr(user, "pk", user), permission__codename=VIEW_STUDY
+        ).delete()[0]
+    group_list = groups if isinstance(groups, QuerySet) else list(groups)
+    if group_list:
+        removed += StudyGroupObjectPermission.objects.filter(
+            content_object_id=study_id, group__in=group_list, permission__codename=VIEW_STUDY
+        ).delete()[0]
+    return removed

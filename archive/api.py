@@ -19,6 +19,7 @@ from pacs_cloud.lib.person_names import display_name
 from pacs_cloud.models import Institution, Role
 
 from . import actions
+from .access import access_study, searchable_studies
 from .dicomweb import audit_study_read
 from .models import DicomNode, IngestConflict, Series, Study
 
@@ -149,7 +150,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
         return StudyDetailSerializer if self.action == "retrieve" else StudySerializer
 
     def get_queryset(self) -> QuerySet[Study]:
-        qs = access.searchable_studies(self.request.user).select_related("patient", "institution")
+        qs = searchable_studies(self.request.user).select_related("patient", "institution")
         if self.action == "retrieve":
             return qs.prefetch_related("series")
         params = self.request.query_params
@@ -188,7 +189,7 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
         return response
 
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        study = access.access_study(request.user, pk=kwargs["pk"])
+        study = access_study(request.user, pk=kwargs["pk"])
         study = self.get_queryset().get(pk=study.pk)
         audit_study_read(request, "archive.study.view", study)
         return Response(self.get_serializer(study).data)

@@ -2,7 +2,7 @@
 
 Every request is authenticated like the REST API (bearer token, HTTP Basic
 or the browser session), every study is found through the access policy
-(``pacs_cloud.access``: 404 alike for missing and not yours), and every read
+(``archive.access``: 404 alike for missing and not yours), and every read
 writes an audit event. Retrievals stream: objects go out chunk by chunk from
 storage, never assembled in memory.
 """
@@ -42,6 +42,7 @@ from pacs_cloud.tenancy import current_institution
 
 from . import query as q
 from . import retrieve
+from .access import access_study, searchable_studies
 from .ingest import IngestError, IngestSession, Source, metadata_of, store_instance, store_part10
 from .models import Instance, Series, Study
 from .multipart import Acceptable, MultipartError, PartReader, closing, new_boundary, parse_accept, parse_media_type
@@ -164,7 +165,7 @@ def _problem(status: int, message: str) -> HttpResponse:
 
 
 def _study(request: Request, study_uid: str) -> Study:
-    return access.access_study(request.user, uid=study_uid)
+    return access_study(request.user, uid=study_uid)
 
 
 def _series(study: Study, series_uid: str) -> Series:
@@ -285,7 +286,7 @@ def _qido(request: Request, level: str, study_uid: str | None = None, series_uid
         query, include, warnings = _qido_query(request, level)
     except q.QueryError as exc:
         return _problem(400, str(exc))
-    studies = access.searchable_studies(request.user)
+    studies = searchable_studies(request.user)
     scope_levels = [level]
     if study_uid is not None:
         study = _study(request, study_uid)

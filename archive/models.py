@@ -291,7 +291,7 @@ class ArchivePolicy(models.Model):
 # access policy joins on a typed key instead of a text object_pk).
 
 
-# Searches remember the caller's grants (pacs_cloud.access.searchable_studies):
+# Searches remember the caller's grants (archive.access.study_reach):
 # every way of writing one clears that memo, bulk_create (which sends no
 # post_save) here, saves and deletes by the receivers in apps.py.
 

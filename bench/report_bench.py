@@ -261,10 +261,9 @@ def bulk_reports(insts, radiologist, count: int) -> list:
 
 def bench_lookup(args, insts, radiologist, clinician) -> None:
     from django.db import connection
-    from guardian.shortcuts import assign_perm
     from rest_framework.test import APIClient
 
-    from archive.models import Study
+    from archive.actions import grant_study_view
     from pacs_cloud.authentication import issue_token
     from reports.models import Report
 
@@ -273,8 +272,8 @@ def bench_lookup(args, insts, radiologist, clinician) -> None:
         study_ids = bulk_reports(insts, radiologist, args.reports)
         print(f"lookup.load_seconds={time.perf_counter() - t0:.1f}")
         foreign = [pk for i, pk in enumerate(study_ids) if i % len(insts) != 0][:200]
-        for study in Study.objects.filter(pk__in=foreign):
-            assign_perm("archive.view_study", clinician, study)
+        for study_id in foreign:
+            grant_study_view(study_id, user=clinician)
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE")
     print(f"lookup.reports={Report.objects.count()}")

@@ -3,9 +3,10 @@
 ``settings.HOME_PANELS`` lists providers, lowest layer first. A provider is
 ``provider(request, institution, roles) -> list[Panel]`` (``institution`` may be
 None, ``roles`` is the set of role values at it); an app adds its own panels
-(a reading worklist, today's orders) by appending its provider there. Panels
-are sorted by ``order``; give related panels nearby numbers (role panels of
-this module use 100–600).
+(the archive's study lists, a reading worklist, today's orders) by appending
+its provider there. Panels are sorted by ``order``; give related panels nearby
+numbers (the clinical roles' study lists use 100–400, the institution
+administrator's panel 600).
 
 A provider that shows patient data records a ``*.list`` audit event for what
 it showed.
@@ -14,21 +15,14 @@ it showed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, time
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from django.apps import apps
 from django.conf import settings
 from django.db.models import Count, Q
 from django.http import HttpRequest
-from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from . import access, audit
 from .models import AuditEvent, Institution, Membership, Role
-
-STUDY_ROWS = 25
 
 
 @dataclass
@@ -47,82 +41,16 @@ def collect(request: HttpRequest, institution: Institution | None, roles: set[st
     return sorted(panels, key=lambda p: p.order)
 
 
-def _today_start(institution: Institution) -> datetime:
-    """Midnight of the institution's local day, as an aware datetime."""
-    try:
-        zone = ZoneInfo(institution.time_zone)
-    except (KeyError, ValueError):
-        zone = ZoneInfo("UTC")
-    local = timezone.now().astimezone(zone)
-    return datetime.combine(local.date(), time.min, tzinfo=zone)
-
-
-def _studies(request: HttpRequest, panel: str, queryset: Any, institution: Institution) -> list[Any]:
-    rows = list(queryset.select_related("patient", "institution")[:STUDY_ROWS])
-    if rows:
-        audit.record(
-            "study.list",
-            request=request,
-            institution=institution,
-            object_type="study",
-            detail={"panel": panel, "study_ids": [str(s.pk) for s in rows]},
-        )
-    return rows
-
-
 def role_panels(request: HttpRequest, institution: Institution | None, roles: set[str]) -> list[Panel]:
-    """The platform's own panels: one per role, plus the platform administrator's."""
-    user = request.user
+    """The platform's own panels: the institution administrator's and the platform administrator's.
+
+    The clinical roles' panels come from the apps that hold their data (the
+    archive's study lists, the reading worklist, the reports).
+    """
     panels: list[Panel] = []
-    if getattr(user, "is_platform_admin", False):
+    if getattr(request.user, "is_platform_admin", False):
         panels.append(platform_panel())
-    if institution is None:
-        return panels
-    Study = apps.get_model("archive", "Study")
-    mine = access.visible_studies(user).filter(institution=institution)
-
-    def studies_panel(role: Role, title: str, queryset: Any, order: int, empty: str, **extra: Any) -> Panel:
-        rows = _studies(request, role.value, queryset, institution)
-        context = {"studies": rows, "count": queryset.count(), "empty": empty, **extra}
-        return Panel(title, "pacs_cloud/home/studies.html", context, order=order, role=role.label)
-
-    if Role.TECHNOLOGIST in roles:
-        received = mine.filter(received_at__gte=_today_start(institution)).order_by("-received_at")
-        panels.append(
-            studies_panel(Role.TECHNOLOGIST, "Received today", received, 100, "No study has arrived today yet.")
-        )
-    if Role.RADIOLOGIST in roles:
-        waiting = mine.filter(state__in=[Study.State.COMPLETE, Study.State.ROUTED]).order_by("received_at")
-        panels.append(
-            studies_panel(
-                Role.RADIOLOGIST,
-                "Waiting for a report",
-                waiting,
-                200,
-                "Nothing is waiting for a report.",
-                oldest_first=True,
-            )
-        )
-    if Role.REFERRAL_COORDINATOR in roles:
-        shared = access.visible_studies(user).exclude(institution=institution).order_by("-received_at")
-        panels.append(
-            studies_panel(
-                Role.REFERRAL_COORDINATOR,
-                "Shared with us by other institutions",
-                shared,
-                300,
-                "No other institution shares a study with you at the moment.",
-                show_institution=True,
-            )
-        )
-    if Role.CLINICIAN in roles:
-        reported = mine.filter(state__in=[Study.State.REPORTED, Study.State.AMENDED]).order_by("-completed_at")
-        panels.append(
-            studies_panel(
-                Role.CLINICIAN, "Recently reported", reported, 400, "No study of your institution has a report yet."
-            )
-        )
-    if Role.INSTITUTION_ADMIN in roles:
+    if institution is not None and Role.INSTITUTION_ADMIN in roles:
         panels.append(admin_panel(institution))
     return panels
 
@@ -148,9 +76,17 @@ def admin_panel(institution: Institution) -> Panel:
     )
 
 
+def institution_counts() -> list[tuple[str, dict[Any, int]]]:
+    """The extra columns of the platform table: ``settings.HOME_INSTITUTION_COUNTS``, in order.
+
+    Each entry names a function ``() -> (title, {institution id: count})``; an
+    app adds its own count (the archive: studies) by appending it there.
+    """
+    return [import_string(dotted)() for dotted in settings.HOME_INSTITUTION_COUNTS]
+
+
 def platform_panel() -> Panel:
-    Study = apps.get_model("archive", "Study")
-    studies = dict(Study.objects.values_list("institution").annotate(n=Count("id")))
+    counts = institution_counts()
     institutions = Institution.objects.annotate(
         members=Count("memberships__user", filter=Q(memberships__is_active=True), distinct=True)
     ).order_by("name")
@@ -159,7 +95,8 @@ def platform_panel() -> Panel:
         "Platform",
         "pacs_cloud/home/platform.html",
         {
-            "institutions": [(i, studies.get(i.pk, 0)) for i in institutions],
+            "columns": [title for title, _ in counts],
+            "institutions": [(i, [by_institution.get(i.pk, 0) for _, by_institution in counts]) for i in institutions],
             "security": list(security),
         },
         order=50,

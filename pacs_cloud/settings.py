@@ -405,12 +405,16 @@ QUERY_MAX_RESULTS = env.int("QUERY_MAX_RESULTS", default=1000)
 # Home-page panels: each app appends its provider (see pacs_cloud.home).
 HOME_PANELS = [
     "pacs_cloud.home.role_panels",
+    "archive.home.study_panels",
     "archive.edge.pages.home_panels",
     "worklist.views.home_panels",
     "viewer.home.recent_panel",
     "workflow.home.reading_panels",
     "workflow.referrals.views.home_panels",
 ]
+# Columns of the platform administrator's table of institutions, each a
+# function answering (title, {institution id: count}).
+HOME_INSTITUTION_COUNTS = ["archive.home.studies_per_institution"]
 # Reading workflow: minutes per priority when neither policy nor agreement says,
 # the claims a reader may hold at once (pools set their own), how long an
 # untouched claim lasts, and the SLA sweep.

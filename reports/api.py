@@ -20,19 +20,20 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from archive.access import access_study
 from archive.query import name_words_q
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
 from pacs_cloud.lib.person_names import display_name
-from pacs_cloud.models import CLINICAL_ROLES, Role, User
+from pacs_cloud.models import Role, User
 
 from . import actions, exports, signing
 from .access import (
     access_critical_result,
     access_report,
     access_template,
-    granted_study_ids,
     may_author,
+    report_rules,
     template_institutions,
     visible_critical_results,
     visible_reports,
@@ -272,28 +273,23 @@ def _newest_first(report: Report) -> tuple[bool, dt.date, dt.datetime]:
 def search(user: Any, params: Any) -> tuple[list[Report], bool]:
     """One page of the lookup for ``user`` (shared by the API and the page), and whether more follow.
 
-    The reports of the caller's own hospitals and those of studies granted
-    to them are read as two queries and merged: each walks its own index in
-    date order and stops at the page's end, where one query with an OR of
-    both would have to collect and sort every visible report first.
+    The visible reports are read as disjoint parts (``report_rules``: the
+    caller's own hospitals, the studies granted to them) and merged: each
+    part walks its own index in date order and stops at the page's end,
+    where one query with an OR of both would have to collect and sort every
+    visible report first.
     """
     try:
         limit = max(1, min(int(params.get("limit", 50)), LOOKUP_MAX))
         offset = max(0, int(params.get("offset", 0)))
     except ValueError:
         raise ValidationError({"limit": "limit and offset are numbers"}) from None
-    if not core_access._authenticated(user):
-        return [], False
-    own = core_access.institution_ids(user, CLINICAL_ROLES)
-    granted = granted_study_ids(user)
     end = offset + limit + 1
     rows: list[Report] = []
     # The draft (the writers' working copy) is never listed: not read either.
     base = filtered(Report.objects.select_related("institution").defer("draft"), params)
-    if own:
-        rows += list(base.filter(institution_id__in=own)[:end])
-    if granted:
-        rows += list(base.filter(study_id__in=granted).exclude(institution_id__in=own)[:end])
+    for rule in report_rules(user):
+        rows += list(base.filter(rule)[:end])
     rows.sort(key=_newest_first, reverse=True)
     rows = rows[offset:end]
     return rows[:limit], len(rows) > limit
@@ -331,7 +327,7 @@ class ReportViewSet(viewsets.ViewSet):
     def create(self, request: Request) -> Response:
         data = CreateReportSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        study = core_access.access_study(request.user, pk=data.validated_data["study"])
+        study = access_study(request.user, pk=data.validated_data["study"])
         template = None
         if data.validated_data.get("template"):
             template = access_template(request.user, data.validated_data["template"])
@@ -531,7 +527,7 @@ class ReportTemplateViewSet(viewsets.ModelViewSet):
         qs = ReportTemplate.objects.filter(institution_id__in=template_institutions(self.request.user))
         study = self.request.query_params.get("study")
         if study:
-            found = core_access.access_study(self.request.user, pk=study)
+            found = access_study(self.request.user, pk=study)
             ids = [t.pk for t in actions.templates_for(found)]
             qs = qs.filter(pk__in=ids)
         return qs.order_by("name")

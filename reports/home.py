@@ -16,9 +16,10 @@ from django.http import HttpRequest
 from pacs_cloud import audit
 from pacs_cloud.home import Panel
 from pacs_cloud.models import Institution, Role
+from workflow.access import held_tasks
 
 from . import actions
-from .access import HELD_TASK_STATES, visible_critical_results, visible_reports
+from .access import visible_critical_results, visible_reports
 from .models import Report
 
 ROWS = 10
@@ -36,8 +37,6 @@ def _audit(request: HttpRequest, institution: Institution | None, panel: str, id
 
 
 def report_panels(request: HttpRequest, institution: Institution | None, roles: set[str]) -> list[Panel]:
-    from workflow.models import ReadingTask
-
     user = request.user
     panels: list[Panel] = []
     critical = list(visible_critical_results(user).filter(acknowledged_at__isnull=True).select_related("report")[:ROWS])
@@ -46,14 +45,9 @@ def report_panels(request: HttpRequest, institution: Institution | None, roles: 
         panels.append(
             Panel("Critical results", "reports/home/critical.html", {"critical": critical}, order=150, role="")
         )
-    if (
-        Role.RADIOLOGIST in roles
-        or ReadingTask.objects.filter(claimed_by_id=user.pk, state__in=HELD_TASK_STATES).exists()
-    ):
+    if Role.RADIOLOGIST in roles or held_tasks(user).exists():
         tasks = list(
-            ReadingTask.objects.filter(claimed_by_id=user.pk, state__in=HELD_TASK_STATES)
-            .select_related("study__patient", "institution")
-            .order_by("priority_rank", "due_at")[:ROWS]
+            held_tasks(user).select_related("study__patient", "institution").order_by("priority_rank", "due_at")[:ROWS]
         )
         drafts = {
             r.study_id: r

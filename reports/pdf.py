@@ -33,6 +33,7 @@ from reportlab.pdfbase.ttfonts import TTFError, TTFont
 from reportlab.platypus import Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from archive.models import Instance
+from pacs_cloud.lib.image_labels import image_label
 from pacs_cloud.lib.local_time import format_local
 from pacs_cloud.lib.person_names import display_name
 
@@ -115,16 +116,11 @@ def _para(value: str, style: ParagraphStyle) -> Paragraph:
     return Paragraph(_text(value), style)
 
 
-def key_image_jpeg(key_image: dict[str, Any], institution_id: Any) -> bytes | None:
+def key_image_jpeg(key_image: dict[str, Any], instance: Instance) -> bytes | None:
     """The rendered frame of one signed key image, or None when it cannot be rendered."""
     from viewer.pixels import RenderError, Viewport
     from viewer.render import RenderParams, render_frame
 
-    instance = Instance.objects.filter(
-        sop_instance_uid=key_image["sop_instance_uid"], institution_id=institution_id
-    ).first()
-    if instance is None:
-        return None
     params = RenderParams(quality=85, viewport=Viewport(KEY_IMAGE_SIZE, KEY_IMAGE_SIZE))
     try:
         return render_frame(instance, int(key_image["frame"]), params)
@@ -167,14 +163,30 @@ def render_pdf(version: ReportVersion) -> bytes:
     if version.content.get("addendum", "").strip():
         story += [Paragraph("Addenda", s["h"]), _para(version.content["addendum"], s["p"])]
     images = []
+    instances = {
+        i.sop_instance_uid: i
+        for i in Instance.objects.filter(
+            sop_instance_uid__in=[k["sop_instance_uid"] for k in version.key_images],
+            institution_id=report.institution_id,
+        ).select_related("series")
+    }
     for k in version.key_images:
-        jpeg = key_image_jpeg(k, report.institution_id)
-        if jpeg is None:
+        instance = instances.get(k["sop_instance_uid"])
+        jpeg = key_image_jpeg(k, instance) if instance is not None else None
+        if instance is None or jpeg is None:
             continue
         picture = Image(io.BytesIO(jpeg))
         scale = 60 * mm / max(picture.imageWidth, picture.imageHeight)
         picture.drawWidth, picture.drawHeight = picture.imageWidth * scale, picture.imageHeight * scale
-        caption = Paragraph(_text(k.get("note") or f"Frame {k['frame']}"), s["small"])
+        # Without a note, the image is named as the viewer names it ("Series 2 · Image 14").
+        label = image_label(
+            instance.series.series_number,
+            instance.instance_number,
+            series_description=instance.series.description,
+            frame=int(k["frame"]),
+            number_of_frames=instance.number_of_frames,
+        )
+        caption = _para(k.get("note") or label, s["small"])
         images.append([picture, caption])
     if images:
         story.append(Paragraph("Key images", s["h"]))

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework.exceptions import ValidationError
 
-from pacs_cloud import access as core_access
+from archive.access import access_study
 from pacs_cloud import audit
 
 from . import actions, signing
@@ -162,7 +162,7 @@ def editor(request: HttpRequest, report_id: str) -> HttpResponse:
 @require_POST
 def write_report(request: HttpRequest, study_id: str) -> HttpResponse:
     """Open the caller's report on a study (a new draft from the chosen template) and go to the editor."""
-    study = core_access.access_study(request.user, pk=study_id)
+    study = access_study(request.user, pk=study_id)
     template = None
     if request.POST.get("template"):
         template = access_template(request.user, request.POST["template"])

@@ -1,4 +1,4 @@
-"""Lookups for the viewer's resources, built on ``pacs_cloud.access``.
+"""Lookups for the viewer's resources, built on ``archive.access``.
 
 Every function raises ``Http404`` alike for missing and not-yours. DICOM UIDs
 appear only where DICOMweb puts them in the path; the viewer's own URLs use
@@ -17,9 +17,10 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import Http404, HttpRequest
 
+from archive.access import access_study, can_view_study, visible_studies
 from archive.models import Instance, Patient, Series, Study
 from pacs_cloud import audit
-from pacs_cloud.access import CLINICAL_ROLES, access_study, can_view_study, institution_ids, visible_studies
+from pacs_cloud.access import CLINICAL_ROLES, institution_ids
 
 from .models import KeyImage
 

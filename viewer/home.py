@@ -6,8 +6,8 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from archive.access import visible_studies
 from pacs_cloud import audit
-from pacs_cloud.access import visible_studies
 from pacs_cloud.home import Panel
 from pacs_cloud.models import AuditEvent, Institution
 

@@ -35,10 +35,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from archive.access import access_study
 from archive.models import Instance, Series, Study
 from pacs_cloud import audit
-from pacs_cloud.access import access_study
 from pacs_cloud.authentication import BearerTokenAuthentication
+from pacs_cloud.lib import image_labels
 from pacs_cloud.lib.person_names import display_name
 from workflow.access import held_tasks
 
@@ -542,12 +543,13 @@ def _text(metadata: dict, tag: str) -> str:
 
 def image_label(series: Series, instance: Instance, frame: int | None = None) -> str:
     """An image as readers name it: "Series 2 · Image 14", with "· Frame 3" within a multi-frame image."""
-    parts = [f"Series {series.series_number}" if series.series_number is not None else series.description or "Series"]
-    if instance.instance_number is not None:
-        parts.append(f"Image {instance.instance_number}")
-    if frame is not None and instance.number_of_frames > 1:
-        parts.append(f"Frame {frame}")
-    return " · ".join(parts)
+    return image_labels.image_label(
+        series.series_number,
+        instance.instance_number,
+        series_description=series.description,
+        frame=frame,
+        number_of_frames=instance.number_of_frames,
+    )
 
 
 def _key_image_json(key_image: KeyImage) -> dict[str, Any]:

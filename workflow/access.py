@@ -1,7 +1,7 @@
 """Who may see, claim and manage reading tasks, pools and policies.
 
-Built on ``pacs_cloud.access``. A radiologist sees a task when it is offered
-to them (as one of the hospital's radiologists, a credentialled pool member
+Built on ``pacs_cloud.access``'s roles. A radiologist sees a task when it is
+offered to them (as one of the hospital's radiologists, a credentialled pool member
 or by name), when they hold it, or when they finished it; the hospital's own
 clinical staff and administrators see all of its tasks. Patient identity is
 shown only to those who may open the study (``can_see_patient``): a foreign
@@ -67,7 +67,7 @@ class Reader:
 
 
 def reader(user: Any) -> Reader:
-    if not access._authenticated(user):
+    if not access.authenticated(user):
         return Reader(user=user)
     result = Reader(user=user)
     for institution_id, role in access.memberships(user).values_list("institution_id", "role"):
@@ -112,6 +112,9 @@ def offered_tasks(user: Any, who: Reader | None = None) -> QuerySet[ReadingTask]
 
 
 def held_tasks(user: Any) -> QuerySet[ReadingTask]:
+    """The tasks ``user`` holds now (claimed and not yet signed): the one meaning of "held"."""
+    if not access.authenticated(user):
+        return ReadingTask.objects.none()
     return ReadingTask.objects.filter(claimed_by=user, state__in=HELD_STATES)
 
 
@@ -125,7 +128,7 @@ def monitored_institutions(user: Any) -> set[UUID]:
 
 
 def visible_tasks(user: Any, who: Reader | None = None) -> QuerySet[ReadingTask]:
-    if not access._authenticated(user):
+    if not access.authenticated(user):
         return ReadingTask.objects.none()
     who = who or reader(user)
     offers = TaskOffer.objects.filter(who.offer_q(), task_id=OuterRef("pk"))
@@ -171,7 +174,7 @@ def admin_institutions(user: Any) -> set[UUID]:
 
 def visible_pools(user: Any) -> QuerySet[RadiologistPool]:
     """Pools the caller manages, belongs to, or whose agreements cover their hospital."""
-    if not access._authenticated(user):
+    if not access.authenticated(user):
         return RadiologistPool.objects.none()
     mine = access.institution_ids(user)
     return RadiologistPool.objects.filter(

@@ -19,16 +19,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
-from guardian.shortcuts import remove_perm
 
-from archive.actions import do_mark_study_routed
-from archive.models import Study, StudyUserObjectPermission
+from archive.actions import do_mark_study_routed, grant_study_view, revoke_study_view
+from archive.models import Study
 from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition, record_transition
 from pacs_cloud.models import Institution, Membership, Role, User
@@ -54,7 +52,6 @@ from .models import (
 
 log = logging.getLogger(__name__)
 
-VIEW_STUDY = "archive.view_study"
 ENGINE = "workflow engine"
 
 
@@ -653,28 +650,6 @@ def _claim_cap(who: Reader, offers: list[TaskOffer]) -> int:
     return max(caps)
 
 
-def _view_study_permission_id() -> int:
-    # Not cached across calls: a flushed test database renumbers permissions.
-    return Permission.objects.only("pk").get(content_type__app_label="archive", codename="view_study").pk
-
-
-def _grant(user: Any, study_id: Any) -> None:
-    """guardian's ``assign_perm(VIEW_STUDY, user, study)`` in one statement (the claim path).
-
-    The row is the one guardian writes (its direct-foreign-key model, unique
-    per user, permission and study), so ``remove_perm`` and the access policy
-    read it as theirs.
-    """
-    StudyUserObjectPermission.objects.bulk_create(
-        [
-            StudyUserObjectPermission(
-                user_id=user.pk, permission_id=_view_study_permission_id(), content_object_id=study_id
-            )
-        ],
-        ignore_conflicts=True,
-    )
-
-
 def _revoke_unless_needed(user_id: int | None, task: ReadingTask) -> None:
     """Take back the study grant unless another task of the user's still needs it."""
     if user_id is None:
@@ -687,7 +662,7 @@ def _revoke_unless_needed(user_id: int | None, task: ReadingTask) -> None:
         .exists()
     )
     if not keeps:
-        remove_perm(VIEW_STUDY, User(pk=user_id), Study(pk=task.study_id))
+        revoke_study_view(task.study_id, user=user_id)
 
 
 def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any = None) -> ReadingTask:
@@ -762,7 +737,7 @@ def _claim(task: ReadingTask, acting_user: Any) -> ReadingTask:
             )
         # Grant first, transition last: the audit append (a global lock) is then
         # held for the shortest time before commit.
-        _grant(acting_user, locked.study_id)
+        grant_study_view(locked.study_id, user=acting_user)
         apply_transition(
             locked,
             "claim",

@@ -23,6 +23,7 @@ from archive.models import Study
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
 from pacs_cloud.fsm import history
+from pacs_cloud.lib.local_time import offset_label
 from pacs_cloud.models import Institution, Role, User
 from pacs_cloud.tenancy import current_institution
 
@@ -196,7 +197,10 @@ def _dry_run_form(request: HttpRequest, institution: Institution, parsed: policy
         return None, ""
     at: datetime | None = None
     if data.get("at"):
-        at = parse_datetime(data["at"])
+        try:
+            at = parse_datetime(data["at"])
+        except ValueError:  # well-formed but impossible, such as 2026-02-30T10:00
+            at = None
         if at is None:
             return None, "The time is not a date and time (YYYY-MM-DDTHH:MM)."
         if timezone.is_naive(at):
@@ -243,6 +247,8 @@ def policy_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
             "form": request.GET,
             "highlight": highlight,
             "priorities": Priority.choices,
+            # The form's time is a wall-clock time at the policy's hospital.
+            "at_zone": offset_label(policy.local_time(row.institution, timezone.now())),
         },
     )
 

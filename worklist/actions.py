@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
@@ -32,6 +31,7 @@ from archive.actions import (
 )
 from archive.ingest import birth_date_in_future
 from archive.models import Instance, Patient, Study
+from archive.query import patient_name_q
 from pacs_cloud import audit, push
 from pacs_cloud.fsm import apply_transition
 from pacs_cloud.lib import dicom_datetime
@@ -125,35 +125,23 @@ def patient_name_fields(pn: str) -> dict[str, str]:
     }
 
 
-def _name_forms(pn: str) -> list[str]:
-    """Each name group folded, with components joined by a space and, for CJK, by nothing."""
-    forms = []
-    for group in name_groups(pn):
-        folded = fold_name(group)
-        if folded:
-            forms += [folded.replace("^", " "), folded.replace("^", "")]
-    return forms
-
-
 def find_patients(institution: Institution, query: str, *, limit: int = 25) -> list[Patient]:
-    """Patients of ``institution`` whose ID is ``query`` or whose name, in any of
-    its forms (Latin, characters, phonetic), contains every word of it."""
+    """Patients of ``institution`` whose ID is ``query`` or whose name fits it.
+
+    The name is matched as every patient search matches it
+    (:func:`archive.query.patient_name_q`): by its Latin, ideographic or
+    phonetic words, the full ideographic name (``张三``) and the forms the
+    pages show (``ZHANG, SAN``, ``张三 (ZHANG, SAN)``).
+    """
     query = query.strip()
     if not query:
         return []
-    words = fold_name(query).replace("^", " ").split()
-    narrowed = Q()
-    for word in words:
-        # Characters are matched one by one: 王小明 is stored as 王^小明.
-        for term in [word] if word.isascii() else list(word):
-            narrowed &= Q(name__icontains=term) | Q(name_search__icontains=term.upper())
     patients = Patient.objects.filter(institution=institution)
     exact = list(patients.filter(patient_id__iexact=query))
-    rest = [
-        p
-        for p in patients.filter(narrowed).exclude(pk__in=[p.pk for p in exact]).order_by("name")[: limit * 4]
-        if any(all(w in form for w in words) for form in _name_forms(p.name))
-    ]
+    named = patient_name_q(query)
+    if not named:  # nothing but punctuation: no name to match
+        return exact[:limit]
+    rest = list(patients.filter(named).exclude(pk__in=[p.pk for p in exact]).order_by("name")[:limit])
     return (exact + rest)[:limit]
 
 

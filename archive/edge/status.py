@@ -8,6 +8,7 @@ never patient names.
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import json
 import threading
@@ -19,14 +20,39 @@ if TYPE_CHECKING:
     from .gateway import Gateway
 
 
+def _utc(at: float | str | None) -> str:
+    """A time on this page: ``2026-12-07 06:03:05 UTC``.
+
+    The edge belongs to no institution whose zone the page could use, so its
+    times are in UTC and say so. ``at`` is a Unix time or an ISO 8601 string
+    with an offset; anything else is shown as it is.
+    """
+    if at is None or at == "":
+        return "—"
+    if isinstance(at, str):
+        try:
+            parsed = dt.datetime.fromisoformat(at)
+        except ValueError:
+            return at
+        if parsed.tzinfo is None:
+            return at
+        at = parsed.timestamp()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + " UTC"
+
+
+def _fact(key: str, value: Any) -> str:
+    return _utc(value) if key.endswith("_at") else str(value)
+
+
 def _page(report: dict[str, Any], quarantine: list[tuple]) -> str:
     rows = "".join(
         f"<tr><td><code>{html.escape(uid)}</code></td><td><code>{html.escape(study)}</code></td>"
-        f"<td>{html.escape(reason)}</td><td>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(at))} UTC</td></tr>"
+        f"<td>{html.escape(reason)}</td><td>{_utc(at)}</td></tr>"
         for uid, study, reason, at in quarantine
     )
     facts = "".join(
-        f"<tr><th>{html.escape(k.replace('_', ' '))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in report.items()
+        f"<tr><th>{html.escape(k.replace('_', ' '))}</th><td>{html.escape(_fact(k, v))}</td></tr>"
+        for k, v in report.items()
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Cloud PACS edge</title></head><body>"

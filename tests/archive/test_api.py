@@ -7,9 +7,8 @@ import datetime as dt
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from guardian.shortcuts import assign_perm
 
-from archive.actions import do_correct_patient_demographics, do_link_study_to_patient
+from archive.actions import do_correct_patient_demographics, do_link_study_to_patient, grant_study_view
 from archive.ingest import IngestError, store_instance
 from archive.models import DicomNode, IngestConflict, Patient, Study
 from archive.storage import get_storage
@@ -72,7 +71,7 @@ def test_a_study_of_another_institution_is_404_until_shared(tenants, studies):
     client = api_client(tenants.a.radiologist)
     assert client.get(f"/api/v1/studies/{foreign.pk}/").status_code == 404
     assert client.get("/api/v1/studies/not-a-uuid/").status_code == 404
-    assign_perm("archive.view_study", tenants.a.radiologist, foreign)
+    grant_study_view(foreign, user=tenants.a.radiologist)
     response = client.get(f"/api/v1/studies/{foreign.pk}/")
     assert response.status_code == 200
     assert response.json()["series"][0]["modality"] == "CT"
@@ -196,7 +195,7 @@ def test_linking_a_study_to_another_patient(tenants, storage_dir, tmp_path):
 def test_searches_see_exactly_what_the_access_policy_allows(tenants, studies):
     from django.contrib.auth.models import Group
 
-    from pacs_cloud import access
+    from archive import access
     from pacs_cloud.models import role_group_name
 
     foreign = studies[2]
@@ -204,7 +203,7 @@ def test_searches_see_exactly_what_the_access_policy_allows(tenants, studies):
     assert set(access.searchable_studies(reader)) == set(access.visible_studies(reader)) == set(studies[:2])
     group, _ = Group.objects.get_or_create(name=role_group_name(tenants.a.institution, "radiologist"))
     group.user_set.add(reader)
-    assign_perm("archive.view_study", group, foreign)
+    grant_study_view(foreign, groups=[group])
     assert set(access.searchable_studies(reader)) == set(access.visible_studies(reader)) == set(studies)
     outsider = tenants.c.radiologist
     assert not access.searchable_studies(outsider).exists()

@@ -6,8 +6,9 @@ import pytest
 from django.contrib.auth.models import Group, Permission
 from guardian.shortcuts import assign_perm, remove_perm
 
+from archive import access
 from archive.models import Patient, Study, StudyGroupObjectPermission, StudyUserObjectPermission
-from pacs_cloud import access, authcache
+from pacs_cloud import authcache
 from pacs_cloud.models import role_group_name
 
 pytestmark = pytest.mark.django_db

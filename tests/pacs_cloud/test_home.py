@@ -1,8 +1,8 @@
 """Each role's home page, role-aware navigation and the institution switcher."""
 
 import pytest
-from guardian.shortcuts import assign_perm
 
+from archive.actions import grant_study_view
 from archive.models import Study
 from pacs_cloud.models import AuditEvent, Membership, Role, role_group_name
 from tests.conftest import browser_login, web_client
@@ -65,7 +65,7 @@ def test_a_coordinator_sees_what_other_institutions_share(tenants, studies):
     group = tenants.a.referral_coordinator.groups.get(
         name=role_group_name(tenants.a.institution, "referral_coordinator")
     )
-    assign_perm("archive.view_study", group, studies["bravo"].study)
+    grant_study_view(studies["bravo"].study, groups=[group])
     page = home_of(tenants.a.referral_coordinator)
     assert "BRAVO, BEN" in page and "Bravo City Hospital" in page
 
@@ -85,6 +85,16 @@ def test_a_platform_admin_sees_every_institution_and_no_patients(tenants, studie
         assert tenant.institution.name in page
     assert "ROSE" not in page and "BEN" not in page
     assert "Administration" in page
+
+
+def test_the_platform_table_counts_each_institutions_studies(tenants, studies, platform_admin):
+    page = home_of(platform_admin)
+    assert "<th>Studies</th>" in page
+    rows = {tenant.institution.name: 0 for tenant in tenants}
+    rows.update({tenants.a.institution.name: 3, tenants.b.institution.name: 1})
+    for name, count in rows.items():
+        row = page[page.index(f"<td>{name}</td>") :].split("</tr>")[0]
+        assert f"<td>{count}</td>" in row, row
 
 
 def test_navigation_follows_the_role(tenants):

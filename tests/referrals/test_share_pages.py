@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -21,8 +22,8 @@ def ct(tenants):
 
 
 def _local(when: datetime) -> str:
-    """As a browser's datetime-local field sends it (UTC on these pages)."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+    """As a browser's datetime-local field sends it: the sharing hospital's wall-clock time."""
+    return when.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%dT%H:%M")
 
 
 def share_form(user, study, institution, *, client=None, **fields):
@@ -91,8 +92,9 @@ def test_revoking_from_the_page_makes_the_study_404_for_the_receiver(tenants, ct
 @pytest.mark.parametrize(
     "expiry, message",
     [
-        ("", "Give the date and time (UTC) when the share ends."),
-        ("not a date", "Give the date and time (UTC) when the share ends."),
+        ("", "Give the date and time when the share ends."),
+        ("not a date", "Give the date and time when the share ends."),
+        ("2026-02-30T10:00", "Give the date and time when the share ends."),
         ("2001-01-01T10:00", "The expiry must be in the future."),
         ("far", "A share lasts at most"),
     ],

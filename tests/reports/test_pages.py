@@ -37,12 +37,12 @@ def test_the_clinician_finds_their_hospitals_reports_only(reading, tenants):
 
 
 def test_a_study_shared_with_a_user_shares_its_reports(reading, tenants):
-    from guardian.shortcuts import assign_perm
+    from archive.actions import grant_study_view
 
     report, _ = write_and_sign(reading)
     client = web_client(tenants.b.clinician)
     assert client.get(f"/reports/{report.pk}/").status_code == 404
-    assign_perm("view_study", tenants.b.clinician, reading.study)
+    grant_study_view(reading.study, user=tenants.b.clinician)
     assert client.get(f"/reports/{report.pk}/").status_code == 200
     found = client.get("/api/v1/reports/", {"accession": reading.study.accession_number}).json()["results"]
     assert [r["id"] for r in found] == [str(report.pk)]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from archive.models import Study
-from reports import tasks
+from reports import actions
 from reports.models import ReportExport, ReportVersion
 from reports.pdf import render_pdf
 
@@ -19,9 +21,10 @@ def pdf_text(data: bytes, tmp_path) -> str:
     return " ".join(out.split())
 
 
+@pytest.mark.poppler
 def test_the_archived_report_is_counted_apart_and_never_named_as_a_modality(reading, tmp_path):
     _, version = write_and_sign(reading)
-    assert tasks.run_export(ReportExport.objects.get(version=version, target=ReportExport.Target.DICOM))
+    assert actions.do_run_export(ReportExport.objects.get(version=version, target=ReportExport.Target.DICOM))
     study = Study.objects.get(pk=reading.study.pk)
     assert study.modalities == "CT\\DOC"  # DICOM's Modalities in Study says what is stored
     assert (study.image_series, study.image_instances, study.image_modalities) == (1, 1, ["CT"])

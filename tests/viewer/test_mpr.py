@@ -161,7 +161,7 @@ def test_an_outsider_cannot_reformat_and_a_partner_needs_a_grant(ct_volume, tena
     series = Series.objects.get(series_instance_uid=vol.series_uid)
     assert api_client(tenants.c.radiologist).get(url(series, "axial", 1)).status_code == 404
     assert api_client(tenants.b.radiologist).get(url(series, "axial", 1)).status_code == 404
-    from guardian.shortcuts import assign_perm
+    from archive.actions import grant_study_view
 
-    assign_perm("archive.view_study", tenants.b.radiologist, series.study)
+    grant_study_view(series.study, user=tenants.b.radiologist)
     assert api_client(tenants.b.radiologist).get(url(series, "axial", 1)).status_code == 200

@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.db import connection
 
-from pacs_cloud import access
+from archive import access
 from pacs_cloud.models import AuditEvent
 from tests.conftest import requires_postgres
 from tests.workflow.conftest import make_radiologist, make_study, save_policy

@@ -8,9 +8,9 @@ import pytest
 from django.http import Http404
 from django.utils import timezone
 
+from archive import access
 from archive.actions import do_complete_study
 from archive.models import Study
-from pacs_cloud import access
 from pacs_cloud.fsm import history
 from pacs_cloud.models import AuditEvent
 from tests.workflow.conftest import make_study, save_policy

@@ -78,6 +78,9 @@ def test_the_policy_pages_draw_dry_run_and_save_versions(tenants, centre, offere
     assert svg["Content-Type"] == "image/svg+xml" and b'stroke="#1f6feb"' in svg.content
     run = admin.get(f"/workflow/policies/{current.pk}/", {"study": "ACC-PAGE", "priority": "stat"}).content.decode()
     assert "Matched: rule 1" in run and "SLA 30 min" in run
+    assert "Completing at (UTC+8)" in run  # the form's time is the hospital's wall-clock time
+    impossible = admin.get(f"/workflow/policies/{current.pk}/", {"study": "ACC-PAGE", "at": "2026-02-30T10:00"})
+    assert impossible.status_code == 200 and "The time is not a date and time" in impossible.content.decode()
     assert "No study" in admin.get(f"/workflow/policies/{current.pk}/", {"study": "NOPE"}).content.decode()
     by_facts = admin.get(f"/workflow/policies/{current.pk}/", {"modality": "MR", "patient_age": "7"}).content.decode()
     assert "Matched: rule 1" in by_facts

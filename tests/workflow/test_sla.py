@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import time_machine
 
-from pacs_cloud import access
+from archive import access
 from tests.workflow.conftest import make_study, save_policy
 from workflow.access import offered_tasks
 from workflow.actions import do_claim_reading_task, do_start_reading_process, do_sweep_reading_tasks

@@ -50,6 +50,15 @@ def test_a_patient_is_found_by_id_or_by_any_form_of_their_name(tech_client, site
     assert AuditEvent.objects.filter(action="worklist.patient.search").count() == 4
 
 
+@pytest.mark.parametrize("q", ["张三", "三", "ZHANG, SAN", "张三 (ZHANG, SAN)", "zhang san", "ZHANG^SAN=张^三"])
+def test_registration_finds_a_chinese_patient_by_the_full_name_and_as_the_pages_show_it(tech_client, sites, q):
+    make_patient(sites["a"].institution, "ZHANG^SAN=张^三", patient_id="RCH-3")
+    make_patient(sites["a"].institution, "ZHANG^SI=张^四", patient_id="RCH-4")
+    page = tech_client.get(reverse("worklist-register-order"), {"q": q}).content.decode()
+    assert "张三 (ZHANG, SAN)" in page, q
+    assert "RCH-4" not in page, q
+
+
 def test_registering_a_new_patient_by_chinese_characters_alone(tech_client, sites):
     data = order_post(sites["a"], **{"new-ideographic_family": "单", "new-ideographic_given": "小东", "new-sex": "M"})
     response = tech_client.post(reverse("worklist-register-order"), data)

@@ -1,12 +1,13 @@
 """Who sees which referral and share, and what each side may do with it.
 
-Built on ``pacs_cloud.access``. The referral coordinators and clinicians of
-the sending institution see its referrals, those of the receiving institution
-once it is sent; ``access_referral`` answers 404 alike for missing and not
+Built on ``pacs_cloud.access`` (roles) and ``archive.access`` (studies).
+The referral coordinators and clinicians of the sending institution see its
+referrals, those of the receiving institution once it is sent; ``access_referral`` answers 404 alike for missing and not
 yours. A second-opinion share is seen by the study's own coordinators and
 radiologists and, while it is in force, by the institution it is with.
 Whether a shared study itself may be opened is the study access rule's
-business (the grants ``workflow.referrals.actions`` writes), not this module's.
+business (``archive.access``, reading the grants that the referral actions
+have ``archive.actions`` write), not this module's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from django.db.models import Q, QuerySet
 from django.http import Http404
 from django.urls import NoReverseMatch, reverse
 
+from archive.access import visible_studies
 from archive.models import Study
 from pacs_cloud import access
 from pacs_cloud.fsm import history
@@ -97,11 +99,9 @@ def attachable_studies(user: Any, referral: Referral) -> QuerySet[Study]:
     they can see at the sending institution; the receiver's, while the patient is in their care,
     their own institution's studies (images made there travel back with the patient)."""
     if is_sender(user, referral):
-        return access.visible_studies(user).filter(
-            institution_id=referral.from_institution_id, patient_id=referral.patient_id
-        )
+        return visible_studies(user).filter(institution_id=referral.from_institution_id, patient_id=referral.patient_id)
     if is_receiver(user, referral) and referral.state == Referral.State.IN_CARE:
-        return access.visible_studies(user).filter(institution_id=referral.to_institution_id)
+        return visible_studies(user).filter(institution_id=referral.to_institution_id)
     return Study.objects.none()
 
 

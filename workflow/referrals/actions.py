@@ -41,20 +41,22 @@ from typing import Any
 
 import pydicom
 from django.conf import settings
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 from pydicom.dataset import Dataset
 
+from archive.actions import grant_study_view, revoke_study_view
 from archive.ingest import IngestError, IngestSession, Source, store_instance
-from archive.models import Instance, Patient, Study, StudyGroupObjectPermission
+from archive.models import Instance, Patient, Study
 from archive.storage import get_storage
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition
 from pacs_cloud.lib import dicom_datetime
+from pacs_cloud.lib.local_time import format_local
 from pacs_cloud.models import Institution, Role, Transition, role_group_name
 from pacs_cloud.push import institution_group, notify_many
 
@@ -591,11 +593,13 @@ def _remind(pk: Any, now: datetime) -> bool:
         ):
             return False
         due = referral.response_due_at
+        # The reminder is addressed to the receiving team: in its hospital's time and zone.
+        shown = format_local(due, referral.to_institution.time_zone)
         if now < due:
-            text = f"Reminder: a response is due by {due:%Y-%m-%d %H:%M} UTC."
+            text = f"Reminder: a response is due by {shown}."
             following = due
         else:
-            text = f"Reminder: the response was due at {due:%Y-%m-%d %H:%M} UTC and is overdue."
+            text = f"Reminder: the response was due at {shown} and is overdue."
             following = now + timedelta(hours=settings.REFERRAL_REMINDER_HOURS)
         ReferralMessage.objects.create(
             referral=referral, kind=ReferralMessage.Kind.REMINDER, institution=referral.to_institution, body=text
@@ -630,31 +634,17 @@ def do_sweep_referrals(*, now: datetime | None = None) -> dict[str, int]:
 # Shares and their grants ---------------------------------------------------------------
 
 
-def _view_study_permission_id() -> int:
-    return Permission.objects.only("pk").get(content_type__app_label="archive", codename="view_study").pk
-
-
 def _groups(institution: Institution) -> list[Group]:
     return [Group.objects.get_or_create(name=role_group_name(institution, role))[0] for role in SHARED_WITH_ROLES]
 
 
 def _grant(study_id: Any, institution: Institution) -> None:
-    permission = _view_study_permission_id()
-    StudyGroupObjectPermission.objects.bulk_create(
-        [
-            StudyGroupObjectPermission(group=group, permission_id=permission, content_object_id=study_id)
-            for group in _groups(institution)
-        ],
-        ignore_conflicts=True,
-    )
+    grant_study_view(study_id, groups=_groups(institution))
 
 
 def _ungrant(study_id: Any, institution: Institution) -> int:
     names = [role_group_name(institution, role) for role in SHARED_WITH_ROLES]
-    deleted, _ = StudyGroupObjectPermission.objects.filter(
-        content_object_id=study_id, group__name__in=names, permission__codename="view_study"
-    ).delete()
-    return deleted
+    return revoke_study_view(study_id, groups=Group.objects.filter(name__in=names))
 
 
 def _lock_study(study_id: Any) -> Study:

@@ -23,6 +23,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from archive.access import access_study, visible_studies
 from archive.api import PatientRefSerializer
 from archive.models import Patient, Study
 from pacs_cloud import access as core_access
@@ -136,7 +137,7 @@ class ReferralSerializer(serializers.ModelSerializer):
             attached = [row.study_id for referral in shown for row in referral.attachments.all()]
             user = self.context["request"].user
             self.context["_visible_studies"] = set(
-                core_access.visible_studies(user).filter(pk__in=attached).values_list("pk", flat=True)
+                visible_studies(user).filter(pk__in=attached).values_list("pk", flat=True)
             )
         return self.context["_visible_studies"]
 
@@ -302,7 +303,7 @@ class ShareCreateSerializer(serializers.Serializer):
 
 def _study_for(user: Any, pk: Any) -> Study:
     """A study the caller may see (404 alike for missing and not yours)."""
-    return core_access.access_study(user, pk=pk)
+    return access_study(user, pk=pk)
 
 
 class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

@@ -9,7 +9,7 @@ its referrals arrives (``referrals.js``).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -22,10 +22,12 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.http import require_POST
 
+from archive.access import access_study, visible_studies
 from archive.models import Patient, Study
 from archive.query import patient_name_q
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
+from pacs_cloud.lib.local_time import format_local, offset_label, zone
 from pacs_cloud.models import Institution, Role
 from pacs_cloud.tenancy import current_institution
 
@@ -81,7 +83,7 @@ def referral_list(request: HttpRequest) -> HttpResponse:
 
 def study_choices(request: HttpRequest, institution: Institution, *, panel: str = "referral-new") -> list[Study]:
     """The institution's studies the user sees, searched by ``?q=`` (patient ID or name); the list is audited."""
-    qs = core_access.visible_studies(request.user).filter(institution=institution).select_related("patient")
+    qs = visible_studies(request.user).filter(institution=institution).select_related("patient")
     query = (request.GET.get("q") or "").strip()
     if query:
         qs = qs.filter(patient__patient_id__iexact=query) | qs.filter(patient_name_q(query, prefix="patient__"))
@@ -109,7 +111,7 @@ def referral_new(request: HttpRequest) -> HttpResponse:
             ids = [UUID(v) for v in form.getlist("studies")]
         except ValueError:
             ids = []
-        studies = [core_access.access_study(request.user, pk=pk) for pk in ids]
+        studies = [access_study(request.user, pk=pk) for pk in ids]
         to = None
         try:
             to = targets.filter(pk=UUID(form.get("to_institution") or "")).first()
@@ -173,9 +175,7 @@ def referral_detail(request: HttpRequest, pk: UUID) -> HttpResponse:
     allowed = access.allowed_actions(request.user, referral)
     attached = list(referral.attachments.select_related("study__institution"))
     visible = set(
-        core_access.visible_studies(request.user)
-        .filter(pk__in=[row.study_id for row in attached])
-        .values_list("pk", flat=True)
+        visible_studies(request.user).filter(pk__in=[row.study_id for row in attached]).values_list("pk", flat=True)
     )
     shared = access.shared_study_ids(referral)
     imports = {
@@ -278,7 +278,7 @@ def referral_act(request: HttpRequest, pk: UUID) -> HttpResponse:
             )
             done = "Consent recorded."
         elif what == "attach":
-            study = core_access.access_study(user, pk=form.get("study") or "")
+            study = access_study(user, pk=form.get("study") or "")
             actions.do_attach_study(referral, study, acting_user=user, request=request)
             done = "Study attached."
         elif what == "detach":
@@ -378,11 +378,18 @@ def _sharing(request: HttpRequest) -> Institution | None:
     return None
 
 
-def parse_expiry(value: str) -> datetime | None:
-    """A ``datetime-local`` (or ISO 8601) value; one without a zone is UTC, as the pages show times."""
-    parsed = parse_datetime((value or "").strip())
+def parse_expiry(value: str, time_zone: str) -> datetime | None:
+    """A ``datetime-local`` (or ISO 8601) value; one without an offset is a wall-clock time in ``time_zone``.
+
+    The form shows and takes times in the sharing institution's zone, as every
+    page does; the share stores the instant (UTC).
+    """
+    try:
+        parsed = parse_datetime((value or "").strip())
+    except ValueError:  # well-formed but impossible, such as 2026-02-30T10:00
+        return None
     if parsed is not None and timezone.is_naive(parsed):
-        parsed = parsed.replace(tzinfo=UTC)
+        parsed = timezone.make_aware(parsed, zone(time_zone))
     return parsed
 
 
@@ -453,7 +460,7 @@ def share_new(request: HttpRequest) -> HttpResponse:
         problems = []
         study = None
         try:
-            study = core_access.access_study(request.user, pk=UUID(form.get("study") or ""))
+            study = access_study(request.user, pk=UUID(form.get("study") or ""))
         except ValueError:
             problems.append("Choose the study to share.")
         if study is not None and study.institution_id != institution.pk:
@@ -465,9 +472,9 @@ def share_new(request: HttpRequest) -> HttpResponse:
             pass
         if to is None:
             problems.append("Choose the hospital to ask for a second opinion.")
-        expires_at = parse_expiry(form.get("expires_at", ""))
+        expires_at = parse_expiry(form.get("expires_at", ""), institution.time_zone)
         if expires_at is None:
-            problems.append("Give the date and time (UTC) when the share ends.")
+            problems.append("Give the date and time when the share ends.")
         if not problems and study is not None and to is not None:
             try:
                 share = actions.do_share_for_second_opinion(
@@ -483,11 +490,12 @@ def share_new(request: HttpRequest) -> HttpResponse:
             else:
                 messages.success(
                     request,
-                    f"Shared with {to.name} until {share.expires_at:%Y-%m-%d %H:%M} UTC.",
+                    f"Shared with {to.name} until {format_local(share.expires_at, institution.time_zone)}.",
                 )
                 return redirect("workflow-list-shares")
         for problem in problems:
             messages.error(request, problem)
+    now = timezone.now().astimezone(zone(institution.time_zone))
     return render(
         request,
         "workflow/share_new.html",
@@ -497,7 +505,8 @@ def share_new(request: HttpRequest) -> HttpResponse:
             "studies": study_choices(request, institution, panel="share-new"),
             "query": request.GET.get("q", ""),
             "form": request.POST if request.method == "POST" else {},
-            "min_expiry": timezone.now().strftime("%Y-%m-%dT%H:%M"),
+            "min_expiry": now.strftime("%Y-%m-%dT%H:%M"),
+            "expiry_zone": offset_label(now),
         },
     )
 

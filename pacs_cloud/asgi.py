@@ -11,18 +11,23 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-
-from viewer.lean import lean_http  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.utils.module_loading import import_string  # noqa: E402
 
 from . import push  # noqa: E402
 from .routing import websocket_urlpatterns  # noqa: E402
 
 push.IN_WEB_PROCESS = True
 
+# Bearer-token reads skip the browser middleware: each app that serves such
+# reads names its wrapper in LEAN_HTTP_WRAPPERS (innermost first).
+http_application = django_asgi_app
+for dotted in settings.LEAN_HTTP_WRAPPERS:
+    http_application = import_string(dotted)(http_application)
+
 application = ProtocolTypeRouter(
     {
-        # Single rendered frames asked for with a bearer token skip the middleware chain.
-        "http": lean_http(django_asgi_app),
+        "http": http_application,
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -61,17 +61,13 @@ def takes_lean_path(scope: Scope) -> bool:
     return getattr(match.func, LEAN_ATTRIBUTE, False)
 
 
-class LeanHandler(ASGIHandler):
-    """Django's ASGI handler with no middleware but the security headers.
+class BareHandler(ASGIHandler):
+    """Django's ASGI handler with no middleware, for small reads served on the event loop.
 
-    ``SecurityMiddleware``'s two hooks only read settings and set headers, so
-    they run on the event loop instead of a thread of their own; Content-Length
-    is set as ``CommonMiddleware`` does, so clients need no chunked decoding.
-    It also leaves out the per-request thread context and the
+    It leaves out the per-request thread context and the
     request_started/finished signals, whose receivers would each cost a hop
-    into a thread: the lean views run on the DICOMweb worker threads, which
-    look after their database connections as those signals would
-    (``archive.dicomweb.on_worker_thread``).
+    into a thread: callers run their database work on threads that look after
+    their connections as those signals would.
     """
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -92,6 +88,23 @@ class LeanHandler(ASGIHandler):
         self._view_middleware: list[Any] = []
         self._template_response_middleware: list[Any] = []
         self._exception_middleware: list[Any] = []
+        self._middleware_chain = convert_exception_to_response(
+            self._get_response_async  # type: ignore[attr-defined]  # (not in django-stubs)
+        )
+
+
+class LeanHandler(BareHandler):
+    """The bare handler with the security headers and nothing else.
+
+    ``SecurityMiddleware``'s two hooks only read settings and set headers, so
+    they run on the event loop instead of a thread of their own; Content-Length
+    is set as ``CommonMiddleware`` does, so clients need no chunked decoding.
+    The lean views run on the DICOMweb worker threads
+    (``archive.dicomweb.on_worker_thread``).
+    """
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        super().load_middleware(is_async)
         inner: Callable[[HttpRequest], Awaitable[Any]] = convert_exception_to_response(  # type: ignore[assignment]
             self._get_response_async  # type: ignore[attr-defined]  # (not in django-stubs)
         )

@@ -33,17 +33,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.core.exceptions import PermissionDenied, RequestAborted, SynchronousOnlyOperation
-from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.core.handlers.exception import convert_exception_to_response
+from django.core.exceptions import PermissionDenied, SynchronousOnlyOperation
 from django.db import close_old_connections
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
-from django.urls import path, set_script_prefix
+from django.urls import path
 from rest_framework.exceptions import APIException
 
 from archive.storage import FileSystemStorage, get_storage
 from pacs_cloud.authentication import user_for_token
+from pacs_cloud.lean import BareHandler
 
 from . import views
 from .access import access_instance, already_recorded, record_study_view
@@ -170,34 +169,12 @@ urlpatterns = [
 ]
 
 
-class LeanHandler(ASGIHandler):
-    """Django's ASGI handler with no middleware and only this module's routes.
+class LeanHandler(BareHandler):
+    """The bare handler answering only this module's routes.
 
-    It also leaves out the per-request thread context and the
-    request_started/finished signals, whose receivers would each cost a hop
-    into a thread: the only database work here runs through :func:`_in_thread`,
-    which looks after the connection as those signals would.
+    The only database work here runs through :func:`_in_thread`, which looks
+    after the connection as Django's request signals would.
     """
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        try:
-            body_file = await self.read_body(receive)
-        except RequestAborted:
-            return
-        set_script_prefix(get_script_prefix(scope))
-        request, error_response = self.create_request(scope, body_file)
-        if request is None:
-            assert error_response is not None
-            await self.send_response(error_response, send)
-        else:
-            await self.send_response(await self.run_get_response(request), send)
-        body_file.close()
-
-    def load_middleware(self, is_async: bool = False) -> None:
-        self._view_middleware: list = []
-        self._template_response_middleware: list = []
-        self._exception_middleware: list = []
-        self._middleware_chain = convert_exception_to_response(self._get_response_async)  # type: ignore[attr-defined]
 
     def resolve_request(self, request: HttpRequest) -> Any:
         request.urlconf = __name__

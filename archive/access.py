@@ -29,6 +29,7 @@ from uuid import UUID
 from django.db.models import CharField, Q, QuerySet, Value
 from django.http import Http404
 
+from pacs_cloud import authcache
 from pacs_cloud.access import authenticated, institution_ids, memberships
 from pacs_cloud.models import CLINICAL_ROLES
 
@@ -81,9 +82,18 @@ NO_REACH = StudyReach(frozenset(), frozenset())
 
 
 def study_reach(user: Any) -> StudyReach:
-    """The institutions and grants behind :func:`visible_studies`, read in one round trip."""
+    """The institutions and grants behind :func:`visible_studies`, read in one round trip.
+
+    Remembered like the memberships for ``AUTH_CACHE_SECONDS``; a grant given
+    or taken away in this process clears the memo at once (receivers in
+    ``apps.py``, and the grant managers for ``bulk_create``).
+    """
     if not authenticated(user):
         return NO_REACH
+    return authcache.remembered(("study_reach", user.pk), lambda: _read_study_reach(user))
+
+
+def _read_study_reach(user: Any) -> StudyReach:
     # One query for both: the institutions (kind "i") and the granted studies ("s").
     kind = Value("i", output_field=CharField())
     own_rows = memberships(user).filter(role__in=list(CLINICAL_ROLES)).values_list("institution_id", kind)

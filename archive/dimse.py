@@ -901,7 +901,8 @@ def handle_find(event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
             items = _find_patients(query, institution, tags)
         else:
             rows, _ = q.search(query, _institution_studies(institution), maximum=settings.QUERY_MAX_RESULTS)
-            items = [q.attributes_of(row, level, tags, q.Context()) for row in rows]
+            build = q.answer_builder(level, tags, q.Context())
+            items = [build(row) for row in rows]
     except q.QueryError as exc:
         status = Dataset()
         status.Status = STATUS_IDENTIFIER_MISMATCH

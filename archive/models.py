@@ -9,12 +9,15 @@ the Specific Character Set it arrived in (GB18030, ISO_IR 192, ...).
 from __future__ import annotations
 
 import uuid
+from typing import Any, ClassVar
 
 from django.db import models
 from django.utils import timezone
 from django_fsm import ConcurrentTransitionMixin, FSMField, transition
+from guardian.managers import GroupObjectPermissionManager, UserObjectPermissionManager
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
+from pacs_cloud import authcache
 from pacs_cloud.models import Institution
 
 
@@ -288,12 +291,35 @@ class ArchivePolicy(models.Model):
 # access policy joins on a typed key instead of a text object_pk).
 
 
+# Searches remember the caller's grants (archive.access.study_reach):
+# every way of writing one clears that memo, bulk_create (which sends no
+# post_save) here, saves and deletes by the receivers in apps.py.
+
+
+class _StudyUserGrants(UserObjectPermissionManager):
+    def bulk_create(self, *args: Any, **kwargs: Any) -> Any:
+        created = super().bulk_create(*args, **kwargs)
+        authcache.forget()
+        return created
+
+
+class _StudyGroupGrants(GroupObjectPermissionManager):
+    def bulk_create(self, *args: Any, **kwargs: Any) -> Any:
+        created = super().bulk_create(*args, **kwargs)
+        authcache.forget()
+        return created
+
+
 class StudyUserObjectPermission(UserObjectPermissionBase):
     content_object = models.ForeignKey(Study, on_delete=models.CASCADE)
+
+    objects: ClassVar[_StudyUserGrants] = _StudyUserGrants()
 
 
 class StudyGroupObjectPermission(GroupObjectPermissionBase):
     content_object = models.ForeignKey(Study, on_delete=models.CASCADE)
+
+    objects: ClassVar[_StudyGroupGrants] = _StudyGroupGrants()
 
 
 class DicomNode(models.Model):

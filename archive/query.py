@@ -72,6 +72,9 @@ def _text_q(path: str, value: str) -> Q:
 
 
 def _element(vr: str, values: list[Any]) -> dict[str, Any]:
+    if len(values) == 1:  # the common case, kept cheap: every answer row holds a dozen of these
+        value = values[0]
+        return {"vr": vr} if value is None or value == "" else {"vr": vr, "Value": values}
     values = [v for v in values if v is not None and v != ""]
     return {"vr": vr, "Value": values} if values else {"vr": vr}
 
@@ -420,29 +423,44 @@ def attributes_of(row: Any, level: str, tags: Iterable[str], ctx: Context) -> di
     Tags the index does not hold are taken from a stored instance's metadata
     (the row's own, or the first of its series or study).
     """
-    result: dict[str, Any] = {}
-    missing = []
-    for tag in tags:
+    return answer_builder(level, tags, ctx)(row)
+
+
+def answer_builder(level: str, tags: Iterable[str], ctx: Context) -> Callable[[Any], dict[str, Any]]:
+    """:func:`attributes_of` for many rows of one answer: the tags are looked up once, not per row."""
+    depth = LEVELS.index(level)
+    getters: list[tuple[str, Callable[[Any], dict[str, Any]]]] = []
+    missing: list[str] = []
+    for tag in sorted(set(tags)):
         attribute = BY_TAG.get(tag)
-        if attribute is None or LEVELS.index(attribute.level) > LEVELS.index(level):
+        if attribute is None or LEVELS.index(attribute.level) > depth:
             missing.append(tag)
-            continue
-        owner = _owner(row, attribute.level)
-        if attribute.keyword == "RetrieveURL":
-            result[tag] = _element("UR", [_retrieve_url(row, level, ctx)])
+        elif attribute.keyword == "RetrieveURL":
+            getters.append((tag, lambda row: _element("UR", [_retrieve_url(row, level, ctx)])))
         elif attribute.keyword == "InstanceAvailability":
-            result[tag] = _element("CS", ["ONLINE"])
+            getters.append((tag, lambda row: {"vr": "CS", "Value": ["ONLINE"]}))
         else:
-            result[tag] = attribute.get(owner, ctx)
-    if missing:
-        metadata = _representative_metadata(row, level)
-        for tag in missing:
-            if tag in metadata:
-                result[tag] = metadata[tag]
-    overrides = _owner(row, STUDY).header_overrides
-    if overrides:
-        apply_overrides(result, overrides)
-    return dict(sorted(result.items()))
+            getters.append((tag, _owned_getter(attribute, level, ctx)))
+
+    def build(row: Any) -> dict[str, Any]:
+        result = {tag: get(row) for tag, get in getters}
+        overrides = _owner(row, STUDY).header_overrides
+        if not missing and not overrides:
+            return result  # already in tag order
+        if missing:
+            metadata = _representative_metadata(row, level)
+            result.update((tag, metadata[tag]) for tag in missing if tag in metadata)
+        if overrides:
+            apply_overrides(result, overrides)
+        return dict(sorted(result.items()))
+
+    return build
+
+
+def _owned_getter(attribute: Attribute, level: str, ctx: Context) -> Callable[[Any], dict[str, Any]]:
+    if attribute.level == level:
+        return lambda row: attribute.get(row, ctx)
+    return lambda row: attribute.get(_owner(row, attribute.level), ctx)
 
 
 def _retrieve_url(row: Any, level: str, ctx: Context) -> str:

@@ -1,7 +1,12 @@
 """The archive's routes: DICOMweb (PS3.18 paths), the REST API and the pages."""
 
+from collections.abc import Callable
+from typing import Any
+
 from django.urls import include, path, register_converter
 from rest_framework.routers import SimpleRouter
+
+from pacs_cloud.lean import lean_for_bearer
 
 from . import api, dicomweb, views
 from .dicomweb import on_worker_thread
@@ -29,28 +34,32 @@ router.register("api/v1/dicom-nodes", api.DicomNodeViewSet, basename="archive-di
 router.register("api/v1/ingest-conflicts", api.IngestConflictViewSet, basename="archive-ingest-conflict")
 router.register("api/v1/edges", edge_api.EdgeGatewayViewSet, basename="archive-edge")
 
+
+def _search(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A QIDO-RS view: on the worker threads, and on the lean path for bearer tokens."""
+    return lean_for_bearer(on_worker_thread(view))
+
+
 INSTANCE = "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>/instances/<uid:instance_uid>"
 
 urlpatterns = [
     # DICOMweb: QIDO-RS searches
-    path("dicomweb/studies", on_worker_thread(dicomweb.StudiesView.as_view()), name="archive-search-studies"),
-    path("dicomweb/series", on_worker_thread(dicomweb.SeriesSearchView.as_view()), name="archive-search-series"),
-    path(
-        "dicomweb/instances", on_worker_thread(dicomweb.InstanceSearchView.as_view()), name="archive-search-instances"
-    ),
+    path("dicomweb/studies", _search(dicomweb.StudiesView.as_view()), name="archive-search-studies"),
+    path("dicomweb/series", _search(dicomweb.SeriesSearchView.as_view()), name="archive-search-series"),
+    path("dicomweb/instances", _search(dicomweb.InstanceSearchView.as_view()), name="archive-search-instances"),
     path(
         "dicomweb/studies/<uid:study_uid>/series",
-        on_worker_thread(dicomweb.SeriesSearchView.as_view()),
+        _search(dicomweb.SeriesSearchView.as_view()),
         name="archive-search-study-series",
     ),
     path(
         "dicomweb/studies/<uid:study_uid>/instances",
-        on_worker_thread(dicomweb.InstanceSearchView.as_view()),
+        _search(dicomweb.InstanceSearchView.as_view()),
         name="archive-search-study-instances",
     ),
     path(
         "dicomweb/studies/<uid:study_uid>/series/<uid:series_uid>/instances",
-        on_worker_thread(dicomweb.InstanceSearchView.as_view()),
+        _search(dicomweb.InstanceSearchView.as_view()),
         name="archive-search-series-instances",
     ),
     # DICOMweb: WADO-RS retrievals (and STOW-RS into a study)

@@ -15,9 +15,11 @@ The ingest figures (machine, load, versions, every run of both servers and
 the ratios) are also written to ``bench/results/archive_ingest.json``, which
 is committed and quoted in the README.
 * QIDO-RS study search on PostgreSQL over 10,000 studies / 1,000,000
-  instances (bulk-loaded into the index with COPY): p50/p95 of a mix of
-  searches a worklist makes (patient ID, name wildcard, date range and
-  modality, accession number, default list).
+  instances (bulk-loaded into the index with COPY): p50/p95 per kind of
+  the searches a worklist makes (patient ID, name wildcards, date range and
+  modality, accession number, default list, fuzzy name), from one client
+  and from 10 at once; also written to ``bench/results/archive_qido.json``
+  (``--only qido`` runs just this part).
 * WADO-RS series retrieval (multipart/related, as stored): MB/s, both servers.
 
 Usage (PostgreSQL needed; Orthanc, orthanc-dicomweb and dcmtk installed):
@@ -36,12 +38,14 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -533,7 +537,8 @@ def populate(database: str, studies: int, instances_per_study: int, institution_
         modality = MODALITIES[index % len(MODALITIES)]
         study_rows.append((study, institution, patient, f"2.25.{uuid.uuid4().int}", day, "10:15:00", f"QA{index:07d}",
                            "1", f"{modality} EXAMINATION", "REFERRER^ROBERT", "REFERRER^ROBERT", modality, 3,
-                           instances_per_study, instances_per_study * 500_000, "reported", now, now, None, "{}", "{}"))  # fmt: skip
+                           instances_per_study, instances_per_study * 500_000, "reported", now, now, None, "{}", "{}",
+                           0, 0))  # fmt: skip
         for number in range(3):
             series = str(uuid.uuid4())
             per_series = instances_per_study // 3 + (1 if number < instances_per_study % 3 else 0)
@@ -548,7 +553,8 @@ def populate(database: str, studies: int, instances_per_study: int, institution_
               ["id", "institution_id", "patient_id", "study_instance_uid", "study_date", "study_time",
                "accession_number", "study_id", "description", "referring_physician", "referring_physician_search",
                "modalities", "num_series", "num_instances", "size_bytes", "state", "received_at",
-               "last_instance_at", "completed_at", "received_patient", "header_overrides"], study_rows)  # fmt: skip
+               "last_instance_at", "completed_at", "received_patient", "header_overrides", "non_image_series",
+               "non_image_instances"], study_rows)  # fmt: skip
     copy_rows(cursor, "archive_series",
               ["id", "study_id", "series_instance_uid", "modality", "series_number", "description", "body_part",
                "performed_start_date", "performed_start_time", "scheduled_procedure_step_id",
@@ -607,38 +613,93 @@ QUERIES = [
 ]
 
 
-def bench_qido(ours: Ours, repeats: int) -> dict:
-    out("qido.method", f"QIDO-RS GET /dicomweb/studies (Accept application/dicom+json, bearer token, keep-alive), "
-        f"{repeats} requests of each of {len(QUERIES)} searches, round-robin; p50/p95 of the full response time; "
-        "index on PostgreSQL, bulk-loaded")  # fmt: skip
-    session = requests.Session()
-    session.headers.update({**ours.headers, "Accept": "application/dicom+json"})
-    for _ in range(20):  # warm up connections and caches
-        session.get(f"{ours.url}/dicomweb/studies", params={"limit": "10"}, timeout=30)
-    timings: dict[str, list[float]] = {name: [] for name, _ in QUERIES}
-    results: dict[str, list[int]] = {name: [] for name, _ in QUERIES}
-    for index in range(repeats):
-        for name, params in QUERIES:
-            started = time.perf_counter()
-            answer = session.get(f"{ours.url}/dicomweb/studies", params=params(index), timeout=30)
-            elapsed = (time.perf_counter() - started) * 1000
-            answer.raise_for_status()
-            timings[name].append(elapsed)
-            results[name].append(len(answer.json()))
-    everything = [t for values in timings.values() for t in values]
-    summary = {"p50_ms": percentile(everything, 50), "p95_ms": percentile(everything, 95), "n": len(everything)}
-    for name, values in timings.items():
-        out(f"qido.{name}.p50_ms", percentile(values, 50))
-        out(f"qido.{name}.p95_ms", percentile(values, 95))
-        out(f"qido.{name}.results_median", statistics.median(results[name]))
-        summary[f"{name}_p95_ms"] = percentile(values, 95)
-    for key in ("p50_ms", "p95_ms", "n"):
-        out(f"qido.all.{key}", summary[key])
+def _qido_round(session: requests.Session, url: str, index: int, phase: str, runs: list[dict]) -> None:
+    """One request of each kind, in order, timed from send to the last byte of the answer."""
+    for name, params in QUERIES:
+        started = time.perf_counter()
+        answer = session.get(f"{url}/dicomweb/studies", params=params(index), timeout=60)
+        elapsed = (time.perf_counter() - started) * 1000
+        answer.raise_for_status()
+        runs.append({"phase": phase, "kind": name, "ms": round(elapsed, 3), "results": len(answer.json())})
+
+
+def _qido_summary(runs: list[dict], phase: str) -> dict:
+    mine = [r for r in runs if r["phase"] == phase]
+    summary: dict = {}
+    for name, _ in QUERIES:
+        values = [r["ms"] for r in mine if r["kind"] == name]
+        summary[name] = {
+            "n": len(values),
+            "p50_ms": percentile(values, 50),
+            "p95_ms": percentile(values, 95),
+            "results_median": statistics.median(r["results"] for r in mine if r["kind"] == name),
+        }
+    everything = [r["ms"] for r in mine]
+    summary["all"] = {"n": len(everything), "p50_ms": percentile(everything, 50), "p95_ms": percentile(everything, 95)}
+    summary["worst_kind_p95_ms"] = max(summary[name]["p95_ms"] for name, _ in QUERIES)
     return summary
 
 
-def machine() -> dict:
-    """What the figures were measured on: CPU, memory, kernel, load, and the software on both sides."""
+def bench_qido(ours: Ours, repeats: int, clients: int, concurrent_rounds: int) -> dict:
+    """Each kind ``repeats`` times from one client, then ``clients`` clients at once.
+
+    Also the web server's CPU per request in the serial phase (its own work,
+    whatever else loads the machine).
+    """
+    out("qido.method", f"QIDO-RS GET /dicomweb/studies (Accept application/dicom+json, bearer token, keep-alive), "
+        f"{len(QUERIES)} kinds of search round-robin: {repeats} rounds from one client, then {clients} clients "
+        f"at once ({concurrent_rounds} rounds each); p50/p95 of the full response time per kind; each search "
+        "audited; index on PostgreSQL, bulk-loaded")  # fmt: skip
+    headers = {**ours.headers, "Accept": "application/dicom+json"}
+    session = requests.Session()
+    session.headers.update(headers)
+    for _ in range(20):  # warm up connections and caches
+        session.get(f"{ours.url}/dicomweb/studies", params={"limit": "10"}, timeout=30)
+    runs: list[dict] = []
+    cpu = cpu_seconds(ours.web.pid)
+    started = time.perf_counter()
+    for index in range(repeats):
+        _qido_round(session, ours.url, index, "serial", runs)
+    serial_requests = repeats * len(QUERIES)
+    web_cpu_ms = (cpu_seconds(ours.web.pid) - cpu) / serial_requests * 1000
+    serial_rate = serial_requests / (time.perf_counter() - started)
+
+    def client(number: int) -> None:
+        own = requests.Session()
+        own.headers.update(headers)
+        own.get(f"{ours.url}/dicomweb/studies", params={"limit": "10"}, timeout=30)
+        for index in range(concurrent_rounds):
+            _qido_round(own, ours.url, 1000 * (number + 1) + index, "concurrent", runs)
+
+    threads = [threading.Thread(target=client, args=(number,)) for number in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    concurrent_rate = clients * concurrent_rounds * len(QUERIES) / (time.perf_counter() - started)
+    summary = {
+        "serial": _qido_summary(runs, "serial"),
+        "concurrent": {"clients": clients, **_qido_summary(runs, "concurrent")},
+        "serial_requests_per_s": serial_rate,
+        "concurrent_requests_per_s": concurrent_rate,
+        "web_cpu_ms_per_request": web_cpu_ms,
+        "runs": runs,
+    }
+    for phase in ("serial", "concurrent"):
+        for name, _ in QUERIES:
+            for key in ("p50_ms", "p95_ms", "results_median"):
+                out(f"qido.{phase}.{name}.{key}", summary[phase][name][key])
+        for key in ("p50_ms", "p95_ms", "n"):
+            out(f"qido.{phase}.all.{key}", summary[phase]["all"][key])
+    out("qido.serial_requests_per_s", serial_rate)
+    out("qido.concurrent_requests_per_s", concurrent_rate)
+    out("qido.web_cpu_ms_per_request", web_cpu_ms)
+    return summary
+
+
+def ingest_machine() -> dict:
+    """What the ingest figures were measured on: CPU, memory, kernel, load, and the software on both sides."""
     import platform
 
     import pydicom
@@ -678,6 +739,70 @@ def postgres_version(url: str) -> str:
         connection.close()
 
 
+def versions(database: str) -> dict:
+    import django
+    import psycopg2
+
+    with psycopg2.connect(database) as connection, connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        postgres = cursor.fetchone()[0]
+    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {"python": sys.version.split()[0], "django": django.get_version(), "postgresql": postgres,
+            "psycopg2": psycopg2.__version__.split()[0], "uvicorn": _version("uvicorn"), "orjson": _version("orjson"),
+            "commit": git}  # fmt: skip
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return ""
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "")  # fmt: skip
+    memory = next(line.split(":", 1)[1].strip() for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))  # fmt: skip
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory": memory, "kernel": os.uname().release}
+
+
+def write_qido_results(target: Path, loaded: dict, summary: dict, args: argparse.Namespace, database: str,
+                       load_start: tuple[float, ...]) -> None:  # fmt: skip
+    """The QIDO figures as committed in the repository (README, performance table)."""
+    serial, concurrent = summary["serial"], summary["concurrent"]
+    document = {
+        "benchmark": "QIDO-RS study search at 10,000 studies / 1,000,000 instances (bench/archive_bench.py --only qido)",
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
+        "versions": versions(database),
+        "settings": {
+            "repeats": args.qido_repeats,
+            "clients": args.qido_clients,
+            "concurrent_rounds": args.qido_concurrent_rounds,
+            "web_workers": 1,
+        },  # fmt: skip
+        "index": loaded,
+        "targets": {"serial_p95_ms": 10, "concurrent_p95_ms": 25},
+        "met": {
+            "serial": serial["worst_kind_p95_ms"] < 10,
+            "concurrent": concurrent["worst_kind_p95_ms"] < 25,
+        },
+        **{key: value for key, value in summary.items() if key != "runs"},
+        "runs_columns": ["phase", "kind", "ms", "results"],
+        "runs": [[run["phase"], run["kind"], run["ms"], run["results"]] for run in summary["runs"]],
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(document, indent=1, default=str)
+    # One line per request, not five.
+    text = re.sub(r"\[\n\s+(\"\w+\"),\n\s+(\"\w+\"),\n\s+([\d.]+),\n\s+(\d+)\n\s+\]", r"[\1, \2, \3, \4]", text)
+    target.write_text(text + "\n")
+    out("qido.results_file", target)
+
+
 def recreate_database(url: str) -> None:
     import psycopg2
 
@@ -702,7 +827,9 @@ def main() -> None:
     parser.add_argument("--wado-runs", type=int, default=3)
     parser.add_argument("--qido-studies", type=int, default=10_000)
     parser.add_argument("--qido-instances-per-study", type=int, default=100)
-    parser.add_argument("--qido-repeats", type=int, default=60)
+    parser.add_argument("--qido-repeats", type=int, default=60, help="rounds of the 7 searches from one client")
+    parser.add_argument("--qido-clients", type=int, default=10, help="clients searching at once")
+    parser.add_argument("--qido-concurrent-rounds", type=int, default=20, help="rounds of the 7 searches per client")
     parser.add_argument("--parallel-runs", type=int, default=3, help="runs of two C-STORE associations at once")
     parser.add_argument("--only", default="", help="comma-separated subset of cstore,cstore2,stow,wado,qido")
     args = parser.parse_args()
@@ -737,7 +864,10 @@ def main() -> None:
         if "wado" in wanted:
             summary["wado"] = bench_wado(orthanc, ours, args.wado_runs)
         if "qido" in wanted:
-            summary["qido"] = bench_qido(ours, args.qido_repeats)
+            load_start = os.getloadavg()
+            summary["qido"] = bench_qido(ours, args.qido_repeats, args.qido_clients, args.qido_concurrent_rounds)
+            write_qido_results(ROOT / "bench" / "results" / "archive_qido.json", summary["qido_load"],
+                               summary["qido"], args, args.database, load_start)  # fmt: skip
     finally:
         out("host.loadavg_end", " ".join(f"{x:.2f}" for x in os.getloadavg()))
         if ours is not None:
@@ -757,7 +887,7 @@ def write_ingest_results(args: argparse.Namespace, started_at: str, load_start: 
         "command": "bench/archive_bench.py " + " ".join(sys.argv[1:]),
         "started_utc": started_at,
         "finished_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine(),
+        "machine": ingest_machine(),
         "postgresql": postgres_version(args.database),
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],

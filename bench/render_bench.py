@@ -13,8 +13,9 @@ What it does (everything on loopback):
 4. measures, serially over keep-alive HTTP (Accept-Encoding: identity):
    - cold render of 100 distinct slices to JPEG q90 at the file's window:
      Orthanc ``/instances/{id}/rendered?quality=90`` and ours
-     (``/dicomweb/.../frames/1/rendered?quality=90``) on a just-started
-     server with empty caches; the p50 ratio ours/Orthanc;
+     (``/dicomweb/.../frames/1/rendered?quality=90``) alternating slice by
+     slice, ours on a just-started server with empty caches, ``--rounds``
+     times; the p50 ratio ours/Orthanc over all rounds and per round;
    - bytes: our JPEG q90 mean over the raw instance mean;
    - first sagittal MPR image on a just-started server (3 restarts, median)
      and warm sagittal images (other positions, volume cached);
@@ -26,7 +27,11 @@ What it does (everything on loopback):
      before the series has finished loading.
 
 Prints ``key=value`` lines and writes them to
-``$BENCH_HOME/results/render-<time>.txt``.
+``$BENCH_HOME/results/render-<time>.txt``; the figures, every run's timings,
+the machine, its load average and the versions go to
+``bench/results/render_bench.json`` (committed; the README quotes it). An
+already-rendered frame's server time is read from our ``Server-Timing``
+header (arrival in the application to the response head).
 
     BENCH_HOME=/tmp/bench-me ORTHANC_HTTP_PORT=18242 ORTHANC_DICOM_PORT=12242 \\
         .venv/bin/python bench/render_bench.py [--port 18300] [--n 100]
@@ -54,9 +59,11 @@ PY = sys.executable
 USERNAME = "bench-reader"
 PASSWORD = "bench-reader-password"  # noqa: S105 - a throw-away account in a throw-away database
 LINES: list[str] = []
+RESULTS: dict = {"figures": {}, "runs": {}}
 
 
 def out(key: str, value: object) -> None:
+    RESULTS["figures"][key] = round(value, 3) if isinstance(value, float) else value
     if isinstance(value, float):
         value = f"{value:.3f}"
     line = f"{key}={value}"
@@ -70,6 +77,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def summary(prefix: str, ms: list[float]) -> float:
+    RESULTS["runs"][prefix] = [round(v, 3) for v in ms]
     out(f"{prefix}.n", len(ms))
     out(f"{prefix}.median_ms", statistics.median(ms))
     out(f"{prefix}.p95_ms", pct(ms, 95))
@@ -84,6 +92,12 @@ def timed_get(session: requests.Session, url: str, **kwargs) -> tuple[float, req
     elapsed = (time.perf_counter() - started) * 1000
     response.raise_for_status()
     return elapsed, response
+
+
+def server_time(response: requests.Response) -> float | None:
+    """Our ``Server-Timing: app;dur=<ms>``: arrival in the application to the response head."""
+    timing = response.headers.get("Server-Timing", "")
+    return float(timing.split("dur=")[1].split(";")[0].split(",")[0]) if "dur=" in timing else None
 
 
 # Set-up -------------------------------------------------------------------------
@@ -262,26 +276,49 @@ def measure_http(args, home: Path, manifest: dict, orthanc: str, ids: dict, ours
     timed_get(orthanc_session, f"{orthanc}/instances/{ids[spare]}/rendered?quality=90")
     timed_get(session, frame_url(ours.base, manifest, spare, "quality=90&window=10,10"))
 
-    orthanc_ms = []
-    for e in pick:
-        ms, _ = timed_get(orthanc_session, f"{orthanc}/instances/{ids[e['sop']]}/rendered?quality=90")
-        orthanc_ms.append(ms)
+    # Cold: Orthanc and ours alternate slice by slice, so both see the same
+    # moment of a shared machine's load; each round starts our server afresh.
+    orthanc_ms, ours_ms, sizes, rounds, cold_server = [], [], [], [], []
+    for number in range(args.rounds):
+        if number:
+            ours.restart()
+            timed_get(session, frame_url(ours.base, manifest, spare, "quality=90&window=10,10"))
+        round_orthanc, round_ours = [], []
+        for e in pick:
+            ms_orthanc, _ = timed_get(orthanc_session, f"{orthanc}/instances/{ids[e['sop']]}/rendered?quality=90")
+            ms, response = timed_get(session, frame_url(ours.base, manifest, e["sop"], "quality=90"))
+            assert response.headers["Content-Type"] == "image/jpeg"
+            round_orthanc.append(ms_orthanc)
+            round_ours.append(ms)
+            cold_server.append(server_time(response))
+            sizes.append(len(response.content))
+        orthanc_ms += round_orthanc
+        ours_ms += round_ours
+        rounds.append(statistics.median(round_ours) / statistics.median(round_orthanc))
+    out("render.cold_rounds", args.rounds)
+    out("render.cold_p50_ratio_per_round", ",".join(f"{r:.2f}" for r in rounds))
     orthanc_p50 = summary("render.orthanc_cold_jpeg_q90", orthanc_ms)
-
-    ours_ms, sizes = [], []
-    for e in pick:
-        ms, response = timed_get(session, frame_url(ours.base, manifest, e["sop"], "quality=90"))
-        assert response.headers["Content-Type"] == "image/jpeg"
-        ours_ms.append(ms)
-        sizes.append(len(response.content))
     ours_p50 = summary("render.ours_cold_jpeg_q90", ours_ms)
     out("render.cold_p50_ratio_ours_over_orthanc", ours_p50 / orthanc_p50)
+    summary("render.ours_cold_server", [v for v in cold_server if v is not None])
     out("render.ours_jpeg_q90_bytes_mean", statistics.mean(sizes))
     out("render.ours_jpeg_q90_bytes_ratio_vs_raw", statistics.mean(sizes) / raw_mean)
 
-    # Rendered-image cache hits: the same URLs again.
-    hits = [timed_get(session, frame_url(ours.base, manifest, e["sop"], "quality=90"))[0] for e in pick]
+    # Rendered-image cache hits: the same URLs again; the server's own time from Server-Timing.
+    hits, server_ms = [], []
+    for e in pick:
+        ms, response = timed_get(session, frame_url(ours.base, manifest, e["sop"], "quality=90"))
+        hits.append(ms)
+        spent = server_time(response)
+        if spent is not None:
+            server_ms.append(spent)
     summary("render.ours_cached_image", hits)
+    if server_ms:
+        summary("render.ours_cached_image_server", server_ms)
+    orthanc_again = [
+        timed_get(orthanc_session, f"{orthanc}/instances/{ids[e['sop']]}/rendered?quality=90")[0] for e in pick
+    ]
+    summary("render.orthanc_again_jpeg_q90", orthanc_again)
 
     # MPR: the first sagittal image on a just-started server, three times.
     mpr = f"{ours.base}/api/v1/viewer/series/{ctx['series']}/mpr/sagittal/{{index}}/?quality=90"
@@ -379,12 +416,57 @@ def measure_browser(ours: OurServer, ctx: dict, count: int) -> None:
         browser.close()
 
 
+def machine() -> dict:
+    import platform
+
+    model = ""
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    return {"cpus": os.cpu_count(), "cpu": model, "platform": platform.platform(), "python": platform.python_version()}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("Django", "uvicorn", "pillow", "numpy", "pydicom", "djangorestframework"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def write_results(path: Path) -> None:
+    RESULTS["load_average_end"] = os.getloadavg()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(RESULTS, indent=1) + "\n")
+    print(f"# written to {path}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PACS_BENCH_PORT", "18300")))
     parser.add_argument("--n", type=int, default=100, help="distinct slices per render pass")
+    parser.add_argument("--rounds", type=int, default=3, help="cold passes, each on a just-started server")
     parser.add_argument("--only", default="http,browser", help="comma-separated parts: http, browser")
+    parser.add_argument(
+        "--json", type=Path, default=REPO / "bench" / "results" / "render_bench.json", help="results file"
+    )
     args = parser.parse_args()
+    RESULTS.update(
+        bench="render",
+        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        machine=machine(),
+        load_average_start=os.getloadavg(),
+        versions=versions(),
+    )
 
     home = bench_home()
     manifest = ensure_series(home)
@@ -398,6 +480,7 @@ def main() -> None:
         ids = upload_to_orthanc(orthanc, folder, manifest)
         version = requests.get(f"{orthanc}/system", timeout=5).json().get("Version")
         out("orthanc.version", version)
+        RESULTS["versions"]["Orthanc"] = version
         ctx = prepare_ours(home, folder)
         out("ours.database", os.environ.get("DATABASE_URL", "sqlite (fresh)").split("@")[-1])
         ours.start()
@@ -412,6 +495,7 @@ def main() -> None:
     result = home / "results" / f"render-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     result.write_text("\n".join(LINES) + "\n")
     print(f"# written to {result}", file=sys.stderr)
+    write_results(args.json)
 
 
 if __name__ == "__main__":

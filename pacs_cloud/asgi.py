@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP (Django) and WebSockets (channels) on one server."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -10,15 +11,28 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.utils.module_loading import import_string  # noqa: E402
 
 from . import push  # noqa: E402
 from .routing import websocket_urlpatterns  # noqa: E402
 
 push.IN_WEB_PROCESS = True
 
+# Bearer-token reads skip the browser middleware: each app that serves such
+# reads names its wrapper in LEAN_HTTP_WRAPPERS (innermost first).
+http_application = django_asgi_app
+for dotted in settings.LEAN_HTTP_WRAPPERS:
+    http_application = import_string(dotted)(http_application)
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_application,
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Everything loaded so far (code, settings, URL patterns) lives as long as the
+# process: leave it out of the collector's full passes, which otherwise walk it
+# in the middle of requests.
+gc.freeze()

@@ -4,17 +4,23 @@ Each event stores the SHA-256 of its predecessor (``prev_hash``) and its own
 hash over a canonical form of its fields, so any edited, inserted or removed
 row breaks the chain at that point. Appends are serialised (an advisory lock
 on PostgreSQL, the single writer on SQLite) so the chain has no forks.
+
+Reads are audited one event per request, so an append outside any
+transaction (the common case for a read) costs two round trips on
+PostgreSQL: lock and chain head together, then the row and the commit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
+from django.db.models.sql.subqueries import InsertQuery
 from django.http import Http404, HttpRequest
 from django.utils import timezone
 
@@ -90,6 +96,9 @@ def record(
         outcome=outcome,
         detail=detail or {},
     )
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        _append_alone(event)
+        return event
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
@@ -99,6 +108,38 @@ def record(
         event.hash = event_hash(event)
         event.save(force_insert=True)
     return event
+
+
+def _append_alone(event: AuditEvent) -> None:
+    """Append ``event`` in a transaction of its own, in two round trips (PostgreSQL, autocommit).
+
+    The first takes the chain lock, then reads the chain head and the event's
+    id; each statement of a multi-statement query takes its own snapshot, so
+    the head is read after the lock is held, as in :func:`record`. Ids are
+    drawn under the lock too, so id order stays chain order. The second
+    inserts the row and commits, which releases the lock.
+    """
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute(
+                "BEGIN; SELECT pg_advisory_xact_lock(%s); "
+                "SELECT (SELECT hash FROM pacs_cloud_auditevent ORDER BY id DESC LIMIT 1), "
+                "nextval(pg_get_serial_sequence('pacs_cloud_auditevent', 'id'))",
+                [_CHAIN_LOCK_KEY],
+            )
+            last, event.pk = cursor.fetchone()
+            event.prev_hash = last or GENESIS_HASH
+            event.hash = event_hash(event)
+            insert = InsertQuery(AuditEvent)
+            insert.insert_values(AuditEvent._meta.concrete_fields, [event])
+            [(sql, params)] = insert.get_compiler(connection=connection).as_sql()
+            cursor.execute(f"{sql}; COMMIT", params)
+        except BaseException:
+            with contextlib.suppress(DatabaseError):
+                cursor.execute("ROLLBACK")
+            raise
+    event._state.adding = False
+    event._state.db = connection.alias
 
 
 def records_refusal(action: str, *, object_type: str, key: str) -> Callable[[_View], _View]:

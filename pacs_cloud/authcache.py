@@ -44,7 +44,16 @@ def remembered(key: tuple, load: Callable[[], T]) -> T:
 
 def private_copy(obj: T) -> T:
     """A shallow copy, so per-request attributes set on it never leak into the memo."""
-    return copy.copy(obj)
+    state = getattr(obj, "_state", None)
+    if state is None:
+        return copy.copy(obj)
+    # A model instance: copy its attributes and row state, as pickling would,
+    # without pickling's cost (this runs on every authenticated request).
+    clone = obj.__class__.__new__(obj.__class__)
+    clone.__dict__.update(obj.__dict__)
+    clone._state = copy.copy(state)  # type: ignore[attr-defined]
+    clone._state.fields_cache = dict(state.fields_cache)  # type: ignore[attr-defined]
+    return clone
 
 
 def forget(*args: Any, **kwargs: Any) -> None:

@@ -130,6 +130,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # The planner's price of a random page read. PostgreSQL's default (4) is
+    # for spinning disks; with the index in memory or on SSD it passes over
+    # index joins (a name search's patients to their studies) for a scan of
+    # every study. Sent at connection start: no round trip per request.
+    random_page_cost = env.float("DB_RANDOM_PAGE_COST", default=1.1)
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("options", f"-c random_page_cost={random_page_cost}")
 USING_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.postg")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -397,6 +403,10 @@ DIMSE_EVENT_WAITS = env.bool("DIMSE_EVENT_WAITS", default=True)
 QUERY_MAX_RESULTS = env.int("QUERY_MAX_RESULTS", default=1000)
 
 # Home-page panels: each app appends its provider (see pacs_cloud.home).
+# ASGI wrappers that answer bearer-token reads without the middleware chain,
+# innermost first (pacs_cloud/asgi.py).
+LEAN_HTTP_WRAPPERS = ["pacs_cloud.lean.bearer_reads", "viewer.lean.lean_http"]
+
 HOME_PANELS = [
     "pacs_cloud.home.role_panels",
     "archive.home.study_panels",

@@ -142,6 +142,15 @@ def access_key_image(user: Any, key_image_id: object) -> KeyImage:
 _recorded: dict[str, float] = {}
 
 
+def _opened_key(request: HttpRequest, study: Study) -> str:
+    return f"viewer:opened:{getattr(request.user, 'pk', '')}:{study.pk}"
+
+
+def already_recorded(request: HttpRequest, study: Study) -> bool:
+    """Whether this process knows the caller's opening of ``study`` is audited for this window (no I/O)."""
+    return _recorded.get(_opened_key(request, study), 0) > time.monotonic()
+
+
 def record_study_view(request: HttpRequest, study: Study, *, via: str) -> bool:
     """Audit that the caller opened ``study``, once per user and study per audit window.
 
@@ -149,8 +158,7 @@ def record_study_view(request: HttpRequest, study: Study, *, via: str) -> bool:
     opening (another study, or the same one after the window) is recorded.
     Returns whether an event was written.
     """
-    user = request.user
-    key = f"viewer:opened:{getattr(user, 'pk', '')}:{study.pk}"
+    key = _opened_key(request, study)
     now = time.monotonic()
     # This process already knows it recorded the opening: skip the shared cache.
     if _recorded.get(key, 0) > now:

@@ -178,6 +178,11 @@ def frame_image(frame: DecodedFrame, params: RenderParams) -> Image.Image:
     return pixels.to_image(display, aspect=frame.info.aspect_scale(), viewport=params.viewport)
 
 
+def render_cached(key: str) -> bytes | None:
+    """An image already rendered under ``key`` (see :func:`render_key`) by any web worker, else None."""
+    return render_cache().get(key)
+
+
 def render_frame(instance: Instance, frame_number: int, params: RenderParams, *, kind: str = "rendered") -> bytes:
     """Encoded image of one frame, from the shared render cache when another worker made it."""
     key = render_key(instance, str(frame_number), params, kind)

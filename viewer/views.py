@@ -80,12 +80,12 @@ PRESETS = {
 # Request parsing --------------------------------------------------------------
 
 
-def _accepted_types(request: Request) -> list[tuple[str, dict[str, str], float]]:
+def _accepted_types(request: Request | HttpRequest) -> list[tuple[str, dict[str, str], float]]:
     """Media ranges from the ``accept`` query parameter or the Accept header, best first.
 
     PS3.18 8.3.3.1: the query parameter, when present, replaces the header.
     """
-    text = request.query_params.get("accept") or request.headers.get("Accept") or "*/*"
+    text = request.GET.get("accept") or request.headers.get("Accept") or "*/*"
     ranges = []
     for position, item in enumerate(text.split(",")):
         parts = [p.strip() for p in item.split(";")]
@@ -108,7 +108,7 @@ def _accepted_types(request: Request) -> list[tuple[str, dict[str, str], float]]
     return [(t, p, q) for t, p, q, _ in ranges if q > 0]
 
 
-def _negotiate(request: Request) -> str:
+def _negotiate(request: Request | HttpRequest) -> str:
     """The image media type to answer with (for a multipart answer, that of its parts), or RenderError 406."""
     allowed = list(pixels.MEDIA_TYPES)
     for media, params, _ in _accepted_types(request):
@@ -122,8 +122,8 @@ def _negotiate(request: Request) -> str:
     raise RenderError(f"none of the accepted media types can be produced; available: {kinds}", status=406)
 
 
-def _params(request: Request, media_type: str, *, thumbnail: bool = False) -> RenderParams:
-    query = request.query_params
+def _params(request: Request | HttpRequest, media_type: str, *, thumbnail: bool = False) -> RenderParams:
+    query = request.GET
     quality = THUMBNAIL_QUALITY if thumbnail else RenderParams.quality
     if query.get("quality"):
         try:
@@ -165,7 +165,7 @@ def _error(exc: RenderError) -> HttpResponse:
     return JsonResponse({"detail": exc.message}, status=exc.status)
 
 
-def _not_modified(request: Request, etag: str) -> bool:
+def _not_modified(request: Request | HttpRequest, etag: str) -> bool:
     header = request.headers.get("If-None-Match", "")
     return bool(header) and (header.strip() == "*" or f'"{etag}"' in [t.strip() for t in header.split(",")])
 

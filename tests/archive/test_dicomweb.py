@@ -137,6 +137,22 @@ def test_qido_limit_and_offset_page_and_warn(web, live_url, tenants):
     assert bad.status_code == 400
 
 
+def test_a_bearer_search_is_answered_audited_and_sent_with_the_security_headers(web, live_url, tenants):
+    web.store_instances([make_ct(patient_id="LEAN1", patient_name="LEAN^ONE")])
+    headers = headers_for(tenants.a.radiologist)
+    before = AuditEvent.objects.filter(action="archive.dicomweb.search").count()
+    response = get(f"{live_url}/dicomweb/studies?PatientID=LEAN1", headers=headers)
+    assert response.status_code == 200
+    assert [s["00100020"]["Value"][0] for s in response.json()] == ["LEAN1"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Content-Length"] == str(len(response.content))
+    assert AuditEvent.objects.filter(action="archive.dicomweb.search").count() == before + 1
+    outsider = get(f"{live_url}/dicomweb/studies?PatientID=LEAN1", headers=headers_for(tenants.c.radiologist))
+    assert outsider.status_code == 200 and outsider.json() == []
+    refused = get(f"{live_url}/dicomweb/studies", headers={"Authorization": "Bearer not-a-token"})
+    assert refused.status_code == 401
+
+
 def test_a_gb18030_name_is_found_by_wildcard_and_returned_intact(web, live_url, tenants, tmp_path):
     path = with_fresh_uids(sample_path("chrX2.dcm"), tmp_path / "gb.dcm")
     web.store_instances([pydicom.dcmread(path)])

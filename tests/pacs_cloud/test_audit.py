@@ -1,3 +1,6 @@
+import threading
+
+import psycopg2
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -38,3 +41,42 @@ class TestAuditChain:
             AuditEvent.objects.filter(id=event.id).update(outcome="denied")
         with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
             AuditEvent.objects.filter(id=event.id).delete()
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+class TestAppendOutsideATransaction:
+    """A read's event is appended alone, in two round trips, without forking the chain."""
+
+    def test_it_takes_two_round_trips(self, django_assert_num_queries):
+        audit.record("study.view", actor_label="tester")
+        with django_assert_num_queries(2):
+            event = audit.record("study.view", actor_label="tester", detail={"n": 1})
+        stored = AuditEvent.objects.get(pk=event.pk)
+        assert (stored.hash, stored.detail) == (event.hash, {"n": 1})
+        assert audit.first_broken_link() is None
+
+    def test_concurrent_appends_keep_one_chain_in_id_order(self):
+        def append(worker: int) -> None:
+            try:
+                for n in range(15):
+                    audit.record("study.view", actor_label=f"reader{worker}", object_id=str(n))
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=append, args=(w,)) for w in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert AuditEvent.objects.count() == 90
+        assert audit.first_broken_link() is None
+
+    def test_a_failed_append_leaves_no_transaction_open(self):
+        with pytest.raises(DatabaseError):
+            audit.record("study.view", actor_label="tester", object_type="x" * 200)
+        assert connection.get_autocommit()
+        assert connection.connection.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        audit.record("study.view", actor_label="tester")
+        assert AuditEvent.objects.count() == 1
+        assert audit.first_broken_link() is None

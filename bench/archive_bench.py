@@ -837,7 +837,7 @@ def main() -> None:
     (home / "results").mkdir(parents=True, exist_ok=True)
     wanted = set(args.only.split(",")) if args.only else {"cstore", "cstore2", "stow", "wado", "qido"}
     started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    load_start = os.getloadavg()
+    ingest_load_start = os.getloadavg()
     out("date_utc", dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     out("host.cpus", os.cpu_count())
     out("host.loadavg_start", " ".join(f"{x:.2f}" for x in os.getloadavg()))
@@ -877,7 +877,7 @@ def main() -> None:
     target.write_text(json.dumps(summary, indent=1, default=str))
     out("results_file", target)
     if {"cstore", "cstore2", "stow"} & summary.keys():
-        write_ingest_results(args, started_at, load_start, summary)
+        write_ingest_results(args, started_at, ingest_load_start, summary)
 
 
 def write_ingest_results(args: argparse.Namespace, started_at: str, load_start: tuple, summary: dict) -> None:

@@ -884,14 +884,39 @@ def _keep_aside(existing: Instance, obj: _Object, key: str, institution: Institu
     if isinstance(storage, TieredStorage):
         # A conflict waits for review in the archive tier itself, not only in the cache.
         storage.copy_to_store(key, obj.sha256)
+    return _open_conflict(
+        "archive.instance.conflict",
+        obj,
+        key,
+        institution,
+        source,
+        uids=(study_uid, series_uid, existing.sop_instance_uid),
+        instance=existing,
+    )
+
+
+def _open_conflict(
+    action: str,
+    obj: _Object,
+    key: str,
+    institution: Institution,
+    source: Source,
+    *,
+    uids: tuple[str, str, str],
+    instance: Instance | None = None,
+    reason: str = "",
+) -> IngestConflict:
+    """The open conflict for this object (one per content), audited when it is new."""
+    study_uid, series_uid, sop_uid = uids
     with transaction.atomic():
         conflict, created = IngestConflict.objects.get_or_create(
             institution=institution,
-            sop_instance_uid=existing.sop_instance_uid,
+            sop_instance_uid=sop_uid,
             sha256=obj.sha256,
             status=IngestConflict.Status.OPEN,
             defaults={
-                "instance": existing,
+                "instance": instance,
+                "reason": reason[:200],
                 "study_instance_uid": study_uid,
                 "series_instance_uid": series_uid,
                 "transfer_syntax_uid": obj.transfer_syntax,
@@ -901,8 +926,11 @@ def _keep_aside(existing: Instance, obj: _Object, key: str, institution: Institu
             },
         )
         if created:
+            detail = {"sop_instance_uid": sop_uid, "via": source.via}
+            if reason:
+                detail["reason"] = reason
             audit.record(
-                "archive.instance.conflict",
+                action,
                 actor=source.actor,
                 actor_label=source.label,
                 institution=institution,
@@ -910,7 +938,7 @@ def _keep_aside(existing: Instance, obj: _Object, key: str, institution: Institu
                 object_id=conflict.pk,
                 address=source.address,
                 outcome="failure",
-                detail={"sop_instance_uid": existing.sop_instance_uid, "via": source.via},
+                detail=detail,
             )
     return conflict
 
@@ -938,35 +966,15 @@ def _keep_invalid_aside(
     except OSError as exc:
         log.exception("could not keep %s aside", key)
         raise IngestError(f"the archive could not store the object: {exc}", code="storage") from exc
-    with transaction.atomic():
-        conflict, created = IngestConflict.objects.get_or_create(
-            institution=institution,
-            sop_instance_uid=sop_uid,
-            sha256=obj.sha256,
-            status=IngestConflict.Status.OPEN,
-            defaults={
-                "reason": reason[:200],
-                "study_instance_uid": study_uid,
-                "series_instance_uid": series_uid,
-                "transfer_syntax_uid": obj.transfer_syntax,
-                "storage_key": key,
-                "size": obj.size,
-                "source": str(source)[:200],
-            },
-        )
-        if created:
-            audit.record(
-                "archive.instance.kept_aside",
-                actor=source.actor,
-                actor_label=source.label,
-                institution=institution,
-                object_type="archive.ingestconflict",
-                object_id=conflict.pk,
-                address=source.address,
-                outcome="failure",
-                detail={"sop_instance_uid": sop_uid, "via": source.via, "reason": reason},
-            )
-    return conflict
+    return _open_conflict(
+        "archive.instance.kept_aside",
+        obj,
+        key,
+        institution,
+        source,
+        uids=(study_uid, series_uid, sop_uid),
+        reason=reason,
+    )
 
 
 def _same_name(a: str, b: str) -> bool:

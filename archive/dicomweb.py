@@ -36,7 +36,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from pacs_cloud import access, audit
-from pacs_cloud.authentication import BearerTokenAuthentication
+from pacs_cloud.authentication import BasicAuthentication, BearerTokenAuthentication
 from pacs_cloud.models import Institution, Role
 from pacs_cloud.tenancy import current_institution
 
@@ -131,7 +131,7 @@ class _AnyAccept(BaseContentNegotiation):
 class DicomWebView(APIView):
     authentication_classes = [
         BearerTokenAuthentication,
-        authentication.BasicAuthentication,
+        BasicAuthentication,
         authentication.SessionAuthentication,
     ]
     permission_classes = [IsAuthenticated]

@@ -72,6 +72,19 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         return self.keyword
 
 
+class BasicAuthentication(authentication.BasicAuthentication):
+    """HTTP Basic (DICOMweb clients that know only a user name and password).
+
+    Django's ``authenticate`` gets the underlying ``HttpRequest``: the
+    receivers of a failed sign-in (the lockout counter, the audit trail) read
+    the request, and reading ``user`` on DRF's request while it authenticates
+    would start authentication over again, without end.
+    """
+
+    def authenticate_credentials(self, userid: str, password: str, request: Any = None) -> tuple[User, None]:
+        return super().authenticate_credentials(userid, password, getattr(request, "_request", request))
+
+
 class BearerTokenScheme(OpenApiAuthenticationExtension):
     """Describes bearer tokens in the OpenAPI schema (drf-spectacular finds it by subclassing)."""
 

@@ -63,7 +63,9 @@ def audit_logout(sender: type, request: Any, user: Any, **kwargs: Any) -> None:
 @receiver(user_login_failed)
 def audit_login_failed(sender: type, credentials: dict, request: Any = None, **kwargs: Any) -> None:
     # Axes has already counted this failure (its receiver connects first) and
-    # marked the request when the account is now, or still, locked.
+    # marked the request when the account is now, or still, locked. A DRF
+    # request would authenticate again when the audit reads its user.
+    request = getattr(request, "_request", request)
     locked = bool(getattr(request, "axes_locked_out", False))
     audit.record(
         "auth.login.failed",

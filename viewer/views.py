@@ -28,7 +28,7 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -38,7 +38,7 @@ from rest_framework.views import APIView
 from archive.access import access_study
 from archive.models import Instance, Series, Study
 from pacs_cloud import audit
-from pacs_cloud.authentication import BearerTokenAuthentication
+from pacs_cloud.authentication import BasicAuthentication, BearerTokenAuthentication
 from pacs_cloud.lib import image_labels
 from pacs_cloud.lib.person_names import display_name
 from workflow.access import held_tasks

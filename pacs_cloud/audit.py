@@ -24,6 +24,7 @@ from django.db.models.sql.subqueries import InsertQuery
 from django.http import Http404, HttpRequest
 from django.utils import timezone
 
+from .lib.client_address import client_address as lib_client_address
 from .models import AuditEvent
 
 GENESIS_HASH = "0" * 64
@@ -55,7 +56,7 @@ def event_hash(event: AuditEvent) -> str:
 def client_address(request: HttpRequest | None) -> str:
     if request is None:
         return ""
-    return request.META.get("REMOTE_ADDR", "") or ""
+    return lib_client_address(request)
 
 
 def record(

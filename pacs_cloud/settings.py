@@ -204,6 +204,16 @@ CONTENT_SECURITY_POLICY = {
     },
 }
 
+# Forwarding proxies -----------------------------------------------------------
+
+# Addresses or networks of the reverse proxies in front of the web server:
+# X-Forwarded-For is believed only from these (empty: from nobody, and the
+# client is the peer). The lockout counter and the audit trail both ask
+# pacs_cloud.lib.client_address; the web server itself runs with
+# --no-proxy-headers.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+AXES_CLIENT_IP_CALLABLE = "pacs_cloud.lib.client_address.client_address"
+
 # Internationalisation -------------------------------------------------------
 
 LANGUAGE_CODE = "en"

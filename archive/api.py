@@ -144,7 +144,6 @@ class StudyViewSet(viewsets.ReadOnlyModelViewSet):
 
     permission_classes = [HasClinicalRole]
     lookup_field = "pk"
-    lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_serializer_class(self) -> type[serializers.Serializer]:
         return StudyDetailSerializer if self.action == "retrieve" else StudySerializer

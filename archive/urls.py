@@ -4,9 +4,9 @@ from collections.abc import Callable
 from typing import Any
 
 from django.urls import include, path, register_converter
-from rest_framework.routers import SimpleRouter
 
 from pacs_cloud.lean import lean_for_bearer
+from pacs_cloud.restapi import Router
 
 from . import api, dicomweb, views
 from .dicomweb import on_worker_thread
@@ -28,7 +28,7 @@ class UIDConverter:
 
 register_converter(UIDConverter, "uid")
 
-router = SimpleRouter()
+router = Router()
 router.register("api/v1/studies", api.StudyViewSet, basename="archive-study")
 router.register("api/v1/dicom-nodes", api.DicomNodeViewSet, basename="archive-dicom-node")
 router.register("api/v1/ingest-conflicts", api.IngestConflictViewSet, basename="archive-ingest-conflict")

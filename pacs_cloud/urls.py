@@ -5,11 +5,11 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
-from rest_framework.routers import SimpleRouter
 
 from . import api, views
+from .restapi import Router
 
-router = SimpleRouter()
+router = Router()
 router.register("api/v1/auth/tokens", api.ApiTokenViewSet, basename="pacs_cloud-token")
 router.register("api/v1/institutions", api.InstitutionViewSet, basename="pacs_cloud-institution")
 router.register("api/v1/memberships", api.MembershipViewSet, basename="pacs_cloud-membership")

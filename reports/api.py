@@ -333,8 +333,6 @@ def search(user: Any, params: Any) -> tuple[list[Report], bool]:
 class ReportViewSet(viewsets.ViewSet):
     """Reports: the lookup, authoring (drafts with autosave), signing, verification and outputs."""
 
-    lookup_value_regex = "[0-9a-fA-F-]{36}"
-
     def _writer(self, request: Request, report: Report) -> bool:
         return report.author_id == request.user.pk or may_author(request.user, report.study)
 
@@ -614,8 +612,6 @@ class ReportTemplateViewSet(viewsets.ModelViewSet):
 
 class CriticalResultViewSet(viewsets.ViewSet):
     """Critical results addressed to the caller (or their hospital's clinicians; coordinators once escalated)."""
-
-    lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     @extend_schema(
         parameters=[OpenApiParameter("open", bool)],

@@ -1,11 +1,12 @@
 """Report routes: the lookup and report pages, the editor, and the REST API."""
 
 from django.urls import path
-from rest_framework.routers import SimpleRouter
+
+from pacs_cloud.restapi import Router
 
 from . import api, views
 
-router = SimpleRouter()
+router = Router()
 router.register("api/v1/reports", api.ReportViewSet, basename="reports-report")
 router.register("api/v1/report-templates", api.ReportTemplateViewSet, basename="reports-template")
 router.register("api/v1/critical-results", api.CriticalResultViewSet, basename="reports-critical-result")

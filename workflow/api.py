@@ -14,7 +14,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -23,6 +22,7 @@ from pacs_cloud import access as core_access
 from pacs_cloud import audit
 from pacs_cloud.fsm import history
 from pacs_cloud.models import Institution, User
+from pacs_cloud.restapi import Pagination
 
 from . import access, actions, diagram, policy
 from .facts import study_facts
@@ -103,7 +103,7 @@ def worklist_queryset(user: Any, params: Any, who: access.Reader | None = None) 
     return qs.select_related("institution", "claimed_by", "study__patient").order_by(*keys, tie)
 
 
-class WorklistPagination(LimitOffsetPagination):
+class WorklistPagination(Pagination):
     """Limit/offset pages whose ``count`` is exact up to ``COUNT_CAP``.
 
     Above the cap ``count`` reports the cap plus one: a list that long is
@@ -141,7 +141,6 @@ class ReadingTaskViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = ReadingTaskSerializer
     pagination_class = WorklistPagination
-    lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> QuerySet[ReadingTask]:
         if self.action == "list":
@@ -275,7 +274,6 @@ class RadiologistPoolViewSet(_ManagedByOwner, viewsets.ModelViewSet):
 
     serializer_class = RadiologistPoolSerializer
     http_method_names = ["get", "post", "patch", "head", "options"]
-    lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> QuerySet[RadiologistPool]:
         return access.visible_pools(self.request.user).prefetch_related("members__user", "members__credentialed_for")
@@ -299,7 +297,6 @@ class PoolMemberViewSet(_ManagedByOwner, viewsets.ModelViewSet):
 
     serializer_class = PoolMemberSerializer
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
-    lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> QuerySet[PoolMember]:
         qs = PoolMember.objects.filter(pool__in=access.visible_pools(self.request.user)).select_related("user", "pool")
@@ -332,7 +329,6 @@ class ReadingAgreementViewSet(_ManagedByOwner, viewsets.ModelViewSet):
 
     serializer_class = ReadingAgreementSerializer
     http_method_names = ["get", "post", "patch", "head", "options"]
-    lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> QuerySet[ReadingAgreement]:
         mine = core_access.institution_ids(self.request.user)
@@ -364,7 +360,6 @@ class RoutingPolicyViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSe
     """Versions of each hospital's routing policy. POST saves a new current version."""
 
     serializer_class = RoutingPolicySerializer
-    lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> QuerySet[RoutingPolicy]:
         qs = access.visible_policies(self.request.user).select_related("created_by")

@@ -1,9 +1,10 @@
 from django.urls import include, path
-from rest_framework.routers import SimpleRouter
+
+from pacs_cloud.restapi import Router
 
 from . import api, views
 
-router = SimpleRouter()
+router = Router()
 router.register("reading-tasks", api.ReadingTaskViewSet, basename="reading-task")
 router.register("pools", api.RadiologistPoolViewSet, basename="pool")
 router.register("pool-members", api.PoolMemberViewSet, basename="pool-member")

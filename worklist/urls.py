@@ -1,11 +1,11 @@
 from django.urls import include, path
-from rest_framework.routers import SimpleRouter
 
 from archive.dicomweb import on_worker_thread
+from pacs_cloud.restapi import Router
 
 from . import api, edge, views
 
-router = SimpleRouter()
+router = Router()
 router.register("orders", api.OrderViewSet, basename="worklist-order")
 router.register("procedures", api.ProcedureViewSet, basename="worklist-procedure")
 router.register("stations", api.StationViewSet, basename="worklist-station")

@@ -321,7 +321,6 @@ class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     """Referrals sent from or to the caller's institutions (coordinators and clinicians)."""
 
     serializer_class = ReferralSerializer
-    lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> QuerySet[Referral]:
         qs = access.visible_referrals(self.request.user)
@@ -616,7 +615,6 @@ class StudyShareViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     """
 
     serializer_class = StudyShareSerializer
-    lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> QuerySet[StudyShare]:
         qs = access.visible_shares(self.request.user)

@@ -1,9 +1,10 @@
 from django.urls import include, path
-from rest_framework.routers import SimpleRouter
+
+from pacs_cloud.restapi import Router
 
 from . import api, views
 
-router = SimpleRouter()
+router = Router()
 router.register("referrals", api.ReferralViewSet, basename="referral")
 router.register("study-shares", api.StudyShareViewSet, basename="study-share")
 

@@ -2,6 +2,7 @@
 
 import gc
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -15,15 +16,18 @@ from django.conf import settings  # noqa: E402
 from django.utils.module_loading import import_string  # noqa: E402
 
 from . import push  # noqa: E402
+from .cors import cors_http  # noqa: E402
 from .routing import websocket_urlpatterns  # noqa: E402
 
 push.IN_WEB_PROCESS = True
 
 # Bearer-token reads skip the browser middleware: each app that serves such
 # reads names its wrapper in LEAN_HTTP_WRAPPERS (innermost first).
-http_application = django_asgi_app
+http_application: Any = django_asgi_app
 for dotted in settings.LEAN_HTTP_WRAPPERS:
     http_application = import_string(dotted)(http_application)
+# Cross-origin clients (CORS_ALLOWED_ORIGINS) on every path, lean or full.
+http_application = cors_http(http_application)
 
 application = ProtocolTypeRouter(
     {

@@ -214,6 +214,12 @@ CONTENT_SECURITY_POLICY = {
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
 AXES_CLIENT_IP_CALLABLE = "pacs_cloud.lib.client_address.client_address"
 
+# Browser clients on other origins ----------------------------------------------
+
+# Origins (scheme://host[:port]) whose pages may call DICOMweb and the REST API
+# with a token of their own, e.g. a viewer served elsewhere (pacs_cloud.cors).
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+
 # Internationalisation -------------------------------------------------------
 
 LANGUAGE_CODE = "en"

@@ -26,6 +26,8 @@ from django.http import HttpRequest
 from django.middleware.security import SecurityMiddleware
 from django.urls import Resolver404, resolve, set_script_prefix
 
+from .middleware import nul_refusal
+
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
@@ -94,7 +96,7 @@ class BareHandler(ASGIHandler):
 
 
 class LeanHandler(BareHandler):
-    """The bare handler with the security headers and nothing else.
+    """The bare handler with the security headers, the refusal of NUL characters and nothing else.
 
     ``SecurityMiddleware``'s two hooks only read settings and set headers, so
     they run on the event loop instead of a thread of their own; Content-Length
@@ -111,7 +113,7 @@ class LeanHandler(BareHandler):
         security = SecurityMiddleware(inner)
 
         async def chain(request: HttpRequest) -> Any:
-            redirect = security.process_request(request)
+            redirect = security.process_request(request) or nul_refusal(request)
             response = redirect or await inner(request)
             if not response.streaming and not response.has_header("Content-Length"):
                 response.headers["Content-Length"] = str(len(response.content))  # as CommonMiddleware does

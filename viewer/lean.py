@@ -194,6 +194,7 @@ def lean_http(full: ASGIApp) -> ASGIApp:
             scope["type"] != "http"
             or scope["method"] != "GET"
             or not LEAN_PATH.match(scope["path"])
+            or "\x00" in scope["path"]  # refused with its reason on the full path
             or not any(name == b"authorization" and value[:7].lower() == b"bearer " for name, value in scope["headers"])
         ):
             await full(scope, receive, send)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import requests
 
 from archive.models import DicomNode
 from tests.conftest import api_client
@@ -90,3 +91,13 @@ def test_a_dicom_node_a_station_still_uses_cannot_be_deleted(tenants, clients):
     assert response.status_code == 409
     assert "station" in json.loads(response.content)["detail"]
     assert DicomNode.objects.filter(pk=node.pk).exists()
+
+
+def test_a_nul_character_in_a_url_is_refused(clients, live_url):
+    refused = clients["radiologist"].get("/api/v1/reports/verify-code/", {"code": "AB\x00CD"})
+    assert refused.status_code == 400 and "NUL" in refused.json()["detail"]
+    # The lean bearer-token paths of DICOMweb refuse it too.
+    token = clients["radiologist"]._credentials["HTTP_AUTHORIZATION"]
+    for path in ("/dicomweb/studies?PatientID=%00", "/dicomweb/studies/1.2%003/series/1.2/instances/1.2/rendered"):
+        answer = requests.get(f"{live_url}{path}", headers={"Authorization": token}, timeout=10)
+        assert answer.status_code == 400, (path, answer.status_code)

@@ -325,6 +325,48 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
     """
 
     peers: PeerConnections | None = None
+    # With several service processes (archive.dimse_processes): the socket
+    # the parent listens on, and this process's share of the associations.
+    listening: socket.socket | None = None
+    load: Any = None
+
+    def server_bind(self) -> None:
+        if self.listening is None:
+            super().server_bind()
+            return
+        if self.socket is not None:
+            self.socket.close()
+        self.socket = self.listening
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.listening is None:
+            super().server_activate()
+
+    def server_close(self) -> None:
+        if self.listening is None:
+            super().server_close()
+        elif self.socket is not None:
+            self.socket.close()  # this process's descriptor; the others keep listening
+
+    def _handle_request_noblock(self) -> None:
+        if self.load is not None and not self.load.may_accept():
+            # Another process serves fewer associations: leave the connection
+            # to it, and take it after all if it is still waiting after 50 ms.
+            deadline = time.monotonic() + 0.05
+            while True:
+                time.sleep(0.005)
+                try:
+                    if self.socket is None or not select.select([self.socket], [], [], 0)[0]:
+                        return
+                except (OSError, ValueError):
+                    return
+                if time.monotonic() > deadline or self.load.may_accept():
+                    break
+        try:
+            super()._handle_request_noblock()  # type: ignore[misc]
+        except BlockingIOError:  # another process took it
+            pass
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = AssociationServer.get_request(self)
@@ -365,7 +407,16 @@ class _CountedRequestHandler(RequestHandler):
     server: NoDelayAssociationServer
 
     def handle(self) -> None:
-        peers, address = self.server.peers, self.client_address[0]
+        peers, load, address = self.server.peers, self.server.load, self.client_address[0]
+
+        def leave() -> None:
+            if peers is not None:
+                peers.leave(address)
+            if load is not None:
+                load.add(-1)
+
+        if load is not None:
+            load.add(1)
         started = False
         try:
             assoc = self._create_association()
@@ -375,16 +426,15 @@ class _CountedRequestHandler(RequestHandler):
                 try:
                     run()
                 finally:
-                    if peers is not None:
-                        peers.leave(address)
+                    leave()
 
             assoc.run = run_then_leave  # type: ignore[method-assign]
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
             assoc.start()
             started = True
         finally:
-            if not started and peers is not None:
-                peers.leave(address)
+            if not started:
+                leave()
 
 
 class _EventClock:
@@ -557,7 +607,12 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
             sock.settimeout(self.assoc.network_timeout)
     except (OSError, PduRefused) as exc:
         log.warning("closed the DICOM connection from %s: %s", self.assoc.requestor.address, exc)
+        state = self.state_machine.current_state
         wrapper.close()  # queues Evt17, transport connection closed
+        if state == "Sta2":
+            # The association waits for an A-ASSOCIATE-RQ that will not come:
+            # end it now (None is what it gets when its ACSE timeout expires).
+            self.to_user_queue.put(None)  # type: ignore[arg-type]
         return
     try:
         decoded, event = self._decode_pdu(pdu)
@@ -871,13 +926,29 @@ def build_ae(ae_title: str, services: list[DimseService]) -> tuple[AE, list[tupl
 
 
 def start_server(
-    ae_title: str, host: str, port: int, providers: Iterable[str] | None = None
+    ae_title: str,
+    host: str,
+    port: int,
+    providers: Iterable[str] | None = None,
+    *,
+    listening: socket.socket | None = None,
+    prepare: Callable[[NoDelayAssociationServer], None] | None = None,
 ) -> ThreadedAssociationServer:
-    """Start serving in background threads; returns the server (``shutdown()`` stops it)."""
+    """Start serving in background threads; returns the server (``shutdown()`` stops it).
+
+    With ``listening``, on that already listening socket (shared with other
+    service processes: :mod:`archive.dimse_processes`); ``prepare`` sees the
+    server before it accepts anything.
+    """
     tune_pynetdicom()
     ae, handlers = build_ae(ae_title, collect_services(providers))
     _pools[ae] = ConnectionPool()
-    server = ae.make_server((host, port), evt_handlers=handlers, server_class=NoDelayAssociationServer)
+    server_class: type[NoDelayAssociationServer] = NoDelayAssociationServer
+    if listening is not None:
+        server_class = type("SharedSocketAssociationServer", (NoDelayAssociationServer,), {"listening": listening})  # type: ignore[assignment]
+    server = ae.make_server((host, port), evt_handlers=handlers, server_class=server_class)
+    if prepare is not None:
+        prepare(server)  # type: ignore[arg-type]
     thread = threading.Thread(target=server.serve_forever, name=f"dimse-{ae_title}", daemon=True)
     thread.start()
     ae._servers.append(server)  # so ae.shutdown() stops it as well

@@ -42,8 +42,8 @@ class Service:
     called_ae: str
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and every process below it (a service may fork workers)."""
+def rss_bytes(pid: int) -> dict[int, int]:
+    """Resident memory of ``pid`` and of every process below it (the cloud's service forks workers), by pid."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -52,7 +52,7 @@ def rss_bytes(pid: int) -> int:
             except OSError:
                 continue
             children.setdefault(int(fields[1]), []).append(int(entry.name))
-    total, todo = 0, [pid]
+    found, todo = {}, [pid]
     while todo:
         current = todo.pop()
         todo.extend(children.get(current, []))
@@ -60,8 +60,22 @@ def rss_bytes(pid: int) -> int:
             status = Path(f"/proc/{current}/status").read_text()
         except OSError:
             continue
-        total += next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
-    return total
+        found[current] = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+    return found
+
+
+def settle(pid: int, processes: int) -> None:
+    """Wait until the service's ``processes`` processes are up and their memory has stopped growing."""
+    deadline = time.monotonic() + 30
+    previous: dict[int, int] = {}
+    while True:
+        current = rss_bytes(pid)
+        if len(current) >= processes and current.keys() == previous.keys():
+            if all(abs(current[p] - previous[p]) < 2 * 1024 * 1024 for p in current):
+                return
+        assert time.monotonic() < deadline, "the DICOM service did not settle"
+        previous = current
+        time.sleep(0.5)
 
 
 def wait_listening(port: int, process: subprocess.Popen, log: Path) -> None:
@@ -88,6 +102,7 @@ def dicom_service(tenants, transactional_db, storage_dir, tmp_path):  # noqa: F8
         STORAGE_URL=settings.STORAGE_URL,
         DJANGO_SETTINGS_MODULE="pacs_cloud.settings",
         LOG_LEVEL="WARNING",
+        DICOM_SERVICE_PROCESSES="2",
         **LIMITS,
     )
     log = tmp_path / "dicom_server.log"
@@ -102,6 +117,7 @@ def dicom_service(tenants, transactional_db, storage_dir, tmp_path):  # noqa: F8
         )
     try:
         wait_listening(port, process, log)
+        settle(process.pid, 1 + int(env["DICOM_SERVICE_PROCESSES"]))
         yield Service(port, process.pid, "ATTACK_CT", settings.DICOM_AE_TITLE)
     finally:
         process.terminate()
@@ -115,4 +131,5 @@ def dicom_service(tenants, transactional_db, storage_dir, tmp_path):  # noqa: F8
 @pytest.fixture
 def edge_service(start_edge):  # noqa: F811
     edge = start_edge(**LIMITS)
+    settle(edge.process.pid, 1)
     return Service(edge.port, edge.process.pid, "ALPHA_CT", "PACSEDGE")

@@ -67,7 +67,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import AssociationServer, AssociationSocket, ThreadedAssociationServer
+from pynetdicom.transport import AssociationServer, RequestHandler, ThreadedAssociationServer
 
 from pacs_cloud import audit
 from pacs_cloud.lib.dicom_match import Record, encode_response, response_identifier
@@ -324,21 +324,117 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
     the connection pool of its AE, if any, when shut down.
     """
 
+    peers: PeerConnections | None = None
+    # With several service processes (archive.dimse_processes): the socket
+    # the parent listens on, and this process's share of the associations.
+    listening: socket.socket | None = None
+    load: Any = None
+
+    def server_bind(self) -> None:
+        if self.listening is None:
+            super().server_bind()
+            return
+        if self.socket is not None:
+            self.socket.close()
+        self.socket = self.listening
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.listening is None:
+            super().server_activate()
+
+    def server_close(self) -> None:
+        if self.listening is None:
+            super().server_close()
+        elif self.socket is not None:
+            self.socket.close()  # this process's descriptor; the others keep listening
+
+    def _handle_request_noblock(self) -> None:
+        if self.load is not None and not self.load.may_accept():
+            # Another process serves fewer associations: leave the connection
+            # to it, and take it after all if it is still waiting after 50 ms.
+            deadline = time.monotonic() + 0.05
+            while True:
+                time.sleep(0.005)
+                try:
+                    if self.socket is None or not select.select([self.socket], [], [], 0)[0]:
+                        return
+                except (OSError, ValueError):
+                    return
+                if time.monotonic() > deadline or self.load.may_accept():
+                    break
+        try:
+            super()._handle_request_noblock()  # type: ignore[misc]
+        except BlockingIOError:  # another process took it
+            pass
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = AssociationServer.get_request(self)
         set_nodelay(client)
+        # Accepted sockets do not inherit the listening socket's timeout: without
+        # one a peer that stops sending holds its connection for ever.
+        client.settimeout(self.ae.network_timeout)
         return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.peers is None:
+            self.peers = PeerConnections(settings.DICOM_MAX_ASSOCIATIONS_PER_PEER)
+        if self.peers.admit(client_address[0]):
+            return True
+        log.warning("refused a connection from %s: it holds %d already", client_address[0], self.peers.limit)
+        refuse_connection(request)
+        return False
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # The association runs in a thread of its own (and its DUL in another):
         # create it here rather than in a third thread started only to start it.
         self.process_request_thread(request, client_address)
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        _CountedRequestHandler(request, client_address, self)
+
     def shutdown(self) -> None:
         super().shutdown()
         pool = _pools.pop(self.ae, None)
         if pool is not None:
             pool.close()
+
+
+class _CountedRequestHandler(RequestHandler):
+    """pynetdicom's handler of an accepted connection; the connection leaves
+    its peer's count (:class:`PeerConnections`) when its association ends."""
+
+    server: NoDelayAssociationServer
+
+    def handle(self) -> None:
+        peers, load, address = self.server.peers, self.server.load, self.client_address[0]
+
+        def leave() -> None:
+            if peers is not None:
+                peers.leave(address)
+            if load is not None:
+                load.add(-1)
+
+        if load is not None:
+            load.add(1)
+        started = False
+        try:
+            assoc = self._create_association()
+            run = assoc.run
+
+            def run_then_leave() -> None:
+                try:
+                    run()
+                finally:
+                    leave()
+
+            assoc.run = run_then_leave  # type: ignore[method-assign]
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+            assoc.start()
+            started = True
+        finally:
+            if not started:
+                leave()
 
 
 class _EventClock:
@@ -422,23 +518,155 @@ def _wait_for_io(dul: DULServiceProvider, timeout: float) -> None:
             pass
 
 
-def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
-    """``AssociationSocket.recv`` reading straight into one buffer.
+# Limits towards peers: what a connection may make us hold ------------------------------
 
-    pynetdicom reads a PDU 4 KiB at a time; a 128 KiB P-DATA PDU then costs
-    32 system calls and as many buffer extensions. Same contract: the bytes
-    read, fewer than asked only when the peer closed the connection.
+_PDU_HEADER = struct.Struct(">BxL")  # PDU type, reserved, length (PS3.8 9.3.1)
+_PDU_TYPES = frozenset(range(0x01, 0x08))
+_P_DATA_TF = 0x04
+# A-ASSOCIATE-RQ/-AC/-RJ, A-RELEASE and A-ABORT PDUs are small: only a P-DATA-TF
+# PDU of an established association may be as large as DICOM_MAX_PDU_BYTES.
+CONTROL_PDU_LIMIT = 64 * 1024
+_ESTABLISHED_STATES = frozenset({"Sta6", "Sta7", "Sta8", "Sta9", "Sta10", "Sta11", "Sta12"})
+# A PDU's buffer starts at this size and doubles as its bytes arrive.
+_FIRST_READ = 256 * 1024
+
+
+class PduRefused(Exception):
+    """A peer declared a PDU larger than it may send at this point of the association."""
+
+
+def pdu_limit(pdu_type: int, established: bool) -> int:
+    if pdu_type == _P_DATA_TF and established:
+        return max(settings.DICOM_MAX_PDU_BYTES, CONTROL_PDU_LIMIT)
+    return CONTROL_PDU_LIMIT
+
+
+def receive_into(sock: socket.socket, buffer: bytearray, count: int, deadline: float | None = None) -> bool:
+    """Append ``count`` bytes read from ``sock`` to ``buffer``; False if the peer closed first.
+
+    The buffer grows only as bytes arrive (doubling from 256 KiB), so a
+    peer that declares a large PDU and sends little of it holds little of
+    our memory; a large PDU still arrives in few system calls. With a
+    ``deadline`` (``time.monotonic()``) the whole read must end by then;
+    otherwise each read waits at most the socket's timeout. Raises
+    ``TimeoutError`` (an ``OSError``) when the peer is too slow.
     """
-    buffer = bytearray(nr_bytes)
-    view = memoryview(buffer)
-    read = 0
-    while read < nr_bytes:
-        count = self.socket.recv_into(view[read:], nr_bytes - read)  # type: ignore[union-attr]
-        if not count:
-            del view
-            return buffer[:read]
-        read += count
-    return buffer
+    read = len(buffer)
+    goal = read + count
+    while read < goal:
+        if read == len(buffer):
+            buffer.extend(bytes(min(goal, read + max(_FIRST_READ, read)) - read))
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the peer did not send its PDU in time")
+            sock.settimeout(remaining)
+        with memoryview(buffer) as view:
+            received = sock.recv_into(view[read:])
+        if not received:
+            del buffer[read:]
+            return False
+        read += received
+    return True
+
+
+def _read_pdu_data(self: DULServiceProvider) -> None:
+    """``DULServiceProvider._read_pdu_data`` within limits a peer cannot push us past.
+
+    pynetdicom reads a PDU of whatever length its header declares. Here a
+    PDU longer than the peer may send at this point (:func:`pdu_limit`:
+    64 KiB before the association is established, DICOM_MAX_PDU_BYTES for
+    data after) closes the connection before anything is read; the rest is
+    read as it arrives (:func:`receive_into`), within the ACSE timeout
+    until the association is established and within the network timeout of
+    each read after. The same events as pynetdicom's for everything else.
+    """
+    wrapper = self.socket
+    sock = wrapper.socket if wrapper is not None else None
+    if wrapper is None or sock is None:
+        self.event_queue.put("Evt17")
+        return
+    established = self.state_machine.current_state in _ESTABLISHED_STATES
+    deadline = None
+    if not established:
+        deadline = time.monotonic() + float(self.assoc.acse_timeout or settings.DICOM_ACSE_TIMEOUT_SECONDS)
+    pdu = bytearray()
+    try:
+        if not receive_into(sock, pdu, 6, deadline):
+            raise ConnectionError("the connection closed inside a PDU header")
+        pdu_type, length = _PDU_HEADER.unpack(pdu)
+        if pdu_type not in _PDU_TYPES:
+            log.warning("unknown PDU type 0x%02X from %s", pdu_type, self.assoc.requestor.address)
+            self.event_queue.put("Evt19")  # unrecognised or invalid PDU
+            return
+        if length > pdu_limit(pdu_type, established):
+            raise PduRefused(f"a PDU of type 0x{pdu_type:02X} declared {length} bytes")
+        if not receive_into(sock, pdu, length, deadline):
+            raise ConnectionError(f"the connection closed after {len(pdu)} of {length + 6} bytes of a PDU")
+        if deadline is not None:
+            sock.settimeout(self.assoc.network_timeout)
+    except (OSError, PduRefused) as exc:
+        log.warning("closed the DICOM connection from %s: %s", self.assoc.requestor.address, exc)
+        state = self.state_machine.current_state
+        wrapper.close()  # queues Evt17, transport connection closed
+        if state == "Sta2":
+            # The association waits for an A-ASSOCIATE-RQ that will not come:
+            # end it now (None is what it gets when its ACSE timeout expires).
+            self.to_user_queue.put(None)  # type: ignore[arg-type]
+        return
+    try:
+        decoded, event = self._decode_pdu(pdu)
+    except Exception:
+        log.warning("undecodable PDU from %s", self.assoc.requestor.address, exc_info=True)
+        self.event_queue.put("Evt19")
+        return
+    self.event_queue.put(event)
+    self._recv_pdu.put(decoded)
+
+
+class PeerConnections:
+    """Connections each peer address holds open on a DICOM service, within DICOM_MAX_ASSOCIATIONS_PER_PEER.
+
+    Every accepted connection holds a thread or two until it ends; one
+    address may not take them all.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, address: str) -> bool:
+        with self._lock:
+            held = self._open.get(address, 0)
+            if held >= self.limit:
+                return False
+            self._open[address] = held + 1
+            return True
+
+    def leave(self, address: str) -> None:
+        with self._lock:
+            held = self._open.get(address, 0) - 1
+            if held > 0:
+                self._open[address] = held
+            else:
+                self._open.pop(address, None)
+
+
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): rejected-transient, by the service provider
+# (presentation related function), local limit exceeded.
+LOCAL_LIMIT_REJECT = struct.pack(">BBIBBBB", 0x03, 0x00, 4, 0x00, 0x02, 0x03, 0x02)
+
+
+def refuse_connection(sock: socket.socket) -> None:
+    """Answer a connection over its peer's limit with A-ASSOCIATE-RJ and close it, without reading it."""
+    try:
+        sock.setblocking(False)
+        sock.send(LOCAL_LIMIT_REJECT)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _copy_context(self: PresentationContext, memo: dict) -> PresentationContext:
@@ -640,12 +868,12 @@ def _send_store_response(self: DIMSEServiceProvider, primitive: C_STORE, context
 def tune_pynetdicom() -> None:
     """Process-wide latency tuning of pynetdicom for a DICOM service process.
 
-    Its loops wait for events instead of polling (:class:`_EventClock`), PDUs
-    are read into one buffer (:func:`_recv`), presentation contexts are
-    copied cheaply per association (:func:`_copy_context`).
-    ``DIMSE_EVENT_WAITS=False`` leaves pynetdicom as it is.
+    Its loops wait for events instead of polling (:class:`_EventClock`),
+    presentation contexts are copied cheaply per association
+    (:func:`_copy_context`). ``DIMSE_EVENT_WAITS=False`` leaves that as it is.
 
-    Whatever that setting, its service classes encode an
+    Whatever that setting, PDUs are read within the limits of
+    :func:`_read_pdu_data` (few system calls for a large one), its service classes encode an
     :class:`EncodedIdentifier` (:func:`record_response`) as such, C-FIND
     responses' Command Sets are written directly
     (:func:`c_find_response_pdata`), a successful C-STORE is answered from
@@ -661,9 +889,9 @@ def tune_pynetdicom() -> None:
         _pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     if not logger.isEnabledFor(logging.INFO):
         _pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
     if not settings.DIMSE_EVENT_WAITS:
         return
-    AssociationSocket.recv = _recv  # type: ignore[method-assign]
     PresentationContext.__deepcopy__ = _copy_context  # type: ignore[attr-defined]
     clock = _EventClock()
     _pynetdicom_association.time = clock  # type: ignore[assignment]
@@ -673,7 +901,10 @@ def tune_pynetdicom() -> None:
 def build_ae(ae_title: str, services: list[DimseService]) -> tuple[AE, list[tuple[Any, Callable[..., Any]]]]:
     """An AE supporting every service's contexts, and the event handlers to bind."""
     ae = AE(ae_title=ae_title)
-    ae.maximum_pdu_size = 0  # no limit: fewer PDUs for large instances
+    # Large PDUs (fewer of them for large instances), within a limit a peer cannot push us past.
+    ae.maximum_pdu_size = settings.DICOM_MAX_PDU_BYTES
+    ae.acse_timeout = settings.DICOM_ACSE_TIMEOUT_SECONDS
+    ae.network_timeout = settings.DICOM_NETWORK_TIMEOUT_SECONDS
     handlers: list[tuple[Any, Callable[..., Any]]] = [
         (evt.EVT_REQUESTED, _handle_association_requested),
         (evt.EVT_RELEASED, _forget_association),
@@ -695,13 +926,29 @@ def build_ae(ae_title: str, services: list[DimseService]) -> tuple[AE, list[tupl
 
 
 def start_server(
-    ae_title: str, host: str, port: int, providers: Iterable[str] | None = None
+    ae_title: str,
+    host: str,
+    port: int,
+    providers: Iterable[str] | None = None,
+    *,
+    listening: socket.socket | None = None,
+    prepare: Callable[[NoDelayAssociationServer], None] | None = None,
 ) -> ThreadedAssociationServer:
-    """Start serving in background threads; returns the server (``shutdown()`` stops it)."""
+    """Start serving in background threads; returns the server (``shutdown()`` stops it).
+
+    With ``listening``, on that already listening socket (shared with other
+    service processes: :mod:`archive.dimse_processes`); ``prepare`` sees the
+    server before it accepts anything.
+    """
     tune_pynetdicom()
     ae, handlers = build_ae(ae_title, collect_services(providers))
     _pools[ae] = ConnectionPool()
-    server = ae.make_server((host, port), evt_handlers=handlers, server_class=NoDelayAssociationServer)
+    server_class: type[NoDelayAssociationServer] = NoDelayAssociationServer
+    if listening is not None:
+        server_class = type("SharedSocketAssociationServer", (NoDelayAssociationServer,), {"listening": listening})  # type: ignore[assignment]
+    server = ae.make_server((host, port), evt_handlers=handlers, server_class=server_class)
+    if prepare is not None:
+        prepare(server)  # type: ignore[arg-type]
     thread = threading.Thread(target=server.serve_forever, name=f"dimse-{ae_title}", daemon=True)
     thread.start()
     ae._servers.append(server)  # so ae.shutdown() stops it as well

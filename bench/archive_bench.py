@@ -80,9 +80,22 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, its ended threads included (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of a process and of the processes it forked (the DICOM service's
+    processes), their ended threads included (/proc/<pid>/stat)."""
+    total, parents = 0, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        total += parents.get(current, (0, 0))[1]
+        todo.extend(child for child, (parent, _) in parents.items() if parent == current)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # A synthetic CT series ------------------------------------------------------------

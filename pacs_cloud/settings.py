@@ -422,6 +422,17 @@ DIMSE_SERVICE_PROVIDERS: list[str] = [
 # pynetdicom polls its queues every millisecond; the DICOM services make its
 # loops wait for events instead (archive.dimse.tune_pynetdicom).
 DIMSE_EVENT_WAITS = env.bool("DIMSE_EVENT_WAITS", default=True)
+# Limits of the DICOM services (cloud and edge) towards a peer that misbehaves
+# (archive.dimse): the largest PDU accepted (and offered as our maximum), how
+# long a peer may take to request an association, how long a connection may
+# stay silent, and how many connections one address may hold at once.
+# Processes of the cloud's DICOM service sharing its port (archive.dimse_processes):
+# associations in different processes run on different cores.
+DICOM_SERVICE_PROCESSES = env.int("DICOM_SERVICE_PROCESSES", default=min(os.cpu_count() or 1, 8))
+DICOM_MAX_PDU_BYTES = env.int("DICOM_MAX_PDU_BYTES", default=16 * 1024 * 1024)
+DICOM_ACSE_TIMEOUT_SECONDS = env.float("DICOM_ACSE_TIMEOUT_SECONDS", default=30.0)
+DICOM_NETWORK_TIMEOUT_SECONDS = env.float("DICOM_NETWORK_TIMEOUT_SECONDS", default=60.0)
+DICOM_MAX_ASSOCIATIONS_PER_PEER = env.int("DICOM_MAX_ASSOCIATIONS_PER_PEER", default=16)
 # QIDO-RS and C-FIND answer at most this many matches per request (a QIDO
 # "limit" may ask for fewer; more is refused with a warning).
 QUERY_MAX_RESULTS = env.int("QUERY_MAX_RESULTS", default=1000)

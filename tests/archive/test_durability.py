@@ -53,6 +53,7 @@ def dicom_service(tenants, transactional_db, storage_dir, tmp_path):
         STORAGE_URL=settings.STORAGE_URL,
         DJANGO_SETTINGS_MODULE="pacs_cloud.settings",
         LOG_LEVEL="WARNING",
+        DICOM_SERVICE_PROCESSES="2",  # the service as it runs in production: several processes on one port
     )
     log = open(tmp_path / "dicom_server.log", "w")
     process = subprocess.Popen(

@@ -1,0 +1,141 @@
+"""Two modalities sending at once to the DICOM service running as several processes on one port.
+
+The real ``manage.py dicom_server --processes 2`` on the test database; two
+pynetdicom senders, each its own series, send at the same time. Each must
+be answered Success for every instance, and everything must be indexed and
+stored; the two associations are served by the two processes. A service
+process that dies is started again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from archive.models import DicomNode, Instance
+from tests.archive.conftest import make_ct
+from tests.archive.test_durability import _database_url
+from tests.attack.conftest import wait_listening
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def service_processes(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
+def threads_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.fixture
+def service(tenants, transactional_db, storage_dir, tmp_path):
+    for title in ("CT_ONE", "MR_TWO"):
+        DicomNode.objects.create(institution=tenants.a.institution, ae_title=title, host="127.0.0.1")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
+    env.update(
+        DATABASE_URL=_database_url(),
+        PACS_DATA_DIR=str(tmp_path / "service"),
+        STORAGE_URL=settings.STORAGE_URL,
+        DJANGO_SETTINGS_MODULE="pacs_cloud.settings",
+        LOG_LEVEL="WARNING",
+    )
+    log = tmp_path / "dicom_server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "dicom_server", "--port", str(port), "--processes", "2"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_listening(port, process, log)
+        yield process, port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_two_associations_at_once_are_served_by_two_processes_and_store_everything(service):
+    process, port = service
+    deadline = time.monotonic() + 30
+    while len(workers := service_processes(process.pid)) < 2:
+        assert time.monotonic() < deadline, "the service processes did not start"
+        time.sleep(0.1)
+    time.sleep(1)  # serving (connections wait in the backlog meanwhile)
+    idle = {pid: threads_of(pid) for pid in workers}
+    series = {}
+    for title in ("CT_ONE", "MR_TWO"):
+        study, series_uid = generate_uid(), generate_uid()
+        series[title] = [
+            make_ct(study_uid=study, series_uid=series_uid, instance_number=n + 1, size=64, seed=n, patient_id=title)
+            for n in range(40)
+        ]
+    statuses: dict[str, list[int]] = {title: [] for title in series}
+    both_sending = threading.Barrier(3)
+
+    def send(title: str) -> None:
+        ae = AE(ae_title=title)
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title="PACSCLOUD")
+        assert assoc.is_established
+        try:
+            for number, ds in enumerate(series[title]):
+                if number == 5:
+                    both_sending.wait(30)  # both associations are open now
+                    both_sending.wait(30)  # and the test has looked at the processes
+                status = assoc.send_c_store(ds)
+                statuses[title].append(status.Status if status else -1)
+        finally:
+            assoc.release()
+
+    senders = [threading.Thread(target=send, args=(title,), daemon=True) for title in series]
+    for sender in senders:
+        sender.start()
+    both_sending.wait(30)
+    busy = {pid: threads_of(pid) for pid in workers}
+    both_sending.wait(30)
+    for sender in senders:
+        sender.join(60)
+
+    # Each process runs one association (its threads), rather than one process both.
+    assert all(busy[pid] > idle[pid] for pid in workers), (idle, busy)
+    for title, sent in series.items():
+        assert statuses[title] == [0x0000] * len(sent), title
+        uids = {str(ds.SOPInstanceUID) for ds in sent}
+        deadline = time.monotonic() + 10
+        while Instance.objects.filter(sop_instance_uid__in=uids).count() < len(uids):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+    # A service process that dies is replaced.
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while len(now := service_processes(process.pid)) < 2 or workers[0] in now:
+        assert time.monotonic() < deadline, "the dead service process was not replaced"
+        time.sleep(0.1)

@@ -1,0 +1,135 @@
+"""Fixtures of the attack tests: the product's DICOM services as real processes, with short limits.
+
+``dicom_service`` starts ``manage.py dicom_server`` on the test database
+(calling AE ``ATTACK_CT`` from 127.0.0.1 is a configured node); ``edge`` an
+enrolled edge gateway (``tests/edge/conftest.py``) whose modality ``ALPHA_CT``
+may call it. Both run with the timeouts and limits of ``LIMITS``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from archive.models import DicomNode
+from tests.archive.test_durability import _database_url
+from tests.conftest import free_port
+from tests.edge.conftest import cloud, edge_token, start_edge, storage_dir  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[2]
+
+LIMITS = {
+    "DICOM_ACSE_TIMEOUT_SECONDS": "1",
+    "DICOM_NETWORK_TIMEOUT_SECONDS": "2",
+    "DICOM_MAX_ASSOCIATIONS_PER_PEER": "4",
+}
+
+
+@dataclass
+class Service:
+    """A DICOM service under attack: where it listens, its process, and who may call it."""
+
+    port: int
+    pid: int
+    calling_ae: str
+    called_ae: str
+
+
+def rss_bytes(pid: int) -> dict[int, int]:
+    """Resident memory of ``pid`` and of every process below it (the cloud's service forks workers), by pid."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = {}, [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, []))
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        found[current] = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+    return found
+
+
+def settle(pid: int, processes: int) -> None:
+    """Wait until the service's ``processes`` processes are up and their memory has stopped growing."""
+    deadline = time.monotonic() + 30
+    previous: dict[int, int] = {}
+    while True:
+        current = rss_bytes(pid)
+        if len(current) >= processes and current.keys() == previous.keys():
+            if all(abs(current[p] - previous[p]) < 2 * 1024 * 1024 for p in current):
+                return
+        assert time.monotonic() < deadline, "the DICOM service did not settle"
+        previous = current
+        time.sleep(0.5)
+
+
+def wait_listening(port: int, process: subprocess.Popen, log: Path) -> None:
+    import socket
+
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, log.read_text()[-3000:]
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert time.monotonic() < deadline, "the DICOM service did not start listening"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def dicom_service(tenants, transactional_db, storage_dir, tmp_path):  # noqa: F811
+    DicomNode.objects.create(institution=tenants.a.institution, ae_title="ATTACK_CT", host="127.0.0.1")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
+    env.update(
+        DATABASE_URL=_database_url(),
+        PACS_DATA_DIR=str(tmp_path / "service"),
+        STORAGE_URL=settings.STORAGE_URL,
+        DJANGO_SETTINGS_MODULE="pacs_cloud.settings",
+        LOG_LEVEL="WARNING",
+        DICOM_SERVICE_PROCESSES="2",
+        **LIMITS,
+    )
+    log = tmp_path / "dicom_server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "dicom_server", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_listening(port, process, log)
+        settle(process.pid, 1 + int(env["DICOM_SERVICE_PROCESSES"]))
+        yield Service(port, process.pid, "ATTACK_CT", settings.DICOM_AE_TITLE)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+
+
+@pytest.fixture
+def edge_service(start_edge):  # noqa: F811
+    edge = start_edge(**LIMITS)
+    settle(edge.process.pid, 1)
+    return Service(edge.port, edge.process.pid, "ALPHA_CT", "PACSEDGE")

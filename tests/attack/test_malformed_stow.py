@@ -1,0 +1,57 @@
+"""The malformed corpus over STOW-RS: each part stored or refused with its reason, everything stored readable."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import requests
+
+from archive.models import Instance
+from pacs_cloud.authentication import issue_token
+from tests.attack.corpus import REFUSED, STORED, Case, cases
+from tests.attack.malformed import problems, read_back, stow
+
+
+@functools.cache
+def corpus() -> tuple[Case, ...]:
+    return tuple(cases())
+
+
+@pytest.fixture
+def storage_dir(tmp_path, settings):
+    """The archive's file storage in a folder of this test."""
+    settings.STORAGE_URL = f"file://{tmp_path / 'objects'}"
+    settings.DATA_DIR = tmp_path
+    return tmp_path / "objects"
+
+
+@pytest.fixture
+def headers(tenants, storage_dir) -> dict[str, str]:
+    _, key = issue_token(tenants.a.technologist, name="attack")
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_every_part_is_stored_or_refused_with_its_reason_and_reads_back_cleanly(live_url, headers, storage_dir):
+    http = requests.Session()
+    outcomes = []
+    for case in corpus():
+        outcomes += stow(live_url, headers, [case], http)
+    stored = {o.case.sop_instance_uid: o for o in outcomes if o.stored}
+    rows = Instance.objects.filter(sop_instance_uid__in=stored).select_related("series__study")
+    assert {row.sop_instance_uid for row in rows} == set(stored)
+    for row in rows:
+        read_back(
+            live_url,
+            headers,
+            stored[row.sop_instance_uid],
+            row.series.study.study_instance_uid,
+            row.series.series_instance_uid,
+            http,
+        )
+    assert problems(outcomes) == []
+    # Nothing in storage that the index does not know.
+    keys = {str(p.relative_to(storage_dir)) for p in storage_dir.rglob("*.dcm")}
+    assert keys == set(Instance.objects.values_list("storage_key", flat=True))
+    assert {o.case.expect for o in outcomes if o.stored} >= {STORED}
+    assert any(not o.stored for o in outcomes if o.case.expect == REFUSED)

@@ -68,8 +68,9 @@ class Case:
     data: bytes  # a Part 10 file
     expect: str  # STORED, REFUSED or EITHER
     sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
+    sop_instance_uid: str  # of the data set
+    transfer_syntax: str  # as the File Meta Information declares it
+    affected_sop_instance_uid: str  # as the File Meta Information names it (a C-STORE's request)
 
     @property
     def dataset(self) -> bytes:
@@ -427,7 +428,23 @@ def build(sample: str, mutation: str, variant: int = 0, seed: int = SEED) -> Cas
     if made is None:
         return None
     data, expect = made
-    return Case(case_id, data, expect, sop_class, sop_uid, syntax)
+    affected = sop_uid
+    if mutation in ("deflate_on_plain", "bad_meta_uid"):
+        meta = _declared(data)
+        syntax, affected = meta.get("TransferSyntaxUID", syntax), meta.get("MediaStorageSOPInstanceUID", affected)
+    return Case(case_id, data, expect, sop_class, sop_uid, syntax, affected)
+
+
+def _declared(data: bytes) -> dict[str, str]:
+    """The UIDs the File Meta Information declares, as text (undecodable bytes kept as escapes)."""
+    end = meta_end(data) or 0
+    found = {}
+    for keyword, tag in (("TransferSyntaxUID", 0x00020010), ("MediaStorageSOPInstanceUID", 0x00020003)):
+        at = data.find(struct.pack("<HH", tag >> 16, tag & 0xFFFF), 132, end)
+        if at >= 0:
+            length = struct.unpack("<H", data[at + 6 : at + 8])[0]
+            found[keyword] = data[at + 8 : at + 8 + length].rstrip(b"\x00 ").decode("utf-8", "backslashreplace")
+    return found
 
 
 def cases(

@@ -141,7 +141,11 @@ def c_store(port: int, called: str, calling: str, cases: list[Case]) -> list[Out
                         outcome.error = "the association was not accepted"
                         continue
                 path = Path(folder) / f"{case.id}.dcm"
-                path.write_bytes(_sendable(case))
+                try:
+                    path.write_bytes(_sendable(case))
+                except UnicodeEncodeError:  # a request UID DICOM cannot even encode: no C-STORE to send
+                    outcome.reason, outcome.status = "not sendable: a non-ASCII UID in the request", -1
+                    continue
                 try:
                     status = assoc.send_c_store(path)
                 except Exception as exc:  # the sender could not encode it: nothing reached the server
@@ -174,10 +178,8 @@ def _sendable(case: Case) -> bytes:
     """
     from archive.ingest import file_meta_header
 
-    try:
-        return file_meta_header(case.sop_class_uid, case.sop_instance_uid, case.transfer_syntax) + case.dataset
-    except UnicodeEncodeError:
-        return file_meta_header(case.sop_class_uid, "1.2.3", case.transfer_syntax) + case.dataset
+    header = file_meta_header(case.sop_class_uid, case.affected_sop_instance_uid, case.transfer_syntax)
+    return header + case.dataset
 
 
 # Reading back --------------------------------------------------------------------------

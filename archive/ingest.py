@@ -1606,8 +1606,8 @@ def _get_or_create_series(
 
 
 def _reopen_if_complete(study_pk: Any, source: Source) -> None:
-    """A late instance for a study already complete (not yet routed) reopens it."""
-    if Study.objects.filter(pk=study_pk, state=Study.State.COMPLETE).exists():
+    """A late instance for a study already complete (or routed already) reopens its completeness."""
+    if Study.objects.filter(pk=study_pk, state__in=(Study.State.COMPLETE, Study.State.ROUTED)).exists():
         from .actions import do_reopen_study
 
         do_reopen_study(study_pk, actor=source.actor, actor_label=source.label, reason="a new instance arrived")

@@ -34,18 +34,18 @@ SEED = 20_201_208
 # Small samples, one or more per transfer syntax the archive keeps.
 CI_SAMPLES = (
     "CT_small.dcm",
-    "MR_small.dcm",
     "MR_small_implicit.dcm",
     "MR_small_bigendian.dcm",
     "MR_small_RLE.dcm",
-    "MR_small_jp2klossless.dcm",
     "JPEG2000.dcm",
-    "SC_rgb.dcm",
     "SC_rgb_rle_2frame.dcm",
-    "SC_rgb_jpeg_dcmtk.dcm",
 )
 BENCH_SAMPLES = (
     *CI_SAMPLES,
+    "MR_small.dcm",
+    "MR_small_jp2klossless.dcm",
+    "SC_rgb.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
     "MR_small_expb.dcm",
     "MR_small_jpeg_ls_lossless.dcm",
     "JPGExtended.dcm",
@@ -297,6 +297,13 @@ def nan_values(ds: pydicom.Dataset, rng: random.Random) -> tuple[bytes, str]:
     return _replace_value(data, NAN_TAGS[keyword], _syntax(ds), raw), STORED
 
 
+def infinite_spacing(ds: pydicom.Dataset, rng: random.Random) -> tuple[bytes, str]:
+    """Pixel Spacing of infinity: a valid object whose rendering must not divide infinity by itself."""
+    data = _with(ds, PixelSpacing=[1, 1])
+    value = rng.choice([b"Infinity\\Infinity", b"inf\\1", b"1\\-inf"])
+    return _replace_value(data, 0x00280030, _syntax(ds), value), STORED
+
+
 def bad_frames(ds: pydicom.Dataset, rng: random.Random) -> tuple[bytes, str]:
     data = _with(ds, NumberOfFrames=1 if "NumberOfFrames" not in ds else ds.NumberOfFrames)
     value = rng.choice([b"-1", b"0", b"abc", b"99999", b"1\\2"])
@@ -407,6 +414,7 @@ MUTATIONS: dict[str, Mutation] = {
     "bad_uid": bad_uid,
     "deep_nesting": deep_nesting,
     "nan_values": nan_values,
+    "infinite_spacing": infinite_spacing,
     "bad_frames": bad_frames,
     "zero_rows": zero_rows,
     "wrong_bits": wrong_bits,

@@ -35,6 +35,7 @@ class Outcome:
     reason: str = ""  # the refusal's reason
     status: int = 0  # HTTP status or DIMSE status
     error: str = ""  # what broke (a server error, a broken stream ...)
+    url: str = ""  # a stored object's WADO-RS URL (STOW-RS answers it)
     reads: dict[str, int] = field(default_factory=dict)
 
 
@@ -89,7 +90,10 @@ def stow(
             outcome.error = f"STOW answered {response.status_code}: {response.text[:200]}"
         return outcomes
     answer = response.json()
-    stored = {item["00081155"]["Value"][0] for item in answer.get("00081199", {}).get("Value", [])}
+    stored = {
+        item["00081155"]["Value"][0]: (item.get("00081190", {}).get("Value") or [""])[0]
+        for item in answer.get("00081199", {}).get("Value", [])
+    }
     failed = answer.get("00081198", {}).get("Value", [])
     by_uid = {o.case.sop_instance_uid: o for o in outcomes}
     unmatched = []
@@ -104,7 +108,7 @@ def stow(
             unmatched.append(reason or f"failure reason {code:#x} without a comment")
     for outcome in outcomes:
         if outcome.case.sop_instance_uid in stored:
-            outcome.stored = True
+            outcome.stored, outcome.url = True, stored[outcome.case.sop_instance_uid]
     pending = [o for o in outcomes if not o.stored and not o.reason]
     for outcome, reason in zip(pending, unmatched, strict=False):
         outcome.reason = reason
@@ -143,7 +147,7 @@ def c_store(port: int, called: str, calling: str, cases: list[Case]) -> list[Out
                 path = Path(folder) / f"{case.id}.dcm"
                 try:
                     path.write_bytes(_sendable(case))
-                except UnicodeEncodeError:  # a request UID DICOM cannot even encode: no C-STORE to send
+                except (UnicodeEncodeError, TypeError):  # a request UID DICOM cannot even encode: nothing to send
                     outcome.reason, outcome.status = "not sendable: a non-ASCII UID in the request", -1
                     continue
                 try:
@@ -176,10 +180,20 @@ def _sendable(case: Case) -> bytes:
     A C-STORE carries no File Meta; the SOP class, instance and transfer
     syntax travel in the request and the presentation context instead.
     """
-    from archive.ingest import file_meta_header
+    import io
 
-    header = file_meta_header(case.sop_class_uid, case.affected_sop_instance_uid, case.transfer_syntax)
-    return header + case.dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = case.sop_class_uid
+    meta.MediaStorageSOPInstanceUID = case.affected_sop_instance_uid
+    meta.TransferSyntaxUID = case.transfer_syntax
+    out = io.BytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    # (A non-ASCII UID raises here: pydicom's error wrapper makes it a TypeError.)
+    write_file_meta_info(out, meta, enforce_standard=True)
+    return out.getvalue() + case.dataset
 
 
 # Reading back --------------------------------------------------------------------------
@@ -193,17 +207,12 @@ READS = {
 }
 
 
-def read_back(
-    base: str,
-    headers: dict[str, str],
-    outcome: Outcome,
-    study: str,
-    series: str,
-    session: requests.Session | None = None,
-) -> None:
+def read_back(base: str, headers: dict[str, str], outcome: Outcome, session: requests.Session | None = None) -> None:
     """Read a stored object every way a viewer does; a 5xx, a bad answer or a cut stream is an error."""
+    from urllib.parse import urlsplit
+
     http = session or requests
-    url = f"{base}/dicomweb/studies/{study}/series/{series}/instances/{outcome.case.sop_instance_uid}"
+    url = base + urlsplit(outcome.url).path
     for name, (suffix, accept) in READS.items():
         try:
             response = http.get(url + suffix, headers={**headers, "Accept": accept}, timeout=120)

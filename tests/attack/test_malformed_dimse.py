@@ -17,7 +17,7 @@ from tests.edge.conftest import cloud, edge_token, start_edge, storage_dir  # no
 
 # The edge keeps every object it accepts and forwards it later: a sample of the
 # corpus is enough there (the cloud gets the whole corpus over C-STORE and STOW-RS).
-EDGE_SAMPLES = ("CT_small.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "SC_rgb_rle_2frame.dcm")
+EDGE_SAMPLES = ("CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm")
 
 
 @functools.cache

@@ -451,7 +451,12 @@ def _read_bare(dataset: bytes, transfer_syntax: str) -> tuple[pydicom.Dataset, i
     except MALFORMED as exc:
         raise _malformed("the data set", exc) from exc
     if not any(tag.group > 2 for tag in ds.keys()):
-        raise IngestError("the data set is empty", code="unreadable")
+        raise IngestError(
+            "the data set holds no readable element: it is empty, cut short or malformed"
+            if dataset
+            else "the data set is empty",
+            code="unreadable",
+        )
     try:
         offset, length = _check_complete(ds, len(dataset), 0, io.BytesIO(dataset))
         _read_every_element(ds, "the data set", sequences_only=True)

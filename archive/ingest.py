@@ -975,8 +975,9 @@ def _ingest(
                         discard_unindexed(session)
                     raise
                 continue
-            except BaseException:
+            except BaseException as exc:
                 # Nothing may stay in storage that the index does not know.
+                exc.sop_instance_uid, exc.sop_class_uid = sop_uid, sop_class  # type: ignore[attr-defined]  # for refusal()
                 _wait_quietly(written)
                 session.unindexed.append(key)
                 if not transaction.get_connection().in_atomic_block:
@@ -1028,12 +1029,16 @@ def refusal(exc: Exception) -> IngestError:
         return exc
     if isinstance(exc, DatabaseError):
         log.exception("an object could not be indexed")
-        return IngestError(f"the archive could not index the object: {type(exc).__name__}", code="storage")
-    if isinstance(exc, MALFORMED):
+        refused = IngestError(f"the archive could not index the object: {type(exc).__name__}", code="storage")
+    elif isinstance(exc, MALFORMED):
         log.info("refused an object that could not be read", exc_info=True)
-        return _malformed("the object", exc)
-    log.exception("an object could not be archived")
-    return IngestError(f"the object could not be archived: {type(exc).__name__}: {exc}", code="unreadable")
+        refused = _malformed("the object", exc)
+    else:
+        log.exception("an object could not be archived")
+        refused = IngestError(f"the object could not be archived: {type(exc).__name__}: {exc}", code="unreadable")
+    refused.sop_instance_uid = getattr(exc, "sop_instance_uid", "")
+    refused.sop_class_uid = getattr(exc, "sop_class_uid", "")
+    return refused
 
 
 def announce_deferred(session: IngestSession) -> None:

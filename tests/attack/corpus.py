@@ -110,7 +110,7 @@ def _fresh(sample: str, rng: random.Random) -> pydicom.Dataset:
     ds.SeriesInstanceUID = _uid(rng)
     ds.SOPInstanceUID = _uid(rng)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.PatientID = f"ATK{rng.randrange(10_000):04d}"
+    ds.PatientID = f"ATK{rng.getrandbits(48):012x}"  # one patient per case: no clash between cases
     ds.PatientName = "张^三"
     ds.SpecificCharacterSet = "ISO_IR 192"
     return ds

@@ -109,15 +109,16 @@ def do_mark_study_reported(
 
 
 def do_reopen_study(study_pk: Any, *, actor: Any = None, actor_label: str = "", reason: str = "") -> bool:
-    """A complete study (not yet routed) that receives a late instance goes back to receiving.
+    """A complete or routed study that receives a late instance goes back to receiving.
 
     It becomes complete again after another stability window, and
-    ``study_completed`` is sent again then. A routed or reported study stays
-    where it is (the late instance is announced by ``instance_stored``).
+    ``study_completed`` is sent again then: the reading workflow continues
+    the study's process and tells its readers the study grew. A reported
+    study stays where it is (the late instance is announced by ``instance_stored``).
     """
     with transaction.atomic():
         locked = Study.objects.select_for_update().get(pk=study_pk)
-        if locked.state != Study.State.COMPLETE:
+        if locked.state not in (Study.State.COMPLETE, Study.State.ROUTED):
             return False
         apply_transition(
             locked,

@@ -43,7 +43,16 @@ from pacs_cloud.tenancy import current_institution
 from . import query as q
 from . import retrieve
 from .access import access_study, searchable_studies
-from .ingest import IngestError, IngestSession, Source, metadata_of, store_instance, store_part10
+from .ingest import (
+    IngestError,
+    IngestSession,
+    Source,
+    discard_unindexed,
+    metadata_of,
+    refusal,
+    store_instance,
+    store_part10,
+)
 from .models import Instance, Series, Study
 from .multipart import Acceptable, MultipartError, PartReader, closing, new_boundary, parse_accept, parse_media_type
 from .multipart import part_header as _part_header
@@ -356,17 +365,27 @@ class InstanceSearchView(DicomWebView):
 def _store_institution(request: Request) -> Institution:
     """The institution a STOW stores for: the session's current one, or the caller's only one."""
     allowed = access.institution_ids(request.user, STORE_ROLES)
+    chosen = request.query_params.get("institution")
+    if chosen:
+        # Named: that one or none, whatever the session's current institution is.
+        try:
+            return access.access_institution(request.user, chosen, *STORE_ROLES)
+        except Http404:
+            raise PermissionError(
+                f"you cannot store images for institution {chosen[:40]!r}: it is not one where you hold "
+                "the technologist or radiologist role"
+            ) from None
     current = current_institution(request._request) if hasattr(request._request, "session") else None
     if current is not None and current.pk in allowed:
         return current
-    chosen = request.query_params.get("institution")
-    if chosen:
-        return access.access_institution(request.user, chosen, *STORE_ROLES)
     if len(allowed) == 1:
         return Institution.objects.get(pk=next(iter(allowed)))
     if not allowed:
         raise PermissionError("storing images needs the technologist or radiologist role")
     raise LookupError("you store for several institutions: name one with the 'institution' query parameter")
+
+
+_NEW_KEY = "new storage key"
 
 
 def _failed_item(sop_class: str, sop_uid: str, code: str, reason: str) -> dict[str, Any]:
@@ -432,17 +451,23 @@ def _stow(request: Request, study_uid: str | None) -> HttpResponse:
                     unreadable = exc
         except DatabaseError as exc:
             log.exception("a STOW-RS batch could not be indexed")
-            reason = f"the index could not be written: {exc}"
+            reason = f"the index could not be written: {type(exc).__name__}"
             for item in stored[first:]:
                 sop_class, sop_uid = item["00081150"]["Value"][0], item["00081155"]["Value"][0]
                 failed.append(_failed_item(sop_class, sop_uid, "storage", reason))
+                if item.get(_NEW_KEY):
+                    session.unindexed.append(item[_NEW_KEY])
             del stored[first:]
-            failed.append(_failed_item("", "", "storage", reason))  # the part being stored when it failed
+            discard_unindexed(session)  # their rows were rolled back: so are their objects
             finished = False  # the parts after it get a batch of their own
+        for item in stored[first:]:
+            item.pop(_NEW_KEY, None)
     if unreadable is not None:
         if not stored and not failed:
             return _problem(400, f"the multipart body cannot be read: {unreadable}")
         failed.append(_failed_item("", "", "bad_part", str(unreadable)))
+    if not stored and not failed:
+        return _problem(400, "the request holds no part to store")
     body: dict[str, Any] = {}
     if len(studies) == 1 or study_uid:
         body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study_uid or next(iter(studies))}"]}
@@ -473,6 +498,10 @@ def _store_part(
         if media_type != "application/dicom":
             failed.append(_failed_item("", "", "unsupported_media", f"a part of type {media_type} is not stored"))
             return
+        # Each part in a savepoint of the batch's transaction: a part that fails
+        # in the database takes only its own rows with it (a refusal keeps
+        # what it recorded, such as a conflict kept aside for review).
+        savepoint = transaction.savepoint()
         try:
             if part.data is not None:
                 result = store_part10(
@@ -480,9 +509,16 @@ def _store_part(
                 )
             else:
                 result = store_instance(part.path, institution=institution, session=session, only_study=study_uid)
-        except IngestError as exc:
-            failed.append(_failed_item(exc.sop_class_uid, exc.sop_instance_uid, exc.code, exc.reason))
+        except Exception as exc:
+            if isinstance(exc, IngestError):
+                transaction.savepoint_commit(savepoint)
+            else:
+                transaction.savepoint_rollback(savepoint)
+            refused = refusal(exc)
+            discard_unindexed(session)
+            failed.append(_failed_item(refused.sop_class_uid, refused.sop_instance_uid, refused.code, refused.reason))
             return
+        transaction.savepoint_commit(savepoint)
         instance = result.instance
         study_uid, series_uid = result.study_instance_uid, result.series_instance_uid
         studies.add(study_uid)
@@ -492,6 +528,8 @@ def _store_part(
                 "00081150": {"vr": "UI", "Value": [instance.sop_class_uid]},
                 "00081155": {"vr": "UI", "Value": [instance.sop_instance_uid]},
                 "00081190": {"vr": "UR", "Value": [f"{url}/instances/{instance.sop_instance_uid}"]},
+                # (Taken out before answering: the object to remove if the batch is rolled back.)
+                _NEW_KEY: instance.storage_key if result.created else "",
             }
         )
     finally:
@@ -585,9 +623,19 @@ def _retrieve(
     overrides = dict(study.header_overrides or {})
     if choices[0].media_type == "application/dicom":
         instance, syntax = plan[0]
-        response = _streaming(
-            request, lambda: retrieve.as_part10(instance, transfer_syntax=syntax, overrides=overrides)
-        )
+        if syntax != instance.transfer_syntax_uid or overrides:
+            # Converted before the answer starts: a conversion that fails is a
+            # clean refusal, not a 200 whose body stops.
+            try:
+                converted = _converted(instance, syntax, overrides)
+            except Exception as exc:
+                log.warning("could not convert %s to %s", instance.sop_instance_uid, syntax, exc_info=True)
+                return _problem(
+                    406, f"instance {instance.sop_instance_uid} cannot be converted to {syntax}: {exc}"[:300]
+                )
+            response: HttpResponseBase = HttpResponse(converted)
+        else:
+            response = _streaming(request, lambda: retrieve.iter_object(instance))
         response["Content-Type"] = f"application/dicom; transfer-syntax={syntax}"
         return response
     boundary = new_boundary()
@@ -599,10 +647,44 @@ def _retrieve(
     return response
 
 
+def _converted(instance: Instance, syntax: str, overrides: dict[str, str]) -> bytes:
+    return b"".join(retrieve.as_part10(instance, transfer_syntax=syntax, overrides=overrides))
+
+
+def _prepared_part(instance: Instance, syntax: str, overrides: dict[str, str]) -> tuple[str, Iterator[bytes]] | None:
+    """One part's transfer syntax and bytes, decided before its header is sent.
+
+    An object that cannot be converted goes out as stored (its part says in
+    which transfer syntax, PS3.18 8.7.3.5.2), with its corrections if it has
+    any; one that cannot be read at all is left out rather than breaking the
+    response in the middle.
+    """
+    if syntax == instance.transfer_syntax_uid and not overrides:
+        return syntax, retrieve.iter_object(instance)
+    try:
+        return syntax, iter([_converted(instance, syntax, overrides)])
+    except Exception:
+        log.warning(
+            "could not convert %s to %s; sending it as stored", instance.sop_instance_uid, syntax, exc_info=True
+        )
+    stored = instance.transfer_syntax_uid
+    if not overrides:
+        return stored, retrieve.iter_object(instance)
+    try:
+        return stored, iter([_converted(instance, stored, overrides)])
+    except Exception:
+        log.exception("could not read %s; it is left out of the retrieval", instance.sop_instance_uid)
+        return None
+
+
 def _parts(plan: list[tuple[Instance, str]], boundary: str, overrides: dict[str, str]) -> Iterator[bytes]:
     for instance, syntax in plan:
-        yield _part_header(boundary, f"application/dicom; transfer-syntax={syntax}")
-        yield from retrieve.as_part10(instance, transfer_syntax=syntax, overrides=overrides)
+        prepared = _prepared_part(instance, syntax, overrides)
+        if prepared is None:
+            continue
+        used, chunks = prepared
+        yield _part_header(boundary, f"application/dicom; transfer-syntax={used}")
+        yield from chunks
         yield b"\r\n"
     yield closing(boundary)
 
@@ -619,14 +701,15 @@ async def _stream_parts(
     """
     storage = get_storage()
     pending = b""
+    loop = asyncio.get_running_loop()
     for instance, syntax in plan:
-        pending += _part_header(boundary, f"application/dicom; transfer-syntax={syntax}")
         path = (
             storage.local_path(instance.storage_key)
             if syntax == instance.transfer_syntax_uid and not overrides
             else None
         )
         if path is not None:
+            pending += _part_header(boundary, f"application/dicom; transfer-syntax={syntax}")
             with open(path, "rb") as handle:
                 first = handle.read(CHUNK - len(pending))
                 yield pending + first
@@ -634,16 +717,17 @@ async def _stream_parts(
                 while chunk := handle.read(CHUNK):
                     yield chunk
         else:
-            async for chunk in _threaded(_part10_producer(instance, syntax, overrides)):
+            prepared = await loop.run_in_executor(None, _prepared_part, instance, syntax, overrides)
+            if prepared is None:
+                continue
+            used, chunks = prepared
+            pending += _part_header(boundary, f"application/dicom; transfer-syntax={used}")
+            async for chunk in _threaded(lambda chunks=chunks: chunks):  # type: ignore[misc]
                 if pending:
                     chunk, pending = pending + chunk, b""
                 yield chunk
         pending += b"\r\n"
     yield pending + closing(boundary)
-
-
-def _part10_producer(instance: Instance, syntax: str, overrides: dict[str, str]) -> Callable[[], Iterator[bytes]]:
-    return lambda: retrieve.as_part10(instance, transfer_syntax=syntax, overrides=overrides)
 
 
 def _streaming(request: Request, parts: Callable[[], Iterator[bytes]]) -> StreamingHttpResponse:
@@ -814,6 +898,11 @@ class FramesView(DicomWebView):
             return _problem(404, str(exc))
         except retrieve.CannotTranscode as exc:
             return _problem(406, str(exc))
+        except Exception as exc:  # pixel data the codec or the reader cannot take: refused, not a server error
+            log.warning("could not read frames of %s", instance_uid, exc_info=True)
+            return _problem(
+                406, f"the frames of this instance cannot be read as asked: {type(exc).__name__}: {exc}"[:300]
+            )
         audit_study_read(request, "archive.study.frames", found, sop_instance_uid=instance_uid, frames=numbers[:50])
         boundary = new_boundary()
         url = _instance_url(dicomweb_base(), study_uid, series_uid, instance_uid)

@@ -75,7 +75,7 @@ from pacs_cloud.models import Institution
 
 from . import query as q
 from . import retrieve
-from .ingest import IngestError, IngestSession, Source, announce_deferred, store_dataset
+from .ingest import IngestError, IngestSession, Source, announce_deferred, refusal, store_dataset
 from .models import DicomNode, Instance, Patient, Study
 
 log = logging.getLogger(__name__)
@@ -1047,13 +1047,20 @@ def handle_store(event: Any) -> Any:
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
         )
-    except IngestError as exc:
-        log.info("refused %s from %s: %s", request.AffectedSOPInstanceUID, session.source.label, exc.reason)
-        status = Dataset()
-        status.Status = STORE_STATUS.get(exc.code, STATUS_CANNOT_UNDERSTAND)
-        status.ErrorComment = exc.reason[:64]
-        return status
+    except Exception as exc:  # every object is stored or refused with its reason, never an unhandled 0xC211
+        refused = refusal(exc)
+        log.info("refused %s from %s: %s", request.AffectedSOPInstanceUID, session.source.label, refused.reason)
+        return store_failure(refused)
     return STATUS_SUCCESS
+
+
+def store_failure(refused: IngestError) -> Dataset:
+    """A C-STORE failure status (PS3.4 B.2.3) with the reason in Error Comment (PS3.7 C.4.2.1.4)."""
+    status = Dataset()
+    status.Status = STORE_STATUS.get(refused.code, STATUS_CANNOT_UNDERSTAND)
+    # Error Comment is LO: at most 64 characters of the default repertoire.
+    status.ErrorComment = refused.reason.encode("ascii", "replace").decode("ascii")[:64]
+    return status
 
 
 # C-FIND ----------------------------------------------------------------------------

@@ -29,8 +29,10 @@ import datetime as dt
 import hashlib
 import io
 import logging
+import math
 import re
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,10 +42,10 @@ from zoneinfo import ZoneInfo
 
 import pydicom
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import (
@@ -151,6 +153,9 @@ class IngestSession:
     # has answered the sender (:func:`announce_deferred`). Either way it
     # runs only after the instance is durable and indexed.
     deferred: list[Callable[[], Any]] | None = None
+    # Storage keys written for objects whose index rows did not survive (a
+    # failed insert, a rolled-back transaction): removed by discard_unindexed.
+    unindexed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -232,13 +237,48 @@ def _looks_like_dicom(fp: Any) -> bool:
     return little in (0x0002, 0x0008) or big in (0x0002, 0x0008)
 
 
+# What pydicom raises on malformed bytes, besides its own InvalidDicomError:
+# a bad length (struct.error, OverflowError, BytesLengthException), an unknown VR (NotImplementedError), Deflate declared on plain
+# data (zlib.error), undecodable text (UnicodeError is a ValueError), a
+# sequence nested past the interpreter's limit (RecursionError).
+MALFORMED = (
+    InvalidDicomError,
+    BytesLengthException,
+    EOFError,
+    ValueError,
+    OSError,
+    KeyError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    NotImplementedError,
+    OverflowError,
+    RecursionError,
+    struct.error,
+    zlib.error,
+)
+# Deepest nesting of sequences accepted: real objects nest a few levels;
+# reading, rendering and JSON all recurse once per level.
+MAX_SEQUENCE_DEPTH = 32
+
+
+def _malformed(what: str, exc: BaseException) -> IngestError:
+    if isinstance(exc, RecursionError):
+        return IngestError(f"{what} nests sequences too deeply to be read", code="unreadable")
+    if isinstance(exc, EOFError):
+        return IngestError(f"{what} is cut short: {exc}", code="truncated")
+    if isinstance(exc, zlib.error):
+        return IngestError(f"{what} is not deflated as its transfer syntax says: {exc}", code="unreadable")
+    return IngestError(f"{what} is not a readable DICOM data set: {type(exc).__name__}: {exc}", code="unreadable")
+
+
 def _parse(fp: Any, what: str) -> pydicom.Dataset:
     if not _looks_like_dicom(fp):
         raise IngestError(f"{what} is not DICOM (no DICM marker and no data set)", code="unreadable")
     try:
         ds = pydicom.dcmread(fp, defer_size=BULK_DATA_THRESHOLD, force=True)
-    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, NotImplementedError) as exc:
-        raise IngestError(f"{what} is not a readable DICOM data set: {exc}", code="unreadable") from exc
+    except MALFORMED as exc:
+        raise _malformed(what, exc) from exc
     if len(ds) == 0 or not any(tag.group > 2 for tag in ds.keys()):
         raise IngestError(f"{what} holds no DICOM data set", code="unreadable")
     return ds
@@ -255,8 +295,25 @@ def _syntax_of(ds: pydicom.Dataset) -> str:
     return ImplicitVRLittleEndian if getattr(ds, "is_implicit_VR", True) else ExplicitVRLittleEndian
 
 
-def _check_complete(ds: pydicom.Dataset, available: int, header_shift: int) -> tuple[int | None, int | None]:
-    """Refuse a data set cut short; return the Pixel Data value's offset and length in the object."""
+def _check_complete(
+    ds: pydicom.Dataset, available: int, header_shift: int, fp: Any = None
+) -> tuple[int | None, int | None]:
+    """Refuse a data set cut short or whose pixel data a read could not use.
+
+    Returns the Pixel Data value's offset and length in the object (native
+    pixel data of defined length), else ``(None, None)``.
+    """
+    last = max(ds._dict.values(), key=lambda e: getattr(e, "value_tell", -1) or -1, default=None)
+    last_length = getattr(last, "length", None)
+    last_tell = getattr(last, "value_tell", None)
+    if last_tell is not None and last_length is not None and last_length != 0xFFFFFFFF:
+        # pydicom keeps what there is of a value cut short by the end of the data.
+        if last_tell + last_length > available:
+            raise IngestError(
+                f"the data set is cut short: ({last.tag.group:04X},{last.tag.element:04X}) needs "  # type: ignore[union-attr]
+                f"{last_length} bytes, {max(0, available - last_tell)} present",
+                code="truncated",
+            )
     for tag in PIXEL_DATA_TAGS:
         element = ds._dict.get(tag)
         if element is None:
@@ -264,16 +321,19 @@ def _check_complete(ds: pydicom.Dataset, available: int, header_shift: int) -> t
         length = getattr(element, "length", None)
         tell = getattr(element, "value_tell", None)
         if length is None or tell is None:
+            _check_image(ds, element, None)
             return None, None
         if length == 0xFFFFFFFF:
-            # Encapsulated: pydicom has read up to the sequence delimiter,
-            # which a cut-short file lacks (it raised while parsing).
+            # Encapsulated: every fragment must be whole and the sequence closed.
+            fragments = _count_fragments(fp, tell, available) if fp is not None else None
+            _check_image(ds, element, fragments)
             return None, None
         if tell + length > available:
             raise IngestError(
                 f"the data set is cut short: Pixel Data needs {length} bytes, {max(0, available - tell)} present",
                 code="truncated",
             )
+        _check_image(ds, element, None)
         expected = _native_pixel_bytes(ds)
         if expected and length < expected:
             raise IngestError(
@@ -282,6 +342,77 @@ def _check_complete(ds: pydicom.Dataset, available: int, header_shift: int) -> t
             )
         return tell + header_shift, length
     return None, None
+
+
+def _count_fragments(fp: Any, start: int, available: int) -> int:
+    """Walk the items of an encapsulated Pixel Data value (PS3.5 A.4); the number of fragments after the offset table.
+
+    Only the 8-byte item headers are read, so a large object costs a few seeks.
+    """
+    position, items = start, 0
+    while True:
+        fp.seek(position)
+        head = fp.read(8)
+        if len(head) < 8:
+            raise IngestError("the data set is cut short: the compressed pixel data is not closed", code="truncated")
+        group, element, length = struct.unpack("<HHI", head)
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return max(0, items - 1)  # the first item is the Basic Offset Table
+        if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+            raise IngestError(
+                f"the compressed pixel data is malformed: ({group:04X},{element:04X}) where an item belongs",
+                code="truncated",
+            )
+        position += 8 + length
+        if position > available:
+            raise IngestError(
+                f"the data set is cut short: a compressed fragment needs {length} bytes, "
+                f"{max(0, available - position + length)} present",
+                code="truncated",
+            )
+        items += 1
+
+
+def _image_attribute(ds: pydicom.Dataset, keyword: str) -> int | None:
+    """A single-valued integer image attribute, None if absent; refuses a malformed one."""
+    try:
+        value = ds.get(keyword)
+    except MALFORMED as exc:
+        raise IngestError(f"{keyword} is malformed: {exc}", code="unreadable") from exc
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue):
+        raise IngestError(f"{keyword} has {len(value)} values, an image has one", code="unreadable")
+    try:
+        number = int(value)
+    except (TypeError, ValueError) as exc:
+        raise IngestError(f"{keyword} {str(value)[:20]!r} is not a whole number", code="unreadable") from exc
+    return number
+
+
+def _check_image(ds: pydicom.Dataset, pixel_element: Any, fragments: int | None) -> None:
+    """The image attributes a read needs are there and agree with the pixel data (PS3.3 C.7.6.3)."""
+    frames = _image_attribute(ds, "NumberOfFrames")
+    if frames is not None and not 1 <= frames <= 2**31 - 1:
+        raise IngestError(f"Number of Frames {frames} is not a positive number", code="unreadable")
+    if pixel_element is None:
+        return
+    if getattr(pixel_element, "length", 1) == 0:
+        return  # an empty Pixel Data: nothing to read
+    for keyword in ("Rows", "Columns", "BitsAllocated"):
+        value = _image_attribute(ds, keyword)
+        if value is None or value < 1:
+            raise IngestError(f"an image with Pixel Data needs {keyword} of at least 1, not {value}", code="unreadable")
+    samples = _image_attribute(ds, "SamplesPerPixel")
+    if samples is not None and samples not in (1, 3, 4):
+        raise IngestError(f"Samples per Pixel {samples} is not 1, 3 or 4", code="unreadable")
+    if fragments is not None:
+        if fragments == 0:
+            raise IngestError("the compressed pixel data holds no fragment", code="truncated")
+        if frames is not None and fragments < frames:
+            raise IngestError(
+                f"the compressed pixel data holds {fragments} fragments for {frames} frames", code="truncated"
+            )
 
 
 def _native_pixel_bytes(ds: pydicom.Dataset) -> int:
@@ -299,9 +430,14 @@ def _native_pixel_bytes(ds: pydicom.Dataset) -> int:
 def _read_elements(fp: Any, what: str, size: int, header_shift: int) -> tuple[pydicom.Dataset, int | None, int | None]:
     ds = _parse(fp, what)
     deflated = _syntax_of(ds) == DeflatedExplicitVRLittleEndian
-    # Offsets first, while Pixel Data is still a raw element that knows where it is.
-    offset, length = (None, None) if deflated else _check_complete(ds, size, header_shift)
-    _read_every_element(ds, what)
+    try:
+        # Offsets first, while Pixel Data is still a raw element that knows where it is.
+        offset, length = (None, None) if deflated else _check_complete(ds, size, header_shift, fp)
+        _read_every_element(ds, what)
+        if deflated:
+            _check_image(ds, ds._dict.get(BaseTag(0x7FE00010)), None)
+    except MALFORMED as exc:
+        raise _malformed(what, exc) from exc
     return ds, offset, length
 
 
@@ -312,14 +448,20 @@ def _read_bare(dataset: bytes, transfer_syntax: str) -> tuple[pydicom.Dataset, i
         ds = read_dataset(io.BytesIO(dataset), syntax.is_implicit_VR, syntax.is_little_endian)
         # The elements as read, before any is converted: json_metadata knows them by their bytes.
         ds._raw_elements = dict(ds._dict)
-    except EOFError as exc:
-        raise IngestError(f"the data set is cut short: {exc}", code="truncated") from exc
-    except (InvalidDicomError, ValueError, OSError, KeyError, TypeError, NotImplementedError) as exc:
-        raise IngestError(f"the data set is not readable DICOM: {exc}", code="unreadable") from exc
+    except MALFORMED as exc:
+        raise _malformed("the data set", exc) from exc
     if not any(tag.group > 2 for tag in ds.keys()):
-        raise IngestError("the data set is empty", code="unreadable")
-    offset, length = _check_complete(ds, len(dataset), 0)
-    _read_every_element(ds, "the data set", sequences_only=True)
+        raise IngestError(
+            "the data set holds no readable element: it is empty, cut short or malformed"
+            if dataset
+            else "the data set is empty",
+            code="unreadable",
+        )
+    try:
+        offset, length = _check_complete(ds, len(dataset), 0, io.BytesIO(dataset))
+        _read_every_element(ds, "the data set", sequences_only=True)
+    except MALFORMED as exc:
+        raise _malformed("the data set", exc) from exc
     return ds, offset, length
 
 
@@ -334,38 +476,70 @@ def _read_every_element(ds: pydicom.Dataset, what: str, sequences_only: bool = F
                 continue
             element = ds[tag]
             if element.VR == "SQ":
-                for item in element.value:
-                    for nested in item.iterall():
-                        _ = nested.value
-    except EOFError as exc:
-        raise IngestError(f"{what} is cut short: {exc}", code="truncated") from exc
-    except (ValueError, OSError, KeyError, TypeError, NotImplementedError) as exc:
-        raise IngestError(f"{what} has a malformed element: {exc}", code="unreadable") from exc
+                _read_sequence(element, what)
+    except IngestError:
+        raise
+    except MALFORMED as exc:
+        if isinstance(exc, EOFError | RecursionError):
+            raise _malformed(what, exc) from exc
+        raise IngestError(f"{what} has a malformed element: {type(exc).__name__}: {exc}", code="unreadable") from exc
+
+
+def _read_sequence(sequence: Any, what: str) -> None:
+    """Read every element inside a sequence, level by level (no recursion), refusing deep nesting."""
+    pending = [(sequence, 1)]
+    while pending:
+        element, depth = pending.pop()
+        if depth > MAX_SEQUENCE_DEPTH:
+            raise IngestError(f"{what} nests sequences more than {MAX_SEQUENCE_DEPTH} levels deep", code="unreadable")
+        for item in element.value:
+            for tag in list(item._dict):
+                nested = item[tag]
+                if nested.VR == "SQ":
+                    pending.append((nested, depth + 1))
 
 
 def _require_uids(ds: pydicom.Dataset) -> tuple[str, str, str, str]:
+    """The Study, Series, SOP Instance and SOP Class UIDs: each present, single-valued and conformant."""
+    keywords = (
+        ("StudyInstanceUID", "Study Instance UID"),
+        ("SeriesInstanceUID", "Series Instance UID"),
+        ("SOPInstanceUID", "SOP Instance UID"),
+        ("SOPClassUID", "SOP Class UID"),
+    )
+    found = []
     try:
-        return (
-            require_uid(_text(ds, "StudyInstanceUID"), "Study Instance UID"),
-            require_uid(_text(ds, "SeriesInstanceUID"), "Series Instance UID"),
-            require_uid(_text(ds, "SOPInstanceUID"), "SOP Instance UID"),
-            require_uid(_text(ds, "SOPClassUID"), "SOP Class UID"),
-        )
+        for keyword, what in keywords:
+            found.append(require_uid(_single_uid(ds, keyword, what), what, strict=True))
     except InvalidUID as exc:
         sop = _text(ds, "SOPInstanceUID")
         raise IngestError(str(exc), code="bad_uid", sop_instance_uid=sop if is_valid_uid(sop) else "") from exc
+    return found[0], found[1], found[2], found[3]
+
+
+def _single_uid(ds: pydicom.Dataset, keyword: str, what: str) -> str:
+    try:
+        value = ds.get(keyword, "")
+    except MALFORMED as exc:
+        raise InvalidUID(f"{what} cannot be read: {exc}") from exc
+    if isinstance(value, pydicom.multival.MultiValue):
+        if len(value) != 1:
+            raise InvalidUID(f"{what} has {len(value)} values; it must have one")
+        value = value[0]
+    return str(value if value is not None else "").strip().strip("\x00")
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
     try:
         value = ds.get(keyword, "")
-    except (ValueError, TypeError, KeyError):
+    except MALFORMED:  # converted lazily: an unknown VR or a bad length shows up here
         return ""
     if value is None:
         return ""
     if isinstance(value, pydicom.multival.MultiValue):
         value = value[0] if len(value) else ""
-    return str(value).strip().strip("\x00")
+    # (A NUL inside a value is kept by no database text column.)
+    return str(value).replace("\x00", "").strip()
 
 
 def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
@@ -374,7 +548,7 @@ def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
         if isinstance(value, pydicom.multival.MultiValue):
             value = value[0] if len(value) else None
         return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except MALFORMED:
         return None
 
 
@@ -442,7 +616,7 @@ def _json_metadata_reusing(ds: pydicom.Dataset, raw_elements: dict, known: dict[
             keys[name] = key
         try:
             missing.add(ds[tag])
-        except (ValueError, TypeError, KeyError, OverflowError, EOFError, NotImplementedError):
+        except MALFORMED:
             log.info("left %s out of the metadata of %s", tag, _text(ds, "SOPInstanceUID"))
     converted = _to_json(missing)
     if len(known) > _REUSED_ELEMENTS_LIMIT:
@@ -463,8 +637,8 @@ def _to_json(ds: pydicom.Dataset) -> dict:
         return ""
 
     try:
-        return ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk)
-    except (ValueError, TypeError, KeyError, OverflowError):
+        return _storable(ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk))
+    except MALFORMED:
         result = {}
         for element in ds:
             try:
@@ -473,9 +647,34 @@ def _to_json(ds: pydicom.Dataset) -> dict:
                         bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk
                     )
                 )
-            except (ValueError, TypeError, KeyError, OverflowError):
+            except MALFORMED:
                 log.info("left %s out of the metadata of %s", element.tag, _text(ds, "SOPInstanceUID"))
-        return result
+        return _storable(result)
+
+
+def _storable(element_map: dict) -> dict:
+    """DICOM JSON the database keeps: JSON has no NaN or infinity and PostgreSQL no NUL in text.
+
+    A non-finite number (a DS of "NaN", an FD of infinity) becomes an empty
+    value (PS3.18 F.2.5); NULs inside strings are dropped.
+    """
+    for element in element_map.values():
+        values = element.get("Value") if isinstance(element, dict) else None
+        if values:
+            element["Value"] = [_storable_value(value) for value in values]
+    return element_map
+
+
+def _storable_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        if all(isinstance(part, str) for part in value.values()):  # a person name's groups
+            return {key: _storable_value(part) for key, part in value.items()}
+        return _storable(value)  # a sequence item
+    return value
 
 
 def metadata_of(instance: Instance) -> dict:
@@ -544,12 +743,19 @@ def store_instance(
     with open(path, "rb") as handle:
         # Offsets come back as positions in this file; they move with the header below.
         ds, pixel_offset, pixel_length = _read_elements(handle, "the file", size, 0)
-    meta = getattr(ds, "file_meta", None)
-    if "DirectoryRecordSequence" in ds or str(getattr(meta, "MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
+    try:
+        meta = getattr(ds, "file_meta", None)
+        media_class = str(getattr(meta, "MediaStorageSOPClassUID", ""))
+        syntax = _syntax_of(ds)
+        syntax_uid = UID(syntax)
+        if not syntax_uid.is_transfer_syntax:
+            raise IngestError(f"{syntax[:64]!r} is not a transfer syntax", code="unreadable")
+    except MALFORMED as exc:
+        raise _malformed("the file's File Meta Information", exc) from exc
+    if "DirectoryRecordSequence" in ds or media_class == MEDIA_STORAGE_DIRECTORY:
         raise IngestError(
             "a DICOMDIR is a media directory, not an image: import the files it lists", code="not_an_image"
         )
-    syntax = _syntax_of(ds)
     uids = _require_uids(ds)
     header = file_meta_header(uids[3], uids[2], syntax)
     obj = _Object(transfer_syntax=syntax, header=header, path=path, offset=offset)
@@ -590,12 +796,15 @@ def store_part10(
     """
     end = _meta_end(data)
     meta = None
+    syntax = ""
     if end is not None and end <= len(data):
         try:
             meta = read_dataset(io.BytesIO(data[132:end]), False, True)
-        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, NotImplementedError):
+            syntax = str(meta.get("TransferSyntaxUID", "") or "")
+            media_class = str(meta.get("MediaStorageSOPClassUID", "") or "")
+            media_instance = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
+        except MALFORMED:
             meta = None
-    syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
     if meta is None or not syntax or end is None:
         import tempfile
 
@@ -603,7 +812,7 @@ def store_part10(
             handle.write(data)
             handle.flush()
             return store_instance(Path(handle.name), institution=institution, session=session, only_study=only_study)
-    if str(meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
+    if media_class == MEDIA_STORAGE_DIRECTORY:
         raise IngestError(
             "a DICOMDIR is a media directory, not an image: import the files it lists", code="not_an_image"
         )
@@ -612,8 +821,8 @@ def store_part10(
         transfer_syntax=syntax,
         institution=institution,
         session=session,
-        sop_class_uid=str(meta.get("MediaStorageSOPClassUID", "") or ""),
-        sop_instance_uid=str(meta.get("MediaStorageSOPInstanceUID", "") or ""),
+        sop_class_uid=media_class,
+        sop_instance_uid=media_instance,
         only_study=only_study,
     )
 
@@ -761,10 +970,18 @@ def _ingest(
                 _wait_until_stored(written, key)
                 session.studies.pop(study_uid, None)
                 if attempt:
+                    session.unindexed.append(key)
+                    if not transaction.get_connection().in_atomic_block:
+                        discard_unindexed(session)
                     raise
                 continue
-            except BaseException:
+            except BaseException as exc:
+                # Nothing may stay in storage that the index does not know.
+                exc.sop_instance_uid, exc.sop_class_uid = sop_uid, sop_class  # type: ignore[attr-defined]  # for refusal()
                 _wait_quietly(written)
+                session.unindexed.append(key)
+                if not transaction.get_connection().in_atomic_block:
+                    discard_unindexed(session)
                 raise
             try:
                 _wait_until_stored(written, key)
@@ -784,6 +1001,44 @@ def _ingest(
         exc.sop_instance_uid = exc.sop_instance_uid or sop_uid
         exc.sop_class_uid = exc.sop_class_uid or sop_class
         raise
+
+
+def discard_unindexed(session: IngestSession) -> None:
+    """Remove the objects written for index rows that did not survive, unless another row uses the same key.
+
+    Call it where the transaction can be read again: after the failed
+    statement's savepoint (or the request's transaction) was rolled back.
+    """
+    storage = get_storage()
+    while session.unindexed:
+        key = session.unindexed.pop()
+        try:
+            if (
+                Instance.objects.filter(storage_key=key).exists()
+                or IngestConflict.objects.filter(storage_key=key).exists()
+            ):
+                continue
+            storage.delete(key)
+        except Exception:  # the object stays; rebuild_index and verify_archive list it
+            log.exception("could not remove %s, which the index does not know", key)
+
+
+def refusal(exc: Exception) -> IngestError:
+    """The refusal to answer for an unexpected failure while archiving one object (never a server error)."""
+    if isinstance(exc, IngestError):
+        return exc
+    if isinstance(exc, DatabaseError):
+        log.exception("an object could not be indexed")
+        refused = IngestError(f"the archive could not index the object: {type(exc).__name__}", code="storage")
+    elif isinstance(exc, MALFORMED):
+        log.info("refused an object that could not be read", exc_info=True)
+        refused = _malformed("the object", exc)
+    else:
+        log.exception("an object could not be archived")
+        refused = IngestError(f"the object could not be archived: {type(exc).__name__}: {exc}", code="unreadable")
+    refused.sop_instance_uid = getattr(exc, "sop_instance_uid", "")
+    refused.sop_class_uid = getattr(exc, "sop_class_uid", "")
+    return refused
 
 
 def announce_deferred(session: IngestSession) -> None:
@@ -1361,8 +1616,8 @@ def _get_or_create_series(
 
 
 def _reopen_if_complete(study_pk: Any, source: Source) -> None:
-    """A late instance for a study already complete (not yet routed) reopens it."""
-    if Study.objects.filter(pk=study_pk, state=Study.State.COMPLETE).exists():
+    """A late instance for a study already complete (or routed already) reopens its completeness."""
+    if Study.objects.filter(pk=study_pk, state__in=(Study.State.COMPLETE, Study.State.ROUTED)).exists():
         from .actions import do_reopen_study
 
         do_reopen_study(study_pk, actor=source.actor, actor_label=source.label, reason="a new instance arrived")

@@ -124,7 +124,9 @@ def dataset_bytes(ds: pydicom.Dataset, transfer_syntax: str) -> bytes:
     syntax = UID(transfer_syntax)
     body = DicomBytesIO()
     body.is_little_endian, body.is_implicit_VR = syntax.is_little_endian, syntax.is_implicit_VR
-    ds.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian, ds.original_character_set)
+    # The data set keeps the encoding it was read in: pydicom converts what it
+    # read in another one (implicit VR elements get their VR, ambiguous VRs
+    # are resolved) instead of copying their bytes into the new encoding.
     pydicom.filewriter.write_dataset(body, ds)
     return body.getvalue()
 

@@ -27,6 +27,7 @@ URLs to a Django handler without the middleware chain.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,7 @@ from .pixels import RenderError
 from .render import render_cached, render_frame, render_key
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
@@ -109,6 +111,9 @@ async def rendered(
             response = await _lean(request, key, (study_uid, series_uid, instance_uid), frames, thumbnail)
         except (_FullPath, APIException, Http404, PermissionDenied, RenderError):
             response = None  # answered by the full view below, with its exact error
+        except Exception:  # an object the renderer cannot take: the full view refuses it with the reason
+            log.warning("the lean path could not render %s", instance_uid, exc_info=True)
+            response = None
         if response is not None:
             return response
     kwargs = {"study_uid": study_uid, "series_uid": series_uid, "instance_uid": instance_uid}

@@ -177,9 +177,11 @@ def _floats(value: Any) -> list[float]:
     out = []
     for v in value:
         try:
-            out.append(float(v))
+            number = float(v)
         except (TypeError, ValueError):
             continue
+        if math.isfinite(number):  # a DS of "NaN" or "inf" says nothing usable
+            out.append(number)
     return out
 
 

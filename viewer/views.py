@@ -180,7 +180,18 @@ def _cached_headers(response: Any, etag: str) -> Any:
 def _image_response(request: Request, etag: str, media_type: str, produce: Any) -> HttpResponseBase:
     if _not_modified(request, etag):
         return _cached_headers(HttpResponse(status=304), etag)
-    return _cached_headers(HttpResponse(produce(), content_type=media_type), etag)
+    return _cached_headers(HttpResponse(_rendered(produce), content_type=media_type), etag)
+
+
+def _rendered(produce: Any) -> bytes:
+    """The rendered image; an object the renderer cannot take is a 422 with the reason, never a 500."""
+    try:
+        return produce()
+    except RenderError:
+        raise
+    except Exception as exc:
+        log.exception("rendering failed")
+        raise RenderError(f"the image cannot be rendered: {type(exc).__name__}: {exc}"[:300], status=422) from exc
 
 
 MULTIPART_RENDER_AHEAD = 4
@@ -188,7 +199,7 @@ MULTIPART_RENDER_AHEAD = 4
 
 async def _render_part(location: str, produce: Any) -> tuple[str, bytes | None]:
     try:
-        return location, await sync_to_async(produce, thread_sensitive=False)()
+        return location, await sync_to_async(_rendered, thread_sensitive=False)(produce)
     except RenderError as exc:  # one unrenderable image must not cut the rest of the series off
         log.warning("rendering %s for a multipart response failed: %s", location, exc.message)
         return location, None

@@ -422,9 +422,42 @@ def do_start_reading_process(
     with transaction.atomic():
         prepared = _prepare_guarded(study, at=at, policies=policies)
         if isinstance(prepared, ProcessInstance):
+            _continue_grown_study(prepared, study)
             return prepared
         _activate_process(prepared)
     return prepared.process
+
+
+# A task that still has a reader to tell: everything but the finished and the cancelled.
+_TASK_OPEN_STATES = [s for s in ReadingTask.State if s not in (ReadingTask.State.FINAL, ReadingTask.State.CANCELLED)]
+
+
+def _continue_grown_study(process: ProcessInstance, study: Study) -> None:
+    """A routed study that received more instances is complete again: its reading continues.
+
+    Its process and tasks stay (the reader keeps a claimed task); each open
+    task gets a note in its history, and its reader or the readers it is
+    offered to are told the study grew. The study is routed again.
+    """
+    locked = Study.objects.select_for_update().get(pk=study.pk)
+    if locked.state != Study.State.COMPLETE:
+        return  # not re-completed (routing again of a study already routed): nothing grew
+    tasks = list(process.tasks.select_for_update().filter(state__in=_TASK_OPEN_STATES))
+    reason = f"the study grew to {locked.num_instances} instances after it was routed"
+    for task in tasks:
+        record_transition(
+            task,
+            task.state,
+            task.state,
+            "study_grew",
+            actor_label=ENGINE,
+            institution=task.institution_id,
+            reason=reason,
+            audit_detail={"study": str(locked.pk), "instances": locked.num_instances},
+        )
+        readers = [task.claimed_by_id] if task.claimed_by_id else notify.eligible_user_ids(task)
+        notify.notify_study_grew(task, readers, locked.num_instances)  # pushed after commit
+    do_mark_study_routed(locked, actor_label=ENGINE, reason=f"{reason}; its reading process continues")
 
 
 def _prepare_guarded(
@@ -549,6 +582,8 @@ def do_route_studies(studies: list[Study], *, at: datetime | None = None, batch:
                     continue
                 if isinstance(result, _Prepared):
                     prepared.append(result)
+                else:
+                    _continue_grown_study(result, study)
             for item in prepared:
                 _activate_process(item)
                 routed += 1

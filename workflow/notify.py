@@ -7,7 +7,9 @@ Topics the worklist page listens to:
 * ``workflow.task.withdrawn`` — remove it from your list (someone claimed it,
   it was cancelled, escalated or reassigned elsewhere);
 * ``workflow.task.updated`` — its priority or SLA changed;
-* ``workflow.task.mine`` — a task you hold changed state.
+* ``workflow.task.mine`` — a task you hold changed state;
+* ``workflow.task.study_grew`` — the study of a task you hold or are offered
+  received more instances after it was routed: open it again to see them all.
 """
 
 from __future__ import annotations
@@ -86,3 +88,11 @@ def notify_updated(task: ReadingTask, user_ids: Iterable[int | None]) -> None:
 
 def notify_mine(task: ReadingTask, user_id: int | None) -> None:
     notify_many(_groups([user_id]), "workflow.task.mine", {"id": str(task.pk), "state": task.state})
+
+
+def notify_study_grew(task: ReadingTask, user_ids: Iterable[int | None], instances: int) -> None:
+    notify_many(
+        _groups(user_ids),
+        "workflow.task.study_grew",
+        {"id": str(task.pk), "state": task.state, "instances": instances},
+    )

@@ -23,7 +23,14 @@ TIMEOUT = (5, 120)  # connect, read (seconds)
 
 
 class CloudUnavailable(Exception):
-    """The cloud did not answer, or answered that it cannot take the request now."""
+    """The cloud did not answer, or answered that it cannot take the request now.
+
+    ``status`` is the HTTP status when there was an answer (None: no answer).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class CloudRefused(Exception):
@@ -104,7 +111,9 @@ class Cloud:
         except requests.RequestException as exc:
             raise CloudUnavailable(f"no answer from the cloud: {exc.__class__.__name__}") from exc
         if response.status_code >= 500 or response.status_code in (401, 403, 408, 429):
-            raise CloudUnavailable(f"the cloud answered {response.status_code}: {response.text[:200]}")
+            raise CloudUnavailable(
+                f"the cloud answered {response.status_code}: {response.text[:200]}", response.status_code
+            )
         return response
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:

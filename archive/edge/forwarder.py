@@ -20,7 +20,12 @@ why. Then:
   backoff and full jitter per instance, and one shared pause for all workers
   while the cloud does not answer. An instance the cloud keeps refusing is
   quarantined with the last reason after ``max_refusals`` such answers
-  (``EDGE_REFUSED_MAX_ATTEMPTS``); an unreachable cloud never counts.
+  (``EDGE_REFUSED_MAX_ATTEMPTS``); an unreachable cloud never counts;
+* a request the cloud fails with an internal error (HTTP 500) while it
+  answers others: the batch is split and each instance sent on its own, so
+  one object the cloud cannot take holds back none of the others; an
+  instance that alone keeps failing so counts as refused, and is quarantined
+  after ``max_refusals`` such answers.
 
 Everything lives in the outbox, so a restart resumes where the last run
 stopped; re-sending what the cloud already has is harmless (an identical
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 # Failure Reason (0008,1197) values worth another try (PS3.4 B.2.3: out of resources).
 TRANSIENT_FAILURES = {0xA700, 0xA701, 0xA702, 0x0110}
 BASE_DELAY = 0.5
+INTERNAL_ERROR = 500  # the cloud is up but failed the request; 502-504 mean it (or its proxy) is away
 RECEIVING_GRACE = 0.5  # seconds after the last C-STORE during which forwarding waits ...
 MAX_DEFERRAL = 15.0  # ... unless the oldest waiting instance is older than this
 
@@ -191,6 +197,26 @@ class Forwarder:
             reason,
         )
 
+    def _failed_inside(self, rows: list[Row], reason: str) -> None:
+        """The cloud answered, but failed the request: find the instance it fails on."""
+        if len(rows) > 1:
+            for row in rows:
+                self.forward([row])
+            return
+        row = rows[0]
+        reason = f"the cloud failed on this instance ({reason})"
+        if row.refusals + 1 < self.max_refusals:
+            self.outbox.retry_later(
+                [row.sop_instance_uid],
+                {row.sop_instance_uid: backoff(row.attempts, self.max_delay)},
+                reason,
+                refused=True,
+            )
+            return
+        reason = f"{reason} ({row.refusals + 1} times)"
+        log.warning("quarantined %s: %s", row.sop_instance_uid, reason)
+        self.outbox.quarantine(row.sop_instance_uid, row.sha256, reason, None)
+
     def forward(self, rows: list[Row]) -> None:
         """Send one batch and settle every instance of it: forwarded, quarantined or retried later."""
         present = [r for r in rows if Path(r.path).exists()]
@@ -203,7 +229,10 @@ class Forwarder:
         try:
             _, answer = self.cloud.stow([Path(r.path) for r in present])
         except CloudUnavailable as exc:
-            self._unavailable(present, str(exc))
+            if exc.status == INTERNAL_ERROR:
+                self._failed_inside(present, str(exc))
+            else:
+                self._unavailable(present, str(exc))
             return
         except CloudRefused as exc:
             if len(present) > 1:

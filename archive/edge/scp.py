@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from archive import dimse
-from archive.ingest import IngestError, _read_bare, _require_uids, _text, file_meta_header
+from archive.ingest import IngestError, _read_bare, _read_elements, _require_uids, _text, file_meta_header, refusal
 from pacs_cloud.lib.uids import is_valid_uid
 
 if TYPE_CHECKING:
@@ -136,15 +135,8 @@ def store_received(
     if transfer_syntax == "1.2.840.10008.1.2.1.99":  # deflated: read through a Part 10 header
         import io
 
-        import pydicom
-
-        try:
-            ds: Dataset = pydicom.dcmread(
-                io.BytesIO(file_meta_header(sop_class_uid, sop_instance_uid, transfer_syntax) + dataset),
-                stop_before_pixels=True,
-            )
-        except Exception as exc:
-            raise IngestError(f"the data set is not readable DICOM: {exc}", code="unreadable") from exc
+        header = file_meta_header(sop_class_uid, sop_instance_uid, transfer_syntax)
+        ds, _, _ = _read_elements(io.BytesIO(header + dataset), "the data set", 0, 0)
     else:
         ds, _, _ = _read_bare(dataset, transfer_syntax)
     study_uid, series_uid, sop_uid, sop_class = _require_uids(ds)
@@ -197,12 +189,10 @@ def _store_handler(gateway: Gateway) -> Callable[[Any], Any]:
                 sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
                 calling_ae=dimse.calling_ae_title(event.assoc),
             )
-        except IngestError as exc:
-            log.info("refused %s: %s", request.AffectedSOPInstanceUID, exc.reason)
-            status = Dataset()
-            status.Status = dimse.STORE_STATUS.get(exc.code, dimse.STATUS_CANNOT_UNDERSTAND)
-            status.ErrorComment = exc.reason[:64]
-            return status
+        except Exception as exc:  # stored or refused with its reason, never an unhandled 0xC211
+            refused = refusal(exc)
+            log.info("refused %s: %s", request.AffectedSOPInstanceUID, refused.reason)
+            return dimse.store_failure(refused)
         return dimse.STATUS_SUCCESS
 
     return handle_store

@@ -109,9 +109,7 @@ def test_a_late_instance_reopens_a_complete_study(received, tenants, tmp_path, d
     assert study.num_instances == 2
 
 
-def test_a_late_instance_leaves_a_routed_study_where_it_is(
-    received, tenants, tmp_path, django_capture_on_commit_callbacks
-):
+def test_a_late_instance_reopens_a_routed_study_too(received, tenants, tmp_path, django_capture_on_commit_callbacks):
     study = received(settings.STUDY_STABILITY_SECONDS + 1)
     do_complete_stable_studies()
     Study.objects.filter(pk=study.pk).update(state=S.ROUTED)
@@ -119,7 +117,21 @@ def test_a_late_instance_leaves_a_routed_study_where_it_is(
     with django_capture_on_commit_callbacks(execute=True):
         store_instance(write(late, tmp_path / "late.dcm"), institution=tenants.a.institution)
     study.refresh_from_db()
-    assert study.state == S.ROUTED
+    # Complete again after another window; the reading workflow continues its process then.
+    assert study.state == S.RECEIVING
+    assert study.num_instances == 2
+
+
+def test_a_late_instance_leaves_a_reported_study_where_it_is(
+    received, tenants, tmp_path, django_capture_on_commit_callbacks
+):
+    study = received(settings.STUDY_STABILITY_SECONDS + 1)
+    Study.objects.filter(pk=study.pk).update(state=S.REPORTED)
+    late = make_ct(study_uid=study.study_instance_uid, patient_id="P0001", instance_number=2)
+    with django_capture_on_commit_callbacks(execute=True):
+        store_instance(write(late, tmp_path / "late.dcm"), institution=tenants.a.institution)
+    study.refresh_from_db()
+    assert study.state == S.REPORTED
     assert study.num_instances == 2
 
 

@@ -12,6 +12,7 @@ import uuid
 from typing import Any, ClassVar
 
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_fsm import ConcurrentTransitionMixin, FSMField, transition
 from guardian.managers import GroupObjectPermissionManager, UserObjectPermissionManager
@@ -477,8 +478,8 @@ class ObjectCopy(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["instance", "location"], name="copy_unique_location")]
         indexes = [
-            # The scrubber's next copies: least recently verified first.
-            models.Index(fields=["location", "verified_at"], name="copy_to_verify"),
+            # The scrubber's next copies: least recently verified (or written) first.
+            models.Index(Coalesce("verified_at", "written_at"), name="copy_to_verify"),
         ]
 
     def __str__(self) -> str:

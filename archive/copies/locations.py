@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
+from urllib.parse import urlparse
 
 from django.conf import settings
 
@@ -100,8 +101,29 @@ _default_id: list[Any] = []
 def default_location_id() -> Any:
     """The default location's id, read once per process (it changes only with a migration or an action)."""
     if not _default_id:
-        _default_id.append(StorageLocation.objects.values_list("pk", flat=True).get(is_default=True))
+        _default_id.append(ensure_default_location().pk)
     return _default_id[0]
+
+
+def ensure_default_location() -> StorageLocation:
+    """The default location, described from ``STORAGE_URL`` if there is none yet (a migration makes it)."""
+    found = StorageLocation.objects.filter(is_default=True).first()
+    if found is not None:
+        return found
+    parsed = urlparse(settings.STORAGE_URL)
+    if parsed.scheme == "s3":
+        fields = {
+            "kind": StorageLocation.Kind.S3,
+            "bucket": parsed.netloc,
+            "prefix": parsed.path.strip("/"),
+            "endpoint_url": settings.S3_ENDPOINT_URL,
+        }
+    else:
+        fields = {"kind": StorageLocation.Kind.FILESYSTEM, "path": parsed.path}
+    location, _ = StorageLocation.objects.get_or_create(
+        is_default=True, defaults={"name": "primary", "site": "primary", "read_rank": 10, **fields}
+    )
+    return location
 
 
 def place(location_id: Any) -> Place:

@@ -1,0 +1,124 @@
+"""The copies' upkeep on a schedule: replication, the fixity scrubber, location probes.
+
+Tasks take ids only and are safe to run twice; the beat schedule
+(``settings.CELERY_BEAT_SCHEDULE``) runs each sweep.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+import uuid
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.db.models import Count, F, IntegerField, Q, QuerySet, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from ..models import CopyPolicy, Instance
+from . import actions, locations
+
+log = logging.getLogger(__name__)
+
+# New objects are replicated by the sweep; older ones whose copies were lost
+# are found by the scrubber (or verify_archive).
+REPLICATION_LOOKBACK = dt.timedelta(days=1)
+
+
+def short_of_copies(*, since: dt.datetime | None = None) -> QuerySet[Instance]:
+    """Instances with fewer good copies, or sites, than their institution's policy asks."""
+    instances = Instance.objects.all()
+    if since is not None:
+        instances = instances.filter(received_at__gte=since)
+    if settings.ARCHIVE_COPIES <= 1 and settings.ARCHIVE_SITES <= 1:
+        # Only institutions with a policy of their own can ask for more than the one copy ingest makes.
+        instances = instances.filter(institution__in=CopyPolicy.objects.values("institution"))
+    good = Q(copies__status="good")
+    return (
+        instances.annotate(
+            good=Count("copies", filter=good, distinct=True),
+            sites=Count("copies__location__site", filter=good, distinct=True),
+            need_copies=Coalesce(
+                "institution__copy_policy__copies", Value(settings.ARCHIVE_COPIES), output_field=IntegerField()
+            ),
+            need_sites=Coalesce(
+                "institution__copy_policy__sites", Value(settings.ARCHIVE_SITES), output_field=IntegerField()
+            ),
+        )
+        .filter(Q(good__lt=F("need_copies")) | Q(sites__lt=F("need_sites")))
+        .order_by("received_at")
+    )
+
+
+@shared_task(ignore_result=True)
+def replicate_instances(instance_pks: list[str]) -> int:
+    made = 0
+    for pk in instance_pks:
+        try:
+            made += actions.do_replicate_instance(pk)
+        except Exception:  # one failure must not stop the batch; the next sweep retries
+            log.exception("replication of instance %s failed", pk)
+    return made
+
+
+@shared_task(ignore_result=True)
+def sweep_replication(batch: int = 500) -> int:
+    """Copy recent objects short of their policy's copies to other locations (verified)."""
+    since = timezone.now() - REPLICATION_LOOKBACK
+    pks = [str(pk) for pk in short_of_copies(since=since).values_list("pk", flat=True)[:batch]]
+    return replicate_instances(pks) if pks else 0
+
+
+@shared_task(ignore_result=True)
+def scrub_copies(max_seconds: float | None = None, limit: int = 10_000) -> int:
+    """Re-read copies due for their fixity check, at most ``SCRUB_MB_PER_SECOND``, repairing bad ones.
+
+    Stops after ``max_seconds`` (most of the sweep interval) so runs do not pile up.
+    """
+    budget = settings.SCRUB_SWEEP_SECONDS * 0.8 if max_seconds is None else max_seconds
+    rate = max(settings.SCRUB_MB_PER_SECOND, 0.001) * 1_000_000
+    started = time.monotonic()
+    done = read = 0
+    for pk in actions.due_copies().values_list("pk", flat=True)[:limit]:
+        if time.monotonic() - started > budget:
+            break
+        check = actions.do_verify_copy(pk)
+        done += 1
+        read += check.size
+        ahead = read / rate - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)  # the rate limit: scrubbing never competes with ingest for the disks
+    return done
+
+
+def probe(place: locations.Place) -> str:
+    """Write, read back and delete a small object; '' when the location answers, else the error."""
+    key = f"health/{uuid.uuid4().hex}.probe"
+    body = b"cloud-pacs location probe"
+    storage: Any = place.storage
+    target = getattr(storage, "store", storage)  # the object store behind a local cache
+    try:
+        target.put_chunks(key, [body], hashlib.sha256(body).hexdigest())
+        try:
+            if target.read_range(key, 0, len(body)) != body:
+                return "the location answered other bytes than were written"
+        finally:
+            target.delete(key)
+    except Exception as exc:  # any failure is the location's health
+        return str(exc)[:300] or type(exc).__name__
+    return ""
+
+
+@shared_task(ignore_result=True)
+def check_locations() -> int:
+    """Probe every location and record its health; returns how many are unhealthy."""
+    unhealthy = 0
+    for place in locations.places(fresh=True):
+        error = probe(place)
+        actions.do_record_location_health(place.id, healthy=not error, error=error)
+        unhealthy += bool(error)
+    return unhealthy

@@ -1,0 +1,170 @@
+"""Copies of every object across storage locations: ingest's copy, replication, failover reads, fixity.
+
+Two sites on the file system here; tests/archive/test_sites.py runs the same
+against two Ceph RADOS Gateways.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from contextlib import redirect_stdout
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from django.apps import apps as global_apps
+from django.core.management import call_command
+from django.db import connection
+
+from archive.copies import locations
+from archive.copies.actions import do_save_copy_policy
+from archive.copies.locations import ensure_default_location, reader
+from archive.copies.tasks import scrub_copies, sweep_replication
+from archive.ingest import store_instance
+from archive.models import CopyAlert, Instance, ObjectCopy, StorageLocation
+from archive.retrieve import read_object
+from pacs_cloud.models import AuditEvent
+from tests.archive.conftest import make_ct, write
+
+
+@pytest.fixture
+def sites(storage_dir, tmp_path, db):
+    """The default location at site A (``storage_dir``) and a second file system location at site B."""
+    default = ensure_default_location()
+    StorageLocation.objects.filter(pk=default.pk).update(site="site-a")
+    second = StorageLocation.objects.create(
+        name="site-b", kind="filesystem", path=str(tmp_path / "site-b"), site="site-b", read_rank=20
+    )
+    locations.forget()
+    return storage_dir, tmp_path / "site-b", second
+
+
+def ingest(tmp_path: Path, institution, count: int = 2) -> list[Instance]:
+    study = make_ct().StudyInstanceUID
+    stored = []
+    for index in range(count):
+        ds = make_ct(study_uid=study, patient_name="张三", charset="ISO_IR 192", instance_number=index + 1, seed=index)
+        stored.append(store_instance(write(ds, tmp_path / f"in-{index}.dcm"), institution=institution).instance)
+    return stored
+
+
+def test_ingest_records_its_copy_in_the_default_location_with_the_objects_sha256(tenants, sites, tmp_path):
+    root, _, _ = sites
+    (instance,) = ingest(tmp_path, tenants.a.institution, 1)
+    (copy,) = ObjectCopy.objects.filter(instance=instance)
+    stored = (root / instance.storage_key).read_bytes()
+    assert copy.location.is_default and copy.status == "good"
+    assert (copy.key, copy.size, copy.sha256) == (instance.storage_key, len(stored), hashlib.sha256(stored).hexdigest())
+    assert copy.written_at is not None and copy.verified_at is None
+
+
+def test_objects_archived_before_copies_existed_get_one_copy_in_the_default_location(tenants, sites, tmp_path):
+    from importlib import import_module
+
+    instances = ingest(tmp_path, tenants.a.institution, 2)
+    ObjectCopy.objects.all().delete()
+    migration = import_module("archive.migrations.0009_copies_of_archived_objects")
+    editor = SimpleNamespace(connection=connection)  # all the data migration uses of a schema editor
+    migration.forwards(global_apps, editor)
+    migration.forwards(global_apps, editor)  # run twice: still one copy each
+    copies = ObjectCopy.objects.order_by("key")
+    assert [(c.instance_id, c.key, c.sha256) for c in copies] == sorted(
+        ((i.pk, i.storage_key, i.sha256) for i in instances), key=lambda row: row[1]
+    )
+    assert {c.location.is_default for c in copies} == {True}
+
+
+def test_new_objects_are_copied_to_the_policys_second_site_and_verified(tenants, sites, tmp_path, settings):
+    root, second_root, second = sites
+    admin = tenants.a.institution_admin
+    do_save_copy_policy(tenants.a.institution, copies=2, sites=2, acting_user=admin)
+    assert AuditEvent.objects.filter(action="archive.copy_policy.save", actor_id=admin.pk).count() == 1
+    ours = ingest(tmp_path, tenants.a.institution, 2)
+    theirs = ingest(tmp_path, tenants.b.institution, 1)  # the platform default: one copy
+    assert sweep_replication() == 2
+    assert sweep_replication() == 0  # nothing left to do: safe to run twice
+    for instance in ours:
+        copy = ObjectCopy.objects.get(instance=instance, location=second)
+        assert copy.status == "good" and copy.verified_at is not None
+        assert (second_root / instance.storage_key).read_bytes() == (root / instance.storage_key).read_bytes()
+    assert not ObjectCopy.objects.filter(instance=theirs[0], location=second).exists()
+    settings.ARCHIVE_COPIES = settings.ARCHIVE_SITES = 2
+    assert sweep_replication() == 1
+    with pytest.raises(ValueError):
+        do_save_copy_policy(tenants.a.institution, copies=1, sites=2, acting_user=admin)
+
+
+def test_a_read_uses_another_site_when_the_default_location_lost_the_object(tenants, sites, tmp_path, settings):
+    root, _, _ = sites
+    settings.ARCHIVE_COPIES = settings.ARCHIVE_SITES = 2
+    (instance,) = ingest(tmp_path, tenants.a.institution, 1)
+    sweep_replication()
+    original = (root / instance.storage_key).read_bytes()
+    (root / instance.storage_key).unlink()
+    assert read_object(instance) == original
+    assert reader().read_range(instance.storage_key, 10, 20) == original[10:30]
+    (Path(sites[1]) / instance.storage_key).unlink()
+    with pytest.raises(FileNotFoundError):
+        read_object(instance)
+
+
+def test_the_scrubber_finds_lost_and_corrupt_copies_repairs_them_and_clears_the_alert(
+    tenants, sites, tmp_path, settings
+):
+    root, second_root, second = sites
+    settings.ARCHIVE_COPIES = settings.ARCHIVE_SITES = 2
+    lost, corrupt, intact = ingest(tmp_path, tenants.a.institution, 3)
+    sweep_replication()
+    originals = {i.pk: (root / i.storage_key).read_bytes() for i in (lost, corrupt, intact)}
+    (root / lost.storage_key).unlink()
+    damaged = bytearray(originals[corrupt.pk])
+    damaged[-5] ^= 0xFF
+    (second_root / corrupt.storage_key).write_bytes(bytes(damaged))
+
+    out = io.StringIO()
+    with redirect_stdout(out), pytest.raises(SystemExit) as exited:
+        call_command("verify_archive", "--institution", "alpha", "--no-repair", stdout=out)
+    assert exited.value.code == 1
+    report = out.getvalue()
+    assert f"MISSING primary {lost.storage_key}" in report
+    assert f"CORRUPT site-b {corrupt.storage_key}" in report
+    assert intact.storage_key not in report
+    alerts = CopyAlert.objects.filter(cleared_at=None)
+    assert {a.instance_id for a in alerts} == {lost.pk, corrupt.pk}
+    assert {(a.good_copies, a.required) for a in alerts} == {(1, 2)}
+
+    settings.FIXITY_CYCLE_DAYS = 0  # every copy is due
+    assert scrub_copies(max_seconds=30) == 6
+    assert (root / lost.storage_key).read_bytes() == originals[lost.pk]
+    assert (second_root / corrupt.storage_key).read_bytes() == originals[corrupt.pk]
+    assert not CopyAlert.objects.filter(cleared_at=None).exists()
+    assert CopyAlert.objects.filter(cleared_at__isnull=False).count() == 2
+    assert AuditEvent.objects.filter(action="archive.copy_alert.raise").count() == 2
+    assert AuditEvent.objects.filter(action="archive.copy_alert.clear").count() == 2
+    assert set(ObjectCopy.objects.values_list("status", flat=True)) == {"good"}
+    call_command("verify_archive", "--all", stdout=io.StringIO())  # no exit: all good
+
+
+def test_a_copy_bad_everywhere_keeps_its_alert_open(tenants, sites, tmp_path, settings):
+    root, second_root, _ = sites
+    settings.ARCHIVE_COPIES = settings.ARCHIVE_SITES = 2
+    (instance,) = ingest(tmp_path, tenants.a.institution, 1)
+    sweep_replication()
+    (root / instance.storage_key).write_bytes(b"not the object")
+    (second_root / instance.storage_key).unlink()
+    out = io.StringIO()
+    with pytest.raises(SystemExit):
+        call_command("verify_archive", "--study", instance.series.study.study_instance_uid, stdout=out)
+    assert "(repaired)" not in out.getvalue()
+    alert = CopyAlert.objects.get(instance=instance)
+    assert alert.cleared_at is None and alert.good_copies == 0
+
+
+def test_the_scrubber_keeps_to_its_read_rate(tenants, sites, tmp_path, settings):
+    ingest(tmp_path, tenants.a.institution, 3)
+    settings.FIXITY_CYCLE_DAYS = 0
+    size = Instance.objects.first().size
+    settings.SCRUB_MB_PER_SECOND = size / 1_000_000 / 0.5  # one object per half second
+    assert scrub_copies(max_seconds=0.3) == 1
+    assert ObjectCopy.objects.filter(verified_at__isnull=False).count() == 1

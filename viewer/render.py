@@ -52,6 +52,9 @@ class RenderParams:
 
 def load_dataset(instance: Instance) -> Any:
     with reader().open(instance.storage_key) as handle:
+        if not getattr(handle, "seekable", lambda: False)():
+            # An object store's stream (another site's copy): the reader needs to seek.
+            return pixels.read_dataset(io.BytesIO(handle.read()))
         return pixels.read_dataset(handle)
 
 

@@ -7,6 +7,7 @@ source is used only after the same check, so a corrupt copy never spreads.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -283,7 +284,7 @@ def due_copies(*, now: Any = None) -> Any:
     from django.db.models.functions import Coalesce
 
     now = now or timezone.now()
-    cutoff = now - timezone.timedelta(days=settings.FIXITY_CYCLE_DAYS)
+    cutoff = now - dt.timedelta(days=settings.FIXITY_CYCLE_DAYS)
     return (
         ObjectCopy.objects.annotate(checked=Coalesce("verified_at", "written_at"))
         .filter(checked__lte=cutoff)

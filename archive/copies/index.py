@@ -6,12 +6,17 @@ the copy costs no round trip and commits with the row it belongs to.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+
+from django.db.models import Field
 
 from ..models import Instance, ObjectCopy
 from .locations import default_location_id
 
-_FIELDS = [ObjectCopy._meta.get_field(name) for name in ("instance", "location", "key", "size", "sha256", "written_at")]
+_FIELDS: list[Field] = [
+    cast(Field, ObjectCopy._meta.get_field(name))
+    for name in ("instance", "location", "key", "size", "sha256", "written_at")
+]
 _COLUMNS = ", ".join(f'"{f.column}"' for f in _FIELDS) + ', "status"'
 
 # Completed by the caller with ``AND <condition>`` (the instance was inserted).

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,3 +244,21 @@ def sha256_of(storage: Storage, key: str) -> tuple[str, int]:
 
 def _blocks(handle: BinaryIO) -> Iterator[bytes]:
     return iter(lambda: handle.read(CHUNK), b"")
+
+
+def probe(place: Place) -> str:
+    """Write, read back and delete a small object; '' when the location answers, else the error."""
+    key = f"health/{uuid.uuid4().hex}.probe"
+    body = b"cloud-pacs location probe"
+    storage: Any = place.storage
+    target = getattr(storage, "store", storage)  # the object store behind a local cache
+    try:
+        target.put_chunks(key, [body], hashlib.sha256(body).hexdigest())
+        try:
+            if target.read_range(key, 0, len(body)) != body:
+                return "the location answered other bytes than were written"
+        finally:
+            target.delete(key)
+    except Exception as exc:  # any failure is the location's health
+        return str(exc)[:300] or type(exc).__name__
+    return ""

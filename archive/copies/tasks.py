@@ -7,11 +7,8 @@ Tasks take ids only and are safe to run twice; the beat schedule
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import time
-import uuid
-from typing import Any
 
 from celery import shared_task
 from django.conf import settings
@@ -95,30 +92,12 @@ def scrub_copies(max_seconds: float | None = None, limit: int = 10_000) -> int:
     return done
 
 
-def probe(place: locations.Place) -> str:
-    """Write, read back and delete a small object; '' when the location answers, else the error."""
-    key = f"health/{uuid.uuid4().hex}.probe"
-    body = b"cloud-pacs location probe"
-    storage: Any = place.storage
-    target = getattr(storage, "store", storage)  # the object store behind a local cache
-    try:
-        target.put_chunks(key, [body], hashlib.sha256(body).hexdigest())
-        try:
-            if target.read_range(key, 0, len(body)) != body:
-                return "the location answered other bytes than were written"
-        finally:
-            target.delete(key)
-    except Exception as exc:  # any failure is the location's health
-        return str(exc)[:300] or type(exc).__name__
-    return ""
-
-
 @shared_task(ignore_result=True)
 def check_locations() -> int:
     """Probe every location and record its health; returns how many are unhealthy."""
     unhealthy = 0
     for place in locations.places(fresh=True):
-        error = probe(place)
+        error = locations.probe(place)
         actions.do_record_location_health(place.id, healthy=not error, error=error)
         unhealthy += bool(error)
     return unhealthy

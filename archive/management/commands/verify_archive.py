@@ -50,8 +50,8 @@ class Command(BaseCommand):
                 outcome = " (repaired)" if check.repaired else ""
                 self.stdout.write(f"{check.status.upper()} {check.location} {check.key}{outcome}")
         if repair:
-            for pk in instances.values_list("pk", flat=True).iterator():
-                do_replicate_instance(pk)
+            for instance_pk in instances.values_list("pk", flat=True).iterator():
+                do_replicate_instance(instance_pk)
         self.stdout.write(f"{checked} copies checked: {bad} bad, {unreachable} unreachable")
         if bad or unreachable:
             raise SystemExit(1)

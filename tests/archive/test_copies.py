@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 from contextlib import redirect_stdout
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,12 +21,14 @@ from django.db import connection
 from archive.copies import locations
 from archive.copies.actions import do_save_copy_policy
 from archive.copies.locations import ensure_default_location, reader
+from archive.copies.pages import monthly_cost
 from archive.copies.tasks import scrub_copies, sweep_replication
 from archive.ingest import store_instance
 from archive.models import CopyAlert, Instance, ObjectCopy, StorageLocation
 from archive.retrieve import read_object
 from pacs_cloud.models import AuditEvent
 from tests.archive.conftest import make_ct, write
+from tests.conftest import web_client
 
 
 @pytest.fixture
@@ -133,6 +136,9 @@ def test_the_scrubber_finds_lost_and_corrupt_copies_repairs_them_and_clears_the_
     alerts = CopyAlert.objects.filter(cleared_at=None)
     assert {a.instance_id for a in alerts} == {lost.pk, corrupt.pk}
     assert {(a.good_copies, a.required) for a in alerts} == {(1, 2)}
+    admin_page = web_client(tenants.a.institution_admin)
+    page = admin_page.get("/archive/storage/").content.decode()
+    assert 'id="copy-alerts"' in page and "2 objects have fewer good copies than the policy asks" in page
 
     settings.FIXITY_CYCLE_DAYS = 0  # every copy is due
     assert scrub_copies(max_seconds=30) == 6
@@ -144,6 +150,7 @@ def test_the_scrubber_finds_lost_and_corrupt_copies_repairs_them_and_clears_the_
     assert AuditEvent.objects.filter(action="archive.copy_alert.clear").count() == 2
     assert set(ObjectCopy.objects.values_list("status", flat=True)) == {"good"}
     call_command("verify_archive", "--all", stdout=io.StringIO())  # no exit: all good
+    assert 'id="copy-alerts-none"' in admin_page.get("/archive/storage/").content.decode()
 
 
 def test_a_copy_bad_everywhere_keeps_its_alert_open(tenants, sites, tmp_path, settings):
@@ -168,3 +175,63 @@ def test_the_scrubber_keeps_to_its_read_rate(tenants, sites, tmp_path, settings)
     settings.SCRUB_MB_PER_SECOND = size / 1_000_000 / 0.5  # one object per half second
     assert scrub_copies(max_seconds=0.3) == 1
     assert ObjectCopy.objects.filter(verified_at__isnull=False).count() == 1
+
+
+def test_administrators_see_storage_per_tier_and_site_with_its_monthly_cost_and_set_the_policy(
+    tenants, sites, tmp_path
+):
+    _, _, second = sites
+    # Prices that make kilobytes visible.
+    StorageLocation.objects.filter(is_default=True).update(cost_per_gb_month="90000")
+    StorageLocation.objects.filter(pk=second.pk).update(tier="nearline", cost_per_gb_month="45000")
+    admin = web_client(tenants.a.institution_admin)
+    answer = admin.post("/archive/storage/", {"copies": "2", "sites": "2", "locations": [str(second.pk)]})
+    assert answer.status_code == 302
+    event = AuditEvent.objects.get(action="archive.copy_policy.save")
+    assert event.detail["copies"] == 2 and event.detail["locations"] == ["site-b"]
+    ingest(tmp_path, tenants.a.institution, 2)
+    ingest(tmp_path, tenants.b.institution, 1)
+    sweep_replication()
+    page = admin.get("/archive/storage/").content.decode()
+    size = sum(ObjectCopy.objects.filter(instance__institution=tenants.a.institution).values_list("size", flat=True))
+    expected = monthly_cost(size // 2, Decimal(90000)) + monthly_cost(size // 2, Decimal(45000))
+    assert "site-a" in page and "site-b" in page and "Nearline" in page and "Online" in page
+    assert f'<th id="total-cost">{expected}</th>' in page and expected > 0
+    assert page.count("<td>2</td>") == 2  # two objects at each site, none of the other institution's
+    assert admin.post("/archive/storage/", {"copies": "1", "sites": "3"}).status_code == 302
+    assert AuditEvent.objects.filter(action="archive.copy_policy.save").count() == 1  # refused: more sites than copies
+    assert web_client(tenants.a.radiologist).get("/archive/storage/").status_code == 404
+
+
+def test_a_study_shows_where_its_copies_are_and_only_to_who_may_open_it(tenants, sites, tmp_path, settings):
+    settings.ARCHIVE_COPIES = settings.ARCHIVE_SITES = 2
+    instances = ingest(tmp_path, tenants.a.institution, 2)
+    sweep_replication()
+    study = instances[0].series.study
+    page = web_client(tenants.a.radiologist).get(f"/archive/studies/{study.pk}/copies/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "primary" in text and "site-b" in text and "2 good copies in 2 sites" in text
+    assert text.count("<td>2</td>") >= 4  # both objects, both good, at each location
+    assert web_client(tenants.c.radiologist).get(f"/archive/studies/{study.pk}/copies/").status_code == 404
+
+
+def test_the_platform_administrator_sees_location_health_backlog_and_scrub_progress(
+    tenants, sites, tmp_path, settings, platform_admin
+):
+    from archive.copies.tasks import check_locations
+
+    _, second_root, second = sites
+    settings.ARCHIVE_COPIES = settings.ARCHIVE_SITES = 2
+    ingest(tmp_path, tenants.a.institution, 2)
+    assert check_locations() == 0
+    locations.places()  # the second site's backend exists; then its disk goes away
+    second_root.rename(second_root.with_name("gone"))
+    second_root.write_bytes(b"not a folder")
+    assert check_locations() == 1
+    assert not StorageLocation.objects.get(pk=second.pk).healthy
+    assert AuditEvent.objects.filter(action="archive.location.health", outcome="failure").count() == 1
+    page = web_client(platform_admin).get("/archive/locations/").content.decode()
+    assert "Replication backlog: 2 objects" in page and "unhealthy" in page and "0.0%" in page
+    assert sweep_replication() == 0  # nothing is copied to an unhealthy location
+    assert web_client(tenants.a.institution_admin).get("/archive/locations/").status_code == 404

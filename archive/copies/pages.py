@@ -41,7 +41,7 @@ def monthly_cost(size: int, per_gb_month: Decimal) -> Decimal:
 
 def storage_by_location(copies: Any) -> list[dict[str, Any]]:
     """Bytes and objects per location (with its site, tier and monthly cost), from a queryset of copies."""
-    rows = copies.values("location").annotate(objects=Count("pk"), size=Coalesce(Sum("size"), 0)).order_by()
+    rows = copies.values("location").annotate(count=Count("pk"), size=Coalesce(Sum("size"), 0)).order_by()
     by_id = {loc.pk: loc for loc in StorageLocation.objects.all()}
     result = []
     for row in rows:
@@ -49,7 +49,7 @@ def storage_by_location(copies: Any) -> list[dict[str, Any]]:
         result.append(
             {
                 "location": location,
-                "objects": row["objects"],
+                "objects": row["count"],
                 "size": row["size"],
                 "cost": monthly_cost(row["size"], location.cost_per_gb_month),
             }
@@ -122,7 +122,7 @@ def study_copies(request: HttpRequest, study_id: str) -> HttpResponse:
     rows = (
         copies.values("location")
         .annotate(
-            objects=Count("pk"),
+            count=Count("pk"),
             good=Count("pk", filter=Q(status=ObjectCopy.Status.GOOD)),
             size=Coalesce(Sum("size"), 0),
             oldest_check=Min(Coalesce("verified_at", "written_at")),
@@ -150,7 +150,7 @@ def locations_health(request: HttpRequest) -> HttpResponse:
         row["location"]: row
         for row in ObjectCopy.objects.values("location")
         .annotate(
-            objects=Count("pk"),
+            count=Count("pk"),
             size=Coalesce(Sum("size"), 0),
             bad=Count("pk", filter=~Q(status=ObjectCopy.Status.GOOD)),
             checked=Count("pk", filter=Q(verified_at__gte=cycle_start)),
@@ -159,8 +159,8 @@ def locations_health(request: HttpRequest) -> HttpResponse:
     }
     rows = []
     for location in StorageLocation.objects.all():
-        found = counts.get(location.pk, {"objects": 0, "size": 0, "bad": 0, "checked": 0})
-        progress = 100.0 * found["checked"] / found["objects"] if found["objects"] else 100.0
+        found: dict[str, Any] = {"count": 0, "size": 0, "bad": 0, "checked": 0, **counts.get(location.pk, {})}
+        progress = 100.0 * found["checked"] / found["count"] if found["count"] else 100.0
         rows.append({"location": location, **found, "scrubbed_percent": progress})
     context = {
         "rows": rows,

@@ -527,3 +527,35 @@ class CopyAlert(models.Model):
                 fields=["instance"], condition=models.Q(cleared_at=None), name="one_open_copy_alert"
             )
         ]
+
+
+class LifecycleRule(models.Model):
+    """Move an institution's studies from the online default location to a cheaper one by age or idleness.
+
+    A study qualifies when it was received at least ``min_age_days`` ago and
+    (when set) nobody has read it for ``min_idle_days``.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="lifecycle_rules")
+    name = models.CharField(max_length=100)
+    target = models.ForeignKey(StorageLocation, on_delete=models.PROTECT, related_name="+")
+    min_age_days = models.PositiveIntegerField(default=365)
+    min_idle_days = models.PositiveIntegerField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["institution", "min_age_days"]
+        constraints = [models.UniqueConstraint(fields=["institution", "name"], name="lifecycle_rule_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StudyAccess(models.Model):
+    """When a study was last read, and last recalled to the online tier (lifecycle rules read both)."""
+
+    study = models.OneToOneField(Study, primary_key=True, on_delete=models.CASCADE, related_name="access_record")
+    last_read_at = models.DateTimeField(default=timezone.now)
+    recalled_at = models.DateTimeField(null=True, blank=True)

@@ -258,6 +258,10 @@ STORAGE_FAILOVER_SECONDS = env.float("STORAGE_FAILOVER_SECONDS", default=30.0)
 FIXITY_CYCLE_DAYS = env.float("FIXITY_CYCLE_DAYS", default=90.0)
 SCRUB_MB_PER_SECOND = env.float("SCRUB_MB_PER_SECOND", default=50.0)
 SCRUB_SWEEP_SECONDS = env.float("SCRUB_SWEEP_SECONDS", default=60.0)
+# Lifecycle: how often the rules move studies to cheaper tiers, and how long a
+# study read from a nearline tier stays online again after it was recalled.
+LIFECYCLE_SWEEP_SECONDS = env.float("LIFECYCLE_SWEEP_SECONDS", default=3600.0)
+RECALL_KEEP_DAYS = env.float("RECALL_KEEP_DAYS", default=30.0)
 
 # Cache, channels, Celery ---------------------------------------------------
 
@@ -344,6 +348,10 @@ CELERY_BEAT_SCHEDULE: dict = {
     },
     "archive-scrub-copies": {"task": "archive.copies.tasks.scrub_copies", "schedule": SCRUB_SWEEP_SECONDS},
     "archive-check-locations": {"task": "archive.copies.tasks.check_locations", "schedule": 60.0},
+    "archive-apply-lifecycle": {
+        "task": "archive.copies.tasks.apply_lifecycle_rules",
+        "schedule": LIFECYCLE_SWEEP_SECONDS,
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"

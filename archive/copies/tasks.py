@@ -101,3 +101,19 @@ def check_locations() -> int:
         actions.do_record_location_health(place.id, healthy=not error, error=error)
         unhealthy += bool(error)
     return unhealthy
+
+
+@shared_task(ignore_result=True)
+def recall_study(study_pk: str) -> int:
+    """Copy a study read from a nearline tier back to the online default location."""
+    from .lifecycle import do_recall_study
+
+    return do_recall_study(study_pk)
+
+
+@shared_task(ignore_result=True)
+def apply_lifecycle_rules() -> int:
+    """Move the studies every enabled lifecycle rule selects (copy, verify, then remove the online copy)."""
+    from .lifecycle import do_apply_lifecycle_rules
+
+    return do_apply_lifecycle_rules()

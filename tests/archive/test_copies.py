@@ -235,3 +235,88 @@ def test_the_platform_administrator_sees_location_health_backlog_and_scrub_progr
     assert "Replication backlog: 2 objects" in page and "unhealthy" in page and "0.0%" in page
     assert sweep_replication() == 0  # nothing is copied to an unhealthy location
     assert web_client(tenants.a.institution_admin).get("/archive/locations/").status_code == 404
+
+
+def test_a_lifecycle_rule_moves_a_study_to_nearline_and_a_read_recalls_it(
+    tenants, sites, tmp_path, settings, django_capture_on_commit_callbacks
+):
+    from archive.copies.lifecycle import do_apply_lifecycle_rules, do_save_lifecycle_rule, dry_run
+    from pacs_cloud.celery import app as celery_app
+    from tests.conftest import api_client
+
+    root, second_root, second = sites
+    StorageLocation.objects.filter(is_default=True).update(cost_per_gb_month="90000")
+    StorageLocation.objects.filter(pk=second.pk).update(tier="nearline", cost_per_gb_month="9000")
+    second.refresh_from_db()
+    admin = tenants.a.institution_admin
+    with pytest.raises(ValueError):
+        do_save_lifecycle_rule(
+            tenants.a.institution,
+            name="bad",
+            target=StorageLocation.objects.get(is_default=True),
+            min_age_days=0,
+            min_idle_days=None,
+            acting_user=admin,
+        )
+    rule = do_save_lifecycle_rule(
+        tenants.a.institution, name="after a year", target=second, min_age_days=0, min_idle_days=0, acting_user=admin
+    )
+    assert AuditEvent.objects.filter(action="archive.lifecycle_rule.save", actor_id=admin.pk).count() == 1
+    instances = ingest(tmp_path, tenants.a.institution, 2)
+    ingest(tmp_path, tenants.b.institution, 1)  # another institution's study stays where it is
+    size = sum(i.size for i in instances)
+    plan = dry_run(rule)
+    assert (plan.studies, plan.size) == (1, size)
+    assert plan.cost_before == monthly_cost(size, Decimal(90000)) and plan.cost_after == monthly_cost(
+        size, Decimal(9000)
+    )
+    assert plan.cost_after < plan.cost_before
+
+    assert do_apply_lifecycle_rules() == 1
+    for instance in instances:
+        assert not (root / instance.storage_key).exists()
+        copy = ObjectCopy.objects.get(instance=instance)
+        assert copy.location_id == second.pk and copy.status == "good" and copy.verified_at is not None
+    transition = AuditEvent.objects.get(action="archive.study.transition")
+    assert transition.detail["to"] == "site-b" and transition.detail["objects"] == 2
+    assert do_apply_lifecycle_rules() == 0  # nothing left online to move
+
+    # A radiologist opens it: served from nearline at once, recalled online meanwhile.
+    study = instances[0].series.study
+    celery_app.conf.task_always_eager = True
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            answer = api_client(tenants.a.radiologist).get(f"/dicomweb/studies/{study.study_instance_uid}")
+            assert answer.status_code == 200
+            b"".join(answer.streaming_content)
+    finally:
+        celery_app.conf.task_always_eager = False
+    for instance in instances:
+        assert (root / instance.storage_key).read_bytes() == (second_root / instance.storage_key).read_bytes()
+    assert AuditEvent.objects.get(action="archive.study.recall").detail["objects"] == 2
+    assert do_apply_lifecycle_rules() == 0  # recalled studies stay online for RECALL_KEEP_DAYS
+    settings.RECALL_KEEP_DAYS = 0
+    assert do_apply_lifecycle_rules() == 1
+
+
+def test_a_transition_never_removes_the_last_verified_copy(tenants, sites, tmp_path):
+    from archive.copies.lifecycle import do_apply_lifecycle_rules, do_save_lifecycle_rule
+
+    root, second_root, second = sites
+    StorageLocation.objects.filter(pk=second.pk).update(tier="nearline")
+    second.refresh_from_db()
+    do_save_lifecycle_rule(
+        tenants.a.institution,
+        name="soon",
+        target=second,
+        min_age_days=0,
+        min_idle_days=None,
+        acting_user=tenants.a.institution_admin,
+    )
+    (instance,) = ingest(tmp_path, tenants.a.institution, 1)
+    locations.places()
+    second_root.rename(second_root.with_name("gone"))
+    second_root.write_bytes(b"the nearline disk is not there")  # every write to it fails
+    assert do_apply_lifecycle_rules() == 0
+    assert (root / instance.storage_key).exists()
+    assert list(ObjectCopy.objects.filter(instance=instance).values_list("location__is_default", flat=True)) == [True]

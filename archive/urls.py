@@ -108,6 +108,7 @@ urlpatterns = [
     path("archive/dicom-nodes/<uuid:pk>/", views.dicom_node, name="archive-edit-dicom-node"),
     # Storage locations and copies
     path("archive/storage/", copy_pages.institution_storage, name="archive-edit-storage"),
+    path("archive/storage/lifecycle/", copy_pages.save_lifecycle_rule, name="archive-save-lifecycle-rule"),
     path("archive/locations/", copy_pages.locations_health, name="archive-list-locations"),
     path("archive/studies/<uuid:study_id>/copies/", copy_pages.study_copies, name="archive-list-study-copies"),
     # Edge gateways: the admins' pages, and the endpoints an edge calls with its token

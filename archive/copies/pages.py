@@ -10,6 +10,7 @@ may open the study.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -28,8 +29,8 @@ from pacs_cloud.models import Institution, Role
 from pacs_cloud.tenancy import current_institution
 
 from ..access import access_study
-from ..models import CopyAlert, ObjectCopy, StorageLocation
-from . import actions
+from ..models import CopyAlert, LifecycleRule, ObjectCopy, StorageLocation
+from . import actions, lifecycle
 from .tasks import REPLICATION_LOOKBACK, short_of_copies
 
 GB = Decimal(1024**3)
@@ -90,7 +91,10 @@ def institution_storage(request: HttpRequest) -> HttpResponse:
         .order_by("-raised_at")
     )
     need = actions.requirement(institution.pk)
+    rules = LifecycleRule.objects.filter(institution=institution).select_related("target")
     context = {
+        "plans": [lifecycle.dry_run(rule) for rule in rules],
+        "cold_locations": StorageLocation.objects.exclude(tier=StorageLocation.Tier.ONLINE),
         "institution": institution,
         "rows": rows,
         "total_size": sum(r["size"] for r in rows),
@@ -102,6 +106,39 @@ def institution_storage(request: HttpRequest) -> HttpResponse:
         "locations": StorageLocation.objects.exclude(tier=StorageLocation.Tier.ARCHIVE),
     }
     return render(request, "archive/storage.html", context)
+
+
+@login_required
+@require_http_methods(["POST"])
+def save_lifecycle_rule(request: HttpRequest) -> HttpResponse:
+    """Add or change one of the institution's lifecycle rules (the storage page shows its dry-run)."""
+    institution = _admin_institution(request)
+    key = _uuid_or_none(request.POST.get("target"))
+    target = StorageLocation.objects.filter(pk=key).first() if key else None
+    try:
+        if target is None:
+            raise ValueError("choose where the rule moves studies to")
+        idle = request.POST.get("min_idle_days", "").strip()
+        lifecycle.do_save_lifecycle_rule(
+            institution,
+            name=request.POST.get("name", ""),
+            target=target,
+            min_age_days=int(request.POST.get("min_age_days", "365")),
+            min_idle_days=int(idle) if idle else None,
+            acting_user=request.user,
+        )
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "The lifecycle rule is saved; its dry-run is below.")
+    return redirect("archive-edit-storage")
+
+
+def _uuid_or_none(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value or "")
+    except ValueError:
+        return None
 
 
 @login_required

@@ -24,7 +24,7 @@ from archive.copies.locations import ensure_default_location, reader
 from archive.copies.pages import monthly_cost
 from archive.copies.tasks import scrub_copies, sweep_replication
 from archive.ingest import store_instance
-from archive.models import CopyAlert, Instance, ObjectCopy, StorageLocation
+from archive.models import CopyAlert, Instance, LifecycleRule, ObjectCopy, StorageLocation
 from archive.retrieve import read_object
 from pacs_cloud.models import AuditEvent
 from tests.archive.conftest import make_ct, write
@@ -201,6 +201,16 @@ def test_administrators_see_storage_per_tier_and_site_with_its_monthly_cost_and_
     assert admin.post("/archive/storage/", {"copies": "1", "sites": "3"}).status_code == 302
     assert AuditEvent.objects.filter(action="archive.copy_policy.save").count() == 1  # refused: more sites than copies
     assert web_client(tenants.a.radiologist).get("/archive/storage/").status_code == 404
+    rule = {"name": "after five years", "target": str(second.pk), "min_age_days": "1825", "min_idle_days": ""}
+    assert admin.post("/archive/storage/lifecycle/", rule).status_code == 302
+    saved = LifecycleRule.objects.get(institution=tenants.a.institution)
+    assert (saved.name, saved.target_id, saved.min_age_days, saved.min_idle_days) == (
+        rule["name"],
+        second.pk,
+        1825,
+        None,
+    )
+    assert "after five years" in admin.get("/archive/storage/").content.decode()
 
 
 def test_a_study_shows_where_its_copies_are_and_only_to_who_may_open_it(tenants, sites, tmp_path, settings):
@@ -271,6 +281,8 @@ def test_a_lifecycle_rule_moves_a_study_to_nearline_and_a_read_recalls_it(
         size, Decimal(9000)
     )
     assert plan.cost_after < plan.cost_before
+    page = web_client(admin).get("/archive/storage/").content.decode()
+    assert "after a year" in page and f"<td>{plan.cost_before}</td><td>{plan.cost_after}</td>" in page
 
     assert do_apply_lifecycle_rules() == 1
     for instance in instances:

@@ -353,3 +353,30 @@ def do_record_location_health(location_id: Any, *, healthy: bool, error: str = "
     if changed:
         locations.forget()
     return changed
+
+
+def do_save_storage_location(location: StorageLocation, *, acting_user: Any) -> StorageLocation:
+    """Add or change a storage location (the platform administrator's, audited)."""
+    if location.kind == StorageLocation.Kind.FILESYSTEM and not location.path:
+        raise ValueError("a file system location needs its folder")
+    if location.kind == StorageLocation.Kind.S3 and not location.bucket:
+        raise ValueError("an S3 location needs its bucket")
+    with transaction.atomic():
+        created = location._state.adding
+        location.save()
+        audit.record(
+            "archive.location.save",
+            actor=acting_user,
+            object_type="archive.storagelocation",
+            object_id=location.pk,
+            detail={
+                "name": location.name,
+                "kind": location.kind,
+                "site": location.site,
+                "tier": location.tier,
+                "cost_per_gb_month": str(location.cost_per_gb_month),
+                "created": created,
+            },
+        )
+    transaction.on_commit(locations.forget)
+    return location

@@ -332,3 +332,26 @@ def test_a_transition_never_removes_the_last_verified_copy(tenants, sites, tmp_p
     assert do_apply_lifecycle_rules() == 0
     assert (root / instance.storage_key).exists()
     assert list(ObjectCopy.objects.filter(instance=instance).values_list("location__is_default", flat=True)) == [True]
+
+
+def test_the_platform_administrator_adds_a_location_through_the_admin_audited(
+    storage_dir, tmp_path, platform_admin, db
+):
+    admin = web_client(platform_admin)
+    form = {
+        "name": "nearline-east",
+        "kind": "filesystem",
+        "path": str(tmp_path / "nearline"),
+        "site": "east",
+        "tier": "nearline",
+        "cost_per_gb_month": "0.01",
+        "read_rank": "50",
+        "bucket": "",
+        "prefix": "",
+        "endpoint_url": "",
+        "storage_class": "",
+    }
+    assert admin.post("/admin/archive/storagelocation/add/", form).status_code == 302
+    event = AuditEvent.objects.get(action="archive.location.save")
+    assert event.actor_id == platform_admin.pk and event.detail["tier"] == "nearline"
+    assert "nearline-east" in [p.name for p in locations.places(fresh=True)]

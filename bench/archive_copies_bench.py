@@ -22,7 +22,8 @@ Three measurements, printed as ``key=value`` lines:
    recall copies the study back online.
 
 The database is emptied and migrated first; the figures, machine, load and
-versions go to ``bench/results/archive_copies.json``.
+versions go to ``bench/results/archive_copies.json`` (with ``--only``, to
+``archive_copies_<what>.json``).
 """
 
 from __future__ import annotations
@@ -285,7 +286,11 @@ def main() -> None:
             bench_scrub(institution, args.slices, runs)
         if "recall" in only:
             bench_recall(institution, args.slices, runs)
-    run.write("archive_copies", {"figures": figures.values, "runs": runs})
+    # A run of some of the three keeps its own file beside the full run's.
+    name = (
+        "archive_copies" if only >= {"replication", "scrub", "recall"} else "archive_copies_" + "_".join(sorted(only))
+    )
+    run.write(name, {"figures": figures.values, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -264,7 +264,8 @@ def do_verify_copy(copy_pk: Any, *, repair: bool = True) -> Check:
     ObjectCopy.objects.filter(pk=copy.pk).update(status=status, verified_at=timezone.now())
     check = Check(copy.pk, place.name, copy.key, status, size or copy.size)
     if status == ObjectCopy.Status.GOOD:
-        _update_alert(instance)
+        if copy.status != ObjectCopy.Status.GOOD:
+            _update_alert(instance)  # good again (repaired elsewhere): the alert may clear
         return check
     log.error("copy of %s at %s is %s", copy.key, place.name, status)
     _update_alert(instance)

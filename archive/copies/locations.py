@@ -9,6 +9,7 @@ costs one failed attempt, not one per read.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
@@ -81,11 +82,20 @@ def places(*, fresh: bool = False) -> list[Place]:
     """Every location, fastest first, with its backend."""
     global _listed
     listed_at, listed = _listed
-    if fresh or time.monotonic() - listed_at > _LIST_SECONDS or not listed:
+    if (fresh or time.monotonic() - listed_at > _LIST_SECONDS or not listed) and not _in_event_loop():
         rows = list(StorageLocation.objects.order_by("read_rank", "name"))
         listed = [Place(r.pk, r.name, r.site, r.tier, r.healthy, r.is_default, backend(r)) for r in rows]
         _listed = (time.monotonic(), listed)
     return listed
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread runs an event loop (no database access there: the last list is used)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def forget() -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from celery import shared_task
 from django.conf import settings
+from django.db import close_old_connections, transaction
 from django.db.models import Count, F, IntegerField, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -51,15 +53,29 @@ def short_of_copies(*, since: dt.datetime | None = None) -> QuerySet[Instance]:
     )
 
 
+def _replicate_one(pk: str) -> int:
+    try:
+        return actions.do_replicate_instance(pk)
+    except Exception:  # one failure must not stop the batch; the next sweep retries
+        log.exception("replication of instance %s failed", pk)
+        return 0
+
+
+def _replicate_in_thread(pk: str) -> int:
+    try:
+        return _replicate_one(pk)
+    finally:
+        close_old_connections()
+
+
 @shared_task(ignore_result=True)
 def replicate_instances(instance_pks: list[str]) -> int:
-    made = 0
-    for pk in instance_pks:
-        try:
-            made += actions.do_replicate_instance(pk)
-        except Exception:  # one failure must not stop the batch; the next sweep retries
-            log.exception("replication of instance %s failed", pk)
-    return made
+    """Copy instances to the locations their policy asks for, several at once (``STORAGE_COPY_WORKERS``)."""
+    if len(instance_pks) < 2 or transaction.get_connection().in_atomic_block:
+        # Other threads' connections would not see this transaction's rows.
+        return sum(_replicate_one(pk) for pk in instance_pks)
+    with ThreadPoolExecutor(max_workers=settings.STORAGE_COPY_WORKERS) as pool:
+        return sum(pool.map(_replicate_in_thread, instance_pks))
 
 
 @shared_task(ignore_result=True)

@@ -30,11 +30,13 @@ from pacs_cloud.models import Institution
 
 from . import names, signals
 from .access import VIEW_STUDY
+from .copies.locations import default_location_id, reader
 from .ingest import birth_date_in_future, patient_issuer
 from .models import (
     DicomNode,
     IngestConflict,
     Instance,
+    ObjectCopy,
     Patient,
     Series,
     Study,
@@ -427,6 +429,15 @@ def do_resolve_conflict(conflict: IngestConflict, *, keep: str, acting_user: Any
             instance.location = "stored"
             _refresh_instance_metadata(instance)
             instance.save()
+            # The replaced object's copies go with it; the new one starts with its copy in the default location.
+            instance.copies.all().delete()
+            ObjectCopy.objects.create(
+                instance=instance,
+                location_id=default_location_id(),
+                key=instance.storage_key,
+                size=instance.size,
+                sha256=instance.sha256,
+            )
             Series.objects.filter(pk=instance.series_id).update(size_bytes=_series_size(instance.series_id))
             locked.storage_key, locked.sha256, locked.size = old_key, old_sha, old_size
             locked.status = IngestConflict.Status.REPLACED
@@ -454,7 +465,7 @@ def _series_size(series_id: Any) -> int:
 def _refresh_instance_metadata(instance: Instance) -> None:
     from .ingest import _check_complete, json_metadata
 
-    with get_storage().open(instance.storage_key) as handle:
+    with reader().open(instance.storage_key) as handle:
         data = handle.read()
     ds = pydicom.dcmread(io.BytesIO(data), defer_size=1024, force=True)
     instance.metadata = json_metadata(ds)

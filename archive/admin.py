@@ -4,7 +4,8 @@ platform administrators see no PHI by that role alone."""
 from django.contrib import admin
 
 from . import actions
-from .models import ArchivePolicy, DicomNode, EdgeGateway
+from .copies.actions import do_save_storage_location
+from .models import ArchivePolicy, DicomNode, EdgeGateway, StorageLocation
 
 
 @admin.register(DicomNode)
@@ -45,3 +46,15 @@ class EdgeGatewayAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
         return False
+
+
+@admin.register(StorageLocation)
+class StorageLocationAdmin(admin.ModelAdmin):
+    """Where objects are kept: added and changed through the audited action; never deleted while copies remain."""
+
+    list_display = ["name", "kind", "site", "tier", "cost_per_gb_month", "read_rank", "is_default", "healthy"]
+    list_filter = ["tier", "site", "healthy"]
+    readonly_fields = ["is_default", "healthy", "checked_at", "last_error"]
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        do_save_storage_location(obj, acting_user=request.user)

@@ -11,6 +11,7 @@ class ArchiveConfig(AppConfig):
         from pacs_cloud import authcache
 
         from . import checks  # noqa: F401 (registers the system checks)
+        from .copies import tasks as copy_tasks  # noqa: F401 (registers the copies' Celery tasks)
         from .models import StudyGroupObjectPermission, StudyUserObjectPermission
 
         # A grant given or taken away ends the searches' memo of grants at once.

@@ -43,6 +43,7 @@ from pacs_cloud.tenancy import current_institution
 from . import query as q
 from . import retrieve
 from .access import access_study, searchable_studies
+from .copies.lifecycle import note_study_read
 from .ingest import (
     IngestError,
     IngestSession,
@@ -208,6 +209,7 @@ def audit_study_read(request: Request, action: str, study: Study, **detail: Any)
         patient_id=study.patient.patient_id,
         detail={"study_instance_uid": study.study_instance_uid, **detail},
     )
+    note_study_read(study.pk)  # the lifecycle's "last read", and a recall if it left the online tier
 
 
 # QIDO-RS ----------------------------------------------------------------------------

@@ -62,6 +62,7 @@ from pacs_cloud.lib.uids import InvalidUID, is_valid_uid, require_uid
 from pacs_cloud.models import Institution
 
 from . import names, signals
+from .copies.index import COPY_INSERT, copy_params
 from .models import NON_IMAGE_MODALITIES, IngestConflict, Instance, Patient, Series, Study
 from .storage import CACHE, CHUNK, STORED, TieredStorage, get_storage, object_key
 
@@ -681,9 +682,9 @@ def metadata_of(instance: Instance) -> dict:
     """An instance's DICOM JSON metadata; computed from the stored object (and kept) if the index has none."""
     if instance.metadata:
         return instance.metadata
-    from .storage import get_storage
+    from .copies.locations import reader
 
-    with get_storage().open(instance.storage_key) as handle:
+    with reader().open(instance.storage_key) as handle:
         ds = pydicom.dcmread(handle, defer_size=BULK_DATA_THRESHOLD, force=True)
         value = json_metadata(ds)
     Instance.objects.filter(pk=instance.pk).update(metadata=value)
@@ -1491,7 +1492,8 @@ def _prepare(connection: Any, cursor: Any) -> None:
     inserted = " AND EXISTS (SELECT 1 FROM new_instance)"
     statement = (
         f"WITH new_instance AS ({_INSERT_INSTANCE} RETURNING 1), "
-        f"counted_series AS ({_COUNT_SERIES}{inserted} RETURNING 1) "
+        f"counted_series AS ({_COUNT_SERIES}{inserted} RETURNING 1), "
+        f"recorded_copy AS ({COPY_INSERT}{inserted} RETURNING 1) "
         f"{_COUNT_STUDY}{inserted} RETURNING state"
     )
     numbered = iter(range(1, statement.count("%s") + 1))
@@ -1516,7 +1518,8 @@ def _insert_and_count(instance: Instance, study_pk: Any, now: Any) -> bool:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             _prepare(connection, cursor)
-            values = [*params, instance.size, series_pk, instance.size, now, study_key]
+            copy = copy_params(instance, connection)
+            values = [*params, instance.size, series_pk, *copy, instance.size, now, study_key]
             cursor.execute(f"EXECUTE {_PREPARED} ({', '.join(['%s'] * len(values))})", values)
             row = cursor.fetchone()
             if row is None:
@@ -1527,6 +1530,7 @@ def _insert_and_count(instance: Instance, study_pk: Any, now: Any) -> bool:
             if not cursor.rowcount:
                 raise _AlreadyIndexed
             cursor.execute(_COUNT_SERIES, [instance.size, series_pk])
+            cursor.execute(COPY_INSERT, copy_params(instance, connection))
             cursor.execute(_COUNT_STUDY, [instance.size, now, study_key])
             cursor.execute(f"SELECT state FROM {Study._meta.db_table} WHERE id = %s", [study_key])  # noqa: S608
             return cursor.fetchone()[0] == Study.State.RECEIVING

@@ -12,6 +12,7 @@ import uuid
 from typing import Any, ClassVar
 
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_fsm import ConcurrentTransitionMixin, FSMField, transition
 from guardian.managers import GroupObjectPermissionManager, UserObjectPermissionManager
@@ -402,3 +403,159 @@ class EdgeQuarantine(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["edge", "sop_instance_uid", "sha256"], name="edge_quarantine_unique")
         ]
+
+
+# Storage locations, object copies and copy policies (archive.copies) ---------------------
+
+
+class StorageLocation(models.Model):
+    """A named place objects are kept: a file system folder or an S3 bucket, at a site, in a tier.
+
+    The default location is the one ``STORAGE_URL`` configures, where ingest
+    writes; the others receive copies (replication, lifecycle transitions).
+    Every location holds an object under the same key (``object_key``).
+    """
+
+    class Kind(models.TextChoices):
+        FILESYSTEM = "filesystem", "File system"
+        S3 = "s3", "S3 bucket"
+
+    class Tier(models.TextChoices):
+        ONLINE = "online"
+        NEARLINE = "nearline"
+        # Needs a restore before a read (S3 GLACIER / DEEP_ARCHIVE).
+        ARCHIVE = "archive"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.SlugField(max_length=50, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # File system: the root folder. S3: the bucket, an optional key prefix and the endpoint.
+    path = models.CharField(max_length=500, blank=True)
+    bucket = models.CharField(max_length=63, blank=True)
+    prefix = models.CharField(max_length=200, blank=True)
+    endpoint_url = models.CharField(max_length=300, blank=True)
+    storage_class = models.CharField(max_length=32, blank=True, help_text="S3 storage class of new objects.")
+    site = models.CharField(max_length=50)
+    tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.ONLINE)
+    cost_per_gb_month = models.DecimalField(max_digits=10, decimal_places=5, default=0)
+    # Reads try healthy locations by rank, lowest first (the fastest).
+    read_rank = models.PositiveIntegerField(default=100)
+    is_default = models.BooleanField(default=False)
+    healthy = models.BooleanField(default=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["read_rank", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"], condition=models.Q(is_default=True), name="one_default_location"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.site}, {self.tier})"
+
+
+class ObjectCopy(models.Model):
+    """One stored copy of an instance's object, and what the last check of it found."""
+
+    class Status(models.TextChoices):
+        GOOD = "good"
+        MISSING = "missing"
+        CORRUPT = "corrupt"
+
+    id = models.BigAutoField(primary_key=True)
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="copies", db_index=False)
+    location = models.ForeignKey(StorageLocation, on_delete=models.PROTECT, related_name="copies")
+    key = models.CharField(max_length=400)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    written_at = models.DateTimeField(default=timezone.now)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.GOOD)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["instance", "location"], name="copy_unique_location")]
+        indexes = [
+            # The scrubber's next copies: least recently verified (or written) first.
+            models.Index(Coalesce("verified_at", "written_at"), name="copy_to_verify"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} @ {self.location_id}"
+
+
+class CopyPolicy(models.Model):
+    """How many good copies an institution's objects need, at how many sites.
+
+    An institution without one follows the platform defaults
+    (``ARCHIVE_COPIES``, ``ARCHIVE_SITES``).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    institution = models.OneToOneField(Institution, on_delete=models.CASCADE, related_name="copy_policy")
+    copies = models.PositiveSmallIntegerField(default=2)
+    sites = models.PositiveSmallIntegerField(default=2)
+    # Locations copies go to, in order of preference (empty: every online location).
+    locations = models.ManyToManyField(StorageLocation, blank=True, related_name="+")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "copy policies"
+
+
+class CopyAlert(models.Model):
+    """An instance with fewer good copies than its policy asks, open until it has them again."""
+
+    id = models.BigAutoField(primary_key=True)
+    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="+")
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="+")
+    good_copies = models.PositiveSmallIntegerField()
+    required = models.PositiveSmallIntegerField()
+    raised_at = models.DateTimeField(default=timezone.now)
+    cleared_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["institution", "raised_at"], condition=models.Q(cleared_at=None), name="open_copy_alert"
+            )
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instance"], condition=models.Q(cleared_at=None), name="one_open_copy_alert"
+            )
+        ]
+
+
+class LifecycleRule(models.Model):
+    """Move an institution's studies from the online default location to a cheaper one by age or idleness.
+
+    A study qualifies when it was received at least ``min_age_days`` ago and
+    (when set) nobody has read it for ``min_idle_days``.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="lifecycle_rules")
+    name = models.CharField(max_length=100)
+    target = models.ForeignKey(StorageLocation, on_delete=models.PROTECT, related_name="+")
+    min_age_days = models.PositiveIntegerField(default=365)
+    min_idle_days = models.PositiveIntegerField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["institution", "min_age_days"]
+        constraints = [models.UniqueConstraint(fields=["institution", "name"], name="lifecycle_rule_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StudyAccess(models.Model):
+    """When a study was last read, and last recalled to the online tier (lifecycle rules read both)."""
+
+    study = models.OneToOneField(Study, primary_key=True, on_delete=models.CASCADE, related_name="access_record")
+    last_read_at = models.DateTimeField(default=timezone.now)
+    recalled_at = models.DateTimeField(null=True, blank=True)

@@ -30,9 +30,10 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from .copies.locations import reader
 from .ingest import file_meta_header
 from .models import Instance
-from .storage import CHUNK, get_storage
+from .storage import CHUNK
 
 NATIVE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
 
@@ -71,12 +72,12 @@ def can_decode(transfer_syntax: str) -> bool:
 
 def iter_object(instance: Instance, chunk: int = CHUNK) -> Iterator[bytes]:
     """The stored object as it was received, in chunks."""
-    with get_storage().open(instance.storage_key) as handle:
+    with reader().open(instance.storage_key) as handle:
         yield from iter(lambda: handle.read(chunk), b"")
 
 
 def read_object(instance: Instance) -> bytes:
-    with get_storage().open(instance.storage_key) as handle:
+    with reader().open(instance.storage_key) as handle:
         return handle.read()
 
 
@@ -187,7 +188,7 @@ def frames(instance: Instance, numbers: list[int], *, decode: bool) -> Iterator[
     if syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) and instance.pixel_data_offset is not None:
         size, bits = frame_size(instance)
         if bits >= 8:
-            storage = get_storage()
+            storage = reader()
             for number in numbers:
                 start = instance.pixel_data_offset + (number - 1) * size
                 yield storage.read_range(instance.storage_key, start, size), ExplicitVRLittleEndian

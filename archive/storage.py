@@ -213,6 +213,30 @@ class ChecksumMismatch(OSError):
     """The object store holds other bytes than were sent."""
 
 
+def _s3_client(endpoint_url: str, *, attempts: int, connect_timeout: float = 60) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url or None,
+        aws_access_key_id=settings.AWS_ACCESS_KEY_ID or None,
+        aws_secret_access_key=settings.AWS_SECRET_ACCESS_KEY or None,
+        region_name=settings.AWS_DEFAULT_REGION,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": attempts, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            max_pool_connections=max(10, settings.STORAGE_COPY_WORKERS * 2),
+            # Our own Content-MD5 and SHA-256 instead of the CRC trailers
+            # newer SDKs add, which several S3 servers do not accept.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
 class S3Storage:
     """Objects in an S3 bucket (Ceph RGW, MinIO, AWS S3).
 
@@ -222,30 +246,23 @@ class S3Storage:
     server checks ``x-amz-checksum-*``, Ceph's among them, so we keep our own.)
     """
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str = "", create_bucket: bool = True) -> None:
-        import boto3
-        from botocore.config import Config
-
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str = "",
+        create_bucket: bool = True,
+        storage_class: str = "",
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.part_size = settings.S3_MULTIPART_BYTES
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url or None,
-            aws_access_key_id=settings.AWS_ACCESS_KEY_ID or None,
-            aws_secret_access_key=settings.AWS_SECRET_ACCESS_KEY or None,
-            region_name=settings.AWS_DEFAULT_REGION,
-            config=Config(
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 5, "mode": "standard"},
-                max_pool_connections=max(10, settings.STORAGE_COPY_WORKERS * 2),
-                # Our own Content-MD5 and SHA-256 instead of the CRC trailers
-                # newer SDKs add, which several S3 servers do not accept.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            ),
-        )
+        self.storage_class = storage_class
+        self.client = _s3_client(endpoint_url, attempts=5)
+        # Reads fail over to another copy (archive.copies): a store that does
+        # not answer is given up on after one retry instead of five.
+        self.read_client = _s3_client(endpoint_url, attempts=2, connect_timeout=2)
         if create_bucket:
             self._ensure_bucket()
 
@@ -286,12 +303,20 @@ class S3Storage:
             ContentMD5=base64.b64encode(md5.digest()).decode(),
             ContentType="application/dicom",
             Metadata={"sha256": sha256},
+            **self._class_argument(),
         )
         self._verify(key, f'"{md5.hexdigest()}"', sha256, len(body))
 
+    def _class_argument(self) -> dict[str, str]:
+        return {"StorageClass": self.storage_class} if self.storage_class else {}
+
     def _put_multipart(self, key: str, handle: IO[bytes], sha256: str) -> None:
         upload = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=self._key(key), ContentType="application/dicom", Metadata={"sha256": sha256}
+            Bucket=self.bucket,
+            Key=self._key(key),
+            ContentType="application/dicom",
+            Metadata={"sha256": sha256},
+            **self._class_argument(),
         )
         upload_id = upload["UploadId"]
         parts, digests, size = [], [], 0
@@ -331,12 +356,12 @@ class S3Storage:
             )
 
     def open(self, key: str) -> BinaryIO:
-        return cast(BinaryIO, _S3Reader(self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]))
+        return cast(BinaryIO, _S3Reader(self.read_client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]))
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
-        answer = self.client.get_object(
+        answer = self.read_client.get_object(
             Bucket=self.bucket, Key=self._key(key), Range=f"bytes={offset}-{offset + length - 1}"
         )
         return answer["Body"].read()

@@ -9,6 +9,7 @@ from pacs_cloud.lean import lean_for_bearer
 from pacs_cloud.restapi import Router
 
 from . import api, dicomweb, views
+from .copies import pages as copy_pages
 from .dicomweb import on_worker_thread
 from .edge import cloud_api as edge_api
 from .edge import pages as edge_pages
@@ -105,6 +106,11 @@ urlpatterns = [
     path("archive/import/dicomdir/", views.read_dicomdir, name="archive-read-dicomdir"),
     path("archive/dicom-nodes/", views.dicom_nodes, name="archive-list-dicom-nodes"),
     path("archive/dicom-nodes/<uuid:pk>/", views.dicom_node, name="archive-edit-dicom-node"),
+    # Storage locations and copies
+    path("archive/storage/", copy_pages.institution_storage, name="archive-edit-storage"),
+    path("archive/storage/lifecycle/", copy_pages.save_lifecycle_rule, name="archive-save-lifecycle-rule"),
+    path("archive/locations/", copy_pages.locations_health, name="archive-list-locations"),
+    path("archive/studies/<uuid:study_id>/copies/", copy_pages.study_copies, name="archive-list-study-copies"),
     # Edge gateways: the admins' pages, and the endpoints an edge calls with its token
     path("archive/edges/", edge_pages.edges, name="archive-list-edges"),
     path("archive/edges/<uuid:pk>/", edge_pages.edge_detail, name="archive-edit-edge"),

@@ -263,6 +263,22 @@ STORAGE_COPY_WORKERS = env.int("STORAGE_COPY_WORKERS", default=4)
 S3_MULTIPART_BYTES = env.int("S3_MULTIPART_BYTES", default=8 * 1024 * 1024)
 STORAGE_COPY_GRACE_SECONDS = env.int("STORAGE_COPY_GRACE_SECONDS", default=60)
 STORAGE_CACHE_RETENTION_HOURS = env.float("STORAGE_CACHE_RETENTION_HOURS", default=24)
+# Copies of every object (archive.copies): the platform's default number of
+# good copies and of sites they span (an institution's copy policy overrides
+# them); how often the copier looks for objects short of copies; how long a
+# location that failed a read is passed over by reads; the fixity cycle (every
+# copy re-read within it), the scrubber's read rate and how often it runs.
+ARCHIVE_COPIES = env.int("ARCHIVE_COPIES", default=1)
+ARCHIVE_SITES = env.int("ARCHIVE_SITES", default=1)
+REPLICATION_SWEEP_SECONDS = env.float("REPLICATION_SWEEP_SECONDS", default=20.0)
+STORAGE_FAILOVER_SECONDS = env.float("STORAGE_FAILOVER_SECONDS", default=30.0)
+FIXITY_CYCLE_DAYS = env.float("FIXITY_CYCLE_DAYS", default=90.0)
+SCRUB_MB_PER_SECOND = env.float("SCRUB_MB_PER_SECOND", default=50.0)
+SCRUB_SWEEP_SECONDS = env.float("SCRUB_SWEEP_SECONDS", default=60.0)
+# Lifecycle: how often the rules move studies to cheaper tiers, and how long a
+# study read from a nearline tier stays online again after it was recalled.
+LIFECYCLE_SWEEP_SECONDS = env.float("LIFECYCLE_SWEEP_SECONDS", default=3600.0)
+RECALL_KEEP_DAYS = env.float("RECALL_KEEP_DAYS", default=30.0)
 
 # Cache, channels, Celery ---------------------------------------------------
 
@@ -343,6 +359,16 @@ CELERY_BEAT_SCHEDULE: dict = {
     "archive-sweep-object-store-copies": {"task": "archive.tasks.sweep_object_store_copies", "schedule": 60.0},
     "archive-evict-cached-copies": {"task": "archive.tasks.evict_cached_copies", "schedule": 3600.0},
     "archive-discard-stale-staging": {"task": "archive.tasks.discard_stale_staging", "schedule": 3600.0},
+    "archive-replicate-copies": {
+        "task": "archive.copies.tasks.sweep_replication",
+        "schedule": REPLICATION_SWEEP_SECONDS,
+    },
+    "archive-scrub-copies": {"task": "archive.copies.tasks.scrub_copies", "schedule": SCRUB_SWEEP_SECONDS},
+    "archive-check-locations": {"task": "archive.copies.tasks.check_locations", "schedule": 60.0},
+    "archive-apply-lifecycle": {
+        "task": "archive.copies.tasks.apply_lifecycle_rules",
+        "schedule": LIFECYCLE_SWEEP_SECONDS,
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"

@@ -109,6 +109,14 @@ def make_tenant(slug: str, name: str, prefix: str) -> Tenant:
     return tenant
 
 
+@pytest.fixture(autouse=True)
+def _fresh_storage_locations():
+    """Each test reads the storage locations of its own database (a flushed one lost the default's row)."""
+    from archive.copies import locations
+
+    locations.forget()
+
+
 @pytest.fixture
 def tenants(db) -> Tenants:
     return Tenants(

@@ -18,6 +18,7 @@ from django.core.cache import cache
 from django.http import Http404, HttpRequest
 
 from archive.access import access_study, can_view_study, visible_studies
+from archive.copies.lifecycle import note_study_read
 from archive.models import Instance, Patient, Series, Study
 from pacs_cloud import audit
 from pacs_cloud.access import CLINICAL_ROLES, institution_ids
@@ -158,6 +159,7 @@ def record_study_view(request: HttpRequest, study: Study, *, via: str) -> bool:
     opening (another study, or the same one after the window) is recorded.
     Returns whether an event was written.
     """
+    note_study_read(study.pk)  # the lifecycle's "last read", and a recall if it left the online tier
     key = _opened_key(request, study)
     now = time.monotonic()
     # This process already knows it recorded the opening: skip the shared cache.

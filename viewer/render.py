@@ -20,8 +20,8 @@ import pydicom
 from django.conf import settings
 from PIL import Image
 
+from archive.copies.locations import reader
 from archive.models import Instance
-from archive.storage import get_storage
 
 from . import pixels
 from .caches import decoded_cache, render_cache
@@ -51,7 +51,10 @@ class RenderParams:
 
 
 def load_dataset(instance: Instance) -> Any:
-    with get_storage().open(instance.storage_key) as handle:
+    with reader().open(instance.storage_key) as handle:
+        if not getattr(handle, "seekable", lambda: False)():
+            # An object store's stream (another site's copy): the reader needs to seek.
+            return pixels.read_dataset(io.BytesIO(handle.read()))
         return pixels.read_dataset(handle)
 
 
@@ -117,7 +120,7 @@ def read_native_frame(instance: Instance, index: int) -> DecodedFrame | None:
     header_size = 12 if explicit else 8
     if start < 132 + header_size:
         return None
-    with get_storage().open(instance.storage_key) as handle:
+    with reader().open(instance.storage_key) as handle:
         if not getattr(handle, "seekable", lambda: False)():
             return None
         handle.seek(start - header_size)

@@ -49,9 +49,9 @@ from django_fsm import TransitionNotAllowed
 from pydicom.dataset import Dataset
 
 from archive.actions import grant_study_view, revoke_study_view
+from archive.copies.locations import reader
 from archive.ingest import IngestError, IngestSession, Source, store_instance
 from archive.models import Instance, Patient, Study
-from archive.storage import get_storage
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition
@@ -909,7 +909,7 @@ def do_import_shared_study(study: Study, *, patient: Patient, acting_user: Any, 
     if previous is not None and previous.patient_id != patient.pk:
         raise ImportRefused(f"This study was imported already, for patient {previous.patient.patient_id}.", "bad_state")
     source_patient = study.patient
-    storage = get_storage()
+    storage = reader()
     session = IngestSession(Source("import", f"shared by {study.institution.slug}"[:64], actor=acting_user, address=""))
     instances = list(Instance.objects.filter(series__study=study).order_by("series_id", "instance_number", "pk"))
     copy: Study | None = None

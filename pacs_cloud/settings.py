@@ -312,6 +312,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(_celery_dir / "control"),
         "store_processed": False,
     }
+    # kombu's filesystem transport with atomic message files (pacs_cloud/lib/fsbroker.py).
+    CELERY_BROKER_TRANSPORT = "pacs_cloud.lib.fsbroker:Transport"
 elif REDIS_URL and CELERY_BROKER_URL == REDIS_URL:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:"}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)

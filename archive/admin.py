@@ -4,7 +4,8 @@ platform administrators see no PHI by that role alone."""
 from django.contrib import admin
 
 from . import actions
-from .models import ArchivePolicy, DicomNode, EdgeGateway
+from .breakglass.actions import do_allow_break_glass, do_disallow_break_glass
+from .models import ArchivePolicy, BreakGlassAllowance, DicomNode, EdgeGateway
 
 
 @admin.register(DicomNode)
@@ -45,3 +46,26 @@ class EdgeGatewayAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
         return False
+
+
+@admin.register(BreakGlassAllowance)
+class BreakGlassAllowanceAdmin(admin.ModelAdmin):
+    """Which hospitals' clinicians and radiologists may break glass on which hospital's studies."""
+
+    list_display = ["institution", "allowed", "created_at"]
+    list_filter = ["institution"]
+    fields = ["institution", "allowed"]
+
+    # Added through the audited action; an allowance is never edited, only added or removed.
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return obj is None
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        do_allow_break_glass(obj.institution, obj.allowed, acting_user=request.user)
+
+    def delete_model(self, request, obj):  # type: ignore[no-untyped-def]
+        do_disallow_break_glass(obj, acting_user=request.user)
+
+    def delete_queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+        for obj in queryset:
+            do_disallow_break_glass(obj, acting_user=request.user)

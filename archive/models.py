@@ -402,3 +402,7 @@ class EdgeQuarantine(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["edge", "sop_instance_uid", "sha256"], name="edge_quarantine_unique")
         ]
+
+
+# Break-glass tables live in archive.breakglass.models but belong to this app.
+from .breakglass.models import BreakGlassAccess, BreakGlassAllowance  # noqa: E402, F401

@@ -514,3 +514,15 @@ CELERY_BEAT_SCHEDULE["reports-sweep"] = {
     "task": "reports.tasks.sweep",
     "schedule": env.float("REPORTS_SWEEP_SECONDS", default=60.0),
 }
+
+# Break-glass (archive.breakglass): emergency read access outside a user's grants.
+BREAK_GLASS_MINUTES = env.int("BREAK_GLASS_MINUTES", default=60)
+HOME_PANELS.append("archive.breakglass.views.home_panels")
+CELERY_IMPORTS.append("archive.breakglass.tasks")
+CELERY_BEAT_SCHEDULE["archive-break-glass-sweep"] = {
+    "task": "archive.breakglass.tasks.sweep_break_glass",
+    "schedule": env.float("BREAK_GLASS_SWEEP_SECONDS", default=60.0),
+}
+
+# OHIF v3 at /ohif/ (viewer/ohif/): its prebuilt dist, installed by `make setup`.
+OHIF_DIST_DIR = env.str("OHIF_DIST_DIR", default=str(BASE_DIR / "viewer" / "ohif" / "dist"))

@@ -15,7 +15,13 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-setup: $(BIN)/.installed
+# OHIF v3, served at /ohif/: the build pinned in viewer/ohif/package.json (needs npm).
+OHIF_DIST ?= viewer/ohif/dist
+$(OHIF_DIST)/.installed: viewer/ohif/package.json viewer/ohif/install.sh
+	OHIF_DIST_DIR=$(abspath $(OHIF_DIST)) viewer/ohif/install.sh
+	touch $@
+
+setup: $(BIN)/.installed $(OHIF_DIST)/.installed
 
 ## Set up, migrate, seed the demo and start every process of the product; one that dies is restarted (Ctrl-C stops all).
 run: setup

@@ -131,3 +131,33 @@ def test_the_page_asks_for_a_reason_and_opens_the_study(tenants, alpha_study):
 def test_the_api_is_in_the_schema(tenants):
     schema = api_client(tenants.a.clinician).get("/api/schema/?format=json").json()
     assert {"get", "post"} <= set(schema["paths"]["/api/v1/break-glass/"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_both_hospitals_administrators_get_a_push_at_once(tenants, live_url):
+    import json
+
+    from websockets.sync.client import connect
+
+    from archive.breakglass.actions import do_break_glass
+
+    do_allow_break_glass(tenants.a.institution, tenants.b.institution, acting_user=tenants.a.institution_admin)
+    patient = Patient.objects.create(institution=tenants.a.institution, patient_id="A-2", name="李^四")
+    study = Study.objects.create(institution=tenants.a.institution, patient=patient, study_instance_uid="1.2.156.1.8")
+
+    def socket(user):
+        cookie = f"sessionid={web_client(user).cookies['sessionid'].value}"
+        url = live_url.replace("http://", "ws://") + "/ws/notifications/"
+        return connect(url, additional_headers={"Cookie": cookie, "Origin": live_url})
+
+    with (
+        socket(tenants.a.institution_admin) as owner,
+        socket(tenants.b.institution_admin) as own,
+        socket(tenants.c.institution_admin) as outsider,
+    ):
+        do_break_glass(tenants.b.clinician, study.study_instance_uid, reason=REASON)
+        for admin in (owner, own):
+            message = json.loads(admin.recv(timeout=10))
+            assert message["topic"] == "break_glass.opened" and message["data"]["user"] == "clinician@bravo"
+        with pytest.raises(TimeoutError):
+            outsider.recv(timeout=0.5)

@@ -5,6 +5,8 @@
   if (!banner || !window.WebSocket) return;
   var scheme = location.protocol === "https:" ? "wss://" : "ws://";
   var socket = new WebSocket(scheme + location.host + "/ws/notifications/");
+  // Joined the administrators' groups (the server accepts only after joining).
+  socket.onopen = function () { banner.dataset.live = "1"; };
   socket.onmessage = function (event) {
     var message = JSON.parse(event.data);
     if (message.topic !== "break_glass.opened") return;

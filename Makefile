@@ -15,9 +15,15 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-setup: $(BIN)/.installed
+# OHIF v3, served at /ohif/: the build pinned in viewer/ohif/package.json (needs npm).
+OHIF_DIST ?= viewer/ohif/dist
+$(OHIF_DIST)/.installed: viewer/ohif/package.json viewer/ohif/install.sh
+	OHIF_DIST_DIR=$(abspath $(OHIF_DIST)) viewer/ohif/install.sh
+	touch $@
 
-## Set up, migrate, seed the demo and start every process of the product (Ctrl-C stops all).
+setup: $(BIN)/.installed $(OHIF_DIST)/.installed
+
+## Set up, migrate, seed the demo and start every process of the product; one that dies is restarted (Ctrl-C stops all).
 run: setup
 	$(BIN)/python manage.py migrate --noinput
 	# An upgraded database may hold one Patient ID twice at a hospital (earlier releases); idempotent.
@@ -28,7 +34,7 @@ run: setup
 	@echo "Cloud PACS starts on http://127.0.0.1:8000/ (sign in with a login above). Ctrl-C stops everything."
 	@echo
 	# The demo treats a study as complete after seconds, not minutes, so it is routed at once.
-	STUDY_STABILITY_SECONDS=$${STUDY_STABILITY_SECONDS:-10} $(BIN)/honcho --procfile Procfile start
+	STUDY_STABILITY_SECONDS=$${STUDY_STABILITY_SECONDS:-10} $(BIN)/python -m pacs_cloud.lib.supervisor Procfile
 
 ## Set up and run the whole test suite (PostgreSQL tests run when DATABASE_URL points at one).
 test: setup

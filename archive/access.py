@@ -28,12 +28,20 @@ from uuid import UUID
 
 from django.db.models import CharField, Q, QuerySet, Value
 from django.http import Http404
+from django.utils import timezone
 
 from pacs_cloud import authcache
 from pacs_cloud.access import authenticated, institution_ids, memberships
 from pacs_cloud.models import CLINICAL_ROLES
 
-from .models import Instance, Series, Study, StudyGroupObjectPermission, StudyUserObjectPermission
+from .models import (
+    BreakGlassAccess,
+    Instance,
+    Series,
+    Study,
+    StudyGroupObjectPermission,
+    StudyUserObjectPermission,
+)
 
 VIEW_STUDY = "view_study"
 
@@ -41,8 +49,18 @@ VIEW_STUDY = "view_study"
 def _grants(user: Any) -> tuple[QuerySet, QuerySet]:
     """The user's own ``view_study`` grants and those of their groups."""
     return (
-        StudyUserObjectPermission.objects.filter(user=user, permission__codename=VIEW_STUDY),
+        StudyUserObjectPermission.objects.filter(user=user, permission__codename=VIEW_STUDY).exclude(
+            content_object_id__in=_expired_break_glass(user)
+        ),
         StudyGroupObjectPermission.objects.filter(group__user=user, permission__codename=VIEW_STUDY),
+    )
+
+
+# Break-glass (archive.breakglass): a grant it wrote counts only until its expiry,
+# whether or not the sweep has taken it back yet (memoised reach: AUTH_CACHE_SECONDS).
+def _expired_break_glass(user: Any) -> QuerySet:
+    return BreakGlassAccess.objects.filter(user=user, ended_at__isnull=True, expires_at__lte=timezone.now()).values(
+        "study_id"
     )
 
 

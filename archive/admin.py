@@ -4,8 +4,9 @@ platform administrators see no PHI by that role alone."""
 from django.contrib import admin
 
 from . import actions
+from .breakglass.actions import do_allow_break_glass, do_disallow_break_glass
 from .copies.actions import do_save_storage_location
-from .models import ArchivePolicy, DicomNode, EdgeGateway, StorageLocation
+from .models import ArchivePolicy, BreakGlassAllowance, DicomNode, EdgeGateway, StorageLocation
 
 
 @admin.register(DicomNode)
@@ -58,3 +59,24 @@ class StorageLocationAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         do_save_storage_location(obj, acting_user=request.user)
+@admin.register(BreakGlassAllowance)
+class BreakGlassAllowanceAdmin(admin.ModelAdmin):
+    """Which hospitals' clinicians and radiologists may break glass on which hospital's studies."""
+
+    list_display = ["institution", "allowed", "created_at"]
+    list_filter = ["institution"]
+    fields = ["institution", "allowed"]
+
+    # Added through the audited action; an allowance is never edited, only added or removed.
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return obj is None
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        do_allow_break_glass(obj.institution, obj.allowed, acting_user=request.user)
+
+    def delete_model(self, request, obj):  # type: ignore[no-untyped-def]
+        do_disallow_break_glass(obj, acting_user=request.user)
+
+    def delete_queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+        for obj in queryset:
+            do_disallow_break_glass(obj, acting_user=request.user)

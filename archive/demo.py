@@ -8,6 +8,7 @@ from django.db.models import ProtectedError
 from pacs_cloud.models import Institution
 
 from .actions import do_delete_dicom_node
+from .breakglass.actions import do_allow_break_glass
 from .models import ArchivePolicy, DicomNode
 
 # ae title, institution slug, allowed host, port (where C-MOVE sends to it), description
@@ -49,4 +50,10 @@ def seed() -> list[str]:
         ArchivePolicy.objects.update_or_create(
             institution=found, defaults={"stability_seconds": DEMO_STABILITY_SECONDS}
         )
+    # Central City's clinicians and radiologists may break glass on Riverside's studies
+    # (the tertiary hospital its patients are referred up to).
+    riverside = Institution.objects.get(slug="riverside")
+    central = Institution.objects.get(slug="central")
+    do_allow_break_glass(riverside, central, acting_user=None)
+    lines.append("Break-glass: Central City Hospital's doctors may open Riverside studies in an emergency")
     return lines

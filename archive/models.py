@@ -559,3 +559,5 @@ class StudyAccess(models.Model):
     study = models.OneToOneField(Study, primary_key=True, on_delete=models.CASCADE, related_name="access_record")
     last_read_at = models.DateTimeField(default=timezone.now)
     recalled_at = models.DateTimeField(null=True, blank=True)
+# Break-glass tables live in archive.breakglass.models but belong to this app.
+from .breakglass.models import BreakGlassAccess, BreakGlassAllowance  # noqa: E402, F401

@@ -123,4 +123,6 @@ urlpatterns = [
     path("api/v1/edge/confirm/", on_worker_thread(edge_api.ConfirmView.as_view()), name="archive-edge-confirm"),
     path("api/v1/edge/config/", on_worker_thread(edge_api.ConfigView.as_view()), name="archive-edge-config"),
     path("", include(router.urls)),
+    # Break-glass: /break-glass/, /break-glass/review/ and /api/v1/break-glass/.
+    path("", include("archive.breakglass.urls")),
 ]

@@ -345,6 +345,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(_celery_dir / "control"),
         "store_processed": False,
     }
+    # kombu's filesystem transport with atomic message files (pacs_cloud/lib/fsbroker.py).
+    CELERY_BROKER_TRANSPORT = "pacs_cloud.lib.fsbroker:Transport"
 elif REDIS_URL and CELERY_BROKER_URL == REDIS_URL:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{REDIS_KEY_PREFIX}:celery:"}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
@@ -573,3 +575,15 @@ CELERY_BEAT_SCHEDULE["reports-sweep"] = {
     "task": "reports.tasks.sweep",
     "schedule": env.float("REPORTS_SWEEP_SECONDS", default=60.0),
 }
+
+# Break-glass (archive.breakglass): emergency read access outside a user's grants.
+BREAK_GLASS_MINUTES = env.int("BREAK_GLASS_MINUTES", default=60)
+HOME_PANELS.append("archive.breakglass.views.home_panels")
+CELERY_IMPORTS.append("archive.breakglass.tasks")
+CELERY_BEAT_SCHEDULE["archive-break-glass-sweep"] = {
+    "task": "archive.breakglass.tasks.sweep_break_glass",
+    "schedule": env.float("BREAK_GLASS_SWEEP_SECONDS", default=60.0),
+}
+
+# OHIF v3 at /ohif/ (viewer/ohif/): its prebuilt dist, installed by `make setup`.
+OHIF_DIST_DIR = env.str("OHIF_DIST_DIR", default=str(BASE_DIR / "viewer" / "ohif" / "dist"))

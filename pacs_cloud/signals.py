@@ -17,7 +17,7 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from . import audit, authcache
+from . import audit, authcache, push
 from .models import ApiToken, AuditEvent, Institution, Membership, User, role_group_name
 
 for _model in (User, ApiToken, Membership, Institution):
@@ -39,6 +39,28 @@ def sync_group_on_delete(sender: type, instance: Membership, **kwargs: Any) -> N
     group = Group.objects.filter(name=role_group_name(instance.institution, instance.role)).first()
     if group is not None:
         instance.user.groups.remove(group)
+
+
+# Open WebSockets follow the session and memberships behind them ---------------
+
+
+@receiver(post_save, sender=Membership, dispatch_uid="sockets-membership-save")
+@receiver(post_delete, sender=Membership, dispatch_uid="sockets-membership-delete")
+def sockets_follow_membership(sender: type, instance: Membership, **kwargs: Any) -> None:
+    push.access_changed(instance.user_id)
+
+
+@receiver(post_save, sender=User, dispatch_uid="sockets-user-save")
+def sockets_end_with_account(sender: type, instance: User, created: bool, **kwargs: Any) -> None:
+    if not created and not instance.is_active:
+        push.end_sessions(instance.pk)
+
+
+@receiver(user_logged_out, dispatch_uid="sockets-logout")
+def sockets_end_with_session(sender: type, request: Any, user: Any, **kwargs: Any) -> None:
+    session = getattr(request, "session", None)
+    if user is not None and session is not None and session.session_key:
+        push.end_sessions(user.pk, session.session_key)
 
 
 # Sign-in events for the audit trail ------------------------------------------

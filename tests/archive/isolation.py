@@ -119,3 +119,38 @@ isolation.route("/dicomweb/instances", queries=[{"SeriesInstanceUID": isolation.
 # per institution) and refuses a body that is not multipart/related alike for
 # any UID, so no object of another institution is looked up.
 isolation.route("/dicomweb/studies/{study_uid}", also_allowed={400, 415})
+
+
+# Break-glass: each institution's clinician has broken glass on a study of a
+# partner hospital that allows it (none of the three allows another), with a
+# reason only their institution's and the partner's administrators may read.
+@isolation.factory
+def break_glass_access(tenant):
+    from archive.breakglass.actions import do_allow_break_glass, do_break_glass
+    from archive.models import Patient, Study
+    from pacs_cloud.lib.uids import new_uid
+    from pacs_cloud.models import Institution
+
+    token = secrets.token_hex(4)
+    slug = tenant.institution.slug
+    partner = Institution.objects.create(
+        slug=f"{slug}-partner", name=f"Partner of {slug}", accession_prefix="P", patient_id_issuer=f"P{slug}"
+    )
+    do_allow_break_glass(partner, tenant.institution, acting_user=tenant.institution_admin)
+    patient = Patient.objects.create(institution=partner, patient_id=f"PB-{token}", name=f"Glass{token}^X")
+    study = Study.objects.create(institution=partner, patient=patient, study_instance_uid=new_uid())
+    do_break_glass(tenant.clinician, study.study_instance_uid, reason=f"Emergency{token} chest pain")
+    return isolation.Made(secrets=[f"Emergency{token}", f"Glass{token}", f"PB-{token}"])
+
+
+# Breaking glass on another institution's study (it allows nobody) is refused alike for a missing one.
+isolation.route(
+    "/api/v1/break-glass/",
+    bodies={"post": {"study_instance_uid": isolation.Ref("study.uid"), "reason": "intruder wants to look"}},
+)
+isolation.route(
+    "/break-glass/",
+    bodies={
+        "post": isolation.Form({"study_instance_uid": isolation.Ref("study.uid"), "reason": "intruder wants to look"})
+    },
+)

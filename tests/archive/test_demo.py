@@ -1,7 +1,7 @@
 """The archive's part of the demo: the modalities of DESIGN.md may call the cloud, studies complete in seconds."""
 
 from archive import demo
-from archive.models import ArchivePolicy, DicomNode
+from archive.models import ArchivePolicy, BreakGlassAllowance, DicomNode
 from pacs_cloud import demo as platform_demo
 from pacs_cloud.models import Institution
 
@@ -10,7 +10,9 @@ def test_the_demo_nodes_and_stability_window_are_seeded_idempotently(db):
     platform_demo.seed()
     first = demo.seed()
     second = demo.seed()
-    assert first == second and len(first) == 2
+    assert first == second and len(first) == 3
+    [allowance] = BreakGlassAllowance.objects.select_related("institution", "allowed")
+    assert (allowance.institution.slug, allowance.allowed.slug) == ("riverside", "central")
     nodes = {n.ae_title: n for n in DicomNode.objects.select_related("institution")}
     # Only the hospitals' modalities: the benchmark harness registers its own AE when it runs.
     assert set(nodes) == {"RIVERSIDE_CT", "HILLSIDE_MR"}

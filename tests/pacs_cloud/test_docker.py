@@ -62,3 +62,59 @@ def test_the_edge_stack_runs_the_gateway_in_the_edge_role_with_its_token_from_th
     assert edge["environment"]["CLOUD_URL"].startswith("${CLOUD_URL:?")
     assert "11113:11113" in edge["ports"]
     assert not {"DATABASE_URL", "REDIS_URL"} & set(edge["environment"])  # the edge needs no server
+
+
+def test_every_long_running_service_restarts_and_has_a_health_check():
+    services = {**compose()["services"], **yaml.safe_load((DOCKER / "edge.yaml").read_text())["services"]}
+    for name, service in services.items():
+        if name == "migrate":  # a one-off step the others wait for
+            assert service["restart"] == "no"
+            continue
+        assert service.get("restart") == "unless-stopped", name
+        check = service.get("healthcheck", {})
+        assert not check.get("disable") and check.get("test", [None])[0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_the_probes_tell_healthy_from_not(tmp_path, monkeypatch):
+    import http.server
+    import os
+    import socket
+    import threading
+    import time
+
+    from pacs_cloud.lib import probe
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.headers["Host"], self.headers["X-Forwarded-Proto"]))
+            self.send_response(200 if self.path == "/healthz" else 503)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    monkeypatch.setenv("ALLOWED_HOSTS", "pacs.example.cn,.example.cn")
+    try:
+        assert probe.main(["http", f"http://127.0.0.1:{port}/healthz"]) == 0
+        assert seen == [("pacs.example.cn", "https")]
+        assert probe.main(["http", f"http://127.0.0.1:{port}/other"]) == 1
+        assert probe.main(["tcp", "127.0.0.1", str(port)]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed = unused.getsockname()[1]
+    assert probe.main(["http", f"http://127.0.0.1:{closed}/healthz"]) == 1
+    assert probe.main(["tcp", "127.0.0.1", str(closed)]) == 1
+
+    schedule = tmp_path / "celerybeat-schedule.dat"
+    schedule.write_bytes(b"")
+    assert probe.main(["fresh", str(tmp_path / "celerybeat-schedule*"), "600"]) == 0
+    os.utime(schedule, (time.time() - 900, time.time() - 900))
+    assert probe.main(["fresh", str(tmp_path / "celerybeat-schedule*"), "600"]) == 1

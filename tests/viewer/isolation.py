@@ -60,3 +60,6 @@ isolation.route(
     plane=isolation.const("sagittal"),
     index=isolation.const("8"),
 )
+
+# OHIF's single-page application and build files: nothing of an institution in the path.
+isolation.route("/ohif/{path}", path=isolation.const("viewer"))

@@ -5,6 +5,8 @@ from django.contrib import admin
 
 from . import actions
 from .models import ArchivePolicy, DicomNode, EdgeGateway
+from .priors import actions as prior_actions
+from .priors.models import PriorRule
 
 
 @admin.register(DicomNode)
@@ -45,3 +47,16 @@ class EdgeGatewayAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
         return False
+
+
+@admin.register(PriorRule)
+class PriorRuleAdmin(admin.ModelAdmin):
+    list_display = ["name", "institution", "position", "modality", "body_region", "years", "max_priors", "is_active"]
+    list_filter = ["institution", "is_active"]
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        values = {name: getattr(obj, name) for name in (*prior_actions.RULE_FIELDS, "is_active")}
+        prior_actions.do_save_prior_rule(institution=obj.institution, acting_user=request.user, rule=obj, **values)
+
+    def delete_model(self, request, obj):  # type: ignore[no-untyped-def]
+        prior_actions.do_delete_prior_rule(obj, acting_user=request.user)

@@ -106,6 +106,8 @@ class Study(ConcurrentTransitionMixin, models.Model):
 
     class Meta:
         verbose_name_plural = "studies"
+        # A grant of a study as a prior of one being read: visible, read-only (archive.access).
+        permissions = [("view_prior_study", "Can view as a prior of a study being read")]
         constraints = [
             models.UniqueConstraint(fields=["institution", "study_instance_uid"], name="study_unique_uid"),
         ]
@@ -402,3 +404,7 @@ class EdgeQuarantine(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["edge", "sop_instance_uid", "sha256"], name="edge_quarantine_unique")
         ]
+
+
+# Sub-packages' models, so that Django registers them with this app.
+from .priors.models import PriorRule  # noqa: E402, F401

@@ -3,7 +3,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from . import api, views
+from . import api, priors, views
 
 router = SimpleRouter()
 router.register("api/v1/reports", api.ReportViewSet, basename="reports-report")
@@ -22,5 +22,6 @@ urlpatterns: list = [
         views.acknowledge,
         name="reports-acknowledge-critical",
     ),
+    path("api/v1/studies/<uuid:pk>/priors/", priors.StudyPriorsView.as_view(), name="reports-list-study-priors"),
     *router.urls,
 ]

@@ -35,7 +35,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from archive.access import access_study
+from archive.access import access_study, seen_as_prior
 from archive.models import Instance, Series, Study
 from pacs_cloud import audit
 from pacs_cloud.authentication import BearerTokenAuthentication
@@ -696,6 +696,8 @@ class KeyImageList(APIView):
     )
     def post(self, request: Request, study_id: str) -> Response:
         study = access_study(request.user, pk=study_id)
+        if seen_as_prior(request.user, study):
+            return Response({"detail": "A prior is shown read-only."}, status=status.HTTP_403_FORBIDDEN)
         data = KeyImageInput(data=request.data)
         data.is_valid(raise_exception=True)
         instance = (

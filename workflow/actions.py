@@ -27,6 +27,7 @@ from django_fsm import TransitionNotAllowed
 
 from archive.actions import do_mark_study_routed, grant_study_view, revoke_study_view
 from archive.models import Study
+from archive.priors.selection import select_priors
 from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition, record_transition
 from pacs_cloud.models import Institution, Membership, Role, User
@@ -47,6 +48,7 @@ from .models import (
     ReadingTask,
     RoutingPolicy,
     TaskOffer,
+    TaskPrior,
     normalise_priority,
 )
 
@@ -651,9 +653,10 @@ def _claim_cap(who: Reader, offers: list[TaskOffer]) -> int:
 
 
 def _revoke_unless_needed(user_id: int | None, task: ReadingTask) -> None:
-    """Take back the study grant unless another task of the user's still needs it."""
+    """Take back the study grant (and its priors') unless another task of the user's still needs it."""
     if user_id is None:
         return
+    _revoke_priors(user_id, task)
     keeps = (
         ReadingTask.objects.filter(
             study_id=task.study_id, claimed_by_id=user_id, state__in=[*HELD_STATES, ReadingTask.State.FINAL]
@@ -663,6 +666,32 @@ def _revoke_unless_needed(user_id: int | None, task: ReadingTask) -> None:
     )
     if not keeps:
         revoke_study_view(task.study_id, user=user_id)
+
+
+# Relevant priors go with the task's grant, read-only: granted at the claim,
+# taken back with the study's grant.
+
+
+def _grant_priors(task: ReadingTask, user: Any) -> list[Any]:
+    """Grant ``user`` the relevant priors of ``task``'s study, as priors; their ids (recorded on the task)."""
+    priors = select_priors(Study.objects.get(pk=task.study_id))
+    TaskPrior.objects.filter(task=task).delete()
+    TaskPrior.objects.bulk_create([TaskPrior(task=task, study=prior) for prior in priors])
+    for prior in priors:
+        grant_study_view(prior, user=user, as_prior=True)
+    return [prior.pk for prior in priors]
+
+
+def _revoke_priors(user_id: int, task: ReadingTask) -> None:
+    still_needed = set(
+        TaskPrior.objects.filter(task__claimed_by_id=user_id, task__state__in=[*HELD_STATES, ReadingTask.State.FINAL])
+        .exclude(task_id=task.pk)
+        .values_list("study_id", flat=True)
+    )
+    for study_id in TaskPrior.objects.filter(task=task).values_list("study_id", flat=True):
+        if study_id not in still_needed:
+            revoke_study_view(study_id, user=user_id, as_prior=True)
+    TaskPrior.objects.filter(task=task).delete()
 
 
 def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any = None) -> ReadingTask:
@@ -738,11 +767,13 @@ def _claim(task: ReadingTask, acting_user: Any) -> ReadingTask:
         # Grant first, transition last: the audit append (a global lock) is then
         # held for the shortest time before commit.
         grant_study_view(locked.study_id, user=acting_user)
+        priors = _grant_priors(locked, acting_user)
         apply_transition(
             locked,
             "claim",
             actor=acting_user,
             institution=locked.institution_id,
+            audit_detail={"priors": [str(pk) for pk in priors]} if priors else None,
             update_fields=["claimed_by", "claimed_at", "last_activity_at"],
             user=acting_user,
             now=now,

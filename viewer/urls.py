@@ -2,12 +2,13 @@
 
 from django.urls import path
 
-from . import views
+from . import compare, views
 
 _INSTANCE = "dicomweb/studies/<str:study_uid>/series/<str:series_uid>/instances/<str:instance_uid>"
 
 urlpatterns = [
     path("viewer/studies/<uuid:study_id>/", views.open_study, name="viewer-open-study"),
+    path("viewer/studies/<uuid:study_id>/compare/", compare.compare_study, name="viewer-compare-study"),
     path("api/v1/viewer/studies/<uuid:study_id>/", views.StudyManifest.as_view(), name="viewer-api-study"),
     path(
         "api/v1/viewer/studies/<uuid:study_id>/key-images/",

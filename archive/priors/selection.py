@@ -136,8 +136,8 @@ def select_priors(study: Study) -> list[Study]:
         .values_list("study_id", "study__modalities", "study__description", "modality", "body_part")
     )
     candidates: dict[Any, tuple[set[str], str, list[str]]] = {}  # in order, newest first
-    for study_id, modalities, description, modality, body_part in rows:
-        found = candidates.setdefault(study_id, (_modalities(modalities), description, []))
+    for study_id, study_modalities, description, modality, body_part in rows:
+        found = candidates.setdefault(study_id, (_modalities(study_modalities), description, []))
         if modality and modality.upper() not in NON_IMAGE_MODALITIES:
             found[0].add(modality.upper())
         found[2].append(body_part)

@@ -8,6 +8,7 @@ from pydicom.uid import generate_uid
 from archive.actions import do_complete_study
 from archive.models import Study
 from reports import actions as report_actions
+from reports.models import Report
 from tests.conftest import PASSWORD, browser_login
 from tests.workflow.conftest import (
     centre,  # noqa: F401  (fixture)
@@ -22,10 +23,17 @@ from .phantom import ct_datasets
 pytestmark = pytest.mark.browser
 
 
-def exam(institution, tmp_path, *, day: str, slices: int, gap: float, start: float, part: str = "HEAD") -> Study:
-    """张三's head CT of ``day``: ``slices`` axial slices ``gap`` mm apart from z = ``start``."""
-    datasets, _ = ct_datasets(slices=slices, gap=gap, size=32)
-    study_uid, series_uid = generate_uid(), generate_uid()
+def exam(
+    institution, tmp_path, *, day: str, slices: int, gap: float, start: float, part: str = "HEAD", sagittal_of=None
+) -> Study:
+    """张三's head CT of ``day``: ``slices`` axial slices ``gap`` mm apart from z = ``start``.
+
+    ``sagittal_of``: instead, a sagittal series of that study (slices along x from ``start``).
+    """
+    orientation = (0, 1, 0, 0, 0, -1) if sagittal_of else (1, 0, 0, 0, 1, 0)
+    datasets, _ = ct_datasets(slices=slices, gap=gap, size=32, orientation=orientation)
+    study_uid = sagittal_of.study_instance_uid if sagittal_of else generate_uid()
+    series_uid = generate_uid()
     for index, ds in enumerate(datasets):
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.PatientName, ds.PatientID, ds.PatientSex, ds.PatientBirthDate = "张三", "ZS-2", "M", "19600315"
@@ -33,8 +41,12 @@ def exam(institution, tmp_path, *, day: str, slices: int, gap: float, start: flo
         ds.IssuerOfPatientID = institution.patient_id_issuer
         ds.StudyDate, ds.StudyDescription, ds.BodyPartExamined = day, f"CT {part}", part
         ds.AccessionNumber = f"A{day}"
-        x, y, _ = (float(v) for v in ds.ImagePositionPatient)
-        ds.ImagePositionPatient = [f"{x:.4f}", f"{y:.4f}", f"{start + gap * index:.4f}"]
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        if sagittal_of:  # through the axial slab: y and z span the axial series' extent
+            ds.SeriesNumber, ds.SeriesDescription = 3, "Sagittal"
+            ds.ImagePositionPatient = [f"{start + gap * index:.4f}", "-11.2", "-30.0"]
+        else:
+            ds.ImagePositionPatient = [f"{x:.4f}", f"{y:.4f}", f"{start + gap * index:.4f}"]
         store(ds, institution, tmp_path)
     return Study.objects.get(institution=institution, study_instance_uid=study_uid)
 
@@ -53,6 +65,7 @@ def reading(tenants, centre, live_url, tmp_path):  # noqa: F811
     report_actions.do_sign_report(report, acting_user=tenants.a.radiologist, password=PASSWORD)
     knee = exam(hospital, tmp_path, day="20250601", slices=3, gap=3.0, start=0.0, part="KNEE")
     current = exam(hospital, tmp_path, day="20261102", slices=24, gap=2.5, start=-90.0)
+    exam(hospital, tmp_path, day="20261102", slices=6, gap=4.0, start=-10.0, sagittal_of=current)
     do_complete_study(current, actor_label="test")  # routes the study at once (no transaction to wait for)
     task = ReadingTask.objects.filter(study=current).first() or do_start_reading_process(current).tasks.get()
     do_claim_reading_task(task, acting_user=centre.readers[0])
@@ -124,6 +137,19 @@ def test_a_pool_reader_compares_with_the_prior_in_step_by_position(tenants, read
 
     page.click("button[data-layout='2x2']")
     page.wait_for_function("() => document.querySelectorAll('.pane[data-shown]').length === 4")
+    # Reference lines: the follow-up's sagittal series crosses its axial one.
+    page.wait_for_function("() => document.querySelector('.pane.current').dataset.referenceLines === '1'")
+    assert page.locator(".pane.current").nth(1).get_attribute("data-series") != current.get_attribute("data-series")
+
+    # The report editor lists the prior and writes the comparison sentence in one click.
+    page.click("form.write-report button")
+    page.wait_for_selector("#priors[data-ready=true]")
+    assert "Small left frontal infarct." in page.locator("#prior-list").inner_text()
+    page.click(".insert-comparison")
+    sentence = "Compared with CT of 2025-03-14 (CT HEAD)."
+    assert page.locator("#findings").input_value().startswith(sentence)
+    page.wait_for_function("() => document.getElementById('save-status').textContent.startsWith('Saved')")
+    assert Report.objects.get(study=reading["current"]).draft["findings"].startswith(sentence)
 
     do_release_reading_task(reading["task"], acting_user=reader)
     gone = page.goto(f"{live_url}/viewer/studies/{reading['current'].pk}/compare/")

@@ -167,7 +167,6 @@
     step(delta) {
       this.show(this.index + delta);
       if (state.sync) followPosition(this);
-      drawReferenceLines();
     }
 
     // The frame nearest to ``z`` (in lined-up coordinates), or null without geometry.
@@ -230,6 +229,7 @@
       stats.draws += 1;
       this.el.dataset.shown = String(this.index);
       this.updateOverlay();
+      drawReferenceLines();
     }
 
     updateOverlay() {

@@ -1,8 +1,13 @@
 """Viewer routes: the study page, its API, MPR images, and DICOMweb rendered/thumbnail resources."""
 
 from django.urls import path
+from rest_framework.routers import SimpleRouter
 
 from . import compare, views
+from .hanging import api as hanging_api
+
+router = SimpleRouter()
+router.register("api/v1/hanging-protocols", hanging_api.HangingProtocolViewSet, basename="viewer-hanging-protocol")
 
 _INSTANCE = "dicomweb/studies/<str:study_uid>/series/<str:series_uid>/instances/<str:instance_uid>"
 
@@ -42,4 +47,5 @@ urlpatterns = [
     path(f"{_INSTANCE}/thumbnail", views.InstanceThumbnail.as_view(), name="viewer-thumbnail-instance"),
     path(f"{_INSTANCE}/frames/<str:frames>/rendered", views.FrameRendered.as_view(), name="viewer-render-frames"),
     path(f"{_INSTANCE}/frames/<str:frames>/thumbnail", views.FrameThumbnail.as_view(), name="viewer-thumbnail-frames"),
+    *router.urls,
 ]

@@ -14,6 +14,7 @@ from tests.workflow.conftest import (
     centre,  # noqa: F401  (fixture)
     save_policy,
 )
+from viewer.hanging.models import HangingProtocol
 from workflow.actions import do_claim_reading_task, do_release_reading_task, do_start_reading_process
 from workflow.models import ReadingTask
 
@@ -137,6 +138,24 @@ def test_a_pool_reader_compares_with_the_prior_in_step_by_position(tenants, read
 
     page.click("button[data-layout='2x2']")
     page.wait_for_function("() => document.querySelectorAll('.pane[data-shown]').length === 4")
+    # This layout, with a narrower window on every pane, saved as the reader's own hanging protocol...
+    page.click("button[data-tool=window]")
+    box = current.bounding_box()
+    page.mouse.move(box["x"] + 100, box["y"] + 100)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 60, box["y"] + 120, steps=3)
+    page.mouse.up()
+    window = current.get_attribute("data-window")
+    page.click("#save-layout")
+    page.wait_for_function("() => document.getElementById('protocol-name').textContent.startsWith('Saved')")
+    saved = HangingProtocol.objects.get(user=reader)
+    assert (saved.layout, saved.modality, saved.body_region, len(saved.panes)) == ("2x2", "CT", "HEAD", 4)
+    # ...applies when the study is opened again.
+    page.reload()
+    page.wait_for_selector("#compare[data-ready=true]")
+    page.wait_for_function("() => document.querySelectorAll('.pane[data-shown]').length === 4")
+    assert page.locator("#compare").get_attribute("data-protocol") == str(saved.pk)
+    assert {page.locator(".pane").nth(i).get_attribute("data-window") for i in range(4)} == {window}
     # Reference lines: the follow-up's sagittal series crosses its axial one.
     page.wait_for_function("() => document.querySelector('.pane.current').dataset.referenceLines === '1'")
     assert page.locator(".pane.current").nth(1).get_attribute("data-series") != current.get_attribute("data-series")

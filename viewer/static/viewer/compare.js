@@ -23,6 +23,8 @@
     linkWindow: false,
     linkZoom: false,
     referenceLines: true,
+    protocol: null, // the hanging protocol applied on open (until the reader picks another layout)
+    facts: { modality: "", body_region: "" },
   };
   const stats = { draws: 0 };
   window.pacsCompare = { state, stats };
@@ -31,8 +33,12 @@
   const dot = (a, b) => a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
   const cross = (a, b) => [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
 
-  async function api(url) {
-    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  async function api(url, options = {}) {
+    const response = await fetch(url, {
+      credentials: "same-origin",
+      headers: { Accept: "application/json", "Content-Type": "application/json", "X-CSRFToken": root.dataset.csrf },
+      ...options,
+    });
     if (!response.ok) throw new Error(`${response.status} ${url}`);
     return response.json();
   }
@@ -387,6 +393,38 @@
     return study.series.filter((s) => s.instances.length);
   }
 
+  // The series a protocol's pane asks for: by description when it names one, else by rank.
+  function pickSeries(study, spec) {
+    const list = imageSeries(study);
+    const wanted = (spec.series_description || "").toLowerCase();
+    const named = wanted ? list.find((s) => (s.description || "").toLowerCase().includes(wanted)) : null;
+    return named || list[spec.series || 0] || list[0];
+  }
+
+  function defaultPlan(current, ordered) {
+    const cs = imageSeries(current);
+    const chosen = ordered[0];
+    const plan = [{ role: "current", study: current, series: cs[0] }];
+    if (chosen) plan.push({ role: "prior", study: chosen, series: imageSeries(chosen)[0] });
+    if (state.layout === "2x2") {
+      plan.push({ role: "current", study: current, series: cs[1] || cs[0] });
+      const second = ordered[1];
+      if (chosen) {
+        plan.push(second
+          ? { role: "prior", study: second, series: imageSeries(second)[0] }
+          : { role: "prior", study: chosen, series: imageSeries(chosen)[1] || imageSeries(chosen)[0] });
+      }
+    }
+    return plan;
+  }
+
+  function protocolPlan(current, ordered) {
+    return state.protocol.panes.map((spec) => {
+      const study = spec.study === "current" ? current : ordered[spec.prior || 0];
+      return study ? { role: spec.study, study, series: pickSeries(study, spec), window: spec.window } : null;
+    }).filter(Boolean);
+  }
+
   async function arrange() {
     const grid = document.getElementById("compare-grid");
     grid.className = `compare-grid layout-${state.layout}`;
@@ -402,23 +440,21 @@
         // A prior no longer granted (the task was released): leave it out.
       }
     }
-    const chosen = priorManifests.find((m) => state.prior && m.id === state.prior.id) || priorManifests[0] || null;
-    const cs = imageSeries(current);
-    const plan = [["current", current, cs[0]]];
-    if (chosen) plan.push(["prior", chosen, imageSeries(chosen)[0]]);
-    if (state.layout === "2x2") {
-      plan.push(["current", current, cs[1] || cs[0]]);
-      const second = priorManifests.find((m) => m !== chosen);
-      if (chosen) plan.push(["prior", second || chosen, second ? imageSeries(second)[0] : (imageSeries(chosen)[1] || imageSeries(chosen)[0])]);
-    }
+    // The prior the reader picked comes first; the others follow newest first.
+    const picked = priorManifests.find((m) => state.prior && m.id === state.prior.id);
+    state.ordered = picked ? [picked, ...priorManifests.filter((m) => m !== picked)] : priorManifests;
+    const plan = state.protocol ? protocolPlan(current, state.ordered) : defaultPlan(current, state.ordered);
+    document.getElementById("protocol-name").textContent = state.protocol ? `Layout: ${state.protocol.name}` : "";
+    root.dataset.protocol = state.protocol ? state.protocol.id : "";
     const template = document.getElementById("pane-template");
-    for (const [role, study, series] of plan) {
+    for (const { role, study, series, window: preset } of plan) {
       if (!series) continue;
       const el = template.content.firstElementChild.cloneNode(true);
       el.classList.add(role);
       el.dataset.role = role;
       grid.appendChild(el);
       const pane = new Pane(el, role);
+      if (preset) pane.window = { ...preset };
       state.panes.push(pane);
       pane.resize();
       pane.setSeries(study, series);
@@ -431,6 +467,38 @@
     if (state.sync) followPosition(state.panes[0]);
     drawReferenceLines();
     root.dataset.panes = String(state.panes.length);
+  }
+
+  // The layout in front of the reader, as their own protocol for studies like this one.
+  async function saveLayout() {
+    const panes = state.panes.map((pane) => {
+      const list = imageSeries(pane.study);
+      return {
+        study: pane.role,
+        prior: pane.role === "prior" ? Math.max(0, state.ordered.indexOf(pane.study)) : 0,
+        series: Math.max(0, list.indexOf(pane.series)),
+        series_description: pane.series.description || "",
+        window: pane.window ? { center: Math.round(pane.window.center), width: Math.round(pane.window.width) } : null,
+      };
+    });
+    const priors = panes.filter((p) => p.study === "prior").map((p) => p.prior + 1);
+    const body = {
+      name: `My ${[state.facts.modality, state.facts.body_region].filter(Boolean).join(" ") || "studies"} layout`,
+      modality: state.facts.modality,
+      body_region: state.facts.body_region,
+      min_priors: priors.length ? Math.max(...priors) : 0,
+      layout: state.layout,
+      panes,
+    };
+    const mine = state.protocol && state.protocol.owner === "user";
+    const url = mine ? `${root.dataset.protocols}${state.protocol.id}/` : root.dataset.protocols;
+    try {
+      state.protocol = await api(url, { method: mine ? "PUT" : "POST", body: JSON.stringify(body) });
+      document.getElementById("protocol-name").textContent = `Saved as “${state.protocol.name}”`;
+      root.dataset.protocol = state.protocol.id;
+    } catch (error) {
+      document.getElementById("protocol-name").textContent = "The layout could not be saved.";
+    }
   }
 
   // Priors and the prior's report ------------------------------------------------------
@@ -491,8 +559,10 @@
     }));
     document.querySelectorAll(".layout").forEach((b) => b.addEventListener("click", () => {
       state.layout = b.dataset.layout;
+      state.protocol = null; // the reader's choice replaces the protocol's
       arrange();
     }));
+    document.getElementById("save-layout").addEventListener("click", saveLayout);
     const check = (id, key, after) => document.getElementById(id).addEventListener("change", (event) => {
       state[key] = event.target.checked;
       if (after) after();
@@ -523,6 +593,16 @@
       return;
     }
     state.prior = state.priors[0] || null;
+    try {
+      const found = await api(`${root.dataset.protocols}match/?study=${root.dataset.study}&priors=${state.priors.length}`);
+      state.facts = { modality: found.modality, body_region: found.body_region };
+      if (found.protocol) {
+        state.protocol = found.protocol;
+        state.layout = found.protocol.layout;
+      }
+    } catch (error) {
+      // No protocol: the default layout.
+    }
     bindControls();
     renderPriors();
     renderReport();

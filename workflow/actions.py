@@ -32,7 +32,7 @@ from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition, record_transition
 from pacs_cloud.models import Institution, Membership, Role, User
 
-from . import notify, policy
+from . import notify, policy, signals
 from .access import Reader, reader
 from .facts import study_facts
 from .models import (
@@ -610,6 +610,9 @@ def _announce(tasks: list[ReadingTask], recipients: set[int] | None = None) -> N
     for task in tasks:
         notify.notify_offered(task, recipients)
         _schedule_sla(task)
+    signals.tasks_offered.send(
+        sender=ReadingTask, task_ids=[t.pk for t in tasks], study_ids=list({t.study_id for t in tasks})
+    )
 
 
 def _recipients(task: ReadingTask, plan: dict[str, Any], cache: dict[Any, Any] | None) -> set[int] | None:

@@ -10,7 +10,11 @@ Built on the platform's role primitives (``pacs_cloud.access``). Rules
   (django-guardian ``archive.view_study``) held by them or by one of their
   institution-role groups; grants are written by ``archive.actions``
   (:func:`~archive.actions.grant_study_view`, called by the reading-task
-  claim, referrals and shares) and read only here;
+  claim, referrals and shares) and read only here; a reading task's
+  relevant priors are granted the same way under their own permission
+  (``archive.view_prior_study``): visible like any granted study, but
+  read-only, and their openings audited as openings of a prior
+  (:func:`seen_as_prior`);
 * being a platform administrator or an institution administrator shows no
   patient data by itself.
 

@@ -10,7 +10,11 @@ Built on the platform's role primitives (``pacs_cloud.access``). Rules
   (django-guardian ``archive.view_study``) held by them or by one of their
   institution-role groups; grants are written by ``archive.actions``
   (:func:`~archive.actions.grant_study_view`, called by the reading-task
-  claim, referrals and shares) and read only here;
+  claim, referrals and shares) and read only here; a reading task's
+  relevant priors are granted the same way under their own permission
+  (``archive.view_prior_study``): visible like any granted study, but
+  read-only, and their openings audited as openings of a prior
+  (:func:`seen_as_prior`);
 * being a platform administrator or an institution administrator shows no
   patient data by itself.
 
@@ -44,15 +48,17 @@ from .models import (
 )
 
 VIEW_STUDY = "view_study"
+# A study granted as a relevant prior of one being read: seen, never written to.
+VIEW_PRIOR = "view_prior_study"
 
 
-def _grants(user: Any) -> tuple[QuerySet, QuerySet]:
-    """The user's own ``view_study`` grants and those of their groups."""
+def _grants(user: Any, codenames: tuple[str, ...] = (VIEW_STUDY, VIEW_PRIOR)) -> tuple[QuerySet, QuerySet]:
+    """The user's own study grants and those of their groups (full and prior grants alike by default)."""
     return (
-        StudyUserObjectPermission.objects.filter(user=user, permission__codename=VIEW_STUDY).exclude(
+        StudyUserObjectPermission.objects.filter(user=user, permission__codename__in=codenames).exclude(
             content_object_id__in=_expired_break_glass(user)
         ),
-        StudyGroupObjectPermission.objects.filter(group__user=user, permission__codename=VIEW_STUDY),
+        StudyGroupObjectPermission.objects.filter(group__user=user, permission__codename__in=codenames),
     )
 
 
@@ -70,6 +76,8 @@ class StudyReach:
 
     institutions: frozenset[Any]
     granted: frozenset[Any]
+    # Of ``granted``, the studies seen only as priors of a study being read (read-only).
+    priors: frozenset[Any] = frozenset()
 
     def parts(self, *, institution: str = "institution_id", study: str = "pk") -> list[Q]:
         """The rule as disjoint filters (own institutions; other granted studies), empty when nothing is visible.
@@ -112,15 +120,25 @@ def study_reach(user: Any) -> StudyReach:
 
 
 def _read_study_reach(user: Any) -> StudyReach:
-    # One query for both: the institutions (kind "i") and the granted studies ("s").
+    # One query for all: the institutions (kind "i"), the granted studies ("s")
+    # and the studies granted as priors ("p").
     kind = Value("i", output_field=CharField())
     own_rows = memberships(user).filter(role__in=list(CLINICAL_ROLES)).values_list("institution_id", kind)
-    grants = [qs.values_list("content_object_id", Value("s", output_field=CharField())) for qs in _grants(user)]
-    own: set[Any] = set()
-    granted: set[Any] = set()
+    grants = [
+        qs.values_list("content_object_id", Value(what, output_field=CharField()))
+        for codename, what in ((VIEW_STUDY, "s"), (VIEW_PRIOR, "p"))
+        for qs in _grants(user, (codename,))
+    ]
+    found: dict[str, set[Any]] = {"i": set(), "s": set(), "p": set()}
     for key, what in own_rows.union(*grants, all=True):
-        (own if what == "i" else granted).add(key)
-    return StudyReach(frozenset(own), frozenset(granted))
+        found[what].add(key)
+    return StudyReach(frozenset(found["i"]), frozenset(found["s"] | found["p"]), frozenset(found["p"] - found["s"]))
+
+
+def seen_as_prior(user: Any, study: Study) -> bool:
+    """Whether ``user`` sees ``study`` only as a prior of a study they read (read-only; audited as such)."""
+    reach = study_reach(user)
+    return study.pk in reach.priors and study.institution_id not in reach.institutions
 
 
 def visible_studies(user: Any) -> QuerySet[Study]:

@@ -29,7 +29,7 @@ from pacs_cloud.lib import dicom_datetime
 from pacs_cloud.models import Institution
 
 from . import names, signals
-from .access import VIEW_STUDY
+from .access import VIEW_PRIOR, VIEW_STUDY
 from .copies.locations import default_location_id, reader
 from .ingest import birth_date_in_future, patient_issuer
 from .models import (
@@ -552,21 +552,25 @@ def do_delete_dicom_node(node: DicomNode, *, acting_user: Any) -> None:
 # and writes the audit event.
 
 
-def _view_study_permission_id() -> int:
+def _view_study_permission_id(codename: str = VIEW_STUDY) -> int:
     # Not cached across calls: a flushed test database renumbers permissions.
-    return Permission.objects.only("pk").get(content_type__app_label="archive", codename=VIEW_STUDY).pk
+    return Permission.objects.only("pk").get(content_type__app_label="archive", codename=codename).pk
 
 
-def grant_study_view(study: Study | Any, *, user: Any = None, groups: Iterable[Group] = ()) -> None:
+def grant_study_view(
+    study: Study | Any, *, user: Any = None, groups: Iterable[Group] = (), as_prior: bool = False
+) -> None:
     """Let ``user`` and the members of ``groups`` see ``study``; idempotent.
 
-    ``study`` and ``user`` may be given as rows or primary keys.
+    ``study`` and ``user`` may be given as rows or primary keys. ``as_prior``
+    grants it as a relevant prior of a study being read: visible, read-only,
+    and a separate grant, so taking it back leaves any full grant in place.
 
     The rows are guardian's own (its direct-foreign-key models, unique per
     holder, permission and study), written in one statement each.
     """
     study_id: Any = getattr(study, "pk", study)
-    permission = _view_study_permission_id()
+    permission = _view_study_permission_id(VIEW_PRIOR if as_prior else VIEW_STUDY)
     if user is not None:
         StudyUserObjectPermission.objects.bulk_create(
             [
@@ -584,17 +588,20 @@ def grant_study_view(study: Study | Any, *, user: Any = None, groups: Iterable[G
         StudyGroupObjectPermission.objects.bulk_create(group_rows, ignore_conflicts=True)
 
 
-def revoke_study_view(study: Study | Any, *, user: Any = None, groups: Iterable[Group] = ()) -> int:
+def revoke_study_view(
+    study: Study | Any, *, user: Any = None, groups: Iterable[Group] = (), as_prior: bool = False
+) -> int:
     """Take back what :func:`grant_study_view` gave ``user`` and ``groups``; the number of grants removed."""
     study_id: Any = getattr(study, "pk", study)
+    codename = VIEW_PRIOR if as_prior else VIEW_STUDY
     removed = 0
     if user is not None:
         removed += StudyUserObjectPermission.objects.filter(
-            content_object_id=study_id, user_id=getattr(user, "pk", user), permission__codename=VIEW_STUDY
+            content_object_id=study_id, user_id=getattr(user, "pk", user), permission__codename=codename
         ).delete()[0]
     group_list = groups if isinstance(groups, QuerySet) else list(groups)
     if group_list:
         removed += StudyGroupObjectPermission.objects.filter(
-            content_object_id=study_id, group__in=group_list, permission__codename=VIEW_STUDY
+            content_object_id=study_id, group__in=group_list, permission__codename=codename
         ).delete()[0]
     return removed

@@ -7,6 +7,8 @@ from . import actions
 from .breakglass.actions import do_allow_break_glass, do_disallow_break_glass
 from .copies.actions import do_save_storage_location
 from .models import ArchivePolicy, BreakGlassAllowance, DicomNode, EdgeGateway, StorageLocation
+from .priors import actions as prior_actions
+from .priors.models import PriorRule
 
 
 @admin.register(DicomNode)
@@ -59,6 +61,8 @@ class StorageLocationAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         do_save_storage_location(obj, acting_user=request.user)
+
+
 @admin.register(BreakGlassAllowance)
 class BreakGlassAllowanceAdmin(admin.ModelAdmin):
     """Which hospitals' clinicians and radiologists may break glass on which hospital's studies."""
@@ -80,3 +84,16 @@ class BreakGlassAllowanceAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset):  # type: ignore[no-untyped-def]
         for obj in queryset:
             do_disallow_break_glass(obj, acting_user=request.user)
+
+
+@admin.register(PriorRule)
+class PriorRuleAdmin(admin.ModelAdmin):
+    list_display = ["name", "institution", "position", "modality", "body_region", "years", "max_priors", "is_active"]
+    list_filter = ["institution", "is_active"]
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        values = {name: getattr(obj, name) for name in (*prior_actions.RULE_FIELDS, "is_active")}
+        prior_actions.do_save_prior_rule(institution=obj.institution, acting_user=request.user, rule=obj, **values)
+
+    def delete_model(self, request, obj):  # type: ignore[no-untyped-def]
+        prior_actions.do_delete_prior_rule(obj, acting_user=request.user)

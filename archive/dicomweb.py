@@ -42,7 +42,7 @@ from pacs_cloud.tenancy import current_institution
 
 from . import query as q
 from . import retrieve
-from .access import access_study, searchable_studies
+from .access import access_study, searchable_studies, seen_as_prior
 from .copies.lifecycle import note_study_read
 from .ingest import (
     IngestError,
@@ -207,7 +207,11 @@ def audit_study_read(request: Request, action: str, study: Study, **detail: Any)
         object_type="archive.study",
         object_id=study.pk,
         patient_id=study.patient.patient_id,
-        detail={"study_instance_uid": study.study_instance_uid, **detail},
+        detail={
+            "study_instance_uid": study.study_instance_uid,
+            **({"as_prior": True} if seen_as_prior(request.user, study) else {}),
+            **detail,
+        },
     )
     note_study_read(study.pk)  # the lifecycle's "last read", and a recall if it left the online tier
 

@@ -107,6 +107,8 @@ class Study(ConcurrentTransitionMixin, models.Model):
 
     class Meta:
         verbose_name_plural = "studies"
+        # A grant of a study as a prior of one being read: visible, read-only (archive.access).
+        permissions = [("view_prior_study", "Can view as a prior of a study being read")]
         constraints = [
             models.UniqueConstraint(fields=["institution", "study_instance_uid"], name="study_unique_uid"),
         ]
@@ -559,5 +561,10 @@ class StudyAccess(models.Model):
     study = models.OneToOneField(Study, primary_key=True, on_delete=models.CASCADE, related_name="access_record")
     last_read_at = models.DateTimeField(default=timezone.now)
     recalled_at = models.DateTimeField(null=True, blank=True)
+
+
 # Break-glass tables live in archive.breakglass.models but belong to this app.
 from .breakglass.models import BreakGlassAccess, BreakGlassAllowance  # noqa: E402, F401
+
+# Sub-packages' models, so that Django registers them with this app.
+from .priors.models import PriorRule  # noqa: E402, F401

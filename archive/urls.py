@@ -13,6 +13,8 @@ from .copies import pages as copy_pages
 from .dicomweb import on_worker_thread
 from .edge import cloud_api as edge_api
 from .edge import pages as edge_pages
+from .priors import api as priors_api
+from .priors import views as priors_views
 
 
 class UIDConverter:
@@ -34,6 +36,7 @@ router.register("api/v1/studies", api.StudyViewSet, basename="archive-study")
 router.register("api/v1/dicom-nodes", api.DicomNodeViewSet, basename="archive-dicom-node")
 router.register("api/v1/ingest-conflicts", api.IngestConflictViewSet, basename="archive-ingest-conflict")
 router.register("api/v1/edges", edge_api.EdgeGatewayViewSet, basename="archive-edge")
+router.register("api/v1/prior-rules", priors_api.PriorRuleViewSet, basename="archive-prior-rule")
 
 
 def _search(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -111,6 +114,8 @@ urlpatterns = [
     path("archive/storage/lifecycle/", copy_pages.save_lifecycle_rule, name="archive-save-lifecycle-rule"),
     path("archive/locations/", copy_pages.locations_health, name="archive-list-locations"),
     path("archive/studies/<uuid:study_id>/copies/", copy_pages.study_copies, name="archive-list-study-copies"),
+    path("archive/prior-rules/", priors_views.prior_rules, name="archive-list-prior-rules"),
+    path("archive/prior-rules/<uuid:pk>/", priors_views.prior_rule, name="archive-edit-prior-rule"),
     # Edge gateways: the admins' pages, and the endpoints an edge calls with its token
     path("archive/edges/", edge_pages.edges, name="archive-list-edges"),
     path("archive/edges/<uuid:pk>/", edge_pages.edge_detail, name="archive-edit-edge"),

@@ -20,6 +20,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from archive import names
+from archive.access import seen_as_prior
 from archive.actions import do_mark_study_reported
 from archive.models import Instance, Study
 from pacs_cloud import audit, push
@@ -897,5 +898,10 @@ def do_record_view(request: Any, report: Report, what: str = "view") -> None:
         object_type="report",
         object_id=report.pk,
         patient_id=report.patient_id,
-        detail={"study": str(report.study_id), "state": report.state},
+        detail={
+            "study": str(report.study_id),
+            "state": report.state,
+            # The report of a study seen only as a prior of one being read.
+            **({"as_prior": True} if seen_as_prior(getattr(request, "user", None), report.study) else {}),
+        },
     )

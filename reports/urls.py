@@ -4,7 +4,7 @@ from django.urls import path
 
 from pacs_cloud.restapi import Router
 
-from . import api, views
+from . import api, priors, views
 
 router = Router()
 router.register("api/v1/reports", api.ReportViewSet, basename="reports-report")
@@ -23,5 +23,6 @@ urlpatterns: list = [
         views.acknowledge,
         name="reports-acknowledge-critical",
     ),
+    path("api/v1/studies/<uuid:pk>/priors/", priors.StudyPriorsView.as_view(), name="reports-list-study-priors"),
     *router.urls,
 ]

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import Http404, HttpRequest
 
-from archive.access import access_study, can_view_study, visible_studies
+from archive.access import access_study, can_view_study, seen_as_prior, visible_studies
 from archive.copies.lifecycle import note_study_read
 from archive.models import Instance, Patient, Series, Study
 from pacs_cloud import audit
@@ -179,6 +179,11 @@ def record_study_view(request: HttpRequest, study: Study, *, via: str) -> bool:
         object_id=study.pk,
         patient_id=Patient.objects.filter(pk=study.patient_id).values_list("patient_id", flat=True).first() or "",
         institution=study.institution_id,
-        detail={"via": via, "study_instance_uid": study.study_instance_uid},
+        detail={"via": via, "study_instance_uid": study.study_instance_uid, **_as_prior(request, study)},
     )
     return True
+
+
+def _as_prior(request: HttpRequest, study: Study) -> dict[str, bool]:
+    """Marks the opening of a study seen only as a prior of one being read (every such opening is audited)."""
+    return {"as_prior": True} if seen_as_prior(request.user, study) else {}

@@ -34,3 +34,7 @@ class KeyImage(models.Model):
 
     def __str__(self) -> str:
         return f"key image {self.instance.sop_instance_uid} frame {self.frame}"
+
+
+# Sub-packages' models, so that Django registers them with this app.
+from .hanging.models import HangingProtocol  # noqa: E402, F401

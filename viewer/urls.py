@@ -1,13 +1,19 @@
 """Viewer routes: the study page, its API, MPR images, and DICOMweb rendered/thumbnail resources."""
 
 from django.urls import include, path
+from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import compare, views
+from .hanging import api as hanging_api
+
+router = SimpleRouter()
+router.register("api/v1/hanging-protocols", hanging_api.HangingProtocolViewSet, basename="viewer-hanging-protocol")
 
 _INSTANCE = "dicomweb/studies/<str:study_uid>/series/<str:series_uid>/instances/<str:instance_uid>"
 
 urlpatterns = [
     path("viewer/studies/<uuid:study_id>/", views.open_study, name="viewer-open-study"),
+    path("viewer/studies/<uuid:study_id>/compare/", compare.compare_study, name="viewer-compare-study"),
     path("api/v1/viewer/studies/<uuid:study_id>/", views.StudyManifest.as_view(), name="viewer-api-study"),
     path(
         "api/v1/viewer/studies/<uuid:study_id>/key-images/",
@@ -43,4 +49,5 @@ urlpatterns = [
     path(f"{_INSTANCE}/frames/<str:frames>/thumbnail", views.FrameThumbnail.as_view(), name="viewer-thumbnail-frames"),
     # OHIF v3 at /ohif/ (viewer/ohif/).
     path("", include("viewer.ohif.urls")),
+    *router.urls,
 ]

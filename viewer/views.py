@@ -35,7 +35,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from archive.access import access_study
+from archive.access import access_study, seen_as_prior
 from archive.models import Instance, Series, Study
 from pacs_cloud import audit
 from pacs_cloud.authentication import BasicAuthentication, BearerTokenAuthentication
@@ -494,6 +494,15 @@ def _value(metadata: dict, tag: str) -> list:
     return list((metadata.get(tag) or {}).get("Value") or [])
 
 
+def _floats(metadata: dict, tag: str, count: int) -> list[float] | None:
+    """A multi-valued DS attribute as ``count`` numbers, or None when absent or malformed."""
+    try:
+        values = [float(v) for v in _value(metadata, tag)]
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == count else None
+
+
 def _spacing(metadata: dict) -> tuple[list[float] | None, str]:
     """Pixel spacing for measurement and what it is calibrated to (PS3.3 10.7.1.3)."""
     spacing = mpr._functional(metadata, 0, "00289110", "00280030")
@@ -610,6 +619,8 @@ def study_manifest(study: Study, user: Any) -> dict[str, Any]:
                     "pixel_spacing": spacing,
                     "spacing_kind": kind,
                     "slice_location": _text(meta, "00201041"),
+                    # Image Position (Patient): where comparison views line up slices (viewer/static/compare.js).
+                    "position": _floats(meta, "00200032", 3),
                 }
             )
         series_out.append(
@@ -627,6 +638,7 @@ def study_manifest(study: Study, user: Any) -> dict[str, Any]:
                 "windows": _windows(middle),
                 "value_range": _value_range(middle),
                 "photometric": _text(middle, "00280004"),
+                "orientation": _floats(middle, "00200037", 6),
                 "mpr": mpr.try_describe(series, instances) if len(items) >= 3 or _multiframe(instances) else None,
             }
         )
@@ -707,6 +719,8 @@ class KeyImageList(APIView):
     )
     def post(self, request: Request, study_id: str) -> Response:
         study = access_study(request.user, pk=study_id)
+        if seen_as_prior(request.user, study):
+            return Response({"detail": "A prior is shown read-only."}, status=status.HTTP_403_FORBIDDEN)
         data = KeyImageInput(data=request.data)
         data.is_valid(raise_exception=True)
         instance = (

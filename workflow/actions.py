@@ -27,11 +27,12 @@ from django_fsm import TransitionNotAllowed
 
 from archive.actions import do_mark_study_routed, grant_study_view, revoke_study_view
 from archive.models import Study
+from archive.priors.selection import select_priors
 from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition, record_transition
 from pacs_cloud.models import Institution, Membership, Role, User
 
-from . import notify, policy
+from . import notify, policy, signals
 from .access import Reader, reader
 from .facts import study_facts
 from .models import (
@@ -47,6 +48,7 @@ from .models import (
     ReadingTask,
     RoutingPolicy,
     TaskOffer,
+    TaskPrior,
     normalise_priority,
 )
 
@@ -643,6 +645,9 @@ def _announce(tasks: list[ReadingTask], recipients: set[int] | None = None) -> N
     for task in tasks:
         notify.notify_offered(task, recipients)
         _schedule_sla(task)
+    signals.tasks_offered.send(
+        sender=ReadingTask, task_ids=[t.pk for t in tasks], study_ids=list({t.study_id for t in tasks})
+    )
 
 
 def _recipients(task: ReadingTask, plan: dict[str, Any], cache: dict[Any, Any] | None) -> set[int] | None:
@@ -686,9 +691,10 @@ def _claim_cap(who: Reader, offers: list[TaskOffer]) -> int:
 
 
 def _revoke_unless_needed(user_id: int | None, task: ReadingTask) -> None:
-    """Take back the study grant unless another task of the user's still needs it."""
+    """Take back the study grant (and its priors') unless another task of the user's still needs it."""
     if user_id is None:
         return
+    _revoke_priors(user_id, task)
     keeps = (
         ReadingTask.objects.filter(
             study_id=task.study_id, claimed_by_id=user_id, state__in=[*HELD_STATES, ReadingTask.State.FINAL]
@@ -698,6 +704,32 @@ def _revoke_unless_needed(user_id: int | None, task: ReadingTask) -> None:
     )
     if not keeps:
         revoke_study_view(task.study_id, user=user_id)
+
+
+# Relevant priors go with the task's grant, read-only: granted at the claim,
+# taken back with the study's grant.
+
+
+def _grant_priors(task: ReadingTask, user: Any) -> list[Any]:
+    """Grant ``user`` the relevant priors of ``task``'s study, as priors; their ids (recorded on the task)."""
+    priors = select_priors(Study.objects.get(pk=task.study_id))
+    TaskPrior.objects.filter(task=task).delete()
+    TaskPrior.objects.bulk_create([TaskPrior(task=task, study=prior) for prior in priors])
+    for prior in priors:
+        grant_study_view(prior, user=user, as_prior=True)
+    return [prior.pk for prior in priors]
+
+
+def _revoke_priors(user_id: int, task: ReadingTask) -> None:
+    still_needed = set(
+        TaskPrior.objects.filter(task__claimed_by_id=user_id, task__state__in=[*HELD_STATES, ReadingTask.State.FINAL])
+        .exclude(task_id=task.pk)
+        .values_list("study_id", flat=True)
+    )
+    for study_id in TaskPrior.objects.filter(task=task).values_list("study_id", flat=True):
+        if study_id not in still_needed:
+            revoke_study_view(study_id, user=user_id, as_prior=True)
+    TaskPrior.objects.filter(task=task).delete()
 
 
 def do_claim_reading_task(task: ReadingTask, *, acting_user: Any, request: Any = None) -> ReadingTask:
@@ -773,11 +805,13 @@ def _claim(task: ReadingTask, acting_user: Any) -> ReadingTask:
         # Grant first, transition last: the audit append (a global lock) is then
         # held for the shortest time before commit.
         grant_study_view(locked.study_id, user=acting_user)
+        priors = _grant_priors(locked, acting_user)
         apply_transition(
             locked,
             "claim",
             actor=acting_user,
             institution=locked.institution_id,
+            audit_detail={"priors": [str(pk) for pk in priors]} if priors else None,
             update_fields=["claimed_by", "claimed_at", "last_activity_at"],
             user=acting_user,
             now=now,

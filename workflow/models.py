@@ -402,3 +402,21 @@ class TaskOffer(models.Model):
 # this app (its tables, its migrations): importing them here is how Django
 # finds them. Code that uses them imports them from there.
 from .referrals.models import ImportedStudy, Referral, ReferralMessage, ReferralStudy, StudyShare  # noqa: E402, F401
+
+
+class TaskPrior(models.Model):
+    """A relevant prior granted, read-only, to the holder of a reading task with the task's study.
+
+    Chosen by ``archive.priors`` when the task is claimed; the grant lasts as
+    long as the task's own (taken back with it unless another task of the
+    holder still lists the same prior).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    task = models.ForeignKey(ReadingTask, on_delete=models.CASCADE, related_name="priors")
+    study = models.ForeignKey("archive.Study", on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["task", "study"], name="task_prior_unique")]
+        indexes = [models.Index(fields=["study"], name="task_prior_study")]

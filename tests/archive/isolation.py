@@ -154,3 +154,53 @@ isolation.route(
         "post": isolation.Form({"study_instance_uid": isolation.Ref("study.uid"), "reason": "intruder wants to look"})
     },
 )
+
+
+@isolation.factory
+def prior_rule_and_prior(tenant):
+    """A prior rule, and an earlier head CT of the archived study's patient (its relevant prior)."""
+    import datetime as dt
+
+    from archive.models import Series, Study
+    from archive.priors.actions import do_save_prior_rule
+
+    token = secrets.token_hex(4)
+    rule = do_save_prior_rule(
+        institution=tenant.institution,
+        acting_user=tenant.institution_admin,
+        name=f"Secret{token} head rule",
+        modality="CT",
+        years=30,
+    )
+    current = Study.objects.get(pk=tenant.made["study.id"])
+    prior = Study.objects.create(
+        institution=tenant.institution,
+        patient_id=current.patient_id,
+        study_instance_uid=f"{current.study_instance_uid}.9",
+        study_date=(current.study_date or dt.date(2004, 1, 19)) - dt.timedelta(days=400),
+        accession_number=f"PRI{token}",
+        modalities="CT",
+        description=f"CT HEAD prior {token}",
+    )
+    Series.objects.create(study=prior, series_instance_uid=f"{prior.study_instance_uid}.1", modality="CT")
+    return isolation.Made(
+        values={"prior_rule.id": rule.pk, "prior.id": prior.pk}, secrets=[rule.name, prior.accession_number]
+    )
+
+
+isolation.route("/api/v1/studies/{pk}/priors/", pk="study.id")
+isolation.route(
+    "/api/v1/prior-rules/",
+    bodies={"post": {"institution": isolation.Ref("institution.id"), "name": "INTRUDER"}},
+    also_allowed={400},
+)
+isolation.route(
+    "/api/v1/prior-rules/{pk}/",
+    pk="prior_rule.id",
+    bodies={"put": {"institution": isolation.Ref("institution.id"), "name": "TAKEN"}, "patch": {"years": 1}},
+)
+isolation.route(
+    "/archive/prior-rules/{pk}/",
+    pk="prior_rule.id",
+    bodies={"post": isolation.Form({"name": "TAKEN", "years": "1", "max_priors": "1", "modality_match": "any"})},
+)

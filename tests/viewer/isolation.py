@@ -63,3 +63,35 @@ isolation.route(
 
 # OHIF's single-page application and build files: nothing of an institution in the path.
 isolation.route("/ohif/{path}", path=isolation.const("viewer"))
+
+
+@isolation.factory
+def hanging_protocols(tenant):
+    """The institution's hanging protocol and its radiologist's own."""
+    from viewer.hanging.actions import do_save_hanging_protocol
+
+    token = secrets.token_hex(4)
+    panes = [{"study": "current"}, {"study": "prior"}]
+    shared = do_save_hanging_protocol(
+        acting_user=tenant.institution_admin, institution=tenant.institution, name=f"Secret{token} CT", panes=panes
+    )
+    own = do_save_hanging_protocol(acting_user=tenant.radiologist, name=f"Secret{token} mine", panes=panes)
+    return isolation.Made(
+        values={"hanging_protocol.id": shared.pk, "own_hanging_protocol.id": own.pk},
+        secrets=[shared.name, own.name],
+    )
+
+
+isolation.route(
+    "/api/v1/hanging-protocols/",
+    bodies={
+        "post": {"institution": isolation.Ref("institution.id"), "name": "INTRUDER", "panes": [{"study": "current"}]}
+    },
+    also_allowed={400},
+)
+isolation.route(
+    "/api/v1/hanging-protocols/{pk}/",
+    pk="hanging_protocol.id",
+    bodies={"put": {"name": "TAKEN", "panes": [{"study": "current"}]}, "patch": {"name": "TAKEN"}},
+)
+isolation.route("/api/v1/hanging-protocols/match/", queries=[{"study": isolation.Ref("study.id")}], also_allowed={400})

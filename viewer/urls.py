@@ -1,6 +1,6 @@
 """Viewer routes: the study page, its API, MPR images, and DICOMweb rendered/thumbnail resources."""
 
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
@@ -41,4 +41,6 @@ urlpatterns = [
     path(f"{_INSTANCE}/thumbnail", views.InstanceThumbnail.as_view(), name="viewer-thumbnail-instance"),
     path(f"{_INSTANCE}/frames/<str:frames>/rendered", views.FrameRendered.as_view(), name="viewer-render-frames"),
     path(f"{_INSTANCE}/frames/<str:frames>/thumbnail", views.FrameThumbnail.as_view(), name="viewer-thumbnail-frames"),
+    # DCE-MRI analysis (viewer/analysis/): its pages and /api/v1/analysis/dce/.
+    path("", include("viewer.analysis.urls")),
 ]

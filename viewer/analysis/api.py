@@ -1,0 +1,267 @@
+"""REST API of DCE-MRI analysis: ``/api/v1/analysis/dce/…``.
+
+``curve-fit/`` fits a pharmacokinetic model to one tissue curve sent by the
+caller (no archived data is read), for programs and for the viewer's region
+analysis. Callers need a role that reads images; every fit is audited.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from pacs_cloud import audit
+from pacs_cloud.access import HasClinicalRole
+from pacs_cloud.tenancy import current_institution
+
+from . import enhancement, fitting
+from .aif import DEFAULT_HEMATOCRIT
+
+# One curve of a long, finely sampled acquisition fits in well under a second;
+# this bounds the work one request may ask for.
+MAX_POINTS = 4096
+
+
+def _finite_list(name: str, values: list[float]) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(array)):
+        raise serializers.ValidationError({name: ["every value must be a finite number"]})
+    return array
+
+
+def _check_times(name: str, t: np.ndarray) -> None:
+    if np.any(t < 0):
+        raise serializers.ValidationError(
+            {name: ["times are seconds from the start of the acquisition: none negative"]}
+        )
+    if np.any(np.diff(t) <= 0):
+        raise serializers.ValidationError({name: ["times must increase strictly"]})
+
+
+class AifSerializer(serializers.Serializer):
+    t = serializers.ListField(
+        child=serializers.FloatField(), required=False, max_length=MAX_POINTS, help_text="seconds"
+    )
+    ca = serializers.ListField(
+        child=serializers.FloatField(),
+        required=False,
+        max_length=MAX_POINTS,
+        help_text="arterial plasma concentration, mM",
+    )
+    population = serializers.ChoiceField(choices=["parker"], required=False)
+    bolus_arrival_s = serializers.FloatField(required=False, default=0.0, min_value=0.0)
+    hematocrit = serializers.FloatField(
+        required=False,
+        default=DEFAULT_HEMATOCRIT,
+        min_value=0.0,
+        max_value=0.9,
+        help_text="turns the population AIF (whole blood) into plasma concentration",
+    )
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        measured = "t" in data or "ca" in data
+        if measured and "population" in data:
+            raise serializers.ValidationError("give either a measured AIF (t, ca) or a population AIF, not both")
+        if not measured and "population" not in data:
+            raise serializers.ValidationError("give a measured AIF (t and ca) or {'population': 'parker'}")
+        if measured:
+            if "t" not in data or "ca" not in data:
+                raise serializers.ValidationError("a measured AIF needs both t and ca")
+            if len(data["t"]) != len(data["ca"]):
+                raise serializers.ValidationError(f"t and ca differ in length ({len(data['t'])} and {len(data['ca'])})")
+            if len(data["t"]) < 2:
+                raise serializers.ValidationError("a measured AIF needs at least two samples")
+        return data
+
+
+class CurveFitInput(serializers.Serializer):
+    t = serializers.ListField(child=serializers.FloatField(), max_length=MAX_POINTS, help_text="seconds")
+    ct = serializers.ListField(
+        child=serializers.FloatField(), max_length=MAX_POINTS, help_text="tissue concentration, mM"
+    )
+    aif = AifSerializer()
+    model = serializers.ChoiceField(choices=list(fitting.MODELS))
+    fit_delay = serializers.BooleanField(default=False, help_text="also fit the arterial delay (0–30 s)")
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        t = _finite_list("t", data["t"])
+        ct = _finite_list("ct", data["ct"])
+        if len(t) != len(ct):
+            raise serializers.ValidationError({"ct": [f"t and ct differ in length ({len(t)} and {len(ct)})"]})
+        needed = fitting.free_parameters(data["model"]) + 1 + int(data["fit_delay"]) + 2
+        if len(t) < needed:
+            raise serializers.ValidationError({"t": [f"the {data['model']} fit needs at least {needed} samples"]})
+        _check_times("t", t)
+        spec = data["aif"]
+        if "population" in spec:
+            aif = fitting.population_aif(t, spec["bolus_arrival_s"], spec["hematocrit"])
+        else:
+            ta = _finite_list("aif", spec["t"])
+            ca = _finite_list("aif", spec["ca"])
+            try:
+                _check_times("t", ta)
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"aif": exc.detail}) from None
+            if ta[0] > t[0] or ta[-1] < t[-1]:
+                raise serializers.ValidationError(
+                    {"aif": ["the AIF's times must cover the tissue curve's (from its first to its last sample)"]}
+                )
+            aif = fitting.Aif(ta, ca)
+        if not np.any(ct):
+            raise serializers.ValidationError({"ct": ["the tissue curve is zero throughout: nothing to fit"]})
+        if not np.any(aif.ca):
+            raise serializers.ValidationError({"aif": ["the arterial input is zero throughout"]})
+        data["_t"], data["_ct"], data["_aif"] = t, ct, aif
+        return data
+
+
+CurveFitAnswer = inline_serializer(
+    "DceCurveFit",
+    {
+        "model": serializers.ChoiceField(choices=list(fitting.MODELS)),
+        **{name: serializers.FloatField(allow_null=True, help_text=unit) for name, unit in fitting.UNITS.items()},
+        "uncertainties": serializers.DictField(child=serializers.FloatField(), help_text="standard errors"),
+        "units": serializers.DictField(child=serializers.CharField()),
+        "residual": inline_serializer(
+            "DceCurveFitResidual",
+            {"rmse_mM": serializers.FloatField(), "r_squared": serializers.FloatField()},
+        ),
+        "fitted_ct": serializers.ListField(child=serializers.FloatField(), help_text="the model curve at t, mM"),
+    },
+)
+
+
+class CurveFit(APIView):
+    """Fit a pharmacokinetic model to a tissue concentration curve."""
+
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(
+        request=CurveFitInput,
+        responses={200: CurveFitAnswer},
+        tags=["analysis"],
+        operation_id="analysis_dce_curve_fit",
+        description=(
+            "Tofts, extended Tofts, Patlak or two-compartment exchange fit of `ct` (mM) at `t` (s) "
+            "to a measured arterial plasma input or Parker's population AIF. Answers the parameters in "
+            "the units named in `units`, their standard errors and the fit's residual."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        data = CurveFitInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        try:
+            fit = fitting.fit_curve(v["_t"], v["_ct"], v["_aif"], v["model"], fit_delay=v["fit_delay"])
+        except fitting.FitError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        answer = fit.as_json()
+        institution = current_institution(request)
+        audit.record(
+            "analysis.dce.curve_fit",
+            request=request,
+            institution=institution,
+            object_type="dce_curve",
+            detail={
+                "model": v["model"],
+                "points": len(v["_t"]),
+                "fit_delay": v["fit_delay"],
+                "aif": "population" if "population" in v["aif"] else "measured",
+                "ktrans_per_min": answer["ktrans_per_min"],
+                "r_squared": answer["residual"]["r_squared"],
+            },
+        )
+        return Response(answer)
+
+
+class EnhancementInput(serializers.Serializer):
+    t = serializers.ListField(child=serializers.FloatField(), max_length=MAX_POINTS, help_text="seconds")
+    signal = serializers.ListField(child=serializers.FloatField(), max_length=MAX_POINTS, help_text="signal intensity")
+    baseline_points = serializers.IntegerField(
+        required=False, min_value=1, help_text="pre-contrast samples (found from the curve when not given)"
+    )
+    concentration = serializers.ListField(
+        child=serializers.FloatField(),
+        required=False,
+        max_length=MAX_POINTS,
+        help_text="concentration at t, mM: iAUC60 is then in mM·s",
+    )
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        t = _finite_list("t", data["t"])
+        signal = _finite_list("signal", data["signal"])
+        if len(t) != len(signal):
+            raise serializers.ValidationError(
+                {"signal": [f"t and signal differ in length ({len(t)} and {len(signal)})"]}
+            )
+        if len(t) < 3:
+            raise serializers.ValidationError({"t": ["a curve needs at least 3 samples"]})
+        _check_times("t", t)
+        if np.any(signal < 0):
+            raise serializers.ValidationError({"signal": ["signal intensities are never negative"]})
+        if data.get("baseline_points", 1) >= len(t):
+            raise serializers.ValidationError({"baseline_points": ["the baseline must leave post-contrast samples"]})
+        concentration = None
+        if "concentration" in data:
+            concentration = _finite_list("concentration", data["concentration"])
+            if len(concentration) != len(t):
+                raise serializers.ValidationError({"concentration": ["t and concentration differ in length"]})
+        data["_t"], data["_signal"], data["_concentration"] = t, signal, concentration
+        return data
+
+
+EnhancementAnswer = inline_serializer(
+    "DceEnhancement",
+    {
+        "baseline": serializers.FloatField(),
+        "onset_s": serializers.FloatField(allow_null=True),
+        "initial_slope_percent_per_min": serializers.FloatField(allow_null=True),
+        "max_enhancement_ratio_percent": serializers.FloatField(),
+        "peak_time_s": serializers.FloatField(),
+        "time_to_peak_s": serializers.FloatField(allow_null=True),
+        "washout_rate_percent_per_min": serializers.FloatField(allow_null=True),
+        "signal_enhancement_ratio": serializers.FloatField(allow_null=True),
+        "iauc60": serializers.FloatField(allow_null=True, help_text="mM·s with a concentration, else s"),
+        "curve_type": serializers.ChoiceField(choices=["I", "II", "III"], allow_null=True),
+        "curve_type_label": serializers.CharField(allow_null=True),
+    },
+)
+
+
+class EnhancementCurve(APIView):
+    """Semi-quantitative description of a time–intensity curve."""
+
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(
+        request=EnhancementInput,
+        responses={200: EnhancementAnswer},
+        tags=["analysis"],
+        operation_id="analysis_dce_enhancement",
+        description=(
+            "Onset, initial slope, maximum enhancement ratio, time to peak, wash-out rate, signal "
+            "enhancement ratio, iAUC60 and curve type (I persistent, II plateau, III wash-out) of a "
+            "time–intensity curve."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        data = EnhancementInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        result = enhancement.analyse(
+            v["_t"], v["_signal"], baseline=v.get("baseline_points"), concentration=v["_concentration"]
+        ).as_json()
+        audit.record(
+            "analysis.dce.enhancement",
+            request=request,
+            institution=current_institution(request),
+            object_type="dce_curve",
+            detail={"points": len(v["_t"]), "curve_type": result["curve_type"]},
+        )
+        return Response(result)

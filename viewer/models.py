@@ -34,3 +34,9 @@ class KeyImage(models.Model):
 
     def __str__(self) -> str:
         return f"key image {self.instance.sop_instance_uid} frame {self.frame}"
+
+
+# The DCE-MRI analysis part's models live in viewer.analysis.models but belong
+# to this app (its tables, its migrations): importing them here is how Django
+# finds them.
+from .analysis.models import AssumedTissueT1, DceMapJob  # noqa: E402, F401

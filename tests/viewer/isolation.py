@@ -60,3 +60,25 @@ isolation.route(
     plane=isolation.const("sagittal"),
     index=isolation.const("8"),
 )
+
+
+@isolation.factory
+def dce_map_job(tenant):
+    """A DCE map job (queued) on the institution's phantom series."""
+    from archive.models import Series
+    from viewer.analysis.actions import do_start_dce_map_job
+
+    series = Series.objects.select_related("study__patient").get(pk=tenant.made["volume.series.id"])
+    job = do_start_dce_map_job(
+        acting_user=tenant.radiologist,
+        study=series.study,
+        series=[series],
+        mask={"regions": [{"slice": 0}]},
+        model="tofts",
+        aif={"population": "parker"},
+        options={},
+    )
+    return isolation.Made(values={"dce_map_job.id": job.pk}, secrets=[])
+
+
+isolation.param("job_id", "dce_map_job.id")

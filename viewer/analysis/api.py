@@ -16,12 +16,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from archive.access import access_study
+from archive.models import Series
 from pacs_cloud import audit
 from pacs_cloud.access import HasClinicalRole
 from pacs_cloud.tenancy import current_institution
 
-from . import enhancement, fitting
+from . import actions, enhancement, fitting, maps
+from .access import access_map_job
 from .aif import DEFAULT_HEMATOCRIT
+from .models import DceMapJob
 
 # One curve of a long, finely sampled acquisition fits in well under a second;
 # this bounds the work one request may ask for.
@@ -265,3 +269,140 @@ class EnhancementCurve(APIView):
             detail={"points": len(v["_t"]), "curve_type": result["curve_type"]},
         )
         return Response(result)
+
+
+# Map jobs ------------------------------------------------------------------------------
+
+
+class RegionSerializer(serializers.Serializer):
+    slice = serializers.IntegerField(min_value=0, help_text="slice index in the dynamic series, 0 = first")
+    polygon = serializers.ListField(
+        child=serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2),
+        required=False,
+        max_length=2000,
+        help_text="[[x, y], …] in pixels (x = column, y = row); none: the whole slice",
+    )
+
+    def validate_polygon(self, value: list) -> list:
+        if value and len(value) < 3:
+            raise serializers.ValidationError("a polygon needs at least 3 points")
+        return value
+
+
+class MapJobInput(serializers.Serializer):
+    study = serializers.UUIDField()
+    series = serializers.ListField(
+        child=serializers.UUIDField(),
+        min_length=1,
+        max_length=500,
+        help_text="the dynamic series, or one series per time point",
+    )
+    mask = serializers.ListField(child=RegionSerializer(), min_length=1, max_length=500)
+    model = serializers.ChoiceField(choices=list(maps.MAP_MODELS), default="tofts")
+    aif = serializers.DictField(
+        default=dict,
+        help_text="{'population': 'parker', 'bolus_arrival_s': s} (default: Parker, arrival found from the curve) "
+        "or {'region': {'slice': k, 'polygon': [[x, y], …]}} drawn on an artery",
+    )
+    t1_ms = serializers.FloatField(required=False, min_value=50, max_value=5000, help_text="pre-contrast tissue T1")
+    relaxivity = serializers.FloatField(required=False, min_value=0.5, max_value=50, help_text="r1, /mM/s")
+    hematocrit = serializers.FloatField(required=False, min_value=0.0, max_value=0.9)
+    baseline_points = serializers.IntegerField(required=False, min_value=1)
+
+    def validate_aif(self, value: dict) -> dict:
+        if not value:
+            return {"population": "parker"}
+        if "region" in value:
+            region = RegionSerializer(data=value["region"])
+            region.is_valid(raise_exception=True)
+            return {"region": dict(region.validated_data)}
+        if value.get("population") != "parker":
+            raise serializers.ValidationError("the AIF is {'population': 'parker'} or {'region': {...}}")
+        answer: dict = {"population": "parker"}
+        if "bolus_arrival_s" in value:
+            try:
+                answer["bolus_arrival_s"] = float(value["bolus_arrival_s"])
+            except (TypeError, ValueError):
+                raise serializers.ValidationError("bolus_arrival_s is a number of seconds") from None
+        return answer
+
+
+class MapJobSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DceMapJob
+        fields = [
+            "id",
+            "study",
+            "series",
+            "model",
+            "aif",
+            "options",
+            "state",
+            "progress",
+            "cancel_requested",
+            "error",
+            "results",
+            "created_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+def _refusal(field: str, message: str) -> Response:
+    return Response({field: [message]}, status=status.HTTP_400_BAD_REQUEST)
+
+
+class MapJobList(APIView):
+    """Start voxel-wise pharmacokinetic maps of a dynamic series; list a study's jobs."""
+
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(
+        request=MapJobInput,
+        responses={202: MapJobSerializer},
+        tags=["analysis"],
+        operation_id="analysis_dce_maps_start",
+        description=(
+            "Queue maps of Ktrans, ve, kep (and vp, iAUC60) inside the mask. Follow `progress` at "
+            "`/api/v1/analysis/dce/{id}/`; each map is stored in the study as a DICOM Parametric Map."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        data = MapJobInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        study = access_study(request.user, pk=v["study"])
+        series_rows = list(Series.objects.filter(study=study, pk__in=v["series"]))
+        if len(series_rows) != len(set(v["series"])):
+            return _refusal("series", "every series must belong to the study")
+        options = {k: v[k] for k in ("t1_ms", "relaxivity", "hematocrit", "baseline_points") if k in v}
+        job = actions.do_start_dce_map_job(
+            acting_user=request.user,
+            study=study,
+            series=series_rows,
+            mask={"regions": [dict(r) for r in v["mask"]]},
+            model=v["model"],
+            aif=v["aif"],
+            options=options,
+        )
+        job.refresh_from_db()
+        return Response(MapJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class MapJobDetail(APIView):
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(responses={200: MapJobSerializer}, tags=["analysis"], operation_id="analysis_dce_maps_read")
+    def get(self, request: Request, job_id: str) -> Response:
+        return Response(MapJobSerializer(access_map_job(request.user, job_id)).data)
+
+
+class MapJobCancel(APIView):
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(
+        request=None, responses={200: MapJobSerializer}, tags=["analysis"], operation_id="analysis_dce_maps_cancel"
+    )
+    def post(self, request: Request, job_id: str) -> Response:
+        job = actions.do_cancel_dce_map_job(access_map_job(request.user, job_id), acting_user=request.user)
+        return Response(MapJobSerializer(job).data)

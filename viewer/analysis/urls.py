@@ -6,5 +6,8 @@ from . import api
 
 urlpatterns = [
     path("api/v1/analysis/dce/curve-fit/", api.CurveFit.as_view(), name="viewer-fit-dce-curve"),
+    path("api/v1/analysis/dce/", api.MapJobList.as_view(), name="viewer-start-dce-maps"),
+    path("api/v1/analysis/dce/<uuid:job_id>/", api.MapJobDetail.as_view(), name="viewer-read-dce-maps"),
+    path("api/v1/analysis/dce/<uuid:job_id>/cancel/", api.MapJobCancel.as_view(), name="viewer-cancel-dce-maps"),
     path("api/v1/analysis/dce/enhancement/", api.EnhancementCurve.as_view(), name="viewer-describe-dce-curve"),
 ]

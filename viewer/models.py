@@ -39,4 +39,4 @@ class KeyImage(models.Model):
 # The DCE-MRI analysis part's models live in viewer.analysis.models but belong
 # to this app (its tables, its migrations): importing them here is how Django
 # finds them.
-from .analysis.models import AssumedTissueT1, DceMapJob  # noqa: E402, F401
+from .analysis.models import AssumedTissueT1, DceMapJob, DceRegionAnalysis  # noqa: E402, F401

@@ -82,3 +82,16 @@ def dce_map_job(tenant):
 
 
 isolation.param("job_id", "dce_map_job.id")
+isolation.route(
+    "/api/v1/analysis/dce/{job_id}/maps/{name}/{index}/",
+    job_id="dce_map_job.id",
+    name=isolation.const("ktrans"),
+    index=isolation.const("0"),
+    reachable=False,
+    reason="a queued job has no map yet; reading a finished one is tested in tests/viewer/test_dce_maps.py",
+)
+isolation.route(
+    "/api/v1/analysis/dce/regions/",
+    queries=[{"study": isolation.Ref("volume.study.id")}],
+    also_allowed={400},
+)

@@ -198,6 +198,41 @@ def test_maps_from_a_dynamic_series_recover_the_true_ktrans_and_ve(dce_study, te
     assert AuditEvent.objects.filter(action="analysis.dce.map.start", object_id=job["id"]).exists()
     assert AuditEvent.objects.filter(action="analysis.dce.map.done", object_id=job["id"]).exists()
 
+    # The overlay reads a slice of the archived map back as numbers.
+    plane = client.get(f"/api/v1/analysis/dce/{job['id']}/maps/ktrans/1/").data
+    assert (plane["rows"], plane["columns"], plane["unit"]) == (SIZE, SIZE, "1/min")
+    assert plane["values"][11 * SIZE + 11] == pytest.approx(KTRANS[11, 11], abs=0.005 + 0.1 * KTRANS[11, 11])
+    assert client.get(f"/api/v1/analysis/dce/{job['id']}/maps/ktrans/2/").status_code == 404
+
+
+def test_a_region_gives_its_curves_descriptors_and_fit(dce_study, tenants):
+    study, series = dce_study
+    client = api_client(tenants.a.radiologist)
+    body = {
+        "study": str(study.pk),
+        "series": [str(series.pk)],
+        "region": {"slice": 0, "polygon": [[10, 10], [12, 10], [12, 12], [10, 12]]},
+        "label": "lesion 1",
+        "aif": {"population": "parker", "bolus_arrival_s": BAT},
+        "t1_ms": T1_MS,
+        "relaxivity": R1,
+    }
+    answer = client.post("/api/v1/analysis/dce/regions/", body, format="json")
+    assert answer.status_code == 201, answer.data
+    results = answer.data["results"]
+    assert results["pixels"] == 9 and results["times_s"] == pytest.approx(TIMES.tolist())
+    assert len(results["signal"]) == len(results["aif_mM"]) == PHASES
+    assert results["enhancement"]["curve_type"] in ("I", "II", "III")
+    assert results["enhancement"]["onset_s"] == pytest.approx(BAT, abs=DT)
+    assert results["fit"]["ktrans_per_min"] == pytest.approx(KTRANS[11, 11], abs=0.005 + 0.1 * KTRANS[11, 11])
+    assert results["fit"]["ve"] == pytest.approx(VE[11, 11], abs=0.05)
+    listed = client.get("/api/v1/analysis/dce/regions/", {"study": str(study.pk)}).data["results"]
+    assert [r["label"] for r in listed] == ["lesion 1"]
+    assert (
+        api_client(tenants.c.radiologist).get("/api/v1/analysis/dce/regions/", {"study": str(study.pk)}).status_code
+        == 404
+    )
+
 
 def test_a_job_is_cancelled_queued_or_running(dce_study, tenants):
     study, series = dce_study

@@ -12,7 +12,7 @@ from archive.ingest import store_instance
 from archive.models import Series, Study
 from pacs_cloud import audit
 
-from .models import DceMapJob
+from .models import DceMapJob, DceRegionAnalysis
 
 State = DceMapJob.State
 
@@ -115,3 +115,29 @@ def do_archive_parametric_map(job: DceMapJob, path: Path) -> Any:
     """Store a Parametric Map of ``job`` in its study through the archive's ingest (archived like any image)."""
     result = store_instance(path, institution=job.study.institution, only_study=job.study.study_instance_uid)
     return result.instance
+
+
+def do_record_dce_region(
+    *, acting_user: Any, study: Study, series: list[Series], region: dict, label: str, results: dict
+) -> DceRegionAnalysis:
+    """Keep a region's analysis for the study (the report editor inserts its values); audited as a read of PHI."""
+    with transaction.atomic():
+        row = DceRegionAnalysis.objects.create(
+            institution_id=study.institution_id,
+            study=study,
+            series=[str(s.pk) for s in series],
+            region=region,
+            label=label,
+            results=results,
+            created_by=acting_user,
+        )
+        audit.record(
+            "analysis.dce.region",
+            actor=acting_user,
+            object_type="dce_region",
+            object_id=row.pk,
+            patient_id=study.patient.patient_id,
+            institution=study.institution_id,
+            detail={"study": str(study.pk), "curve_type": (results.get("enhancement") or {}).get("curve_type")},
+        )
+    return row

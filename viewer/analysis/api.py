@@ -8,24 +8,32 @@ analysis. Callers need a role that reads images; every fit is audited.
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 import numpy as np
-from drf_spectacular.utils import extend_schema, inline_serializer
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from archive.access import access_study
-from archive.models import Series
+from archive.models import Instance, Series
 from pacs_cloud import audit
 from pacs_cloud.access import HasClinicalRole
 from pacs_cloud.tenancy import current_institution
+from viewer.render import load_dataset
 
-from . import actions, enhancement, fitting, maps
+from . import actions, enhancement, fitting, maps, parametric
 from .access import access_map_job
 from .aif import DEFAULT_HEMATOCRIT
-from .models import DceMapJob
+from .models import DceMapJob, DceRegionAnalysis
+from .region import analyse_region
+from .series import NotDynamic
+from .tasks import JobError
 
 # One curve of a long, finely sampled acquisition fits in well under a second;
 # this bounds the work one request may ask for.
@@ -406,3 +414,109 @@ class MapJobCancel(APIView):
     def post(self, request: Request, job_id: str) -> Response:
         job = actions.do_cancel_dce_map_job(access_map_job(request.user, job_id), acting_user=request.user)
         return Response(MapJobSerializer(job).data)
+
+
+# Regions and map slices ------------------------------------------------------------------
+
+
+class RegionInput(serializers.Serializer):
+    study = serializers.UUIDField()
+    series = serializers.ListField(child=serializers.UUIDField(), min_length=1, max_length=500)
+    region = RegionSerializer()
+    label = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
+    aif = serializers.DictField(default=dict)
+    t1_ms = serializers.FloatField(required=False, min_value=50, max_value=5000)
+    relaxivity = serializers.FloatField(required=False, min_value=0.5, max_value=50)
+    hematocrit = serializers.FloatField(required=False, min_value=0.0, max_value=0.9)
+
+    validate_aif = MapJobInput.validate_aif
+
+
+class RegionSerializerOut(serializers.ModelSerializer):
+    class Meta:
+        model = DceRegionAnalysis
+        fields = ["id", "study", "series", "region", "label", "results", "created_at"]
+        read_only_fields = fields
+
+
+class RegionList(APIView):
+    """Analyse a region drawn on a dynamic series (kept for the report); list a study's regions."""
+
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("study", OpenApiTypes.UUID, required=True)],
+        responses={200: RegionSerializerOut(many=True)},
+        tags=["analysis"],
+        operation_id="analysis_dce_regions_list",
+    )
+    def get(self, request: Request) -> Response:
+        try:
+            study_id = UUID(request.query_params.get("study", ""))
+        except ValueError:
+            return _refusal("study", "give the study's id: ?study=<uuid>")
+        study = access_study(request.user, pk=study_id)
+        rows = DceRegionAnalysis.objects.filter(study=study)
+        return Response({"results": RegionSerializerOut(rows, many=True).data})
+
+    @extend_schema(
+        request=RegionInput,
+        responses={201: RegionSerializerOut},
+        tags=["analysis"],
+        operation_id="analysis_dce_regions_analyse",
+        description="The region's time–intensity and concentration curves, the AIF, enhancement descriptors "
+        "with the curve type, and a Tofts fit.",
+    )
+    def post(self, request: Request) -> Response:
+        data = RegionInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        study = access_study(request.user, pk=v["study"])
+        series_rows = list(Series.objects.filter(study=study, pk__in=v["series"]))
+        if len(series_rows) != len(set(v["series"])):
+            return _refusal("series", "every series must belong to the study")
+        options = {k: v[k] for k in ("t1_ms", "relaxivity", "hematocrit") if k in v}
+        region_spec = dict(v["region"])
+        try:
+            results = analyse_region(study.institution_id, series_rows, region_spec, v["aif"], options)
+        except (JobError, NotDynamic) as exc:
+            return _refusal("series" if isinstance(exc, NotDynamic) else "region", str(exc))
+        row = actions.do_record_dce_region(
+            acting_user=request.user,
+            study=study,
+            series=series_rows,
+            region=region_spec,
+            label=v["label"],
+            results=results,
+        )
+        return Response(RegionSerializerOut(row).data, status=status.HTTP_201_CREATED)
+
+
+class MapSlice(APIView):
+    """One slice of a finished job's map, as numbers, read back from the archived Parametric Map."""
+
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, tags=["analysis"], operation_id="analysis_dce_map_slice")
+    def get(self, request: Request, job_id: str, name: str, index: int) -> Response:
+        job = access_map_job(request.user, job_id)
+        stored = (job.results.get("maps") or {}).get(name)
+        if job.state != DceMapJob.State.DONE or stored is None:
+            raise Http404("No such map")
+        instance = get_object_or_404(Instance, pk=stored["instance"], series__study=job.study)
+        values = parametric.slices_in_source_order(load_dataset(instance))
+        if not 0 <= index < values.shape[0]:
+            raise Http404("No such slice")
+        plane = values[index]
+        return Response(
+            {
+                "name": name,
+                "label": stored["label"],
+                "unit": stored["unit"],
+                "rows": int(plane.shape[0]),
+                "columns": int(plane.shape[1]),
+                "min": float(plane.min()),
+                "max": float(plane.max()),
+                "values": [float(f"{v:.4g}") for v in plane.ravel().tolist()],
+            }
+        )

@@ -66,3 +66,24 @@ class AssumedTissueT1(models.Model):
 
     def __str__(self) -> str:
         return f"{self.body_part or 'any region'}: T1 {self.t1_ms:g} ms"
+
+
+class DceRegionAnalysis(models.Model):
+    """A region a reader drew on a dynamic series: its curves, enhancement descriptors and Tofts fit."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    institution = models.ForeignKey(Institution, on_delete=models.PROTECT, related_name="+")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="dce_regions")
+    series = models.JSONField(help_text="ids of the series forming the dynamic acquisition")
+    region = models.JSONField(help_text="{'slice': k, 'polygon': [[x, y], ...]}")
+    label = models.CharField(max_length=64, blank=True)
+    results = models.JSONField(help_text="times, curves, descriptors, fit")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["study", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"DCE region {self.label or self.pk} of study {self.study_id}"

@@ -79,6 +79,22 @@ def parametric_map(
     return pm
 
 
+def slices_in_source_order(ds: Dataset) -> np.ndarray:
+    """The map's frames ordered along the slice normal (as the dynamic series' slices), whatever the object's order."""
+    values = ds.pixel_array
+    if values.ndim == 2:
+        values = values[None]
+    frames = ds.get("PerFrameFunctionalGroupsSequence") or []
+    orientation = np.array(
+        ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float
+    )
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = [
+        float(np.dot(normal, np.array(f.PlanePositionSequence[0].ImagePositionPatient, float))) for f in frames
+    ]
+    return values[np.argsort(positions)] if len(positions) == len(values) else values
+
+
 def write(ds: Dataset, path: Path) -> Path:
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -67,21 +67,22 @@ def baseline_count(curve: np.ndarray) -> int:
     return max(int(np.nonzero(rise > 0.1 * peak)[0][0]), 1)
 
 
-def tissue_t1_ms(job: DceMapJob, body_part: str) -> float:
-    if job.options.get("t1_ms"):
-        return float(job.options["t1_ms"])
-    overrides = dict(AssumedTissueT1.objects.filter(institution=job.institution_id).values_list("body_part", "t1_ms"))
+def tissue_t1_ms(institution_id: Any, options: dict, body_part: str) -> float:
+    """The pre-contrast tissue T1: as given, else the institution's for the body region, else the default."""
+    if options.get("t1_ms"):
+        return float(options["t1_ms"])
+    overrides = dict(AssumedTissueT1.objects.filter(institution=institution_id).values_list("body_part", "t1_ms"))
     return concentration.assumed_t1_ms(body_part, {k.upper(): v for k, v in overrides.items()})
 
 
 def arterial_input(
-    job: DceMapJob, volume: series.DynamicVolume, baseline: int, relaxivity: float, tr_s: float, flip: float
+    spec: dict, options: dict, volume: series.DynamicVolume, baseline: int, relaxivity: float, tr_s: float, flip: float
 ) -> maps.ArterialInput:
     """Parker's population AIF scaled to the acquisition's timing, or the curve of a region drawn on an artery."""
     t = volume.times_s
-    hematocrit = float(job.options.get("hematocrit", DEFAULT_HEMATOCRIT))
+    hematocrit = float(options.get("hematocrit", DEFAULT_HEMATOCRIT))
     fine = np.arange(0.0, t[-1] + 0.25, 0.25)
-    region = job.aif.get("region")
+    region = spec.get("region")
     if region:
         mask = region_mask(volume.shape[1:], [region])
         if not mask.any():
@@ -99,7 +100,7 @@ def arterial_input(
         arrival = float(t[max(baseline - 1, 0)])
         return maps.ArterialInput(fine, np.interp(fine, t, plasma), arrival)
     # The bolus reaches the tissue around the last pre-contrast phase; Parker's curve starts there.
-    arrival = float(job.aif.get("bolus_arrival_s", t[max(baseline - 1, 0)]))
+    arrival = float(spec.get("bolus_arrival_s", t[max(baseline - 1, 0)]))
     return maps.ArterialInput(fine, parker_plasma_mM(fine, bolus_arrival_s=arrival, hematocrit=hematocrit), arrival)
 
 
@@ -137,11 +138,11 @@ def _compute(job: DceMapJob) -> dict[str, Any]:
         or concentration.relaxivity_per_mM_s(acquisition.agent, acquisition.field_strength_t)
     )
     tr_s, flip = acquisition.repetition_time_ms / 1000.0, acquisition.flip_angle_deg
-    t1_ms = tissue_t1_ms(job, acquisition.body_part)
+    t1_ms = tissue_t1_ms(job.institution_id, job.options, acquisition.body_part)
     conc = concentration.spgr_concentration(
         signal, baseline=baseline, t10_s=t1_ms / 1000.0, tr_s=tr_s, flip_deg=flip, relaxivity=relaxivity
     )
-    aif = arterial_input(job, volume, baseline, relaxivity, tr_s, flip)
+    aif = arterial_input(job.aif, job.options, volume, baseline, relaxivity, tr_s, flip)
     fitted = maps.fit_maps(
         conc, volume.times_s, aif, job.model, progress=lambda share: actions.do_report_dce_map_progress(job.pk, share)
     )

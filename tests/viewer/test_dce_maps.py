@@ -70,8 +70,29 @@ def spgr(concentration_mM: np.ndarray, m0: float = 2000.0) -> np.ndarray:
     return m0 * np.sin(a) * (1 - e1) / (1 - np.cos(a) * e1)
 
 
-def write_series(folder: Path) -> tuple[str, str]:
-    """One series, every temporal position in it (Temporal Position Identifier, Trigger Time)."""
+# The Patient and Study modules, copied from an image of the study the series joins.
+JOINED = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+    "StudyDescription",
+    "SpecificCharacterSet",
+)
+
+
+def write_series(folder: Path, *, joining: Dataset | None = None) -> tuple[str, str]:
+    """One series, every temporal position in it (Temporal Position Identifier, Trigger Time).
+
+    With ``joining``, the series belongs to that image's study and patient.
+    """
     signal = spgr(tissue_mM(KTRANS, VE))  # (rows, columns, phases)
     study_uid, series_uid, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
     for p in range(PHASES):
@@ -108,8 +129,11 @@ def write_series(folder: Path) -> tuple[str, str]:
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
             ds.PixelData = np.rint(signal[..., p]).astype(np.uint16).tobytes()
+            for keyword in JOINED if joining is not None else ():
+                if keyword in joining:
+                    setattr(ds, keyword, getattr(joining, keyword))
             ds.save_as(folder / f"p{p:02d}s{s}.dcm", enforce_file_format=True)
-    return study_uid, series_uid
+    return (joining.StudyInstanceUID if joining is not None else study_uid), series_uid
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ signal and T1 known, M0 follows and each later signal gives R1 and so C.
 
 from __future__ import annotations
 
-import dcmri
 import numpy as np
+
+from .aif import dcmri
 
 # r1 of a gadolinium agent in plasma at 1.5 T (/mM/s) when neither the agent nor the field is known.
 FALLBACK_RELAXIVITY = 4.5
@@ -47,7 +48,7 @@ def relaxivity_per_mM_s(agent: str, field_strength_t: float | None) -> float:
         return FALLBACK_RELAXIVITY
     field = min((0.47, 1.5, 3.0, 4.7), key=lambda f: abs(f - (field_strength_t or 1.5)))
     try:
-        return float(dcmri.relaxivity(field, "plasma", name)) / 1000.0
+        return float(dcmri().relaxivity(field, "plasma", name)) / 1000.0
     except (KeyError, ValueError):
         return FALLBACK_RELAXIVITY
 

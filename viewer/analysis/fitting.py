@@ -14,12 +14,11 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-import dcmri
 import numpy as np
-from scipy.optimize import least_squares
 
-from .aif import parker_plasma_mM
+from .aif import dcmri, parker_plasma_mM
 
 MODELS = ("tofts", "extended_tofts", "patlak", "2cxm")
 
@@ -50,19 +49,19 @@ class _Model:
 
 
 def _tofts(ca: np.ndarray, t: np.ndarray, ktrans: float, ve: float) -> np.ndarray:
-    return dcmri.conc_tissue(ca, t=t, kinetics="WV", H=0.0, vi=ve, Ktrans=ktrans)
+    return dcmri().conc_tissue(ca, t=t, kinetics="WV", H=0.0, vi=ve, Ktrans=ktrans)
 
 
 def _extended_tofts(ca: np.ndarray, t: np.ndarray, ktrans: float, ve: float, vp: float) -> np.ndarray:
-    return dcmri.conc_tissue(ca, t=t, kinetics="HF", H=0.0, vi=ve, vb=vp, PS=ktrans)
+    return dcmri().conc_tissue(ca, t=t, kinetics="HF", H=0.0, vi=ve, vb=vp, PS=ktrans)
 
 
 def _patlak(ca: np.ndarray, t: np.ndarray, ktrans: float, vp: float) -> np.ndarray:
-    return dcmri.conc_tissue(ca, t=t, kinetics="HFU", H=0.0, vb=vp, PS=ktrans)
+    return dcmri().conc_tissue(ca, t=t, kinetics="HFU", H=0.0, vb=vp, PS=ktrans)
 
 
 def _two_compartment_exchange(ca: np.ndarray, t: np.ndarray, fp: float, ps: float, ve: float, vp: float) -> np.ndarray:
-    return dcmri.conc_tissue(ca, t=t, kinetics="2CX", H=0.0, vi=ve, vb=vp, Fb=fp, PS=ps)
+    return dcmri().conc_tissue(ca, t=t, kinetics="2CX", H=0.0, vi=ve, vb=vp, Fb=fp, PS=ps)
 
 
 _MODELS = {
@@ -135,6 +134,13 @@ def _round(value: float | None) -> float | None:
 
 class FitError(ValueError):
     """The data cannot be fitted (the message says why, for the caller)."""
+
+
+def least_squares(*args: Any, **kwargs: Any) -> Any:
+    # SciPy loads in seconds on a busy machine: only when a fit is asked for, not with the URLconf.
+    from scipy.optimize import least_squares as solve
+
+    return solve(*args, **kwargs)
 
 
 def fit_curve(t: np.ndarray, ct: np.ndarray, aif: Aif, model: str, *, fit_delay: bool = False) -> Fit:

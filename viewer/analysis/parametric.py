@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
@@ -37,6 +36,8 @@ def parametric_map(
     model: str,
 ) -> Dataset:
     """A Parametric Map of ``values`` (slices, rows, columns; float) over the source slices ``sources``."""
+    import highdicom as hd  # seconds to import: only when a map is written
+
     values = np.ascontiguousarray(values, dtype=np.float32)
     low, high = float(np.min(values)), float(np.max(values))
     if high <= low:

@@ -2,9 +2,10 @@
 
 from django.urls import path
 
-from . import api
+from . import api, views
 
 urlpatterns = [
+    path("viewer/studies/<uuid:study_id>/dce/", views.dce_page, name="viewer-analyse-dce"),
     path("api/v1/analysis/dce/curve-fit/", api.CurveFit.as_view(), name="viewer-fit-dce-curve"),
     path("api/v1/analysis/dce/", api.MapJobList.as_view(), name="viewer-start-dce-maps"),
     path("api/v1/analysis/dce/<uuid:job_id>/", api.MapJobDetail.as_view(), name="viewer-read-dce-maps"),

@@ -258,7 +258,7 @@ def test_a_region_gives_its_curves_descriptors_and_fit(dce_study, tenants):
     )
 
 
-def test_a_job_is_cancelled_queued_or_running(dce_study, tenants):
+def test_a_job_is_cancelled_queued_or_running_and_bad_requests_are_refused(dce_study, tenants):
     study, series = dce_study
     client = api_client(tenants.a.radiologist)
     body = {"study": str(study.pk), "series": [str(series.pk)], "mask": [{"slice": 0}]}
@@ -277,10 +277,7 @@ def test_a_job_is_cancelled_queued_or_running(dce_study, tenants):
     assert api_client(tenants.c.radiologist).get(f"/api/v1/analysis/dce/{running['id']}/").status_code == 404
     assert DceMapJob.objects.get(pk=running["id"]).state == "running"
 
-
-def test_a_job_on_a_series_of_another_study_is_refused(dce_study, tenants):
-    study, series = dce_study
-    client = api_client(tenants.a.radiologist)
+    # A series outside the study, or a polygon of two points, is refused before anything is queued.
     body = {
         "study": str(study.pk),
         "series": [str(series.pk), "00000000-0000-0000-0000-000000000000"],

@@ -34,6 +34,8 @@ def missing_tools() -> dict[str, str]:
         missing["browser"] = f"needs Chromium at {CHROMIUM}: apt-get install chromium"
     if not _on_path("pdftotext"):
         missing["poppler"] = "needs poppler-utils (pdftotext): apt-get install poppler-utils"
+    if not _on_path("dciodvfy"):
+        missing["dicom3tools"] = "needs dicom3tools (dciodvfy): apt-get install dicom3tools"
     return missing
 
 

@@ -37,4 +37,8 @@ class KeyImage(models.Model):
 
 
 # Sub-packages' models, so that Django registers them with this app.
+# The DCE-MRI analysis part's models live in viewer.analysis.models but belong
+# to this app (its tables, its migrations): importing them here is how Django
+# finds them.
+from .analysis.models import AssumedTissueT1, DceMapJob, DceRegionAnalysis  # noqa: E402, F401
 from .hanging.models import HangingProtocol  # noqa: E402, F401

@@ -50,4 +50,6 @@ urlpatterns = [
     # OHIF v3 at /ohif/ (viewer/ohif/).
     path("", include("viewer.ohif.urls")),
     *router.urls,
+    # DCE-MRI analysis (viewer/analysis/): its pages and /api/v1/analysis/dce/.
+    path("", include("viewer.analysis.urls")),
 ]

@@ -95,3 +95,38 @@ isolation.route(
     bodies={"put": {"name": "TAKEN", "panes": [{"study": "current"}]}, "patch": {"name": "TAKEN"}},
 )
 isolation.route("/api/v1/hanging-protocols/match/", queries=[{"study": isolation.Ref("study.id")}], also_allowed={400})
+
+
+@isolation.factory
+def dce_map_job(tenant):
+    """A DCE map job (queued) on the institution's phantom series."""
+    from archive.models import Series
+    from viewer.analysis.actions import do_start_dce_map_job
+
+    series = Series.objects.select_related("study__patient").get(pk=tenant.made["volume.series.id"])
+    job = do_start_dce_map_job(
+        acting_user=tenant.radiologist,
+        study=series.study,
+        series=[series],
+        mask={"regions": [{"slice": 0}]},
+        model="tofts",
+        aif={"population": "parker"},
+        options={},
+    )
+    return isolation.Made(values={"dce_map_job.id": job.pk}, secrets=[])
+
+
+isolation.param("job_id", "dce_map_job.id")
+isolation.route(
+    "/api/v1/analysis/dce/{job_id}/maps/{name}/{index}/",
+    job_id="dce_map_job.id",
+    name=isolation.const("ktrans"),
+    index=isolation.const("0"),
+    reachable=False,
+    reason="a queued job has no map yet; reading a finished one is tested in tests/viewer/test_dce_maps.py",
+)
+isolation.route(
+    "/api/v1/analysis/dce/regions/",
+    queries=[{"study": isolation.Ref("volume.study.id")}],
+    also_allowed={400},
+)

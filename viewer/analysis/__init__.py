@@ -1,0 +1,1 @@
+"""Quantitative DCE-MRI: enhancement curves and pharmacokinetic maps (a part of the viewer app)."""

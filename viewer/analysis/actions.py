@@ -1,0 +1,143 @@
+"""Changes DCE-MRI analysis makes: map jobs started, progressing, cancelled, finished, and their maps archived."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from archive.ingest import store_instance
+from archive.models import Series, Study
+from pacs_cloud import audit
+
+from .models import DceMapJob, DceRegionAnalysis
+
+State = DceMapJob.State
+
+
+def _record(job: DceMapJob, action: str, *, actor: Any = None, actor_label: str = "", **detail: Any) -> None:
+    audit.record(
+        action,
+        actor=actor,
+        actor_label=actor_label,
+        object_type="dce_map_job",
+        object_id=job.pk,
+        patient_id=job.study.patient.patient_id,
+        institution=job.institution_id,
+        detail={"study": str(job.study_id), "model": job.model, **detail},
+    )
+
+
+def do_start_dce_map_job(
+    *,
+    acting_user: Any,
+    study: Study,
+    series: list[Series],
+    mask: dict,
+    model: str,
+    aif: dict,
+    options: dict,
+) -> DceMapJob:
+    """Queue voxel-wise maps of ``series`` (one dynamic acquisition of ``study``) inside ``mask``.
+
+    The caller has checked that ``acting_user`` may see the study. The task
+    is queued once the job is committed.
+    """
+    from . import tasks
+
+    with transaction.atomic():
+        job = DceMapJob.objects.create(
+            institution_id=study.institution_id,
+            study=study,
+            series=[str(s.pk) for s in series],
+            mask=mask,
+            model=model,
+            aif=aif,
+            options=options,
+            created_by=acting_user,
+        )
+        _record(job, "analysis.dce.map.start", actor=acting_user, series=job.series)
+        transaction.on_commit(lambda: tasks.compute_dce_maps.delay(str(job.pk)))
+    return job
+
+
+def do_cancel_dce_map_job(job: DceMapJob, *, acting_user: Any) -> DceMapJob:
+    """Ask a running job to stop (it does at its next block of voxels); a queued one stops at once."""
+    with transaction.atomic():
+        locked = DceMapJob.objects.select_for_update().select_related("study__patient").get(pk=job.pk)
+        if locked.state in DceMapJob.FINISHED:
+            return locked
+        locked.cancel_requested = True
+        fields = ["cancel_requested"]
+        if locked.state == State.QUEUED:
+            locked.state, locked.finished_at = State.CANCELLED, timezone.now()
+            fields += ["state", "finished_at"]
+        locked.save(update_fields=fields)
+        _record(locked, "analysis.dce.map.cancel", actor=acting_user, state=locked.state)
+    return locked
+
+
+def do_begin_dce_map_job(job_pk: Any) -> DceMapJob | None:
+    """Claim a queued job for this worker (compare-and-swap: a task delivered twice runs once)."""
+    claimed = DceMapJob.objects.filter(pk=job_pk, state=State.QUEUED, cancel_requested=False).update(
+        state=State.RUNNING, progress=0.0
+    )
+    return DceMapJob.objects.select_related("study__patient").get(pk=job_pk) if claimed else None
+
+
+def do_report_dce_map_progress(job_pk: Any, progress: float) -> bool:
+    """Record progress; False when the job was cancelled meanwhile (the worker then stops)."""
+    return bool(
+        DceMapJob.objects.filter(pk=job_pk, state=State.RUNNING, cancel_requested=False).update(
+            progress=round(progress, 4)
+        )
+    )
+
+
+def do_end_dce_map_job(job_pk: Any, state: str, *, error: str = "", results: dict | None = None) -> None:
+    """Close a running job as done, failed or cancelled, with its results or the reason."""
+    with transaction.atomic():
+        job = DceMapJob.objects.select_for_update().select_related("study__patient").get(pk=job_pk)
+        if job.state != State.RUNNING:
+            return
+        job.state, job.error, job.finished_at = state, error[:2000], timezone.now()
+        fields = ["state", "error", "finished_at"]
+        if results is not None:
+            job.results, job.progress = results, 1.0
+            fields += ["results", "progress"]
+        job.save(update_fields=fields)
+        _record(job, f"analysis.dce.map.{state}", actor_label="dce-maps", error=error[:200])
+
+
+def do_archive_parametric_map(job: DceMapJob, path: Path) -> Any:
+    """Store a Parametric Map of ``job`` in its study through the archive's ingest (archived like any image)."""
+    result = store_instance(path, institution=job.study.institution, only_study=job.study.study_instance_uid)
+    return result.instance
+
+
+def do_record_dce_region(
+    *, acting_user: Any, study: Study, series: list[Series], region: dict, label: str, results: dict
+) -> DceRegionAnalysis:
+    """Keep a region's analysis for the study (the report editor inserts its values); audited as a read of PHI."""
+    with transaction.atomic():
+        row = DceRegionAnalysis.objects.create(
+            institution_id=study.institution_id,
+            study=study,
+            series=[str(s.pk) for s in series],
+            region=region,
+            label=label,
+            results=results,
+            created_by=acting_user,
+        )
+        audit.record(
+            "analysis.dce.region",
+            actor=acting_user,
+            object_type="dce_region",
+            object_id=row.pk,
+            patient_id=study.patient.patient_id,
+            institution=study.institution_id,
+            detail={"study": str(study.pk), "curve_type": (results.get("enhancement") or {}).get("curve_type")},
+        )
+    return row

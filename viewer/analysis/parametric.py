@@ -1,0 +1,101 @@
+"""DICOM Parametric Maps (PS3.3 A.75) of DCE-MRI results, built with highdicom.
+
+Float pixels (32-bit) carry the values themselves; the Real World Value
+Mapping names the quantity and its UCUM unit, so any workstation reads
+Ktrans in 1/min. The map is a new series of the study, its frames referring
+to the dynamic series' first-phase slices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from pacs_cloud.settings import PACS_VERSION
+
+# UCUM codes of the maps' units.
+UNITS = {
+    "1/min": Code("/min", "UCUM", "per minute"),
+    "mL/mL": Code("mL/mL", "UCUM", "milliliter per milliliter"),
+    "mM.s": Code("mmol/L.s", "UCUM", "millimole per liter times second"),
+}
+MANUFACTURER = "Cloud PACS"
+
+
+def parametric_map(
+    name: str,
+    label: str,
+    unit: str,
+    values: np.ndarray,
+    sources: list[Dataset],
+    *,
+    series_number: int,
+    model: str,
+) -> Dataset:
+    """A Parametric Map of ``values`` (slices, rows, columns; float) over the source slices ``sources``."""
+    import highdicom as hd  # seconds to import: only when a map is written
+
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    low, high = float(np.min(values)), float(np.max(values))
+    if high <= low:
+        high = low + 1.0
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label=label[:16],
+        lut_explanation=f"{label} ({model.replace('_', ' ')} model)"[:64],
+        unit=UNITS[unit],
+        value_range=(low, high),
+        slope=1,
+        intercept=0,
+    )
+    pm = hd.pm.ParametricMap(
+        source_images=sources,
+        pixel_array=values,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name="DCE-MRI analysis",
+        software_versions=PACS_VERSION,
+        device_serial_number="1",
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        # LINEAR_EXACT: a window narrower than 1 (ve spans 0–1) is valid only with it (PS3.3 C.11.2.1.3).
+        voi_lut_transformations=[
+            hd.VOILUTTransformation(
+                window_center=(low + high) / 2, window_width=high - low, voi_lut_function="LINEAR_EXACT"
+            )
+        ],
+        series_description=f"DCE {label} {model.replace('_', ' ')}"[:64],
+        content_label=name.upper()[:16],
+        content_description=f"{label} map"[:64],
+    )
+    if "Laterality" not in pm:
+        # Type 2C for paired body parts (breast, kidney…), which dciodvfy cannot tell apart: the
+        # source's, or empty (unknown).
+        pm.Laterality = sources[0].get("Laterality", "")
+    return pm
+
+
+def slices_in_source_order(ds: Dataset) -> np.ndarray:
+    """The map's frames ordered along the slice normal (as the dynamic series' slices), whatever the object's order."""
+    values = ds.pixel_array
+    if values.ndim == 2:
+        values = values[None]
+    frames = ds.get("PerFrameFunctionalGroupsSequence") or []
+    orientation = np.array(
+        ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float
+    )
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = [
+        float(np.dot(normal, np.array(f.PlanePositionSequence[0].ImagePositionPatient, float))) for f in frames
+    ]
+    return values[np.argsort(positions)] if len(positions) == len(values) else values
+
+
+def write(ds: Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -283,6 +283,8 @@ VIEWER_RENDER_CACHE = "render"
 VIEWER_RENDER_CACHE_SECONDS = env.int("VIEWER_RENDER_CACHE_SECONDS", default=24 * 3600)
 # A study opened by the same user again within this window is audited once.
 VIEWER_AUDIT_WINDOW_SECONDS = env.int("VIEWER_AUDIT_WINDOW_SECONDS", default=1800)
+# 3D render sessions: closed after this long without a gesture (their memory freed).
+VIEWER_3D_IDLE_SECONDS = env.float("VIEWER_3D_IDLE_SECONDS", default=300.0)
 if REDIS_URL:
     CACHES["render"] = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",

@@ -408,6 +408,8 @@ QUERY_MAX_RESULTS = env.int("QUERY_MAX_RESULTS", default=1000)
 # ASGI wrappers that answer bearer-token reads without the middleware chain,
 # innermost first (pacs_cloud/asgi.py).
 LEAN_HTTP_WRAPPERS = ["pacs_cloud.lean.bearer_reads", "viewer.lean.lean_http"]
+# WebSocket URL patterns of the apps, added to pacs_cloud.routing's own.
+WEBSOCKET_ROUTES = ["viewer.volume.routing.websocket_urlpatterns"]
 
 HOME_PANELS = [
     "pacs_cloud.home.role_panels",

@@ -1,12 +1,14 @@
 """Viewer routes: the study page, its API, MPR images, and DICOMweb rendered/thumbnail resources."""
 
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
 _INSTANCE = "dicomweb/studies/<str:study_uid>/series/<str:series_uid>/instances/<str:instance_uid>"
 
 urlpatterns = [
+    # 3D: volume rendering, oblique and curved MPR, measurements (viewer/volume/)
+    path("", include("viewer.volume.urls")),
     path("viewer/studies/<uuid:study_id>/", views.open_study, name="viewer-open-study"),
     path("api/v1/viewer/studies/<uuid:study_id>/", views.StudyManifest.as_view(), name="viewer-api-study"),
     path(

@@ -60,3 +60,4 @@ isolation.route(
     plane=isolation.const("sagittal"),
     index=isolation.const("8"),
 )
+isolation.route("/viewer/series/{series_id}/3d/", series_id="volume.series.id")

@@ -264,8 +264,9 @@ class VolumeScene:
     def render(self, width: int, height: int, *, interactive: bool = False) -> np.ndarray:
         """The picture as an (height, width, 3) uint8 array, top row first.
 
-        Interactive frames sample each ray at twice the distance and cast a
-        ray for every other pixel: a quarter of the work, for dragging.
+        Full frames sample each ray once per voxel spacing; interactive ones
+        at 1.6 times that distance and cast a ray for every 1.5 pixels: about
+        a quarter of the work, for dragging.
         """
         from vtkmodules.util.numpy_support import vtk_to_numpy
         from vtkmodules.vtkRenderingCore import vtkWindowToImageFilter
@@ -273,7 +274,7 @@ class VolumeScene:
         width, height = max(16, min(width, MAX_SIZE)), max(16, min(height, MAX_SIZE))
         self._ensure_window(width, height)
         step = float(self.spacing.min())
-        self.mapper.SetSampleDistance(step * (1.6 if interactive else 0.5))
+        self.mapper.SetSampleDistance(step * (1.6 if interactive else 1.0))
         self.mapper.SetImageSampleDistance(1.5 if interactive else 1.0)
         self.mapper.SetInteractiveSampleDistance(step * 1.6)
         self._apply_camera()

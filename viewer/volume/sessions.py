@@ -181,7 +181,8 @@ def expire_idle(now: float | None = None) -> int:
 
 def _reap() -> None:
     while True:
-        time.sleep(max(0.2, min(30.0, settings.VIEWER_3D_IDLE_SECONDS / 4)))
+        # At least once a second, so a shorter idle limit takes effect without a restart.
+        time.sleep(max(0.1, min(1.0, settings.VIEWER_3D_IDLE_SECONDS / 4)))
         expire_idle()
 
 
@@ -191,3 +192,44 @@ def _start_reaper() -> None:
         if _reaper is None or not _reaper.is_alive():
             _reaper = threading.Thread(target=_reap, name="volume-session-reaper", daemon=True)
             _reaper.start()
+
+
+def pick(session: RenderSession, x: float, y: float, aspect: float) -> list[float] | None:
+    """The volume-frame point (mm) under the fraction (``x``, ``y``) of the 3D picture, or None.
+
+    Follows the ray the renderer cast there: the first place where the
+    opacity seen so far passes one half (composite), or the brightest /
+    darkest sample (MIP / MinIP).
+    """
+    from .presets import COMPOSITE, MIP
+    from .reslice import extent, sample, spacing
+
+    volume = session.volume
+    if volume is None or session.camera is None:
+        return None
+    with session.lock:
+        camera = session.camera
+        focal, direction, up, right = camera.focal.copy(), camera.direction.copy(), camera.up.copy(), camera.right
+        height_mm, transfer = camera.height_mm, session.transfer
+    origin = focal + right * (x - 0.5) * height_mm * aspect - up * (y - 0.5) * height_mm
+    step = float(spacing(volume).min())
+    reach = float(np.linalg.norm(extent(volume)))
+    t = np.arange(-reach, reach, step)
+    points = origin + t[:, None] * direction
+    size = extent(volume)
+    inside = np.all((points >= 0) & (points <= size), axis=1)
+    if not inside.any():
+        return None
+    points = points[inside]
+    values = sample(volume, points)
+    if transfer.blend == COMPOSITE:
+        hu, alpha = zip(*transfer.opacity_points(), strict=True)
+        opacity = np.clip(np.interp(values, hu, alpha), 0, 1)
+        seen = 1 - np.cumprod(1 - opacity * min(step, 1.0))
+        hits = np.nonzero(seen > 0.5)[0]
+        if not len(hits):
+            return None
+        index = int(hits[0])
+    else:
+        index = int(np.argmax(values) if transfer.blend == MIP else np.argmin(values))
+    return [round(float(v), 3) for v in points[index]]

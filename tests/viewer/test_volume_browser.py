@@ -7,6 +7,7 @@ import pytest
 
 from archive.models import Series
 from tests.conftest import browser_login
+from viewer.models import KeyImage
 from viewer.volume import sessions
 
 from . import volume_phantom as phantom
@@ -99,6 +100,103 @@ def test_a_radiologist_rotates_switches_presets_and_clips_with_the_mouse(archive
     assert the_session().clipping.box[1] == pytest.approx(0.4)
     assert the_session().clipping.table_cut
     assert bright_pixels(page) < bright / 5
+
+
+TO_CLIENT = """([plane, point]) => {
+  const view = window.pacsVolume.mpr.views[plane];
+  const rel = point.map((v, k) => v - view.centre[k]);
+  const dot = (a, b) => a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+  const column = view.width / 2 + dot(rel, view.right) / view.pixel;
+  const row = view.height / 2 + dot(rel, view.down) / view.pixel;
+  const r = view.img.getBoundingClientRect();
+  return {x: r.left + (column / view.width) * r.width, y: r.top + (row / view.height) * r.height};
+}"""
+# Mean grey of the middle tenth of an image's columns, and of two bands 6 mm to either side.
+STRAIGHT_PROFILE = """() => {
+  const img = document.getElementById('v3d-straight');
+  const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data;
+  const band = (x0, x1) => { let s = 0, n = 0;
+    for (let y = 4; y < c.height - 4; y++) for (let x = x0; x < x1; x++) { s += d[(y * c.width + x) * 4]; n++; }
+    return s / n; };
+  const m = c.width / 2;
+  return {middle: band(m - 2, m + 2), side: (band(m - 14, m - 10) + band(m + 10, m + 14)) / 2, height: c.height};
+}"""
+
+
+def mm(k, r, c):
+    gap, row, col = phantom.SPACING
+    return [c * col, r * row, k * gap]
+
+
+def click_at(page, plane, point):
+    spot = page.evaluate(TO_CLIENT, [plane, point])
+    page.mouse.click(spot["x"], spot["y"])
+
+
+def wait_for_views_at(page, loads):
+    page.wait_for_function("(n) => window.pacsVolume.mpr.loads >= n", arg=loads)
+    page.wait_for_function(
+        """() => ['axial', 'coronal', 'sagittal'].every((p) => { const v = window.pacsVolume.mpr.views[p];
+        return v && v.centre.every((x, k) => Math.abs(x - window.pacsVolume.mpr.centre[k]) < 1e-6) && v.img.complete; })"""
+    )
+
+
+def test_a_radiologist_draws_a_curved_mpr_measures_and_saves_snapshots(
+    archived_phantom, tenants, live_url, browser_context
+):
+    page = browser_login(browser_context(viewport={"width": 1100, "height": 760}), live_url, "radiologist@alpha")
+    open_3d(page, live_url, archived_phantom)
+    wait_for_views_at(page, 3)
+    # The 3D cursor: a click on the vessel in the axial view centres every view there; the coronal
+    # view then runs along the vessel (it lies in one coronal plane, row 50).
+    k = 31.5
+    click_at(page, "axial", mm(k, phantom.VESSEL_ROW, phantom.vessel_column(k)))
+    wait_for_views_at(page, 6)
+    centre = page.evaluate("window.pacsVolume.mpr.centre")
+    assert centre[1] == pytest.approx(phantom.VESSEL_ROW * phantom.SPACING[1], abs=1.0)
+    # Curved MPR: click along the vessel in the coronal view, straighten, take a cross-section.
+    page.click(".v3d-tools button[data-tool=path]")
+    for point in phantom.vessel_path():
+        click_at(page, "coronal", mm(point[0], phantom.VESSEL_ROW, point[2]))
+    page.click("#v3d-straighten")
+    page.wait_for_function("() => document.getElementById('v3d-curved').dataset.length")
+    page.wait_for_function("() => document.getElementById('v3d-straight').complete")
+    profile = page.evaluate(STRAIGHT_PROFILE)
+    # Contrast (350 HU) down the middle, soft tissue (40 HU) beside it, in the 40/400 window.
+    assert profile["middle"] > 200 and profile["side"] < 160
+    length = float(page.locator("#v3d-curved").get_attribute("data-length"))
+    assert length == pytest.approx(profile["height"] * 0.5, abs=1)
+    straight = page.locator("#v3d-straight").bounding_box()
+    page.mouse.click(straight["x"] + straight["width"] / 2, straight["y"] + straight["height"] / 2)
+    page.wait_for_function("() => document.getElementById('v3d-curved').dataset.section")
+    # A distance in the sagittal view along the spine: 30 slices of 2 mm apart.
+    page.click(".v3d-tools button[data-tool=cursor]")
+    click_at(page, "axial", mm(31.5, 88, 64))
+    wait_for_views_at(page, 9)
+    page.click(".v3d-tools button[data-tool=distance]")
+    click_at(page, "sagittal", mm(16, 88, 64))
+    click_at(page, "sagittal", mm(46, 88, 64))
+    page.wait_for_selector("#v3d-measurements li")
+    text = page.locator("#v3d-measurements li").last.inner_text()
+    assert text.startswith("Distance") and float(text.split()[1]) == pytest.approx(60.0, abs=1.5)
+    # Snapshots of the 3D view and of the reformat become key images of the study.
+    page.click("#v3d-snapshot")
+    page.wait_for_function("() => window.pacsVolume.state.snapshots.length === 1", timeout=30_000)
+    page.click("#v3d-mpr-snapshot")
+    page.wait_for_function("() => window.pacsVolume.mpr.snapshots.length === 1")
+    saved = [page.evaluate("window.pacsVolume.state.snapshots[0]"), page.evaluate("window.pacsVolume.mpr.snapshots[0]")]
+    marked = KeyImage.objects.filter(study=archived_phantom.study, user=tenants.a.radiologist)
+    assert {k.instance.sop_instance_uid for k in marked} == {s["sop_instance_uid"] for s in saved}
+    assert {k.instance.series.modality for k in marked} <= {"OT", "CT"}
+    response = page.request.get(
+        f"{live_url}/dicomweb/studies/{saved[0]['study_instance_uid']}/series/{saved[0]['series_instance_uid']}"
+        f"/instances/{saved[0]['sop_instance_uid']}",
+        headers={"Accept": 'multipart/related; type="application/dicom"'},
+    )
+    assert response.status == 200 and b"1.2.840.10008.5.1.4.1.1.7" in response.body()
 
 
 def test_on_a_phone_one_finger_rotates_and_two_fingers_zoom(archived_phantom, live_url, browser_context):

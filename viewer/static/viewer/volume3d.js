@@ -70,6 +70,10 @@
         state.errors.push(message);
         status.textContent = message.status === 404 ? "Not found" : `Error: ${message.detail}`;
       } else if (message.type === "closed") status.textContent = message.detail;
+      else if (message.type === "snapshot") {
+        state.snapshots.push(message);
+        status.textContent = "Snapshot saved as a key image";
+      }
       api.listeners.forEach((fn) => fn(message));
       return;
     }

@@ -60,8 +60,10 @@ def bright_pixels(page, level=120) -> int:
     )
 
 
-def test_a_radiologist_rotates_switches_presets_and_clips_with_the_mouse(archived_phantom, live_url, browser_context):
-    page = browser_login(browser_context(viewport={"width": 900, "height": 640}), live_url, "radiologist@alpha")
+def test_a_radiologist_rotates_clips_draws_a_curved_mpr_measures_and_saves_snapshots(
+    archived_phantom, tenants, live_url, browser_context
+):
+    page = browser_login(browser_context(viewport={"width": 1100, "height": 760}), live_url, "radiologist@alpha")
     box = open_3d(page, live_url, archived_phantom)
     centre = {"x": box["x"] + box["width"] / 2, "y": box["y"] + box["height"] / 2}
     direction = the_session().camera.direction.copy()
@@ -100,6 +102,7 @@ def test_a_radiologist_rotates_switches_presets_and_clips_with_the_mouse(archive
     assert the_session().clipping.box[1] == pytest.approx(0.4)
     assert the_session().clipping.table_cut
     assert bright_pixels(page) < bright / 5
+    draw_a_curved_mpr_measure_and_save_snapshots(page, archived_phantom, tenants, live_url)
 
 
 TO_CLIENT = """([plane, point]) => {
@@ -144,11 +147,7 @@ def wait_for_views_at(page, loads):
     )
 
 
-def test_a_radiologist_draws_a_curved_mpr_measures_and_saves_snapshots(
-    archived_phantom, tenants, live_url, browser_context
-):
-    page = browser_login(browser_context(viewport={"width": 1100, "height": 760}), live_url, "radiologist@alpha")
-    open_3d(page, live_url, archived_phantom)
+def draw_a_curved_mpr_measure_and_save_snapshots(page, archived_phantom, tenants, live_url):
     wait_for_views_at(page, 3)
     # The 3D cursor: a click on the vessel in the axial view centres every view there; the coronal
     # view then runs along the vessel (it lies in one coronal plane, row 50).

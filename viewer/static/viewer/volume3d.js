@@ -15,6 +15,7 @@
     mode: "rotate",
     frames: 0,
     interactiveFrames: 0,
+    interactiveBytes: 0,
     bytes: 0,
     lastHeader: null,
     frameTimes: [],
@@ -86,7 +87,10 @@
     ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
     bitmap.close();
     state.frames += 1;
-    if (header.quality === "interactive") state.interactiveFrames += 1;
+    if (header.quality === "interactive") {
+      state.interactiveFrames += 1;
+      state.interactiveBytes += event.data.byteLength;
+    }
     state.bytes += event.data.byteLength;
     state.lastHeader = header;
     state.frameTimes.push(performance.now());

@@ -316,6 +316,8 @@ VIEWER_RENDER_CACHE = "render"
 VIEWER_RENDER_CACHE_SECONDS = env.int("VIEWER_RENDER_CACHE_SECONDS", default=24 * 3600)
 # A study opened by the same user again within this window is audited once.
 VIEWER_AUDIT_WINDOW_SECONDS = env.int("VIEWER_AUDIT_WINDOW_SECONDS", default=1800)
+# 3D render sessions: closed after this long without a gesture (their memory freed).
+VIEWER_3D_IDLE_SECONDS = env.float("VIEWER_3D_IDLE_SECONDS", default=300.0)
 if REDIS_URL:
     CACHES["render"] = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -469,6 +471,8 @@ QUERY_MAX_RESULTS = env.int("QUERY_MAX_RESULTS", default=1000)
 # ASGI wrappers that answer bearer-token reads without the middleware chain,
 # innermost first (pacs_cloud/asgi.py).
 LEAN_HTTP_WRAPPERS = ["pacs_cloud.lean.bearer_reads", "viewer.lean.lean_http"]
+# WebSocket URL patterns of the apps, added to pacs_cloud.routing's own.
+WEBSOCKET_ROUTES = ["viewer.volume.routing.websocket_urlpatterns"]
 
 HOME_PANELS = [
     "pacs_cloud.home.role_panels",

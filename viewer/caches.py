@@ -66,6 +66,7 @@ class ByteBoundedLRU:
         size = value.nbytes
         if size > self.max_bytes:
             return  # larger than the whole budget: served once, never kept
+        evicted_values = []
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
@@ -73,8 +74,21 @@ class ByteBoundedLRU:
             self._entries[key] = value
             self._bytes += size
             while self._bytes > self.max_bytes and self._entries:
-                _, evicted = self._entries.popitem(last=False)
+                evicted_key, evicted = self._entries.popitem(last=False)
                 self._bytes -= evicted.nbytes
+                if evicted_key != key:
+                    evicted_values.append(evicted)
+        # An entry that holds more than its bytes (a 3D render session) lets go of it when evicted.
+        for evicted in evicted_values:
+            hook = getattr(evicted, "evicted", None)
+            if hook is not None:
+                hook()
+
+    def discard(self, key: Any) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
 
     def get_or_load(self, key: Any, loader: Callable[[], T]) -> T:
         value = self.get(key)

@@ -12,6 +12,8 @@ router.register("api/v1/hanging-protocols", hanging_api.HangingProtocolViewSet, 
 _INSTANCE = "dicomweb/studies/<str:study_uid>/series/<str:series_uid>/instances/<str:instance_uid>"
 
 urlpatterns = [
+    # 3D: volume rendering, oblique and curved MPR, measurements (viewer/volume/)
+    path("", include("viewer.volume.urls")),
     path("viewer/studies/<uuid:study_id>/", views.open_study, name="viewer-open-study"),
     path("viewer/studies/<uuid:study_id>/compare/", compare.compare_study, name="viewer-compare-study"),
     path("api/v1/viewer/studies/<uuid:study_id>/", views.StudyManifest.as_view(), name="viewer-api-study"),

@@ -130,3 +130,28 @@ isolation.route(
     queries=[{"study": isolation.Ref("volume.study.id")}],
     also_allowed={400},
 )
+isolation.route("/viewer/series/{series_id}/3d/", series_id="volume.series.id")
+isolation.route(
+    "/api/v1/viewer/series/{series_id}/volume/oblique/",
+    series_id="volume.series.id",
+    queries=[{"plane": "coronal", "width": "32", "height": "32", "slab": "2"}],
+)
+isolation.route(
+    "/api/v1/viewer/series/{series_id}/volume/curved/",
+    series_id="volume.series.id",
+    queries=[{"path": "1,1,1;9,9,4", "span": "6", "pixel": "0.5"}],
+)
+isolation.route(
+    "/api/v1/viewer/series/{series_id}/volume/measurements/",
+    series_id="volume.series.id",
+    bodies={"post": {"kind": "distance", "points": [[0, 0, 0], [3, 4, 0]]}},
+    reachable=False,
+    reason="POST only: the owners' measurements are tested in tests/viewer/test_volume_mpr.py",
+)
+isolation.route(
+    "/api/v1/viewer/series/{series_id}/volume/snapshots/",
+    series_id="volume.series.id",
+    bodies={"post": {"kind": "oblique", "parameters": {"width": "16", "height": "16"}}},
+    reachable=False,
+    reason="POST only: the owners' snapshots are tested in tests/viewer/test_volume_snapshot.py",
+)

@@ -11,14 +11,17 @@ no other serves fewer associations, unless the others leave it waiting
 
 The counts the processes share (associations per process, connections per
 peer address for DICOM_MAX_ASSOCIATIONS_PER_PEER) live in an anonymous
-shared mapping; each process writes only its own row, so a process killed
-mid-update leaves no lock held, and the parent clears the row of a process
-it restarts. The parent restarts a process that dies (after a pause that
-grows to 30 s) and stops them all on SIGTERM or SIGINT.
+shared mapping; each process writes only its own row, a connection is
+admitted under a POSIX record lock (which the kernel releases if its holder
+is killed), and the parent clears the row of a process it restarts. The
+parent restarts a process that dies (after a pause that grows to 30 s) and
+stops them all on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gc
 import logging
 import mmap
@@ -26,10 +29,11 @@ import os
 import signal
 import socket
 import struct
+import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.db import connections
@@ -46,6 +50,8 @@ class SharedCounts:
     """Counters in memory shared by the forked service processes: one row per process.
 
     A row holds the process's associations in progress, then its connections per peer slot.
+    Each process writes only its own row; admitting a connection (read every
+    row, then add to one's own) is done under :meth:`exclusive`.
     """
 
     def __init__(self, processes: int) -> None:
@@ -53,6 +59,18 @@ class SharedCounts:
         self.row = 1 + PEER_SLOTS
         self._memory = mmap.mmap(-1, processes * self.row * _INT)  # MAP_SHARED | MAP_ANONYMOUS
         self.cells = memoryview(self._memory).cast("i")
+        # A POSIX record lock excludes the other processes (not this one's
+        # threads) and is released by the kernel if its holder is killed.
+        self._lock_file = tempfile.TemporaryFile()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No other service process changes the counts inside the block."""
+        fcntl.lockf(self._lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._lock_file.fileno(), fcntl.LOCK_UN)
 
     def clear(self, process: int) -> None:
         start = process * self.row
@@ -93,7 +111,7 @@ class SharedPeerConnections:
 
     def admit(self, address: str) -> bool:
         slot, row, cells = self._slot(address), self.counts.row, self.counts.cells
-        with self._lock:
+        with self._lock, self.counts.exclusive():
             held = sum(cells[process * row + slot] for process in range(self.counts.processes))
             if held >= self.limit:
                 return False

@@ -134,6 +134,6 @@ def connections_over_the_limit_are_refused(service: Service) -> None:
 def test_a_peer_cannot_make_the_service_hold_memory_or_connections(service, tmp_path):
     huge_headers_are_neither_allocated_nor_held(service, connections=1)
     huge_headers_are_neither_allocated_nor_held(service, connections=3)
-    time.sleep(0.5)  # the attacker's associations have ended with their connections
+    time.sleep(ACSE_TIMEOUT + 1)  # the attacker's associations have ended (at the latest after the ACSE timeout)
     connections_over_the_limit_are_refused(service)
     stored_by_storescu(service, tmp_path)

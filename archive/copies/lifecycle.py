@@ -58,7 +58,7 @@ def do_save_lifecycle_rule(
             "archive.lifecycle_rule.save",
             actor=acting_user,
             institution=institution,
-            object_type="archive.lifecycllerule",
+            object_type="archive.lifecyclerule",
             object_id=rule.pk,
             detail={
                 "name": rule.name,

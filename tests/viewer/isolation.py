@@ -61,8 +61,9 @@ isolation.route(
     index=isolation.const("8"),
 )
 
-# OHIF's single-page application and build files: nothing of an institution in the path.
-isolation.route("/ohif/{path}", path=isolation.const("viewer"))
+# OHIF's build files and single-page application routes: the path names a file of
+# the build, never an object; the page holds no data (OHIF reads it over DICOMweb).
+isolation.exempt("/ohif/{path}", "OHIF's own build files and application page: no object in the path")
 
 
 @isolation.factory

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from archive.dimse import start_server
+from archive.ingest import store_instance
 from archive.models import DicomNode, Instance, Series, Study
 from archive.storage import get_storage
 from pacs_cloud import celery_app
@@ -136,6 +137,37 @@ def write_series(folder: Path, *, joining: Dataset | None = None) -> tuple[str, 
     return (joining.StudyInstanceUID if joining is not None else study_uid), series_uid
 
 
+def write_vfa_series(folder: Path, joining: Dataset, flips: tuple[float, ...] = (3.0, 15.0)) -> None:
+    """A variable-flip-angle series over the same slices: the study's T1 map (T1 = T1_MS everywhere)."""
+    series_uid = generate_uid()
+    for f, flip in enumerate(flips):
+        e1 = np.exp(-TR_MS / T1_MS)
+        a = np.deg2rad(flip)
+        value = 3000.0 * np.sin(a) * (1 - e1) / (1 - np.cos(a) * e1)
+        for s in range(SLICES):
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = MRImageStorage, generate_uid(), series_uid
+            for keyword in (*JOINED, "FrameOfReferenceUID", "Manufacturer", "PositionReferenceIndicator"):
+                if keyword in joining:
+                    setattr(ds, keyword, getattr(joining, keyword))
+            ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = (
+                "MR",
+                6,
+                f * SLICES + s + 1,
+                "VFA T1",
+            )
+            ds.RepetitionTime, ds.FlipAngle, ds.EchoTime = TR_MS, flip, 1.5
+            ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 4.0 * s], [1, 0, 0, 0, 1, 0]
+            ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 4.0
+            ds.Rows = ds.Columns = SIZE
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+            ds.PixelData = np.full((SIZE, SIZE), round(value), dtype=np.uint16).tobytes()
+            ds.save_as(folder / f"vfa{f}s{s}.dcm", enforce_file_format=True)
+
+
 @pytest.fixture
 def dce_study(tenants, transactional_db, tmp_path, settings):
     """The synthetic DCE series, sent by the scanner ALPHA_MR to PACSCLOUD over C-STORE."""
@@ -229,8 +261,14 @@ def test_maps_from_a_dynamic_series_recover_the_true_ktrans_and_ve(dce_study, te
     assert client.get(f"/api/v1/analysis/dce/{job['id']}/maps/ktrans/2/").status_code == 404
 
 
-def test_a_region_gives_its_curves_descriptors_and_fit(dce_study, tenants):
+def test_a_region_gives_its_curves_descriptors_and_fit(dce_study, tenants, tmp_path):
     study, series = dce_study
+    # The study's variable-flip-angle series gives the pre-contrast T1 (no T1 is assumed or given).
+    folder = tmp_path / "vfa"
+    folder.mkdir()
+    write_vfa_series(folder, joining=stored_dataset(str(Instance.objects.filter(series=series).first().pk)))
+    for path in sorted(folder.iterdir()):
+        store_instance(path, institution=tenants.a.institution)
     client = api_client(tenants.a.radiologist)
     body = {
         "study": str(study.pk),
@@ -238,13 +276,13 @@ def test_a_region_gives_its_curves_descriptors_and_fit(dce_study, tenants):
         "region": {"slice": 0, "polygon": [[10, 10], [12, 10], [12, 12], [10, 12]]},
         "label": "lesion 1",
         "aif": {"population": "parker", "bolus_arrival_s": BAT},
-        "t1_ms": T1_MS,
         "relaxivity": R1,
     }
     answer = client.post("/api/v1/analysis/dce/regions/", body, format="json")
     assert answer.status_code == 201, answer.data
     results = answer.data["results"]
     assert results["pixels"] == 9 and results["times_s"] == pytest.approx(TIMES.tolist())
+    assert results["t1_source"] == "vfa" and results["t1_ms"] == pytest.approx(T1_MS, rel=0.02)
     assert len(results["signal"]) == len(results["aif_mM"]) == PHASES
     assert results["enhancement"]["curve_type"] in ("I", "II", "III")
     assert results["enhancement"]["onset_s"] == pytest.approx(BAT, abs=DT)

@@ -88,7 +88,9 @@ def spgr_concentration(
         e1 = (1.0 - y) / (1.0 - y * cos_a)
         r1 = -np.log(e1) / tr_s
         c = (r1 - np.asarray(r10)[..., None]) / relaxivity
-    return np.where(np.isfinite(c), c, 0.0).astype(np.float32)
+    # y ≥ 1 is more signal than full relaxation can give (noise, inflow, a wrong T1): no concentration.
+    valid = np.isfinite(c) & (y < 1.0) & (e1 > 0.0)
+    return np.where(valid, c, 0.0).astype(np.float32)
 
 
 def vfa_t1_s(signals: np.ndarray, flips_deg: np.ndarray, tr_s: float) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 from archive.models import Series
 
 from . import concentration, enhancement, fitting, series
-from .tasks import JobError, arterial_input, baseline_count, region_mask, tissue_t1_ms
+from .tasks import JobError, arterial_input, baseline_count, region_mask, tissue_t1_s
 
 
 def analyse_region(institution_id: Any, series_rows: list[Series], region: dict, aif_spec: dict, options: dict) -> dict:
@@ -35,19 +35,15 @@ def analyse_region(institution_id: Any, series_rows: list[Series], region: dict,
             or concentration.relaxivity_per_mM_s(acquisition.agent, acquisition.field_strength_t)
         )
         tr_s, flip = acquisition.repetition_time_ms / 1000.0, acquisition.flip_angle_deg
-        t1_ms = tissue_t1_ms(institution_id, options, acquisition.body_part)
+        t10_s, t1_source = tissue_t1_s(institution_id, options, volume, series_rows, mask)
         conc = concentration.spgr_concentration(
-            volume.data[:, mask].T,
-            baseline=baseline,
-            t10_s=t1_ms / 1000.0,
-            tr_s=tr_s,
-            flip_deg=flip,
-            relaxivity=relaxivity,
+            volume.data[:, mask].T, baseline=baseline, t10_s=t10_s, tr_s=tr_s, flip_deg=flip, relaxivity=relaxivity
         ).mean(axis=0)
         aif = arterial_input(aif_spec, options, volume, baseline, relaxivity, tr_s, flip)
         answer["concentration_mM"] = [round(float(v), 5) for v in conc]
         answer["aif_mM"] = [round(float(v), 5) for v in np.interp(t, aif.t, aif.cp)]
-        answer["t1_ms"], answer["relaxivity_per_mM_s"] = t1_ms, relaxivity
+        answer["t1_ms"] = round(float(np.median(t10_s)) * 1000.0, 1)
+        answer["t1_source"], answer["relaxivity_per_mM_s"] = t1_source, relaxivity
         if np.any(conc):
             try:
                 fit = fitting.fit_curve(t, conc.astype(float), fitting.Aif(aif.t, aif.cp), "tofts")

@@ -168,23 +168,27 @@ def _phase_time(group: list[Frame]) -> float | None:
     return min(times) if times else None
 
 
+def _decode(ref: Frame, datasets: dict) -> np.ndarray:
+    frame = read_native_frame(ref.instance, ref.frame)
+    if frame is None:
+        ds = datasets.get(ref.instance.pk)
+        if ds is None:
+            ds = datasets[ref.instance.pk] = load_dataset(ref.instance)
+        frame = pixels.decode_frame(ds, ref.frame)
+    if frame.info.is_color:
+        raise NotDynamic("DCE analysis needs grayscale images")
+    return pixels.modality_values(frame.pixels, frame.info).astype(np.float32)
+
+
 def load(series_list: list[Series]) -> DynamicVolume:
     """Decode every frame of the dynamic acquisition into one float32 4-D array of modality values."""
     groups, times = phases(series_list)
     first = groups[0][0]
     data: np.ndarray | None = None
-    datasets: dict[object, object] = {}
+    datasets: dict = {}
     for p, group in enumerate(groups):
         for s, ref in enumerate(group):
-            frame = read_native_frame(ref.instance, ref.frame)
-            if frame is None:
-                ds = datasets.get(ref.instance.pk)
-                if ds is None:
-                    ds = datasets[ref.instance.pk] = load_dataset(ref.instance)
-                frame = pixels.decode_frame(ds, ref.frame)  # type: ignore[arg-type]
-            if frame.info.is_color:
-                raise NotDynamic("DCE analysis needs grayscale images")
-            values = pixels.modality_values(frame.pixels, frame.info).astype(np.float32)
+            values = _decode(ref, datasets)
             if data is None:
                 data = np.empty((len(groups), len(group), *values.shape), dtype=np.float32)
             if values.shape != data.shape[2:]:
@@ -192,6 +196,37 @@ def load(series_list: list[Series]) -> DynamicVolume:
             data[p, s] = values
     assert data is not None
     return DynamicVolume(data=data, times_s=times, frames=groups, acquisition=_acquisition(first.instance))
+
+
+def variable_flip_angles(
+    candidates: list[Series], shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Signals (slices, rows, columns, flips), the flip angles and TR (s) of the first series acquired at
+    several flip angles over the same slices as the dynamic series (shape (slices, rows, columns)), if any."""
+    for candidate in candidates:
+        if candidate.modality != "MR":
+            continue
+        by_flip: dict[float, list[Frame]] = {}
+        tr_ms = None
+        for frame in _frames_of(candidate.instances.all()):
+            attrs = pixels.JsonAttributes(frame.instance.metadata or {})
+            flip = _float(attrs.get("FlipAngle"))
+            tr_ms = tr_ms or _float(attrs.get("RepetitionTime"))
+            if flip is None:
+                break
+            by_flip.setdefault(flip, []).append(frame)
+        if len(by_flip) < 2 or not tr_ms or any(len(g) != shape[0] for g in by_flip.values()):
+            continue
+        flips = sorted(by_flip)
+        datasets: dict = {}
+        stack = np.stack(
+            [np.stack([_decode(f, datasets) for f in sorted(by_flip[a], key=lambda f: f.position)]) for a in flips],
+            axis=-1,
+        )
+        if stack.shape[:3] != tuple(shape):
+            continue
+        return stack, np.array(flips), tr_ms / 1000.0
+    return None
 
 
 def dynamic_series_of(study_series: list[Series]) -> list[list[Series]]:

@@ -75,6 +75,26 @@ def tissue_t1_ms(institution_id: Any, options: dict, body_part: str) -> float:
     return concentration.assumed_t1_ms(body_part, {k.upper(): v for k, v in overrides.items()})
 
 
+def tissue_t1_s(
+    institution_id: Any, options: dict, volume: series.DynamicVolume, series_rows: list[Series], mask: np.ndarray
+) -> tuple[np.ndarray | float, str]:
+    """Pre-contrast T1 (s) of the masked voxels and where it comes from: given, a VFA series of the study, or assumed.
+
+    A voxel the VFA fit cannot explain keeps the assumed T1.
+    """
+    assumed = tissue_t1_ms(institution_id, options, volume.acquisition.body_part) / 1000.0
+    if options.get("t1_ms"):
+        return assumed, "given"
+    study_id = series_rows[0].study_id
+    others = list(Series.objects.filter(study_id=study_id).exclude(pk__in=[s.pk for s in series_rows]))
+    found = series.variable_flip_angles(others, volume.shape[1:])
+    if found is None:
+        return assumed, "assumed"
+    signals, flips, tr_s = found
+    t1 = concentration.vfa_t1_s(signals[mask], flips, tr_s)
+    return np.where(np.isfinite(t1), t1, assumed), "vfa"
+
+
 def arterial_input(
     spec: dict, options: dict, volume: series.DynamicVolume, baseline: int, relaxivity: float, tr_s: float, flip: float
 ) -> maps.ArterialInput:
@@ -138,9 +158,9 @@ def _compute(job: DceMapJob) -> dict[str, Any]:
         or concentration.relaxivity_per_mM_s(acquisition.agent, acquisition.field_strength_t)
     )
     tr_s, flip = acquisition.repetition_time_ms / 1000.0, acquisition.flip_angle_deg
-    t1_ms = tissue_t1_ms(job.institution_id, job.options, acquisition.body_part)
+    t10_s, t1_source = tissue_t1_s(job.institution_id, job.options, volume, series_rows, mask)
     conc = concentration.spgr_concentration(
-        signal, baseline=baseline, t10_s=t1_ms / 1000.0, tr_s=tr_s, flip_deg=flip, relaxivity=relaxivity
+        signal, baseline=baseline, t10_s=t10_s, tr_s=tr_s, flip_deg=flip, relaxivity=relaxivity
     )
     aif = arterial_input(job.aif, job.options, volume, baseline, relaxivity, tr_s, flip)
     fitted = maps.fit_maps(
@@ -174,7 +194,8 @@ def _compute(job: DceMapJob) -> dict[str, Any]:
         "voxels": int(mask.sum()),
         "phases": len(volume.times_s),
         "times_s": [round(float(v), 3) for v in volume.times_s],
-        "t1_ms": t1_ms,
+        "t1_ms": round(float(np.median(t10_s)) * 1000.0, 1),
+        "t1_source": t1_source,
         "relaxivity_per_mM_s": relaxivity,
         "baseline_points": baseline,
         "bolus_arrival_s": aif.bolus_arrival_s,

@@ -23,8 +23,14 @@ def archived_phantom(tenants, tmp_path):
     return Series.objects.get(pk=instances[0].series_id)
 
 
-def open_3d(page, live_url, series):
-    page.goto(f"{live_url}/viewer/series/{series.pk}/3d/")
+def open_3d(page, live_url, series, *, from_2d=False):
+    # Every picture is rendered on the server, sharing the test process's cores with the browser.
+    page.set_default_timeout(30_000)
+    if from_2d:  # the radiologist reading the CT opens 3D from the viewer's toolbar
+        page.goto(f"{live_url}/viewer/studies/{series.study_id}/")
+        page.click("#open-3d")
+    else:
+        page.goto(f"{live_url}/viewer/series/{series.pk}/3d/")
     page.wait_for_selector("#volume[data-session=open]")
     page.wait_for_function(
         "() => window.pacsVolume.state.frames > 0 && window.pacsVolume.state.lastHeader.quality === 'full'"
@@ -64,7 +70,7 @@ def test_a_radiologist_rotates_clips_draws_a_curved_mpr_measures_and_saves_snaps
     archived_phantom, tenants, live_url, browser_context
 ):
     page = browser_login(browser_context(viewport={"width": 1100, "height": 760}), live_url, "radiologist@alpha")
-    box = open_3d(page, live_url, archived_phantom)
+    box = open_3d(page, live_url, archived_phantom, from_2d=True)
     centre = {"x": box["x"] + box["width"] / 2, "y": box["y"] + box["height"] / 2}
     direction = the_session().camera.direction.copy()
     before = frames(page)
@@ -155,7 +161,7 @@ def draw_a_curved_mpr_measure_and_save_snapshots(page, archived_phantom, tenants
     click_at(page, "axial", mm(k, phantom.VESSEL_ROW, phantom.vessel_column(k)))
     wait_for_views_at(page, 6)
     centre = page.evaluate("window.pacsVolume.mpr.centre")
-    assert centre[1] == pytest.approx(phantom.VESSEL_ROW * phantom.SPACING[1], abs=1.0)
+    assert centre[1] == pytest.approx(phantom.VESSEL_ROW * phantom.SPACING[1], abs=1.5)  # a reformat pixel
     # Curved MPR: click along the vessel in the coronal view, straighten, take a cross-section.
     page.click(".v3d-tools button[data-tool=path]")
     for point in phantom.vessel_path():

@@ -108,11 +108,13 @@ def test_a_radiologist_rotates_clips_draws_a_curved_mpr_measures_and_saves_snaps
     assert the_session().clipping.box[1] == pytest.approx(0.4)
     assert the_session().clipping.table_cut
     assert bright_pixels(page) < bright / 5
+    page.click(".v3d-clip summary")  # fold the clipping controls away again
     draw_a_curved_mpr_measure_and_save_snapshots(page, archived_phantom, tenants, live_url)
 
 
 TO_CLIENT = """([plane, point]) => {
   const view = window.pacsVolume.mpr.views[plane];
+  view.img.scrollIntoView({block: "nearest"});
   const rel = point.map((v, k) => v - view.centre[k]);
   const dot = (a, b) => a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
   const column = view.width / 2 + dot(rel, view.right) / view.pixel;
@@ -174,6 +176,7 @@ def draw_a_curved_mpr_measure_and_save_snapshots(page, archived_phantom, tenants
     assert profile["middle"] > 200 and profile["side"] < 160
     length = float(page.locator("#v3d-curved").get_attribute("data-length"))
     assert length == pytest.approx(profile["height"] * 0.5, abs=1)
+    page.locator("#v3d-straight").scroll_into_view_if_needed()
     straight = page.locator("#v3d-straight").bounding_box()
     page.mouse.click(straight["x"] + straight["width"] / 2, straight["y"] + straight["height"] / 2)
     page.wait_for_function("() => document.getElementById('v3d-curved').dataset.section")
@@ -224,6 +227,9 @@ def test_on_a_phone_one_finger_rotates_and_two_fingers_zoom(archived_phantom, li
     )
     wait_for_full_frame_after(page, count)
     assert the_session().camera.height_mm < height / 2.5
-    header = page.evaluate("window.pacsVolume.state.lastHeader")
-    # Frames at the phone's device pixels (twice the CSS pixels).
-    assert header["width"] == page.evaluate("document.getElementById('v3d-canvas').width") >= 2 * 370
+    # Full frames at the phone's device pixels (twice the CSS pixels).
+    assert page.evaluate("document.getElementById('v3d-canvas').width") >= 2 * 370
+    page.wait_for_function(
+        """() => { const h = window.pacsVolume.state.lastHeader;
+        return h.quality === 'full' && h.width === document.getElementById('v3d-canvas').width; }"""
+    )

@@ -87,6 +87,7 @@ def main() -> None:
     for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"):
         os.environ.pop(name, None)
     os.environ["DJANGO_SETTINGS_MODULE"] = "pacs_cloud.settings"
+    os.environ["PUSH_RELAY_URL"] = ""  # pushes stay in this process: no web server on port 8000 to relay to
     import django
 
     django.setup()

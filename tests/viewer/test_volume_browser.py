@@ -23,8 +23,14 @@ def archived_phantom(tenants, tmp_path):
     return Series.objects.get(pk=instances[0].series_id)
 
 
-def open_3d(page, live_url, series):
-    page.goto(f"{live_url}/viewer/series/{series.pk}/3d/")
+def open_3d(page, live_url, series, *, from_2d=False):
+    # Every picture is rendered on the server, sharing the test process's cores with the browser.
+    page.set_default_timeout(30_000)
+    if from_2d:  # the radiologist reading the CT opens 3D from the viewer's toolbar
+        page.goto(f"{live_url}/viewer/studies/{series.study_id}/")
+        page.click("#open-3d")
+    else:
+        page.goto(f"{live_url}/viewer/series/{series.pk}/3d/")
     page.wait_for_selector("#volume[data-session=open]")
     page.wait_for_function(
         "() => window.pacsVolume.state.frames > 0 && window.pacsVolume.state.lastHeader.quality === 'full'"
@@ -64,7 +70,7 @@ def test_a_radiologist_rotates_clips_draws_a_curved_mpr_measures_and_saves_snaps
     archived_phantom, tenants, live_url, browser_context
 ):
     page = browser_login(browser_context(viewport={"width": 1100, "height": 760}), live_url, "radiologist@alpha")
-    box = open_3d(page, live_url, archived_phantom)
+    box = open_3d(page, live_url, archived_phantom, from_2d=True)
     centre = {"x": box["x"] + box["width"] / 2, "y": box["y"] + box["height"] / 2}
     direction = the_session().camera.direction.copy()
     before = frames(page)
@@ -102,11 +108,13 @@ def test_a_radiologist_rotates_clips_draws_a_curved_mpr_measures_and_saves_snaps
     assert the_session().clipping.box[1] == pytest.approx(0.4)
     assert the_session().clipping.table_cut
     assert bright_pixels(page) < bright / 5
+    page.click(".v3d-clip summary")  # fold the clipping controls away again
     draw_a_curved_mpr_measure_and_save_snapshots(page, archived_phantom, tenants, live_url)
 
 
 TO_CLIENT = """([plane, point]) => {
   const view = window.pacsVolume.mpr.views[plane];
+  view.img.scrollIntoView({block: "nearest"});
   const rel = point.map((v, k) => v - view.centre[k]);
   const dot = (a, b) => a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
   const column = view.width / 2 + dot(rel, view.right) / view.pixel;
@@ -155,7 +163,7 @@ def draw_a_curved_mpr_measure_and_save_snapshots(page, archived_phantom, tenants
     click_at(page, "axial", mm(k, phantom.VESSEL_ROW, phantom.vessel_column(k)))
     wait_for_views_at(page, 6)
     centre = page.evaluate("window.pacsVolume.mpr.centre")
-    assert centre[1] == pytest.approx(phantom.VESSEL_ROW * phantom.SPACING[1], abs=1.0)
+    assert centre[1] == pytest.approx(phantom.VESSEL_ROW * phantom.SPACING[1], abs=1.5)  # a reformat pixel
     # Curved MPR: click along the vessel in the coronal view, straighten, take a cross-section.
     page.click(".v3d-tools button[data-tool=path]")
     for point in phantom.vessel_path():
@@ -168,6 +176,7 @@ def draw_a_curved_mpr_measure_and_save_snapshots(page, archived_phantom, tenants
     assert profile["middle"] > 200 and profile["side"] < 160
     length = float(page.locator("#v3d-curved").get_attribute("data-length"))
     assert length == pytest.approx(profile["height"] * 0.5, abs=1)
+    page.locator("#v3d-straight").scroll_into_view_if_needed()
     straight = page.locator("#v3d-straight").bounding_box()
     page.mouse.click(straight["x"] + straight["width"] / 2, straight["y"] + straight["height"] / 2)
     page.wait_for_function("() => document.getElementById('v3d-curved').dataset.section")
@@ -218,6 +227,9 @@ def test_on_a_phone_one_finger_rotates_and_two_fingers_zoom(archived_phantom, li
     )
     wait_for_full_frame_after(page, count)
     assert the_session().camera.height_mm < height / 2.5
-    header = page.evaluate("window.pacsVolume.state.lastHeader")
-    # Frames at the phone's device pixels (twice the CSS pixels).
-    assert header["width"] == page.evaluate("document.getElementById('v3d-canvas').width") >= 2 * 370
+    # Full frames at the phone's device pixels (twice the CSS pixels).
+    assert page.evaluate("document.getElementById('v3d-canvas').width") >= 2 * 370
+    page.wait_for_function(
+        """() => { const h = window.pacsVolume.state.lastHeader;
+        return h.quality === 'full' && h.width === document.getElementById('v3d-canvas').width; }"""
+    )

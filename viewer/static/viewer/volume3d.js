@@ -124,6 +124,8 @@
     const viewSelect = document.getElementById("v3d-view");
     viewSelect.innerHTML = "";
     message.views.forEach((name) => viewSelect.add(new Option(name, name)));
+    // A resize before the socket opened sent nothing: always tell the server the size now.
+    state.sized = false;
     resize();
   }
 

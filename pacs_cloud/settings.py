@@ -408,7 +408,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"RoleEnum": "pacs_cloud.models.Role", "StudyStateEnum": "archive.models.Study.State"},
+    "ENUM_NAME_OVERRIDES": {
+        "RoleEnum": "pacs_cloud.models.Role",
+        "StudyStateEnum": "archive.models.Study.State",
+        "DceCurveModelEnum": "viewer.analysis.fitting.MODELS",
+        "DceMapModelEnum": "viewer.analysis.maps.MAP_MODELS",
+    },
 }
 
 # DICOM -------------------------------------------------------------------

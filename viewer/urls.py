@@ -1,12 +1,13 @@
 """Viewer routes: the study page, its API, MPR images, and DICOMweb rendered/thumbnail resources."""
 
 from django.urls import include, path
-from rest_framework.routers import SimpleRouter
+
+from pacs_cloud.restapi import Router
 
 from . import compare, views
 from .hanging import api as hanging_api
 
-router = SimpleRouter()
+router = Router()
 router.register("api/v1/hanging-protocols", hanging_api.HangingProtocolViewSet, basename="viewer-hanging-protocol")
 
 _INSTANCE = "dicomweb/studies/<str:study_uid>/series/<str:series_uid>/instances/<str:instance_uid>"

@@ -48,6 +48,9 @@ def _values(world, made: SampleStudy) -> dict[str, str]:
             "study.id": str(made.study.pk),
             "study.uid": made.study.study_instance_uid,
             "series.id": str(made.series.pk),
+            # The viewer's volume routes (3D, reformats) name the series this way.
+            "volume.series.id": str(made.series.pk),
+            "volume.study.id": str(made.study.pk),
             "series.uid": made.series.series_instance_uid,
             "instance.id": str(made.instance.pk),
             "instance.uid": made.instance.sop_instance_uid,

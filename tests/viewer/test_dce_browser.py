@@ -70,6 +70,7 @@ def test_draw_a_region_see_the_curve_map_it_and_report_it(tenants, live_url, bro
         page.wait_for_selector("#dce-colorbar-range:text-matches('1/min')", timeout=30_000)
     finally:
         assert refused == [], refused
+    box = page.locator("#dce-overlay").bounding_box()  # clicking the buttons below may have scrolled the page
     page.mouse.move(box["x"] + 16 * 12 + 6, box["y"] + 16 * 12 + 6)
     assert page.inner_text("#dce-value").startswith("Ktrans ")
     painted = page.evaluate(

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as ModelValidationError
 from django.db.models import Q, QuerySet
 from django.http import Http404
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import permissions, serializers, viewsets
 from rest_framework.decorators import action
@@ -54,6 +55,7 @@ class HangingProtocolViewSet(viewsets.ModelViewSet):
 
     serializer_class = HangingProtocolSerializer
     permission_classes = [permissions.IsAuthenticated]
+    queryset = HangingProtocol.objects.none()  # the schema's id type; get_queryset() answers requests
 
     def get_queryset(self) -> QuerySet[HangingProtocol]:
         user = self.request.user
@@ -96,7 +98,7 @@ class HangingProtocolViewSet(viewsets.ModelViewSet):
             OpenApiParameter("study", str, required=True, description="The study opened (its id)"),
             OpenApiParameter("priors", int, description="How many priors are shown beside it"),
         ],
-        responses={200: serializers.DictField()},
+        responses={200: OpenApiTypes.OBJECT},
     )
     @action(detail=False, methods=["get"])
     def match(self, request: Request) -> Response:

@@ -139,6 +139,8 @@ def test_the_scrubber_finds_lost_and_corrupt_copies_repairs_them_and_clears_the_
     admin_page = web_client(tenants.a.institution_admin)
     page = admin_page.get("/archive/storage/").content.decode()
     assert 'id="copy-alerts"' in page and "2 objects have fewer good copies than the policy asks" in page
+    assert "<title>Archive storage — Cloud PACS</title>" in page
+    assert page.count('id="lifecycle-rules"') == 1
 
     settings.FIXITY_CYCLE_DAYS = 0  # every copy is due
     assert scrub_copies(max_seconds=30) == 6

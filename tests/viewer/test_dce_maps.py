@@ -323,5 +323,8 @@ def test_a_job_is_cancelled_queued_or_running_and_bad_requests_are_refused(dce_s
     }
     refused = client.post("/api/v1/analysis/dce/", body, format="json")
     assert refused.status_code == 400 and "series" in refused.data
+    region = {"slice": 0, "polygon": [[10, 10], [12, 10], [12, 12]]}
+    refused = client.post("/api/v1/analysis/dce/regions/", {**body, "region": region}, format="json")
+    assert refused.status_code == 400 and "series" in refused.data
     bad_polygon = {**body, "series": [str(series.pk)], "mask": [{"slice": 0, "polygon": [[1, 1], [2, 2]]}]}
     assert client.post("/api/v1/analysis/dce/", bad_polygon, format="json").status_code == 400

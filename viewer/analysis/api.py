@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from archive.access import access_study
-from archive.models import Instance, Series
+from archive.models import Instance, Series, Study
 from pacs_cloud import audit
 from pacs_cloud.access import HasClinicalRole
 from pacs_cloud.tenancy import current_institution
@@ -45,6 +45,12 @@ def _finite_list(name: str, values: list[float]) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise serializers.ValidationError({name: ["every value must be a finite number"]})
     return array
+
+
+def _validated(serializer_class: type[serializers.Serializer], request: Request) -> dict[str, Any]:
+    data = serializer_class(data=request.data)
+    data.is_valid(raise_exception=True)
+    return data.validated_data
 
 
 def _check_times(name: str, t: np.ndarray) -> None:
@@ -166,9 +172,7 @@ class CurveFit(APIView):
         ),
     )
     def post(self, request: Request) -> Response:
-        data = CurveFitInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
+        v = _validated(CurveFitInput, request)
         try:
             fit = fitting.fit_curve(v["_t"], v["_ct"], v["_aif"], v["model"], fit_delay=v["fit_delay"])
         except fitting.FitError as exc:
@@ -263,9 +267,7 @@ class EnhancementCurve(APIView):
         ),
     )
     def post(self, request: Request) -> Response:
-        data = EnhancementInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
+        v = _validated(EnhancementInput, request)
         result = enhancement.analyse(
             v["_t"], v["_signal"], baseline=v.get("baseline_points"), concentration=v["_concentration"]
         ).as_json()
@@ -360,6 +362,12 @@ def _refusal(field: str, message: str) -> Response:
     return Response({field: [message]}, status=status.HTTP_400_BAD_REQUEST)
 
 
+def _series_of_study(study: Study, series_ids: list[UUID]) -> list[Series] | None:
+    """The study's series with these ids; None when any id is not one of them."""
+    rows = list(Series.objects.filter(study=study, pk__in=series_ids))
+    return rows if len(rows) == len(set(series_ids)) else None
+
+
 class MapJobList(APIView):
     """Start voxel-wise pharmacokinetic maps of a dynamic series; list a study's jobs."""
 
@@ -376,12 +384,10 @@ class MapJobList(APIView):
         ),
     )
     def post(self, request: Request) -> Response:
-        data = MapJobInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
+        v = _validated(MapJobInput, request)
         study = access_study(request.user, pk=v["study"])
-        series_rows = list(Series.objects.filter(study=study, pk__in=v["series"]))
-        if len(series_rows) != len(set(v["series"])):
+        series_rows = _series_of_study(study, v["series"])
+        if series_rows is None:
             return _refusal("series", "every series must belong to the study")
         options = {k: v[k] for k in ("t1_ms", "relaxivity", "hematocrit", "baseline_points") if k in v}
         job = actions.do_start_dce_map_job(
@@ -468,12 +474,10 @@ class RegionList(APIView):
         "with the curve type, and a Tofts fit.",
     )
     def post(self, request: Request) -> Response:
-        data = RegionInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
+        v = _validated(RegionInput, request)
         study = access_study(request.user, pk=v["study"])
-        series_rows = list(Series.objects.filter(study=study, pk__in=v["series"]))
-        if len(series_rows) != len(set(v["series"])):
+        series_rows = _series_of_study(study, v["series"])
+        if series_rows is None:
             return _refusal("series", "every series must belong to the study")
         options = {k: v[k] for k in ("t1_ms", "relaxivity", "hematocrit") if k in v}
         region_spec = dict(v["region"])

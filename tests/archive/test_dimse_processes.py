@@ -11,25 +11,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from archive.models import DicomNode, Instance
 from tests.archive.conftest import make_ct
-from tests.archive.test_durability import _database_url
-from tests.attack.conftest import wait_listening
-from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.dicom_service import start_dicom_service
 
 
 def service_processes(parent: int) -> list[int]:
@@ -53,27 +46,8 @@ def threads_of(pid: int) -> int:
 def service(tenants, transactional_db, storage_dir, tmp_path):
     for title in ("CT_ONE", "MR_TWO"):
         DicomNode.objects.create(institution=tenants.a.institution, ae_title=title, host="127.0.0.1")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
-    env.update(
-        DATABASE_URL=_database_url(),
-        PACS_DATA_DIR=str(tmp_path / "service"),
-        STORAGE_URL=settings.STORAGE_URL,
-        DJANGO_SETTINGS_MODULE="pacs_cloud.settings",
-        LOG_LEVEL="WARNING",
-    )
-    log = tmp_path / "dicom_server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "dicom_server", "--port", str(port), "--processes", "2"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process, port, log = start_dicom_service(tmp_path, "--processes", "2")
     try:
-        wait_listening(port, process, log)
         yield process, port
     finally:
         process.terminate()

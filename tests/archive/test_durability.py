@@ -11,15 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
@@ -27,56 +21,19 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from archive.models import DicomNode, Instance
 from archive.storage import get_storage
 from tests.archive.conftest import make_ct
-from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _database_url() -> str:
-    db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
-        pytest.skip("the crash test runs the DICOM service as its own process on a shared PostgreSQL database")
-    user, host, port = db.get("USER") or "postgres", db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
+from tests.dicom_service import start_dicom_service
 
 
 @pytest.fixture
 def dicom_service(tenants, transactional_db, storage_dir, tmp_path):
     """``manage.py dicom_server`` in its own process, on the test database and storage; CRASH_CT may send."""
     DicomNode.objects.create(institution=tenants.a.institution, ae_title="CRASH_CT", host="127.0.0.1")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
-    env.update(
-        DATABASE_URL=_database_url(),
-        PACS_DATA_DIR=str(tmp_path / "service"),
-        STORAGE_URL=settings.STORAGE_URL,
-        DJANGO_SETTINGS_MODULE="pacs_cloud.settings",
-        LOG_LEVEL="WARNING",
-        DICOM_SERVICE_PROCESSES="2",  # the service as it runs in production: several processes on one port
-    )
-    log = open(tmp_path / "dicom_server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "dicom_server", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, (tmp_path / "dicom_server.log").read_text()[-3000:]
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert time.monotonic() < deadline, "the DICOM service did not start listening"
-        time.sleep(0.2)
+    # the service as it runs in production: several processes on one port
+    process, port, _ = start_dicom_service(tmp_path, DICOM_SERVICE_PROCESSES="2")
     yield process, port
     if process.poll() is None:
         process.kill()
     process.wait(timeout=30)
-    log.close()
 
 
 def test_every_instance_acknowledged_before_a_crash_is_indexed_and_stored(dicom_service):

@@ -8,9 +8,7 @@ may call it. Both run with the timeouts and limits of ``LIMITS``.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +17,15 @@ import pytest
 from django.conf import settings
 
 from archive.models import DicomNode
-from tests.archive.test_durability import _database_url
-from tests.conftest import free_port
+from tests.dicom_service import start_dicom_service
 from tests.edge.conftest import cloud, edge_token, start_edge, storage_dir  # noqa: F401
-
-ROOT = Path(__file__).resolve().parents[2]
 
 LIMITS = {
     "DICOM_ACSE_TIMEOUT_SECONDS": "1",
     "DICOM_NETWORK_TIMEOUT_SECONDS": "2",
     "DICOM_MAX_ASSOCIATIONS_PER_PEER": "4",
 }
+SERVICE_PROCESSES = 2
 
 
 @dataclass
@@ -78,46 +74,12 @@ def settle(pid: int, processes: int) -> None:
         time.sleep(0.5)
 
 
-def wait_listening(port: int, process: subprocess.Popen, log: Path) -> None:
-    import socket
-
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, log.read_text()[-3000:]
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        assert time.monotonic() < deadline, "the DICOM service did not start listening"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def dicom_service(tenants, transactional_db, storage_dir, tmp_path):  # noqa: F811
     DicomNode.objects.create(institution=tenants.a.institution, ae_title="ATTACK_CT", host="127.0.0.1")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
-    env.update(
-        DATABASE_URL=_database_url(),
-        PACS_DATA_DIR=str(tmp_path / "service"),
-        STORAGE_URL=settings.STORAGE_URL,
-        DJANGO_SETTINGS_MODULE="pacs_cloud.settings",
-        LOG_LEVEL="WARNING",
-        DICOM_SERVICE_PROCESSES="2",
-        **LIMITS,
-    )
-    log = tmp_path / "dicom_server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "dicom_server", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process, port, _ = start_dicom_service(tmp_path, DICOM_SERVICE_PROCESSES=str(SERVICE_PROCESSES), **LIMITS)
     try:
-        wait_listening(port, process, log)
-        settle(process.pid, 1 + int(env["DICOM_SERVICE_PROCESSES"]))
+        settle(process.pid, 1 + SERVICE_PROCESSES)
         yield Service(port, process.pid, "ATTACK_CT", settings.DICOM_AE_TITLE)
     finally:
         process.terminate()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest
 
 from .models import Institution, Membership, Role
 
@@ -28,6 +28,16 @@ def current_institution(request: HttpRequest) -> Institution | None:
             return membership.institution
         first = first or membership.institution
     return first
+
+
+def current_institution_as(request: HttpRequest, *roles: str) -> Institution:
+    """The session's institution if the user holds one of ``roles`` there; otherwise the page is not found."""
+    from . import access
+
+    institution = current_institution(request)
+    if institution is None or not access.has_role(request.user, institution, *roles):
+        raise Http404("This page needs another role at your current institution.")
+    return institution
 
 
 def current_membership_context(request: HttpRequest, rows: QuerySet[Membership]) -> dict[str, Any]:

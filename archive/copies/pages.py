@@ -24,9 +24,9 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
-from pacs_cloud import access, audit
-from pacs_cloud.models import Institution, Role
-from pacs_cloud.tenancy import current_institution
+from pacs_cloud import audit
+from pacs_cloud.models import Role
+from pacs_cloud.tenancy import current_institution_as
 
 from ..access import access_study
 from ..models import CopyAlert, LifecycleRule, ObjectCopy, StorageLocation
@@ -58,18 +58,11 @@ def storage_by_location(copies: Any) -> list[dict[str, Any]]:
     return sorted(result, key=lambda r: (r["location"].tier, r["location"].site, r["location"].name))
 
 
-def _admin_institution(request: HttpRequest) -> Institution:
-    institution = current_institution(request)
-    if institution is None or not access.has_role(request.user, institution, Role.INSTITUTION_ADMIN):
-        raise Http404("This page needs another role at your current institution.")
-    return institution
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def institution_storage(request: HttpRequest) -> HttpResponse:
     """The institution's storage per tier and site with its monthly cost, its copy alerts and its copy policy."""
-    institution = _admin_institution(request)
+    institution = current_institution_as(request, Role.INSTITUTION_ADMIN)
     if request.method == "POST":
         try:
             actions.do_save_copy_policy(
@@ -112,7 +105,7 @@ def institution_storage(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["POST"])
 def save_lifecycle_rule(request: HttpRequest) -> HttpResponse:
     """Add or change one of the institution's lifecycle rules (the storage page shows its dry-run)."""
-    institution = _admin_institution(request)
+    institution = current_institution_as(request, Role.INSTITUTION_ADMIN)
     key = _uuid_or_none(request.POST.get("target"))
     target = StorageLocation.objects.filter(pk=key).first() if key else None
     try:

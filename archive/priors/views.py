@@ -12,9 +12,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from pacs_cloud import access
-from pacs_cloud.models import Institution, Role
-from pacs_cloud.tenancy import current_institution
+from pacs_cloud.models import Role
+from pacs_cloud.tenancy import current_institution_as
 
 from . import actions
 from .models import PriorRule
@@ -32,17 +31,10 @@ class PriorRuleForm(forms.ModelForm):
         labels = {"years": "Within (years)", "max_priors": "At most (studies)", "modality": "Modality read"}
 
 
-def _admin_institution(request: HttpRequest) -> Institution:
-    institution = current_institution(request)
-    if institution is None or not access.has_role(request.user, institution, Role.INSTITUTION_ADMIN):
-        raise Http404("This page needs another role at your current institution.")
-    return institution
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def prior_rules(request: HttpRequest) -> HttpResponse:
-    institution = _admin_institution(request)
+    institution = current_institution_as(request, Role.INSTITUTION_ADMIN)
     form = PriorRuleForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -60,7 +52,7 @@ def prior_rules(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def prior_rule(request: HttpRequest, pk: Any) -> HttpResponse:
-    institution = _admin_institution(request)
+    institution = current_institution_as(request, Role.INSTITUTION_ADMIN)
     rule = PriorRule.objects.filter(pk=pk, institution=institution).first()
     if rule is None:
         raise Http404("No such rule")

@@ -158,6 +158,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def database_url() -> str:
+    """The test database as a ``DATABASE_URL`` for a server the test runs as its own process (PostgreSQL only)."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        pytest.skip("the server runs as its own process on a shared PostgreSQL database")
+    user, host, port = db.get("USER") or "postgres", db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
+
+
 # A live ASGI server and a real browser --------------------------------------
 
 

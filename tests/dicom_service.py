@@ -14,22 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from django.conf import settings
 
-from tests.conftest import free_port
+from tests.conftest import database_url, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def database_url() -> str:
-    """The test database as a ``DATABASE_URL`` another process can open (PostgreSQL only)."""
-    db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
-        pytest.skip("the DICOM service runs as its own process on a shared PostgreSQL database")
-    user, host, port = db.get("USER") or "postgres", db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
 
 
 def wait_listening(port: int, process: subprocess.Popen, log: Path) -> None:

@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 from axes.models import AccessAttempt
-from django.conf import settings
 
 from pacs_cloud.models import AuditEvent
-from tests.conftest import PASSWORD, free_port
+from tests.conftest import PASSWORD, database_url, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 USER = "clinician@alpha"
@@ -34,15 +33,6 @@ def image_web_command() -> list[str]:
     """The Docker image's CMD (exec form)."""
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
     return json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE).group(1))
-
-
-def _database_url() -> str:
-    db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
-        pytest.skip("the web server runs as its own process on a shared PostgreSQL database")
-    user, host, port = db.get("USER") or "postgres", db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
 
 
 class WebServer:
@@ -59,7 +49,7 @@ class WebServer:
             k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "TRUSTED_PROXIES")
         }
         environment.update(
-            DATABASE_URL=_database_url(), DB_CONN_MAX_AGE="0", PACS_DATA_DIR=str(data_dir), LOG_LEVEL="WARNING", **env
+            DATABASE_URL=database_url(), DB_CONN_MAX_AGE="0", PACS_DATA_DIR=str(data_dir), LOG_LEVEL="WARNING", **env
         )
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log = data_dir / "web.log"

@@ -49,6 +49,8 @@ def test_every_instance_acknowledged_before_a_crash_is_indexed_and_stored(dicom_
 
     def send() -> None:
         ae = AE(ae_title="CRASH_CT")
+        # After the crash the sender may wait for an answer that never comes: not pynetdicom's 30 s.
+        ae.dimse_timeout = ae.network_timeout = 10
         ae.add_requested_context(CTImageStorage)
         assoc = ae.associate("127.0.0.1", port, ae_title="PACSCLOUD")
         try:

@@ -14,6 +14,7 @@ from django.shortcuts import render
 from django.urls import reverse
 
 from archive.access import access_study
+from pacs_cloud import audit
 from workflow.access import held_tasks
 
 from .access import record_study_view
@@ -22,6 +23,7 @@ LAYOUTS = ("1x2", "2x2")
 
 
 @login_required
+@audit.records_refusal("study.view_refused", object_type="study", key="study_id")
 def compare_study(request: HttpRequest, study_id: str) -> HttpResponse:
     study = access_study(request.user, pk=study_id)
     record_study_view(request, study, via="viewer.compare")

@@ -36,6 +36,8 @@ def test_an_outsider_opening_a_study_report_or_task_is_audited(tenants, opened):
     page, api = web_client(outsider), api_client(outsider)
     for response in (
         page.get(f"/viewer/studies/{study.pk}/"),
+        page.get(f"/viewer/studies/{study.pk}/compare/"),
+        page.get(f"/viewer/studies/{study.pk}/dce/"),
         api.get(f"/api/v1/viewer/studies/{study.pk}/"),
         page.get(f"/reports/{report.pk}/"),
         page.get(f"/reports/{report.pk}/edit/"),
@@ -46,8 +48,7 @@ def test_an_outsider_opening_a_study_report_or_task_is_audited(tenants, opened):
     ):
         assert response.status_code == 404, response.request["PATH_INFO"]
     assert refusals(outsider) == [
-        ("study.view_refused", "study", str(study.pk)),
-        ("study.view_refused", "study", str(study.pk)),
+        *[("study.view_refused", "study", str(study.pk))] * 4,
         *[("report.view_refused", "report", str(report.pk))] * 4,
         *[("workflow.readingtask.open_refused", "workflow.readingtask", str(task.pk))] * 2,
     ]

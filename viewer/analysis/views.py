@@ -8,6 +8,7 @@ from django.shortcuts import render
 from django.urls import reverse
 
 from archive.access import access_study
+from pacs_cloud import audit
 from viewer.access import record_study_view
 
 from . import series as dynamic
@@ -44,6 +45,7 @@ def _acquisitions(study) -> list[dict]:  # type: ignore[no-untyped-def]
 
 
 @login_required
+@audit.records_refusal("study.view_refused", object_type="study", key="study_id")
 def dce_page(request: HttpRequest, study_id: str) -> HttpResponse:
     study = access_study(request.user, pk=study_id)
     record_study_view(request, study, via="dce-analysis")

@@ -279,6 +279,11 @@ SCRUB_SWEEP_SECONDS = env.float("SCRUB_SWEEP_SECONDS", default=60.0)
 # study read from a nearline tier stays online again after it was recalled.
 LIFECYCLE_SWEEP_SECONDS = env.float("LIFECYCLE_SWEEP_SECONDS", default=3600.0)
 RECALL_KEEP_DAYS = env.float("RECALL_KEEP_DAYS", default=30.0)
+# Archive tier (a store that restores before a read): how often restores are
+# checked for completion, and how long a C-MOVE/C-GET of an archived study
+# waits for its restore before it answers failure (0: at once, with the time to wait).
+RESTORE_SWEEP_SECONDS = env.float("RESTORE_SWEEP_SECONDS", default=60.0)
+RESTORE_RETRIEVE_WAIT_SECONDS = env.float("RESTORE_RETRIEVE_WAIT_SECONDS", default=0.0)
 
 # Cache, channels, Celery ---------------------------------------------------
 
@@ -369,6 +374,10 @@ CELERY_BEAT_SCHEDULE: dict = {
     },
     "archive-scrub-copies": {"task": "archive.copies.tasks.scrub_copies", "schedule": SCRUB_SWEEP_SECONDS},
     "archive-check-locations": {"task": "archive.copies.tasks.check_locations", "schedule": 60.0},
+    "archive-finish-restores": {
+        "task": "archive.copies.tasks.finish_restores",
+        "schedule": RESTORE_SWEEP_SECONDS,
+    },
     "archive-apply-lifecycle": {
         "task": "archive.copies.tasks.apply_lifecycle_rules",
         "schedule": LIFECYCLE_SWEEP_SECONDS,

@@ -206,7 +206,7 @@ def _write_copy(instance: Instance, target: Place, source: Path) -> bool:
             storage.store.put_file(key, source, instance.sha256)
         else:
             storage.put_file(key, source, instance.sha256)
-        digest, size = locations.sha256_of(_checked_storage(target, key), key)
+        digest, size = locations.fixity_of(target, _checked_storage(target, key), key)
     except Exception as exc:  # the target store failed: the next sweep tries again
         log.warning("copying %s to %s failed: %s", key, target.name, exc)
         return False
@@ -251,7 +251,7 @@ def do_verify_copy(copy_pk: Any, *, repair: bool = True) -> Check:
     instance = copy.instance
     place = locations.place(copy.location_id)
     try:
-        digest, size = locations.sha256_of(_checked_storage(place, copy.key), copy.key)
+        digest, size = locations.fixity_of(place, _checked_storage(place, copy.key), copy.key)
         status = ObjectCopy.Status.GOOD if digest == instance.sha256 else ObjectCopy.Status.CORRUPT
     except FileNotFoundError:
         status, size = ObjectCopy.Status.MISSING, 0

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import urlparse
 
 from django.conf import settings
@@ -250,6 +250,15 @@ def sha256_of(storage: Storage, key: str) -> tuple[str, int]:
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
+
+
+def fixity_of(place: Place, storage: Storage, key: str) -> tuple[str, int]:
+    """A copy's SHA-256 and size: re-read, or in the archive tier (no read before a restore) as the store
+    recorded them when it accepted the upload (after checking its Content-MD5); a restore re-reads it."""
+    recorded = getattr(storage, "stored_fixity", None)
+    if place.tier == StorageLocation.Tier.ARCHIVE and recorded is not None:
+        return cast(tuple[str, int], recorded(key))
+    return sha256_of(storage, key)
 
 
 def _blocks(handle: BinaryIO) -> Iterator[bytes]:

@@ -133,3 +133,17 @@ def apply_lifecycle_rules() -> int:
     from .lifecycle import do_apply_lifecycle_rules
 
     return do_apply_lifecycle_rules()
+
+
+@shared_task(ignore_result=True)
+def finish_restores(limit: int = 100) -> int:
+    """Recall the studies whose archive-tier restores the stores have finished; returns how many."""
+    from .restore import do_finish_restore, restores_in_progress
+
+    done = 0
+    for study_pk in restores_in_progress().values_list("study_id", flat=True)[:limit]:
+        try:
+            done += do_finish_restore(study_pk)
+        except Exception:  # one study's store failing must not stop the others
+            log.exception("finishing the restore of study %s failed", study_pk)
+    return done

@@ -445,6 +445,16 @@ class StorageLocation(models.Model):
     restore_minutes = models.PositiveIntegerField(default=300)
     # Reads try healthy locations by rank, lowest first (the fastest).
     read_rank = models.PositiveIntegerField(default=100)
+    # The object store itself replicates this location's objects from another (Ceph multisite, S3
+    # cross-region replication): the copier writes nothing here, it counts the store's replica once verified.
+    replica_of = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="store_replicas",
+        help_text="The location whose objects the store replicates here by itself.",
+    )
     is_default = models.BooleanField(default=False)
     healthy = models.BooleanField(default=True)
     checked_at = models.DateTimeField(null=True, blank=True)

@@ -46,6 +46,7 @@ class Place:
     healthy: bool
     is_default: bool
     storage: Storage
+    replica_of: Any = None  # the location the store itself replicates here (the copier writes nothing)
 
 
 _backends: dict[tuple, Storage] = {}
@@ -84,7 +85,9 @@ def places(*, fresh: bool = False) -> list[Place]:
     listed_at, listed = _listed
     if (fresh or time.monotonic() - listed_at > _LIST_SECONDS or not listed) and not _in_event_loop():
         rows = list(StorageLocation.objects.order_by("read_rank", "name"))
-        listed = [Place(r.pk, r.name, r.site, r.tier, r.healthy, r.is_default, backend(r)) for r in rows]
+        listed = [
+            Place(r.pk, r.name, r.site, r.tier, r.healthy, r.is_default, backend(r), r.replica_of_id) for r in rows
+        ]
         _listed = (time.monotonic(), listed)
     return listed
 

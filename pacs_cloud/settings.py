@@ -323,6 +323,9 @@ VIEWER_RENDER_CACHE_SECONDS = env.int("VIEWER_RENDER_CACHE_SECONDS", default=24 
 VIEWER_AUDIT_WINDOW_SECONDS = env.int("VIEWER_AUDIT_WINDOW_SECONDS", default=1800)
 # 3D render sessions: closed after this long without a gesture (their memory freed).
 VIEWER_3D_IDLE_SECONDS = env.float("VIEWER_3D_IDLE_SECONDS", default=300.0)
+# Volumes of at least this many voxels get a half-resolution preview scene for the first picture
+# and the frames while dragging (a 512x512x300 CT has 78 million).
+VIEWER_3D_PREVIEW_MIN_VOXELS = env.int("VIEWER_3D_PREVIEW_MIN_VOXELS", default=16_000_000)
 if REDIS_URL:
     CACHES["render"] = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",

@@ -82,6 +82,7 @@ def test_a_new_hospital_from_the_first_click_to_its_first_study(
     admin.click("#open-onboarding")
     admin.wait_for_url("**/onboarding/")
     assert "Set up 湖畔县人民医院" in admin.inner_text("h1")
+    assert admin.get_attribute("html", "lang") == "zh-Hans"  # the institution's first language
 
     # 1. A modality, echoed from the server.
     admin.fill("#add-node input[name=ae_title]", "LAKE_CT")

@@ -64,7 +64,7 @@ class Institution(models.Model):
         max_length=16,
         choices=CharacterSet.choices,
         default=CharacterSet.UTF8,
-        help_text="Specific Character Set (0008,0005) the hospital's modalities use when a station names none.",
+        help_text="Specific Character Set (0008,0005) the hospital's modalities use; each worklist station sets its own.",
     )
     languages = models.JSONField(
         default=default_languages,

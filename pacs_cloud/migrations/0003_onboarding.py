@@ -18,7 +18,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='institution',
             name='character_set',
-            field=models.CharField(choices=[('ISO_IR 192', 'Unicode UTF-8 (ISO_IR 192)'), ('GB18030', 'Chinese GB18030'), ('ISO_IR 100', 'Latin-1 (ISO_IR 100)')], default='ISO_IR 192', help_text="Specific Character Set (0008,0005) the hospital's modalities use when a station names none.", max_length=16),
+            field=models.CharField(choices=[('ISO_IR 192', 'Unicode UTF-8 (ISO_IR 192)'), ('GB18030', 'Chinese GB18030'), ('ISO_IR 100', 'Latin-1 (ISO_IR 100)')], default='ISO_IR 192', help_text="Specific Character Set (0008,0005) the hospital's modalities use; each worklist station sets its own.", max_length=16),
         ),
         migrations.AddField(
             model_name='institution',

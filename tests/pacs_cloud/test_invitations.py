@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 
 from pacs_cloud.models import AuditEvent, Institution, Invitation, Membership, Role
 from tests.conftest import api_client, web_client
+from worklist.actions import issue_accession_number, issue_patient_id
 
 NEW = {
     "name": "湖畔县人民医院",
@@ -59,6 +60,7 @@ def test_a_platform_admin_creates_an_institution_with_its_settings_and_an_admin_
         "LKP",
         ["zh-Hans", "en"],
     )
+    assert issue_patient_id(institution).startswith("LKP") and issue_accession_number(institution).startswith("LK")
     invitation = Invitation.objects.get(institution=institution)
     assert invitation.roles == [Role.INSTITUTION_ADMIN]
     token = token_of(created["invitation"]["link"])

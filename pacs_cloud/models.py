@@ -242,6 +242,10 @@ class Invitation(models.Model):
         return hashlib.sha256(token.encode()).hexdigest()
 
     @property
+    def role_labels(self) -> list[str]:
+        return [str(Role(role).label) if role in Role.values else role for role in self.roles]
+
+    @property
     def state(self) -> str:
         if self.accepted_at is not None:
             return "accepted"

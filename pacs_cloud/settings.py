@@ -178,6 +178,8 @@ API_TOKEN_MAX_TTL_HOURS = env.int("API_TOKEN_MAX_TTL_HOURS", default=24 * 365)
 # Seconds a web process reuses a token's and a user's memberships lookup
 # (pacs_cloud.authcache); changes made elsewhere take effect within this time.
 AUTH_CACHE_SECONDS = env.float("AUTH_CACHE_SECONDS", default=5.0)
+# How long an invitation link (a new institution's first administrator, a new member) works.
+INVITATION_TTL_HOURS = env.int("INVITATION_TTL_HOURS", default=72)
 
 # Security headers --------------------------------------------------------
 
@@ -422,6 +424,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "RoleEnum": "pacs_cloud.models.Role",
+        "InstitutionKindEnum": "pacs_cloud.models.Institution.Kind",
         "StudyStateEnum": "archive.models.Study.State",
         "DceCurveModelEnum": "viewer.analysis.fitting.MODELS",
         "DceMapModelEnum": "viewer.analysis.maps.MAP_MODELS",
@@ -499,6 +502,7 @@ HOME_PANELS = [
     "viewer.home.recent_panel",
     "workflow.home.reading_panels",
     "workflow.referrals.views.home_panels",
+    "workflow.onboarding.views.home_panels",
 ]
 # Columns of the platform administrator's table of institutions, each a
 # function answering (title, {institution id: count}).

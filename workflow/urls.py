@@ -28,4 +28,6 @@ urlpatterns = [
     path("api/v1/", include(router.urls)),
     # Referrals and shares: their pages and /api/v1/referrals/, /api/v1/study-shares/.
     path("", include("workflow.referrals.urls")),
+    # Onboarding: the checklist page and /api/v1/onboarding/.
+    path("", include("workflow.onboarding.urls")),
 ]

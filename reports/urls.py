@@ -5,11 +5,13 @@ from django.urls import path
 from pacs_cloud.restapi import Router
 
 from . import api, priors, views
+from .exit import api as exit_api
 
 router = Router()
 router.register("api/v1/reports", api.ReportViewSet, basename="reports-report")
 router.register("api/v1/report-templates", api.ReportTemplateViewSet, basename="reports-template")
 router.register("api/v1/critical-results", api.CriticalResultViewSet, basename="reports-critical-result")
+router.register("api/v1/exits", exit_api.ExitJobViewSet, basename="reports-exit")
 
 urlpatterns: list = [
     path("reports/", views.lookup_page, name="reports-search-reports"),

@@ -1,0 +1,496 @@
+"""Writing an institution's export: the files, the DICOMDIR, the manifest, and where they go.
+
+The layout, under one folder named after the institution::
+
+    DICOM/DICOMDIR                      the File-set's directory (PS3.10 8, PS3.3 F)
+    DICOM/PT000000/ST000000/SE000000/IM000000   each archived object, its stored bytes
+    reports/<report id>/v<n>-<kind>.pdf         every signed version as the product prints it
+    reports/<report id>/v<n>-<kind>.fhir.json   the same as a FHIR R4 Bundle (Patient, ImagingStudy, DiagnosticReport)
+    audit.jsonl                         the institution's audit trail, one event a line, hash chain included
+    configuration.json                  institution, members, DICOM nodes, catalogue, routing, templates, policies
+    manifest.json, MANIFEST.sha256      every other file's size and SHA-256 (``sha256sum -c`` reads the second)
+
+Archived objects are copied byte for byte from storage (already Part-10
+files with our File Meta Information): nothing is decoded or re-encoded, so
+pixel data stays identical and each object's digest equals the archive's.
+The DICOMDIR is built by pydicom's ``FileSet`` from each object's header
+alone (read up to the pixel data), in a scratch folder; its records name the
+File IDs under which the stored bytes are then written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import pydicom
+from django.conf import settings
+from django.core import serializers
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Count, Sum
+from pydicom.fileset import FileSet
+
+from archive.copies.locations import reader
+from archive.models import Instance, Study
+from pacs_cloud.lib.person_names import display_name, name_groups
+from pacs_cloud.models import AuditEvent, Institution, Membership
+
+from ..exports import diagnostic_report
+from ..models import Report, ReportVersion
+from ..pdf import render_pdf
+from .models import ExitJob
+
+FORMAT = "cloud-pacs-export/1"
+COPY_BUFFER = 1024 * 1024
+
+
+class Cancelled(Exception):
+    """The job was cancelled or restarted while this run was writing."""
+
+
+def export_dir() -> Path:
+    """Where download archives are kept until fetched (and removed at offboarding)."""
+    return Path(settings.DATA_DIR) / "exports"
+
+
+def archive_path(job: ExitJob) -> Path:
+    return export_dir() / f"{job.pk}.tar"
+
+
+# Where the files go -------------------------------------------------------------------
+
+
+class _Hashing:
+    """A read-only stream that digests what is read through it."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self.source = source
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.source.read(size)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+
+class Sink(Protocol):
+    def add(self, name: str, source: BinaryIO, size: int) -> str:
+        """Write ``size`` bytes of ``source`` as ``name``; returns their SHA-256."""
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class TarSink:
+    """One uncompressed POSIX (pax) tar: DICOM is stored as is, never recompressed."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.partial = path.with_suffix(".partial")
+        self.tar = tarfile.open(self.partial, "w", format=tarfile.PAX_FORMAT)
+        self.tar.copybufsize = COPY_BUFFER
+        self.mtime = time.time()
+
+    def add(self, name: str, source: BinaryIO, size: int) -> str:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, self.mtime, 0o644
+        hashing = _Hashing(source)
+        self.tar.addfile(info, hashing)  # type: ignore[arg-type]
+        return hashing.digest.hexdigest()
+
+    def close(self) -> None:
+        self.tar.close()
+        self.partial.replace(self.path)
+
+    def abort(self) -> None:
+        self.tar.close()
+        self.partial.unlink(missing_ok=True)
+
+
+class S3Sink:
+    """Each file as its own object under ``prefix`` in a bucket the administrator names.
+
+    The platform's S3 credentials (``AWS_ACCESS_KEY_ID``...) must be allowed
+    to write there (a bucket policy granting the platform's account).
+    """
+
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str) -> None:
+        from archive.storage import S3Storage
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client = S3Storage(
+            bucket, endpoint_url=endpoint_url or settings.S3_ENDPOINT_URL, create_bucket=False
+        ).client
+        self.client.head_bucket(Bucket=bucket)
+
+    def add(self, name: str, source: BinaryIO, size: int) -> str:
+        hashing = _Hashing(source)
+        # Not seekable on purpose: the transfer manager then reads it once, in order.
+        self.client.upload_fileobj(hashing, self.bucket, self.prefix + name)
+        return hashing.digest.hexdigest()
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def sink_for(job: ExitJob) -> Sink:
+    if job.destination == ExitJob.Destination.S3:
+        return S3Sink(job.bucket, job.prefix, job.endpoint_url)
+    return TarSink(archive_path(job))
+
+
+# The export ------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Counts the files written and reports them (and learns of a cancel) at most every ``every`` s."""
+
+    report: Callable[[int, int], bool]
+    every: float = 0.5
+    files: int = 0
+    bytes: int = 0
+    _last: float = field(default=0.0)
+
+    def add(self, size: int, *, force: bool = False) -> None:
+        self.files += 1
+        self.bytes += size
+        now = time.monotonic()
+        if force or now - self._last >= self.every:
+            self._last = now
+            if not self.report(self.files, self.bytes):
+                raise Cancelled
+
+
+@dataclass
+class Written:
+    files: list[dict[str, Any]]
+    manifest_sha256: str
+    not_in_dicomdir: list[str]
+
+
+def totals(institution_id: Any) -> tuple[int, int]:
+    """Files and bytes an export of the institution will write (the progress bar's scale)."""
+    instances = Instance.objects.filter(institution_id=institution_id)
+    found = instances.aggregate(count=Count("pk"), size=Sum("size"))
+    count, size = found["count"], found["size"] or 0
+    versions = ReportVersion.objects.filter(report__institution_id=institution_id).count()
+    return count + 1 + 2 * versions + 2, size
+
+
+def write_export(job: ExitJob, sink: Sink, progress: Progress) -> Written:
+    """Write everything of ``job``'s institution to ``sink``; returns what was written.
+
+    Raises :class:`Cancelled` when ``progress`` learns the job was cancelled.
+    """
+    institution = Institution.objects.get(pk=job.institution_id)
+    root = f"{institution.slug}-export"
+    files: list[dict[str, Any]] = []
+
+    def add(name: str, source: BinaryIO, size: int) -> None:
+        digest = sink.add(f"{root}/{name}", source, size)
+        files.append({"path": name, "size": size, "sha256": digest})
+        progress.add(size)
+
+    def add_bytes(name: str, data: bytes) -> None:
+        add(name, io.BytesIO(data), len(data))
+
+    scratch = Path(tempfile.mkdtemp(prefix="exit-"))
+    try:
+        dicomdir, file_ids, skipped = build_dicomdir(institution, scratch)
+        add("DICOM/DICOMDIR", open(dicomdir, "rb"), dicomdir.stat().st_size)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    read = reader()
+    for instance in _instances(institution):
+        name = f"DICOM/{file_ids[instance.pk]}"
+        with read.open(instance.storage_key) as handle:
+            add(name, handle, instance.size)
+        if files[-1]["sha256"] != instance.sha256:
+            raise OSError(f"stored object {instance.storage_key} does not match its digest")
+    for version in _versions(institution):
+        stem = f"reports/{version.report_id}/v{version.number}-{version.kind}"
+        add_bytes(f"{stem}.pdf", render_pdf(version))
+        add_bytes(f"{stem}.fhir.json", _json(fhir_bundle(version)))
+    with tempfile.TemporaryFile() as trail:
+        size = write_audit_trail(institution.pk, trail)
+        trail.seek(0)
+        add("audit.jsonl", trail, size)  # type: ignore[arg-type]
+    add_bytes("configuration.json", _json(configuration(institution)))
+    manifest = {
+        "format": FORMAT,
+        "institution": {"id": str(institution.pk), "slug": institution.slug, "name": institution.name},
+        "export": str(job.pk),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "files": files,
+        "not_in_dicomdir": skipped,
+    }
+    manifest_bytes = _json(manifest)
+    sums = "".join(f"{f['sha256']}  {f['path']}\n" for f in files).encode()
+    add_bytes("MANIFEST.sha256", sums)
+    sink.add(f"{root}/manifest.json", io.BytesIO(manifest_bytes), len(manifest_bytes))
+    progress.add(len(manifest_bytes), force=True)
+    return Written(files, hashlib.sha256(manifest_bytes).hexdigest(), skipped)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, indent=1, cls=DjangoJSONEncoder).encode()
+
+
+def _instances(institution: Institution) -> Iterator[Instance]:
+    return (
+        Instance.objects.filter(institution=institution)
+        .only("pk", "storage_key", "size", "sha256", "sop_instance_uid")
+        .order_by("series__study__study_instance_uid", "series__series_number", "series_id", "instance_number", "pk")
+        .iterator(chunk_size=2000)
+    )
+
+
+def _versions(institution: Institution) -> Iterator[ReportVersion]:
+    return (
+        ReportVersion.objects.filter(report__institution=institution)
+        .select_related("report__study__patient", "report__institution", "signer", "signing_key")
+        .order_by("report__created_at", "report_id", "number")
+        .iterator(chunk_size=100)
+    )
+
+
+# DICOMDIR (PS3.10 section 8, PS3.3 Annex F) ---------------------------------------------
+
+# Record keys the DICOMDIR needs (PS3.3 F.5) that an archived header may lack:
+# filled in the header copy the directory is made from, never in the object.
+_RECORD_DEFAULTS = {
+    "PatientID": "UNKNOWN",
+    "StudyDate": "19000101",
+    "StudyTime": "000000",
+    "StudyID": "",
+    "AccessionNumber": "",
+    "StudyDescription": "",
+    "PatientName": "",
+    "Modality": "OT",
+    "SeriesNumber": "1",
+    "InstanceNumber": "1",
+}
+
+
+def build_dicomdir(institution: Institution, scratch: Path) -> tuple[Path, dict[Any, str], list[str]]:
+    """The DICOMDIR of every archived object, and each object's File ID (``PT.../ST.../SE.../IM...``).
+
+    Objects pydicom has no directory record for are still exported; their
+    SOP Instance UIDs are returned (the manifest lists them).
+    """
+    file_set = FileSet()
+    file_set.ID = institution.slug.upper().replace("-", "_")[:16]
+    read = reader()
+    by_uid: dict[str, Any] = {}
+    skipped: list[str] = []
+    for instance in _instances(institution):
+        with read.open(instance.storage_key) as handle:
+            header = pydicom.dcmread(handle, stop_before_pixels=True)
+        for keyword, default in _RECORD_DEFAULTS.items():
+            if keyword not in header:
+                setattr(header, keyword, default)
+        try:
+            file_set.add(header)
+        except ValueError:
+            skipped.append(instance.sop_instance_uid)
+            continue
+        by_uid[instance.sop_instance_uid] = instance.pk
+    target = scratch / "fileset"
+    file_set.write(target)
+    file_ids: dict[Any, str] = {}
+    for record in file_set:
+        file_ids[by_uid[record.SOPInstanceUID]] = Path(record.path).relative_to(target).as_posix()
+    # Objects without a record: stored beside the File-set's folders.
+    for instance in _instances(institution):
+        file_ids.setdefault(instance.pk, f"OTHER/{instance.sop_instance_uid}.dcm")
+    return target / "DICOMDIR", file_ids, skipped
+
+
+# FHIR R4 -----------------------------------------------------------------------------------
+
+
+def fhir_bundle(version: ReportVersion) -> dict[str, Any]:
+    """A ``collection`` Bundle of the version's DiagnosticReport, its ImagingStudy and Patient, validated."""
+    from fhir.resources.R4B.bundle import Bundle
+
+    report: Report = version.report
+    study: Study = report.study
+    patient = study.patient
+    patient_url, study_url, report_url = (f"urn:uuid:{key}" for key in (patient.pk, study.pk, version.pk))
+    alphabetic, ideographic, phonetic = name_groups(patient.name)
+    names: list[dict[str, Any]] = []
+    for group, use in ((alphabetic, "official"), (ideographic, "usual")):
+        if group:
+            family, _, given = group.partition("^")
+            name: dict[str, Any] = {"use": use, "text": display_name(group)}
+            if family:
+                name["family"] = family
+            if given.strip("^"):
+                name["given"] = [g for g in given.split("^")[:1] if g]
+            names.append(name)
+    patient_resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": str(patient.pk),
+        "identifier": [
+            {
+                "system": f"urn:cloud-pacs:patient-id:{patient.issuer or report.institution.slug}",
+                "value": patient.patient_id,
+            }
+        ],
+    }
+    if names:
+        patient_resource["name"] = names
+    if patient.birth_date:
+        patient_resource["birthDate"] = patient.birth_date.isoformat()
+    gender = {"M": "male", "F": "female", "O": "other"}.get(patient.sex.upper()[:1])
+    if gender:
+        patient_resource["gender"] = gender
+    series = []
+    for row in study.series.order_by("series_number", "series_instance_uid"):
+        instances = [
+            {
+                "uid": uid,
+                "sopClass": {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{sop_class}"},
+                **({"number": number} if number is not None else {}),
+            }
+            for uid, sop_class, number in row.instances.order_by("instance_number", "sop_instance_uid").values_list(
+                "sop_instance_uid", "sop_class_uid", "instance_number"
+            )
+        ]
+        item: dict[str, Any] = {
+            "uid": row.series_instance_uid,
+            "modality": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": row.modality or "OT"},
+            "numberOfInstances": len(instances),
+        }
+        if row.series_number is not None:
+            item["number"] = row.series_number
+        if row.description:
+            item["description"] = row.description
+        if instances:
+            item["instance"] = instances
+        series.append(item)
+    imaging_study: dict[str, Any] = {
+        "resourceType": "ImagingStudy",
+        "id": str(study.pk),
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study.study_instance_uid}"}],
+        "status": "available",
+        "subject": {"reference": patient_url},
+        "numberOfSeries": len(series),
+        "numberOfInstances": sum(s["numberOfInstances"] for s in series),
+    }
+    if study.accession_number:
+        imaging_study["identifier"].append(
+            {
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+                "value": study.accession_number,
+            }
+        )
+    if study.description:
+        imaging_study["description"] = study.description
+    if study.study_date:
+        imaging_study["started"] = study.study_date.isoformat()
+    if series:
+        imaging_study["series"] = series
+    diagnostic = diagnostic_report(version)
+    diagnostic["subject"] = {"reference": patient_url, "display": diagnostic["subject"].get("display", "")}
+    diagnostic["imagingStudy"] = [{"reference": study_url}]
+    # The PDF travels beside the Bundle in the export, not behind the product's URL.
+    diagnostic["presentedForm"] = [f for f in diagnostic["presentedForm"] if "url" not in f]
+    bundle = {
+        "resourceType": "Bundle",
+        "id": str(version.pk),
+        "type": "collection",
+        "timestamp": version.signed_at.astimezone(dt.UTC).isoformat(),
+        "entry": [
+            {"fullUrl": report_url, "resource": diagnostic},
+            {"fullUrl": study_url, "resource": imaging_study},
+            {"fullUrl": patient_url, "resource": patient_resource},
+        ],
+    }
+    # Validation: raises on anything R4 does not allow.
+    return Bundle.model_validate(bundle).model_dump(mode="json", exclude_none=True)
+
+
+# Audit trail and configuration ------------------------------------------------------------
+
+
+def write_audit_trail(institution_id: Any, out: Any) -> int:
+    """Every audit event of the institution as JSON Lines (with its hash-chain links); returns bytes written."""
+    size = 0
+    fields = [f.attname for f in AuditEvent._meta.fields]
+    rows = AuditEvent.objects.filter(institution_id=institution_id).order_by("id").values_list(*fields)
+    for row in rows.iterator(chunk_size=5000):
+        line = json.dumps(dict(zip(fields, row, strict=True)), ensure_ascii=False, cls=DjangoJSONEncoder) + "\n"
+        data = line.encode()
+        out.write(data)
+        size += len(data)
+    return size
+
+
+# Configuration tables (model label → the field naming the institution).
+CONFIGURATION = (
+    ("archive.ArchivePolicy", "institution"),
+    ("archive.DicomNode", "institution"),
+    ("archive.EdgeGateway", "institution"),
+    ("archive.CopyPolicy", "institution"),
+    ("archive.LifecycleRule", "institution"),
+    ("archive.PriorRule", "institution"),
+    ("archive.BreakGlassAllowance", "institution"),
+    ("worklist.Procedure", "institution"),
+    ("worklist.Station", "institution"),
+    ("workflow.RoutingPolicy", "institution"),
+    ("workflow.RadiologistPool", "owner"),
+    ("workflow.ReadingAgreement", "hospital"),
+    ("reports.ReportTemplate", "institution"),
+    ("viewer.HangingProtocol", "institution"),
+    ("viewer.AssumedTissueT1", "institution"),
+)
+
+
+def configuration(institution: Institution) -> dict[str, Any]:
+    """The institution's settings as JSON: what a new system needs to run it the same way."""
+    from django.apps import apps
+
+    result: dict[str, Any] = {
+        "format": FORMAT,
+        "institution": serializers.serialize("python", [institution])[0]["fields"] | {"id": str(institution.pk)},
+        "members": [
+            {"username": m.user.username, "name": m.user.display_name, "email": m.user.email, "role": m.role}
+            for m in Membership.objects.filter(institution=institution)
+            .select_related("user")
+            .order_by("user__username")
+        ],
+        # Demographic corrections apply on retrieval; the exported objects are the bytes as received.
+        "header_overrides": dict(
+            Study.objects.filter(institution=institution)
+            .exclude(header_overrides={})
+            .values_list("study_instance_uid", "header_overrides")
+        ),
+    }
+    for label, key in CONFIGURATION:
+        try:
+            model = apps.get_model(label)
+        except LookupError:
+            continue
+        rows = model._default_manager.filter(**{key: institution}).order_by("pk")
+        result[label] = serializers.serialize("python", rows)
+    return result

@@ -193,7 +193,7 @@ def totals(institution_id: Any) -> tuple[int, int]:
     found = instances.aggregate(count=Count("pk"), size=Sum("size"))
     count, size = found["count"], found["size"] or 0
     versions = ReportVersion.objects.filter(report__institution_id=institution_id).count()
-    return count + 1 + 2 * versions + 2, size
+    return count + 1 + 2 * versions + 4, size
 
 
 def write_export(job: ExitJob, sink: Sink, progress: Progress) -> Written:

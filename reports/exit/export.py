@@ -24,7 +24,7 @@ import datetime as dt
 import hashlib
 import io
 import json
-import shutil
+import re
 import tarfile
 import tempfile
 import time
@@ -38,7 +38,7 @@ from django.conf import settings
 from django.core import serializers
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Count, Sum
-from pydicom.fileset import FileSet
+from pydicom.dataset import Dataset
 
 from archive.copies.locations import reader
 from archive.models import Instance, Study
@@ -213,12 +213,8 @@ def write_export(job: ExitJob, sink: Sink, progress: Progress) -> Written:
     def add_bytes(name: str, data: bytes) -> None:
         add(name, io.BytesIO(data), len(data))
 
-    scratch = Path(tempfile.mkdtemp(prefix="exit-"))
-    try:
-        dicomdir, file_ids, skipped = build_dicomdir(institution, scratch)
-        add("DICOM/DICOMDIR", open(dicomdir, "rb"), dicomdir.stat().st_size)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    dicomdir, file_ids, skipped = build_dicomdir(institution)
+    add_bytes("DICOM/DICOMDIR", dicomdir)
     read = reader()
     for instance in _instances(institution):
         name = f"DICOM/{file_ids[instance.pk]}"
@@ -275,54 +271,216 @@ def _versions(institution: Institution) -> Iterator[ReportVersion]:
 
 # DICOMDIR (PS3.10 section 8, PS3.3 Annex F) ---------------------------------------------
 
-# Record keys the DICOMDIR needs (PS3.3 F.5) that an archived header may lack:
-# filled in the header copy the directory is made from, never in the object.
-_RECORD_DEFAULTS = {
-    "PatientID": "UNKNOWN",
-    "StudyDate": "19000101",
-    "StudyTime": "000000",
-    "StudyID": "",
-    "AccessionNumber": "",
-    "StudyDescription": "",
-    "PatientName": "",
-    "Modality": "OT",
-    "SeriesNumber": "1",
-    "InstanceNumber": "1",
-}
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_ISO_IR_192 = "ISO_IR 192"  # the index keeps decoded Unicode: records carry it as UTF-8
 
 
-def build_dicomdir(institution: Institution, scratch: Path) -> tuple[Path, dict[Any, str], list[str]]:
-    """The DICOMDIR of every archived object, and each object's File ID (``PT.../ST.../SE.../IM...``).
+def _record(kind: str, **values: Any) -> Dataset:
+    record = Dataset()
+    record.OffsetOfTheNextDirectoryRecord = 0
+    record.RecordInUseFlag = 0xFFFF
+    record.OffsetOfReferencedLowerLevelDirectoryEntity = 0
+    record.DirectoryRecordType = kind
+    for keyword, value in values.items():
+        setattr(record, keyword, value)
+    return record
 
-    Objects pydicom has no directory record for are still exported; their
-    SOP Instance UIDs are returned (the manifest lists them).
+
+@dataclass
+class _Node:
+    record: Dataset
+    name: str = ""  # the File ID component of the level (PS3.10 8.5: up to 8 characters)
+    children: list[_Node] = field(default_factory=list)
+
+
+def build_dicomdir(institution: Institution) -> tuple[bytes, dict[Any, str], list[str]]:
+    """The DICOMDIR of every archived object, and each object's File ID path (``PT.../ST.../SE.../IM...``).
+
+    Patient, study and series records come from the index; an image's record
+    (PS3.3 F.5.18) from its index row too; any other object's record is made
+    by pydicom's recorder for its type from the object's stored header. An
+    object pydicom has no record for is exported without one (its SOP
+    Instance UID is returned; the manifest lists it).
     """
-    file_set = FileSet()
-    file_set.ID = institution.slug.upper().replace("-", "_")[:16]
-    read = reader()
-    by_uid: dict[str, Any] = {}
-    skipped: list[str] = []
-    for instance in _instances(institution):
-        with read.open(instance.storage_key) as handle:
-            header = pydicom.dcmread(handle, stop_before_pixels=True)
-        for keyword, default in _RECORD_DEFAULTS.items():
-            if keyword not in header:
-                setattr(header, keyword, default)
-        try:
-            file_set.add(header)
-        except ValueError:
-            skipped.append(instance.sop_instance_uid)
-            continue
-        by_uid[instance.sop_instance_uid] = instance.pk
-    target = scratch / "fileset"
-    file_set.write(target)
+    from pydicom.fileset import DIRECTORY_RECORDERS, _four_level_record_type
+
+    rows = (
+        Instance.objects.filter(institution=institution)
+        .order_by(
+            "series__study__patient_id",
+            "series__study__study_instance_uid",
+            "series__series_number",
+            "series_id",
+            "instance_number",
+            "pk",
+        )
+        .values_list(
+            "pk",
+            "storage_key",
+            "sop_instance_uid",
+            "sop_class_uid",
+            "transfer_syntax_uid",
+            "instance_number",
+            "rows",
+            "series_id",
+            "series__series_instance_uid",
+            "series__modality",
+            "series__series_number",
+            "series__study_id",
+            "series__study__study_instance_uid",
+            "series__study__study_date",
+            "series__study__study_time",
+            "series__study__description",
+            "series__study__study_id",
+            "series__study__accession_number",
+            "series__study__patient_id",
+            "series__study__patient__patient_id",
+            "series__study__patient__name",
+        )
+    )
+    roots: list[_Node] = []
+    patients: dict[Any, _Node] = {}
+    studies: dict[Any, _Node] = {}
+    series: dict[Any, _Node] = {}
     file_ids: dict[Any, str] = {}
-    for record in file_set:
-        file_ids[by_uid[record.SOPInstanceUID]] = Path(record.path).relative_to(target).as_posix()
-    # Objects without a record: stored beside the File-set's folders.
-    for instance in _instances(institution):
-        file_ids.setdefault(instance.pk, f"OTHER/{instance.sop_instance_uid}.dcm")
-    return target / "DICOMDIR", file_ids, skipped
+    skipped: list[str] = []
+    read = reader()
+    for (
+        pk,
+        key,
+        sop,
+        sop_class,
+        syntax,
+        number,
+        image_rows,
+        series_pk,
+        series_uid,
+        modality,
+        series_number,
+        study_pk,
+        study_uid,
+        study_date,
+        study_time,
+        description,
+        study_id,
+        accession,
+        patient_pk,
+        patient_id,
+        name,
+    ) in rows.iterator(chunk_size=5000):
+        if patient_pk not in patients:
+            patients[patient_pk] = _Node(
+                _record(
+                    "PATIENT", SpecificCharacterSet=_ISO_IR_192, PatientName=name, PatientID=patient_id or "UNKNOWN"
+                ),
+                f"PT{len(roots):06d}",
+            )
+            roots.append(patients[patient_pk])
+        patient = patients[patient_pk]
+        if study_pk not in studies:
+            studies[study_pk] = _Node(
+                _record(
+                    "STUDY",
+                    SpecificCharacterSet=_ISO_IR_192,
+                    StudyDate=study_date.strftime("%Y%m%d") if study_date else "19000101",
+                    StudyTime=study_time.strftime("%H%M%S") if study_time else "000000",
+                    StudyDescription=description,
+                    StudyInstanceUID=study_uid,
+                    StudyID=study_id,
+                    AccessionNumber=accession,
+                ),
+                f"ST{len(patient.children):06d}",
+            )
+            patient.children.append(studies[study_pk])
+        study = studies[study_pk]
+        if series_pk not in series:
+            series[series_pk] = _Node(
+                _record(
+                    "SERIES",
+                    Modality=modality or "OT",
+                    SeriesInstanceUID=series_uid,
+                    SeriesNumber=series_number if series_number is not None else len(study.children) + 1,
+                ),
+                f"SE{len(study.children):06d}",
+            )
+            study.children.append(series[series_pk])
+        parent = series[series_pk]
+        path = (patient.name, study.name, parent.name, f"IM{len(parent.children):06d}")
+        references = {
+            "ReferencedFileID": list(path),
+            "ReferencedSOPClassUIDInFile": sop_class,
+            "ReferencedSOPInstanceUIDInFile": sop,
+            "ReferencedTransferSyntaxUIDInFile": syntax,
+        }
+        if image_rows is not None:
+            leaf = _record(
+                "IMAGE", **references, InstanceNumber=number if number is not None else len(parent.children) + 1
+            )
+        else:
+            with read.open(key) as handle:
+                header = pydicom.dcmread(handle, stop_before_pixels=True)
+            try:
+                kind = _four_level_record_type(header)
+                leaf = DIRECTORY_RECORDERS[kind](header)
+            except (ValueError, KeyError, AttributeError):
+                skipped.append(sop)
+                file_ids[pk] = f"OTHER/{sop}.dcm"
+                continue
+            leaf = _record(kind, **references, **{e.keyword: e.value for e in leaf if e.keyword})
+        parent.children.append(_Node(leaf))
+        file_ids[pk] = "/".join(path)
+    return _write_dicomdir(institution, roots), file_ids, skipped
+
+
+def _write_dicomdir(institution: Institution, roots: list[_Node]) -> bytes:
+    """Encode the record tree; the offsets (byte positions of items) need a first pass to measure."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    flat: list[_Node] = []
+
+    def visit(nodes: list[_Node]) -> None:
+        for node in nodes:
+            flat.append(node)
+            visit(node.children)
+
+    visit(roots)
+    directory = Dataset()
+    directory.file_meta = FileMetaDataset()
+    directory.file_meta.MediaStorageSOPClassUID = MEDIA_STORAGE_DIRECTORY
+    directory.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    directory.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    directory.FileSetID = re.sub(r"[^A-Z0-9_ ]", "_", institution.slug.upper())[:16]
+    directory.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = 0
+    directory.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = 0
+    directory.FileSetConsistencyFlag = 0
+    directory.DirectoryRecordSequence = [node.record for node in flat]
+
+    def encode() -> bytes:
+        out = io.BytesIO()
+        pydicom.dcmwrite(out, directory, enforce_file_format=True)
+        return out.getvalue()
+
+    first = encode()
+    positions = [item.seq_item_tell for item in pydicom.dcmread(io.BytesIO(first)).DirectoryRecordSequence]
+    where = {id(node): positions[i] for i, node in enumerate(flat)}
+
+    def link(nodes: list[_Node]) -> None:
+        for i, node in enumerate(nodes):
+            node.record.OffsetOfTheNextDirectoryRecord = where[id(nodes[i + 1])] if i + 1 < len(nodes) else 0
+            node.record.OffsetOfReferencedLowerLevelDirectoryEntity = (
+                where[id(node.children[0])] if node.children else 0
+            )
+            link(node.children)
+
+    link(roots)
+    if roots:
+        directory.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = where[id(roots[0])]
+        directory.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = where[id(roots[-1])]
+    final = encode()
+    if len(final) != len(first):
+        raise ValueError("DICOMDIR offsets changed its length")
+    return final
 
 
 # FHIR R4 -----------------------------------------------------------------------------------

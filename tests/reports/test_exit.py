@@ -28,6 +28,7 @@ from django.db import connection
 from django.test import TestCase
 from django_fsm import TransitionNotAllowed
 from fhir.resources.R4B.bundle import Bundle
+from pydicom.fileset import FileSet
 
 from archive.copies.locations import forget, places
 from archive.ingest import store_instance
@@ -180,6 +181,7 @@ def _secrets(tenants) -> list[str]:
 
 
 @pytest.mark.s3
+@pytest.mark.dicom3tools
 @requires_s3
 @pytest.mark.skipif(not os.access(ORTHANC, os.X_OK), reason="needs Orthanc: apt-get install orthanc")
 def test_a_hospital_leaves_with_its_archive_and_nothing_stays(
@@ -230,6 +232,17 @@ def test_a_hospital_leaves_with_its_archive_and_nothing_stays(
     for record in records:
         data = files["DICOM/" + "/".join(record.ReferencedFileID)]
         assert hashlib.sha256(data).hexdigest() == stored[record.ReferencedSOPInstanceUIDInFile].sha256
+    media = tmp_path / "media"
+    for path, data in files.items():
+        (media / path).parent.mkdir(parents=True, exist_ok=True)
+        (media / path).write_bytes(data)
+    file_set = FileSet(media / "DICOM" / "DICOMDIR")  # pydicom reads the File-set back, every file found
+    assert {i.SOPInstanceUID for i in file_set} == set(stored)
+    assert all(Path(i.path).is_file() for i in file_set)
+    checked = subprocess.run(
+        ["dciodvfy", str(media / "DICOM" / "DICOMDIR")], capture_output=True, text=True, check=False
+    )
+    assert "Error" not in checked.stderr + checked.stdout, checked.stderr
     patients = [r for r in dicomdir.DirectoryRecordSequence if r.DirectoryRecordType == "PATIENT"]
     assert any("张" in str(r.PatientName) for r in patients)
 

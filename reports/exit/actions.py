@@ -172,9 +172,8 @@ def do_run_export(job_id: Any, attempt: int) -> str:
             sink.abort()
         return _end(job.pk, attempt, "fail", error=f"{type(exc).__name__}: {exc}")
     archive_size, archive_sha = None, ""
-    if job.destination == ExitJob.Destination.DOWNLOAD:
-        path = export.archive_path(job)
-        archive_size, archive_sha = path.stat().st_size, _sha256(path)
+    if isinstance(sink, export.TarSink):
+        archive_size, archive_sha = sink.path.stat().st_size, sink.sha256
     return _end(
         job.pk,
         attempt,
@@ -185,16 +184,6 @@ def do_run_export(job_id: Any, attempt: int) -> str:
         manifest_sha256=written.manifest_sha256,
         bytes_done=progress.bytes,
     )
-
-
-def _sha256(path: Any) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(export.COPY_BUFFER):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _end(job_id: Any, attempt: int, method: str, *, error: str = "", files: int = 0, **fields: Any) -> str:

@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 import tempfile
@@ -85,6 +86,21 @@ class _Hashing:
         return chunk
 
 
+class _HashingWriter:
+    """A write-only stream that digests what is written through it."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+
 class Sink(Protocol):
     def add(self, name: str, source: BinaryIO, size: int) -> str:
         """Write ``size`` bytes of ``source`` as ``name``; returns their SHA-256."""
@@ -101,7 +117,9 @@ class TarSink:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.partial = path.with_suffix(".partial")
-        self.tar = tarfile.open(self.partial, "w", format=tarfile.PAX_FORMAT)
+        # The tar's own digest is taken as it is written (no second pass over it).
+        self.out = _HashingWriter(open(self.partial, "wb"))  # noqa: SIM115 (closed in close/abort)
+        self.tar = tarfile.open(fileobj=self.out, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
         self.tar.copybufsize = COPY_BUFFER
         self.mtime = time.time()
 
@@ -112,12 +130,20 @@ class TarSink:
         self.tar.addfile(info, hashing)  # type: ignore[arg-type]
         return hashing.digest.hexdigest()
 
+    @property
+    def sha256(self) -> str:
+        return self.out.digest.hexdigest()
+
     def close(self) -> None:
         self.tar.close()
+        self.out.file.flush()
+        os.fsync(self.out.file.fileno())
+        self.out.file.close()
         self.partial.replace(self.path)
 
     def abort(self) -> None:
         self.tar.close()
+        self.out.file.close()
         self.partial.unlink(missing_ok=True)
 
 

@@ -103,12 +103,14 @@ def _slice(path: Any, start: int, length: int) -> Iterator[bytes]:
             yield chunk
 
 
-def ranged_file_response(request: Request, path: Any, size: int, etag: str, filename: str) -> HttpResponse:
+def ranged_file_response(
+    request: Request, path: Any, size: int, etag: str, filename: str
+) -> HttpResponse | FileResponse | StreamingHttpResponse:
     """The file, or the one byte range asked for (RFC 9110 14.2: ``Range``, ``If-Range``, 206/416)."""
     wanted = request.headers.get("Range", "")
     if_range = request.headers.get("If-Range", "")
     match = _RANGE.match(wanted.strip()) if wanted and (not if_range or if_range == etag) else None
-    response: HttpResponse
+    response: HttpResponse | FileResponse | StreamingHttpResponse
     if match is None or not (match.group(1) or match.group(2)):
         response = FileResponse(open(path, "rb"), as_attachment=True, filename=filename)
     else:
@@ -190,7 +192,7 @@ class ExitJobViewSet(viewsets.ViewSet):
         tags=["exit"],
     )
     @action(detail=True, methods=["get"])
-    def download(self, request: Request, pk: str) -> HttpResponse:
+    def download(self, request: Request, pk: str) -> HttpResponse | FileResponse | StreamingHttpResponse:
         """The export as one tar; ``Range: bytes=N-`` resumes a broken download (``If-Range`` with the ETag)."""
         job = access_own_exit_job(request.user, pk)
         path = archive_path(job)

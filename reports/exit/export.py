@@ -40,6 +40,7 @@ from django.core import serializers
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Count, Sum
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from archive.copies.locations import reader
 from archive.models import Instance, Study
@@ -297,7 +298,7 @@ def _versions(institution: Institution) -> Iterator[ReportVersion]:
 
 # DICOMDIR (PS3.10 section 8, PS3.3 Annex F) ---------------------------------------------
 
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+MEDIA_STORAGE_DIRECTORY = UID("1.2.840.10008.1.3.10")
 _ISO_IR_192 = "ISO_IR 192"  # the index keeps decoded Unicode: records carry it as UTF-8
 
 

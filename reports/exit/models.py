@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.db import models
 from django.utils import timezone
@@ -78,23 +79,23 @@ class ExitJob(ConcurrentTransitionMixin, models.Model):
     # Transition methods change only this row (django-fsm-2's advice).
 
     @transition(field=state, source=State.QUEUED, target=State.RUNNING)
-    def start(self, *, now: object) -> None:
+    def start(self, *, now: Any) -> None:
         self.started_at = now
         self.finished_at = None
         self.error = ""
         self.files_done = self.bytes_done = 0
 
     @transition(field=state, source=State.RUNNING, target=State.DONE)
-    def finish(self, *, now: object) -> None:
+    def finish(self, *, now: Any) -> None:
         self.finished_at = now
 
     @transition(field=state, source=State.RUNNING, target=State.FAILED)
-    def fail(self, *, now: object, error: str) -> None:
+    def fail(self, *, now: Any, error: str) -> None:
         self.finished_at = now
         self.error = error[:2000]
 
     @transition(field=state, source=[State.QUEUED, State.RUNNING], target=State.CANCELLED)
-    def cancel(self, *, now: object) -> None:
+    def cancel(self, *, now: Any) -> None:
         self.finished_at = now
 
     @transition(field=state, source=[State.FAILED, State.CANCELLED, State.DONE], target=State.QUEUED)
@@ -105,6 +106,6 @@ class ExitJob(ConcurrentTransitionMixin, models.Model):
         self.archive_sha256 = self.manifest_sha256 = ""
 
     @transition(field=state, source=State.DONE, target=State.OFFBOARDED)
-    def offboard(self, *, now: object, by: str) -> None:
+    def offboard(self, *, now: Any, by: str) -> None:
         self.offboarded_at = now
         self.offboarded_by = by

@@ -140,7 +140,7 @@ def _delete(qs: models.QuerySet, institution: Institution, counts: Counter, dept
             with transaction.atomic():
                 _, per_model = qs.delete()
         except (ProtectedError, RestrictedError) as exc:
-            blockers = getattr(exc, "protected_objects", None) or getattr(exc, "restricted_objects", set())
+            blockers: Any = getattr(exc, "protected_objects", None) or getattr(exc, "restricted_objects", None) or ()
             by_model: dict[type[models.Model], list[Any]] = defaultdict(list)
             for obj in blockers:
                 model = type(obj)

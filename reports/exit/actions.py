@@ -226,7 +226,9 @@ def do_offboard_institution(
         raise ExitRefused("Offboarding needs a finished export of the institution.", "export_not_done")
     if confirm != job.institution_slug:
         raise ExitRefused("Type the institution's short name to confirm.", "confirmation_mismatch", 400)
-    institution = Institution.objects.get(pk=job.institution_id)
+    institution = Institution.objects.filter(pk=job.institution_id).first()
+    if institution is None:
+        raise ExitRefused("The institution is already offboarded.", "already_offboarded")
     started = timezone.now()
     counted = offboard.inventory(institution)
     edges = offboard.edge_copies(institution)

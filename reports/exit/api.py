@@ -70,7 +70,6 @@ class ExitRequestSerializer(serializers.Serializer):
     destination = serializers.ChoiceField(choices=ExitJob.Destination.choices, default=ExitJob.Destination.DOWNLOAD)
     bucket = serializers.CharField(max_length=63, required=False, default="")
     prefix = serializers.CharField(max_length=200, required=False, default="")
-    endpoint_url = serializers.URLField(max_length=300, required=False, default="")
 
 
 class OffboardSerializer(serializers.Serializer):
@@ -153,7 +152,6 @@ class ExitJobViewSet(viewsets.ViewSet):
                 destination=data.validated_data["destination"],
                 bucket=data.validated_data["bucket"],
                 prefix=data.validated_data["prefix"],
-                endpoint_url=data.validated_data["endpoint_url"],
                 request=request,
             )
         except actions.ExitRefused as exc:

@@ -6,6 +6,7 @@ from pacs_cloud.restapi import Router
 
 from . import api, priors, views
 from .exit import api as exit_api
+from .exit import pages as exit_pages
 
 router = Router()
 router.register("api/v1/reports", api.ReportViewSet, basename="reports-report")
@@ -25,6 +26,11 @@ urlpatterns: list = [
         views.acknowledge,
         name="reports-acknowledge-critical",
     ),
+    path("reports/exit/", exit_pages.exit_page, name="reports-list-exits"),
+    path("reports/exit/start/", exit_pages.start_export, name="reports-start-export"),
+    path("reports/exit/<uuid:job_id>/cancel/", exit_pages.cancel_export, name="reports-cancel-export"),
+    path("reports/exit/<uuid:job_id>/restart/", exit_pages.restart_export, name="reports-restart-export"),
+    path("reports/exit/<uuid:job_id>/offboard/", exit_pages.offboard, name="reports-offboard-institution"),
     path("api/v1/studies/<uuid:pk>/priors/", priors.StudyPriorsView.as_view(), name="reports-list-study-priors"),
     *router.urls,
 ]

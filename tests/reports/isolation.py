@@ -161,3 +161,16 @@ isolation.route(
     reachable=False,
     reason="only an offboarded institution's export has a certificate; before that everyone gets 404",
 )
+
+# The exit's page.
+isolation.param("job_id", "exit_job.id")
+isolation.route("/reports/exit/")
+isolation.route("/reports/exit/{job_id}/cancel/", reachable=False, reason=POST_ONLY)
+isolation.route("/reports/exit/{job_id}/restart/", reachable=False, reason=POST_ONLY)
+isolation.route(
+    "/reports/exit/{job_id}/offboard/",
+    open_to={"platform"},
+    reachable=False,
+    reason=POST_ONLY,
+    bodies={"post": isolation.Form({"confirm": "not-the-slug"})},
+)

@@ -43,7 +43,7 @@ from reports.exit.models import ExitJob
 from reports.exit.offboard import keys_under
 from reports.models import Report
 from tests.archive.conftest import make_ct
-from tests.conftest import PASSWORD, api_client, free_port
+from tests.conftest import PASSWORD, api_client, free_port, web_client
 from tests.isolation.harness import ask, client_for, discover, leaked
 
 from .conftest import make_reading, write_and_sign
@@ -388,6 +388,35 @@ def test_a_cancelled_export_restarts_as_a_new_attempt(tenants, tmp_path, setting
     with pytest.raises(export.Cancelled):
         export.write_export(job, export.TarSink(tmp_path / "x.tar"), export.Progress(cancel_midway, every=0))
     assert calls == [1]
+
+
+def test_the_exit_page_shows_each_administrator_their_own(tenants, platform_admin, tmp_path, settings):
+    settings.STORAGE_URL = f"file://{tmp_path / 'objects'}"
+    a = tenants.a.institution
+    a.name = "阿尔法县医院"
+    a.save(update_fields=["name"])
+    job = actions.do_request_export(a, acting_user=tenants.a.institution_admin)
+    ExitJob.objects.filter(pk=job.pk).update(state=ExitJob.State.DONE, archive_size=1000)  # as if it had run
+    page = web_client(tenants.a.institution_admin).get("/reports/exit/")
+    text = page.content.decode()
+    assert page.status_code == 200 and "阿尔法县医院" in text and "UTC+8" in text
+    assert f"/api/v1/exits/{job.pk}/download/" in text
+    other = web_client(tenants.b.institution_admin)
+    assert str(job.pk) not in other.get("/reports/exit/").content.decode()
+    assert other.post(f"/reports/exit/{job.pk}/restart/").status_code == 404
+    assert web_client(tenants.a.radiologist).get("/reports/exit/").status_code == 404
+    platform = web_client(platform_admin)
+    assert f"/reports/exit/{job.pk}/offboard/" in platform.get("/reports/exit/").content.decode()
+    assert platform.post(f"/reports/exit/{job.pk}/offboard/", {"confirm": "wrong"}).status_code == 302
+    assert Institution.objects.filter(pk=a.pk).exists()
+    assert (
+        web_client(tenants.a.institution_admin)
+        .post(f"/reports/exit/{job.pk}/offboard/", {"confirm": a.slug})
+        .status_code
+        == 404
+    )
+    restarted = web_client(tenants.a.institution_admin).post(f"/reports/exit/{job.pk}/restart/")
+    assert restarted.status_code == 302 and ExitJob.objects.get(pk=job.pk).attempt == 2
 
 
 S, M = ExitJob.State, ExitJob

@@ -103,7 +103,11 @@ def main() -> None:
     from reports.exit.models import ExitJob
 
     hospital = Institution.objects.create(
-        slug="exit-bench", name="Exit Bench Hospital", accession_prefix="XB", patient_id_issuer="XB", time_zone="Asia/Shanghai"
+        slug="exit-bench",
+        name="Exit Bench Hospital",
+        accession_prefix="XB",
+        patient_id_issuer="XB",
+        time_zone="Asia/Shanghai",
     )
     admin = User.objects.create(username="admin@exit-bench")
     Membership.objects.create(user=admin, institution=hospital, role=Role.INSTITUTION_ADMIN)

@@ -62,7 +62,7 @@ class Cancelled(Exception):
 
 def export_dir() -> Path:
     """Where download archives are kept until fetched (and removed at offboarding)."""
-    return Path(settings.DATA_DIR) / "exports"
+    return Path(settings.EXIT_EXPORT_DIR)
 
 
 def archive_path(job: ExitJob) -> Path:
@@ -444,8 +444,8 @@ def build_dicomdir(institution: Institution) -> tuple[bytes, dict[Any, str], lis
                 "IMAGE", **references, InstanceNumber=number if number is not None else len(parent.children) + 1
             )
         else:
-            with read.open(key) as handle:
-                header = pydicom.dcmread(handle, stop_before_pixels=True)
+            with read.open(key) as handle:  # an S3 body cannot seek: read the (small, non-image) object
+                header = pydicom.dcmread(io.BytesIO(handle.read()), stop_before_pixels=True)
             try:
                 kind = _four_level_record_type(header)
                 leaf = DIRECTORY_RECORDERS[kind](header)

@@ -55,6 +55,11 @@ requires_s3 = pytest.mark.skipif(
 ORTHANC = "/usr/sbin/Orthanc"
 
 
+@pytest.fixture(autouse=True)
+def _exports(settings, tmp_path):
+    settings.EXIT_EXPORT_DIR = str(tmp_path / "exports")
+
+
 @pytest.fixture
 def eager():
     celery_app.conf.task_always_eager = True

@@ -245,6 +245,8 @@ def do_offboard_institution(
     rows, people = offboard.purge_database(institution)
     with transaction.atomic():
         job = _locked(job)
+        if job.state != ExitJob.State.DONE:  # offboarded by a concurrent request meanwhile
+            raise ExitRefused("The institution is already offboarded.", "already_offboarded")
         certificate = {
             "format": offboard.CERTIFICATE_FORMAT,
             "institution": {"id": str(institution.pk), "slug": institution.slug, "name": institution.name},

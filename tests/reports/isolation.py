@@ -163,12 +163,12 @@ isolation.route(
 )
 
 # The exit's page.
-isolation.param("job_id", "exit_job.id")
 isolation.route("/reports/exit/")
-isolation.route("/reports/exit/{job_id}/cancel/", reachable=False, reason=POST_ONLY)
-isolation.route("/reports/exit/{job_id}/restart/", reachable=False, reason=POST_ONLY)
+isolation.route("/reports/exit/{job_id}/cancel/", job_id="exit_job.id", reachable=False, reason=POST_ONLY)
+isolation.route("/reports/exit/{job_id}/restart/", job_id="exit_job.id", reachable=False, reason=POST_ONLY)
 isolation.route(
     "/reports/exit/{job_id}/offboard/",
+    job_id="exit_job.id",
     open_to={"platform"},
     reachable=False,
     reason=POST_ONLY,

@@ -261,6 +261,8 @@ HEALTH_STORAGE_PROBE = "archive.storage.health_probe"
 # object may stay only in the cache before the sweep copies it, and how long
 # cached copies are kept for fast reads after they are in the object store.
 STORAGE_CACHE_DIR = env.str("STORAGE_CACHE_DIR", default=str(DATA_DIR / "storage-cache"))
+# Download archives of institutions' exports (reports.exit), kept until offboarding: as large as an archive.
+EXIT_EXPORT_DIR = env.str("EXIT_EXPORT_DIR", default=str(DATA_DIR / "exports"))
 STORAGE_COPY_WORKERS = env.int("STORAGE_COPY_WORKERS", default=4)
 S3_MULTIPART_BYTES = env.int("S3_MULTIPART_BYTES", default=8 * 1024 * 1024)
 STORAGE_COPY_GRACE_SECONDS = env.int("STORAGE_COPY_GRACE_SECONDS", default=60)

@@ -175,3 +175,9 @@ class Transition(models.Model):
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["content_type", "object_id", "id"])]
+
+
+# The metering part's models live in pacs_cloud.metering.models but belong to
+# this app (its tables, its migrations): importing them here is how Django
+# finds them. Code that uses them imports them from there.
+from .metering.models import Price, UsageCounter  # noqa: E402, F401

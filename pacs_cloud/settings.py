@@ -373,6 +373,8 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "archive.copies.tasks.apply_lifecycle_rules",
         "schedule": LIFECYCLE_SWEEP_SECONDS,
     },
+    # Usage metering: the bytes each institution stores, per tier and site (the day's latest wins).
+    "archive-snapshot-storage-usage": {"task": "archive.copies.tasks.snapshot_storage_usage", "schedule": 21600.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"

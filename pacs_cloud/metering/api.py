@@ -38,13 +38,20 @@ class StatementLineSerializer(serializers.Serializer):
     amount = serializers.DecimalField(max_digits=16, decimal_places=2, coerce_to_string=True)
 
 
+class LocalDateTimeField(serializers.DateTimeField):
+    """An instant as the institution's clock reads it, with its offset (``2026-02-01T00:00:00+08:00``)."""
+
+    def to_representation(self, value: Any) -> str:
+        return value.isoformat()
+
+
 class StatementSerializer(serializers.Serializer):
     institution_id = serializers.UUIDField(source="institution.pk")
     institution_name = serializers.CharField(source="institution.name")
     time_zone = serializers.CharField(source="institution.time_zone")
     month = serializers.CharField(source="label", help_text="YYYY-MM, in the institution's time zone")
-    starts_at = serializers.DateTimeField(help_text="The month's first instant (the institution's midnight)")
-    ends_at = serializers.DateTimeField(help_text="The first instant after the month")
+    starts_at = LocalDateTimeField(help_text="The month's first instant (the institution's midnight)")
+    ends_at = LocalDateTimeField(help_text="The first instant after the month")
     currency = serializers.CharField()
     lines = StatementLineSerializer(many=True)
     total = serializers.DecimalField(max_digits=16, decimal_places=2, coerce_to_string=True)

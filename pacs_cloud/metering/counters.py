@@ -58,7 +58,9 @@ def _zone_name(institution_id: UUID) -> str:
         return known[1]
     from ..models import Institution
 
-    name = Institution.objects.filter(pk=institution_id).values_list("time_zone", flat=True).first() or "UTC"
+    name = Institution.objects.filter(pk=institution_id).values_list("time_zone", flat=True).first()
+    if name is None:
+        return "UTC"  # not visible to this connection (yet): not remembered
     _zones[institution_id] = (now + _ZONE_SECONDS, name)
     return name
 
@@ -115,6 +117,9 @@ def set_usage(institution: Any, metric: str, quantity: int, *, dimension: str = 
 _Pending = tuple[UUID, int, str, str]
 _buffer: dict[_Pending, int] = {}
 _lock = threading.Lock()
+# Held while a batch is taken and written, so a page that flushes waits for a
+# background write under way and then sees its counts.
+_writing = threading.Lock()
 _wake = threading.Event()
 _flusher: tuple[int, threading.Thread] | None = None
 
@@ -154,12 +159,13 @@ def _write_pending(pending: dict[_Pending, int]) -> None:
 
 def flush() -> None:
     """Write what this process has counted but not yet written (pages call it before they sum)."""
-    rows = _take()
-    try:
-        _write_pending(rows)
-    except DatabaseError:
-        _put_back(rows)
-        raise
+    with _writing:
+        rows = _take()
+        try:
+            _write_pending(rows)
+        except DatabaseError:
+            _put_back(rows)
+            raise
 
 
 def _flush_in_background() -> None:
@@ -167,18 +173,22 @@ def _flush_in_background() -> None:
         _wake.wait()
         time.sleep(FLUSH_SECONDS)  # gather a second's worth into one statement
         _wake.clear()
-        rows = _take()
-        try:
-            _write_pending(rows)
-        except Exception:
-            log.warning("usage counters not written yet; retrying", exc_info=True)
-            _put_back(rows)
+        failed = False
+        with _writing:
+            rows = _take()
+            try:
+                _write_pending(rows)
+            except Exception:
+                log.warning("usage counters not written yet; retrying", exc_info=True)
+                _put_back(rows)
+                failed = True
+            finally:
+                # This thread's connection is not a request's: close it, so none is
+                # left open between flushes.
+                connection.close()
+        if failed:
             _wake.set()
             time.sleep(FLUSH_SECONDS * 5)
-        finally:
-            # This thread's connection is not a request's: close it, so none is
-            # left open between flushes.
-            connection.close()
 
 
 def _ensure_flusher() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import DatabaseError, connection
+from django.db.models import Field
 from django.utils import timezone
 
 from ..lib.local_time import zone
@@ -75,24 +76,24 @@ def local_day(institution: Any, at: dt.datetime | None = None) -> dt.date:
     return (at or timezone.now()).astimezone(_zone_of(institution)).date()
 
 
+_COLUMNS = ("institution_id", "day", "metric", "dimension", "quantity", "updated_at")
+_FIELDS: list[Field] = [UsageCounter._meta.get_field(name) for name in _COLUMNS]  # type: ignore[misc]
+
+
 def _write(rows: dict[Key, int], *, replace: bool) -> None:
     if not rows:
         return
     now = timezone.now()
-    # One row per key: PostgreSQL refuses to update one row twice in one statement.
-    values: list[Any] = []
-    for (institution_id, day, metric, dimension), quantity in sorted(rows.items(), key=lambda r: str(r[0])):
-        values += [institution_id, day, metric, dimension, quantity, now]
+    # One row per key (PostgreSQL refuses to update one row twice in one
+    # statement), in a fixed order so two writers lock rows in the same order.
+    params: list[Any] = []
+    for (institution_id, day, metric, dimension), count in sorted(rows.items(), key=lambda r: str(r[0])):
+        row = (institution_id, day, metric, dimension, count, now)
+        params += [f.get_db_prep_save(value, connection) for f, value in zip(_FIELDS, row, strict=True)]
     placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))
     quantity = "EXCLUDED.quantity" if replace else f"{_TABLE}.quantity + EXCLUDED.quantity"
-    prepared = [
-        UsageCounter._meta.get_field(name).get_db_prep_save(value, connection)
-        for value, name in zip(
-            values, ["institution_id", "day", "metric", "dimension", "quantity", "updated_at"] * len(rows), strict=True
-        )
-    ]
     with connection.cursor() as cursor:
-        cursor.execute(_UPSERT.format(rows=placeholders, quantity=quantity), prepared)
+        cursor.execute(_UPSERT.format(rows=placeholders, quantity=quantity), params)
 
 
 def record_usage(
@@ -131,8 +132,10 @@ def count_later(institution_id: Any, metric: str, quantity: int = 1, *, dimensio
     key = (_uuid(institution_id), int(time.time()) // 60, str(metric), dimension)
     with _lock:
         _buffer[key] = _buffer.get(key, 0) + quantity
-    _ensure_flusher()
-    _wake.set()
+    if _flusher is None or _flusher[0] != os.getpid():
+        _ensure_flusher()
+    if not _wake.is_set():  # waking the writer is the costly part: once per batch
+        _wake.set()
 
 
 def _take() -> dict[_Pending, int]:

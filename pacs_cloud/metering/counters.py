@@ -172,6 +172,7 @@ def flush() -> None:
 
 
 def _flush_in_background() -> None:
+    failures = 0
     while True:
         _wake.wait()
         time.sleep(FLUSH_SECONDS)  # gather a second's worth into one statement
@@ -182,9 +183,14 @@ def _flush_in_background() -> None:
             try:
                 _write_pending(rows)
             except Exception:
-                log.warning("usage counters not written yet; retrying", exc_info=True)
+                # A passing failure (a restarting database) is retried quietly at first.
+                failures += 1
+                level = logging.WARNING if failures >= 3 else logging.DEBUG
+                log.log(level, "usage counters not written yet (attempt %d); retrying", failures, exc_info=True)
                 _put_back(rows)
                 failed = True
+            else:
+                failures = 0
             finally:
                 # This thread's connection is not a request's: close it, so none is
                 # left open between flushes.

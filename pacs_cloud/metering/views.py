@@ -21,6 +21,7 @@ from django.urls import reverse
 from .. import audit
 from ..access import institution_ids
 from ..models import Institution, Role
+from ..tenancy import current_institution
 from . import counters
 from .access import access_statement_institution, is_platform_admin, require_platform_admin
 from .actions import do_set_prices
@@ -68,7 +69,7 @@ def usage_home(request: HttpRequest) -> HttpResponse:
     administered = institution_ids(request.user, [Role.INSTITUTION_ADMIN])
     if not administered:
         raise Http404("No such page")
-    current = getattr(request, "institution", None)
+    current = current_institution(request)
     chosen = current.pk if current is not None and current.pk in administered else sorted(administered, key=str)[0]
     institution = Institution.objects.get(pk=chosen)
     return redirect(

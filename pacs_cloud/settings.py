@@ -492,7 +492,7 @@ HOME_PANELS = [
 ]
 # Columns of the platform administrator's table of institutions, each a
 # function answering (title, {institution id: count}).
-HOME_INSTITUTION_COUNTS = ["archive.home.studies_per_institution"]
+HOME_INSTITUTION_COUNTS = ["archive.home.studies_per_institution", "pacs_cloud.metering.statements.totals_this_month"]
 # Reading workflow: minutes per priority when neither policy nor agreement says,
 # the claims a reader may hold at once (pools set their own), how long an
 # untouched claim lasts, and the SLA sweep.

@@ -171,3 +171,14 @@ def _uuids(values: Iterable[str]) -> list[UUID]:
         except ValueError:
             continue
     return found
+
+
+def totals_this_month() -> tuple[str, dict[Any, str]]:
+    """The platform table's usage column: each institution's total so far in its own current month."""
+    by_month: dict[dt.date, list[Institution]] = defaultdict(list)
+    for institution in Institution.objects.all():
+        by_month[current_month(institution)].append(institution)
+    totals: dict[Any, str] = {}
+    for month, institutions in by_month.items():
+        totals.update({s.institution.pk: f"{s.total:,.2f}" for s in statements(institutions, month)})
+    return f"Usage this month ({CURRENCY})", totals

@@ -218,8 +218,8 @@ def _flush_at_exit() -> None:
     if _buffer:
         try:
             flush()
-        except Exception:
-            log.exception("usage counters lost at exit")
+        except Exception as exc:
+            log.warning("usage counters of this process's last second lost at exit: %s", exc)
 
 
 def pending() -> Iterable[tuple[_Pending, int]]:

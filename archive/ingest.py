@@ -26,6 +26,7 @@ birth date and sex do not change between studies.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import io
 import logging
@@ -56,9 +57,10 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from pacs_cloud import audit
+from pacs_cloud import audit, metering
 from pacs_cloud.lib import dicom_datetime
 from pacs_cloud.lib.uids import InvalidUID, is_valid_uid, require_uid
+from pacs_cloud.metering.models import Metric
 from pacs_cloud.models import Institution
 
 from . import names, signals
@@ -1398,6 +1400,7 @@ def _index(
     announce: list[Callable[[], Any]] = []
     study_uid, series_uid, _, _ = uids
     institution = instance.institution
+    study_created = False
     location = instance.location
     now = instance.received_at
     ref = session.studies.get(study_uid)
@@ -1417,7 +1420,7 @@ def _index(
         # rows it needs are created (and the receipt audited) with the
         # instance, and remembered only once that has committed.
         with transaction.atomic():
-            study_created = series_created = False
+            series_created = False
             if ref is None:
                 ref, study_created = _get_or_create_study(ds, study_uid, institution, now)
             series_ref = ref.series.get(series_uid)
@@ -1461,7 +1464,20 @@ def _index(
     )
     if location != STORED:
         announce.append(lambda: _schedule_copy(instance.pk))
+    if session.source.via not in UNMETERED_SOURCES:
+        announce.append(functools.partial(_meter, institution.pk, study_created))
     return announce
+
+
+# Objects the archive made itself (a rebuilt index, a signed report's PDF) are not "received".
+UNMETERED_SOURCES = frozenset({"rebuild", "report"})
+
+
+def _meter(institution_pk: Any, new_study: bool) -> None:
+    # An in-memory add: the counters are written in batches, off this path.
+    metering.count_later(institution_pk, Metric.INSTANCES_RECEIVED)
+    if new_study:
+        metering.count_later(institution_pk, Metric.STUDIES_RECEIVED)
 
 
 # Statements of the per-instance hot path. Only table and column names from

@@ -250,3 +250,9 @@ class Invitation(models.Model):
         if self.accepted_at is not None:
             return "accepted"
         return "open" if self.expires_at > timezone.now() else "expired"
+
+
+# The metering part's models live in pacs_cloud.metering.models but belong to
+# this app (its tables, its migrations): importing them here is how Django
+# finds them. Code that uses them imports them from there.
+from .metering.models import Price, UsageCounter  # noqa: E402, F401

@@ -389,6 +389,8 @@ CELERY_BEAT_SCHEDULE: dict = {
         "task": "archive.copies.tasks.apply_lifecycle_rules",
         "schedule": LIFECYCLE_SWEEP_SECONDS,
     },
+    # Usage metering: the bytes each institution stores, per tier and site (the day's latest wins).
+    "archive-snapshot-storage-usage": {"task": "archive.copies.tasks.snapshot_storage_usage", "schedule": 21600.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"
@@ -508,7 +510,7 @@ HOME_PANELS = [
 ]
 # Columns of the platform administrator's table of institutions, each a
 # function answering (title, {institution id: count}).
-HOME_INSTITUTION_COUNTS = ["archive.home.studies_per_institution"]
+HOME_INSTITUTION_COUNTS = ["archive.home.studies_per_institution", "pacs_cloud.metering.statements.totals_this_month"]
 # Reading workflow: minutes per priority when neither policy nor agreement says,
 # the claims a reader may hold at once (pools set their own), how long an
 # untouched claim lasts, and the SLA sweep.

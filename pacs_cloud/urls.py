@@ -61,6 +61,7 @@ urlpatterns = [
         name="api-redoc",
     ),
     path("admin/", admin.site.urls),
+    path("", include("pacs_cloud.metering.urls")),
     path("", include("archive.urls")),
     path("", include("worklist.urls")),
     path("", include("workflow.urls")),

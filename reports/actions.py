@@ -23,9 +23,10 @@ from archive import names
 from archive.access import seen_as_prior
 from archive.actions import do_mark_study_reported
 from archive.models import Instance, Study
-from pacs_cloud import audit, push
+from pacs_cloud import audit, metering, push
 from pacs_cloud.fsm import apply_transition
 from pacs_cloud.lib.local_time import format_local
+from pacs_cloud.metering.models import Metric
 from pacs_cloud.models import Membership, Role, User
 
 from . import exports, signing
@@ -648,6 +649,8 @@ def _sign(
         )
         if kind != ReportVersion.Kind.PRELIMINARY:
             _complete_reading(locked, acting_user, amended=addendum)
+            # Final signatures, addenda and amendments are metered; a preliminary is not.
+            metering.record_usage(locked.institution_id, Metric.REPORTS_SIGNED)
         else:
             _task_step(locked, acting_user, "preliminary")
         if critical:

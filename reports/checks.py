@@ -10,7 +10,7 @@ from django.core.checks import Warning, register
 
 @register()
 def check_pdf_font(app_configs: Any, **kwargs: Any) -> list[Warning]:
-    from .pdf import FontUnavailable, cjk_font
+    from pacs_cloud.lib.pdf_text import FontUnavailable, cjk_font
 
     try:
         cjk_font(settings.REPORTS_PDF_CJK_FONT)

@@ -9,32 +9,25 @@ Latin text is set in Helvetica; every run of characters Helvetica cannot
 print (Chinese findings, the patient's ideographic name) is set in the CJK
 font named by ``REPORTS_PDF_CJK_FONT``, embedded as a subset, so the PDF
 prints and its text can be searched and extracted (reports.W001 warns when
-the font is missing).
+the font is missing); the font machinery is ``pacs_cloud.lib.pdf_text``.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import re
-from functools import lru_cache
-from itertools import groupby
-from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
-from django.conf import settings
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
-from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.ttfonts import TTFError, TTFont
 from reportlab.platypus import Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from archive.models import Instance
 from pacs_cloud.lib.image_labels import image_label
 from pacs_cloud.lib.local_time import format_local
+from pacs_cloud.lib.pdf_text import markup, paragraph
 from pacs_cloud.lib.person_names import display_name
 
 from .models import Report, ReportVersion
@@ -43,47 +36,6 @@ log = logging.getLogger(__name__)
 
 SECTION_TITLES = (("technique", "Technique"), ("findings", "Findings"), ("impression", "Impression"))
 KEY_IMAGE_SIZE = 256  # pixels of the longer side
-
-
-class FontUnavailable(Exception):
-    """The configured CJK font cannot be read or embedded."""
-
-
-@lru_cache(maxsize=4)
-def cjk_font(path: str) -> str:
-    """Register the TrueType font (or a collection's first face) at ``path``; its name for ``<font name>``.
-
-    reportlab embeds TrueType outlines only: an OpenType font with CFF
-    outlines (``.otf``, e.g. Noto Sans CJK) raises :class:`FontUnavailable`.
-    """
-    if not path or not Path(path).is_file():
-        raise FontUnavailable(f"no font file at {path!r}")
-    name = f"ReportCJK-{Path(path).stem}"
-    try:
-        pdfmetrics.registerFont(TTFont(name, path, subfontIndex=0))
-    except (TTFError, OSError) as exc:
-        raise FontUnavailable(f"{path}: {exc}") from exc
-    return name
-
-
-def _cjk_font_name() -> str | None:
-    try:
-        return cjk_font(settings.REPORTS_PDF_CJK_FONT)
-    except FontUnavailable as exc:
-        log.warning("report PDF without its CJK font (reports.W001): %s", exc)
-        return None
-
-
-def _beyond_helvetica(char: str) -> bool:
-    # The standard PDF fonts print WinAnsi (cp1252) only.
-    try:
-        char.encode("cp1252")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-_WIDE = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
 def _styles() -> dict[str, ParagraphStyle]:
@@ -99,21 +51,8 @@ def _styles() -> dict[str, ParagraphStyle]:
     }
 
 
-def _text(value: str) -> str:
-    """Paragraph markup for plain text: escaped, line breaks kept, non-Latin runs in the CJK font."""
-    font = _cjk_font_name()
-    out = []
-    for wide, chars in groupby(value, key=_beyond_helvetica):
-        chunk = escape("".join(chars)).replace("\n", "<br/>")
-        out.append(f'<font name="{font}">{chunk}</font>' if wide and font else chunk)
-    return "".join(out)
-
-
-def _para(value: str, style: ParagraphStyle) -> Paragraph:
-    """A paragraph of plain text; text with Chinese, Japanese or Korean may break between any two characters."""
-    if _WIDE.search(value):
-        style = ParagraphStyle(f"{style.name}-cjk", parent=style, wordWrap="CJK")
-    return Paragraph(_text(value), style)
+_text = markup
+_para = paragraph
 
 
 def key_image_jpeg(key_image: dict[str, Any], instance: Instance) -> bytes | None:

@@ -20,8 +20,9 @@ from django.http import Http404, HttpRequest
 from archive.access import access_study, can_view_study, seen_as_prior, visible_studies
 from archive.copies.lifecycle import note_study_read
 from archive.models import Instance, Patient, Series, Study
-from pacs_cloud import audit
+from pacs_cloud import audit, metering
 from pacs_cloud.access import CLINICAL_ROLES, institution_ids
+from pacs_cloud.metering.models import Metric
 
 from .models import KeyImage
 
@@ -181,6 +182,8 @@ def record_study_view(request: HttpRequest, study: Study, *, via: str) -> bool:
         institution=study.institution_id,
         detail={"via": via, "study_instance_uid": study.study_instance_uid, **_as_prior(request, study)},
     )
+    # A read is an audited opening, metered for the institution whose study it is.
+    metering.record_usage(study.institution_id, Metric.READS)
     return True
 
 

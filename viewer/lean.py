@@ -158,6 +158,7 @@ async def _lean(
         body = render_cached(etag) or await sync_to_async(render_frame, thread_sensitive=False)(
             target, number, params, kind=kind
         )
+    views.count_rendered(target.institution_id)  # in memory only: no database on the loop
     response = HttpResponse(body, content_type=params.media_type)
     response["X-Content-Type-Options"] = "nosniff"
     return views._cached_headers(response, etag)

@@ -38,10 +38,11 @@ from rest_framework.views import APIView
 from archive.access import access_study, seen_as_prior
 from archive.copies.restore import pending_restore
 from archive.models import Instance, Series, Study
-from pacs_cloud import audit
+from pacs_cloud import audit, metering
 from pacs_cloud.authentication import BasicAuthentication, BearerTokenAuthentication
 from pacs_cloud.lib import image_labels
 from pacs_cloud.lib.person_names import display_name
+from pacs_cloud.metering.models import Metric
 from workflow.access import held_tasks
 
 from . import actions, mpr, pixels
@@ -178,10 +179,18 @@ def _cached_headers(response: Any, etag: str) -> Any:
     return response
 
 
-def _image_response(request: Request, etag: str, media_type: str, produce: Any) -> HttpResponseBase:
+def _image_response(request: Request, etag: str, media_type: str, produce: Any, *, owner: Any) -> HttpResponseBase:
+    """One rendered image, counted for ``owner`` (the institution whose study it shows) unless not modified."""
     if _not_modified(request, etag):
         return _cached_headers(HttpResponse(status=304), etag)
-    return _cached_headers(HttpResponse(_rendered(produce), content_type=media_type), etag)
+    body = _rendered(produce)
+    count_rendered(owner)
+    return _cached_headers(HttpResponse(body, content_type=media_type), etag)
+
+
+def count_rendered(owner: Any, images: int = 1) -> None:
+    """Meter images rendered for the study's institution (an in-memory add; see pacs_cloud.metering)."""
+    metering.count_later(owner, Metric.IMAGES_RENDERED, images)
 
 
 def _rendered(produce: Any) -> bytes:
@@ -207,11 +216,12 @@ async def _render_part(location: str, produce: Any) -> tuple[str, bytes | None]:
 
 
 def _multipart(
-    request: Request, parts: list[tuple[str, Any]], media_type: str, etag: str
+    request: Request, parts: list[tuple[str, Any]], media_type: str, etag: str, *, owner: Any
 ) -> HttpResponse | StreamingHttpResponse:
     """multipart/related of rendered images (PS3.18 8.7.3.3.2), rendered while streaming."""
     if _not_modified(request, etag):
         return _cached_headers(HttpResponse(status=304), etag)
+    count_rendered(owner, len(parts))
     boundary = secrets.token_hex(16)
 
     async def body() -> AsyncIterator[bytes]:
@@ -298,11 +308,15 @@ class FrameRendered(DicomWebView):
         if not multipart:
             etag = render_key(target, str(numbers[0]), params, kind)
             return _image_response(
-                request, etag, media_type, lambda: render_frame(target, numbers[0], params, kind=kind)
+                request,
+                etag,
+                media_type,
+                lambda: render_frame(target, numbers[0], params, kind=kind),
+                owner=target.institution_id,
             )
         etag = render_key(target, frames, params, kind)
         parts = [(self.instance_url(target, n), _producer(target, n, params, kind)) for n in numbers]
-        return _multipart(request, parts, media_type, etag)
+        return _multipart(request, parts, media_type, etag, owner=target.institution_id)
 
 
 class FrameThumbnail(FrameRendered):
@@ -325,9 +339,13 @@ class InstanceRendered(DicomWebView):
         record_study_view(request, target.series.study, via=f"dicomweb.{kind}")
         if media_type == "image/gif" and target.number_of_frames > 1 and not self.thumbnail:
             etag = render_key(target, "all", params, "animation")
-            return _image_response(request, etag, media_type, lambda: render_animation(target, params))
+            return _image_response(
+                request, etag, media_type, lambda: render_animation(target, params), owner=target.institution_id
+            )
         etag = render_key(target, "1", params, kind)
-        return _image_response(request, etag, media_type, lambda: render_frame(target, 1, params, kind=kind))
+        return _image_response(
+            request, etag, media_type, lambda: render_frame(target, 1, params, kind=kind), owner=target.institution_id
+        )
 
 
 class InstanceThumbnail(InstanceRendered):
@@ -368,7 +386,13 @@ class SeriesRendered(DicomWebView):
             instance = _representative(target)
             instance.series = target
             etag = render_key(instance, "1", params, kind)
-            return _image_response(request, etag, media_type, lambda: render_frame(instance, 1, params, kind=kind))
+            return _image_response(
+                request,
+                etag,
+                media_type,
+                lambda: render_frame(instance, 1, params, kind=kind),
+                owner=target.study.institution_id,
+            )
         media_type = _negotiate(request)
         params = _params(request, media_type)
         return _rendered_parts(self, request, [target], params, media_type)
@@ -394,7 +418,9 @@ class StudyRendered(DicomWebView):
                 if _image_instances(series):
                     instance = _representative(series)
                     etag = render_key(instance, "1", params, kind)
-                    return _image_response(request, etag, media_type, _producer(instance, 1, params, kind))
+                    return _image_response(
+                        request, etag, media_type, _producer(instance, 1, params, kind), owner=target.institution_id
+                    )
             raise RenderError("the study has no images", status=404)
         media_type = _negotiate(request)
         params = _params(request, media_type)
@@ -418,7 +444,7 @@ def _rendered_parts(
                 parts.append((view.instance_url(instance, n), _producer(instance, n, params, "rendered")))
     if not parts:
         raise RenderError("nothing to render: no images", status=404)
-    return _multipart(request, parts, media_type, digest.hexdigest()[:40])
+    return _multipart(request, parts, media_type, digest.hexdigest()[:40], owner=series_list[0].study.institution_id)
 
 
 # MPR ---------------------------------------------------------------------------
@@ -465,7 +491,7 @@ class MprImage(DicomWebView):
             image = pixels.to_image(display, aspect=mpr.plane_aspect(volume, plane), viewport=params.viewport)
             return pixels.encode(image, media_type, params.quality)
 
-        return _image_response(request, etag, media_type, produce)
+        return _image_response(request, etag, media_type, produce, owner=series.study.institution_id)
 
 
 # The viewer page and its API ------------------------------------------------------

@@ -28,8 +28,9 @@ from django_fsm import TransitionNotAllowed
 from archive.actions import do_mark_study_routed, grant_study_view, revoke_study_view
 from archive.models import Study
 from archive.priors.selection import select_priors
-from pacs_cloud import audit
+from pacs_cloud import audit, metering
 from pacs_cloud.fsm import apply_transition, record_transition
+from pacs_cloud.metering.models import Metric
 from pacs_cloud.models import Institution, Membership, Role, User
 
 from . import notify, policy, signals
@@ -869,9 +870,29 @@ def do_finalize_task(task: ReadingTask, *, acting_user: Any, reason: str = "") -
     now = timezone.now()
     with transaction.atomic():
         done = _holder_action(task, acting_user, "finalize", reason=reason, now=now)
+        _meter_pool_reading(done, acting_user)
         _advance_process(done.process_id, now)
     notify.notify_mine(done, acting_user.pk)
     return done
+
+
+def _meter_pool_reading(task: ReadingTask, reader: Any) -> None:
+    """A task read through another institution's pool: the hospital buys the reading, the pool's owner sells it."""
+    seller = (
+        TaskOffer.objects.filter(
+            task=task,
+            kind=TaskOffer.Kind.POOL,
+            pool__members__user_id=reader.pk,
+            pool__members__is_active=True,
+        )
+        .exclude(pool__owner_id=task.institution_id)
+        .values_list("pool__owner_id", flat=True)
+        .first()
+    )
+    if seller is None:
+        return
+    metering.record_usage(task.institution_id, Metric.POOL_READINGS_BOUGHT, dimension=str(seller))
+    metering.record_usage(seller, Metric.POOL_READINGS_SOLD, dimension=str(task.institution_id))
 
 
 def _advance_process(process_id: Any, now: datetime) -> None:

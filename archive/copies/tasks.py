@@ -14,11 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from celery import shared_task
 from django.conf import settings
 from django.db import close_old_connections, transaction
-from django.db.models import Count, F, IntegerField, Q, QuerySet, Value
+from django.db.models import Count, F, IntegerField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from ..models import CopyPolicy, Instance
+from pacs_cloud import metering
+from pacs_cloud.metering.models import Metric
+
+from ..models import CopyPolicy, Instance, ObjectCopy
 from . import actions, locations
 
 log = logging.getLogger(__name__)
@@ -162,3 +165,29 @@ def finish_restores(limit: int = 100) -> int:
         except Exception:  # one study's store failing must not stop the others
             log.exception("finishing the restore of study %s failed", study_pk)
     return done
+
+
+@shared_task(ignore_result=True)
+def snapshot_storage_usage() -> int:
+    """Meter what each institution keeps, per tier and site, today (its local day); returns the rows written.
+
+    One aggregate over the good copies, once a day (and again on a rerun: the
+    day's latest snapshot wins). Statements bill the month's daily snapshots
+    as GB-months.
+    """
+    rows = (
+        ObjectCopy.objects.filter(status=ObjectCopy.Status.GOOD)
+        .values("instance__institution_id", "location__tier", "location__site")
+        .annotate(stored=Sum("size"))
+        .order_by()
+    )
+    written = 0
+    for row in rows:
+        metering.set_usage(
+            row["instance__institution_id"],
+            Metric.STORED_BYTES,
+            row["stored"],
+            dimension=f"{row['location__tier']}/{row['location__site']}",
+        )
+        written += 1
+    return written

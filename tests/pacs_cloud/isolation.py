@@ -102,3 +102,20 @@ isolation.route(
     "/api/v1/invitation/accept/",
     bodies={"post": {"token": "not-a-token", "username": "intruder", "password": "a long enough passphrase"}},
 )
+# Usage statements: an institution's administrators and the platform administrator.
+_MONTH = isolation.const("2026-01")
+for _template in (
+    "/institutions/{institution_id}/usage/{month}/",
+    "/institutions/{institution_id}/usage/{month}/statement.csv",
+    "/institutions/{institution_id}/usage/{month}/statement.pdf",
+    "/api/v1/usage/statements/{institution_id}/{month}/",
+):
+    isolation.route(_template, institution_id="institution.id", month=_MONTH, open_to={"platform"})
+for _template in ("/usage/{month}/", "/api/v1/usage/overview/{month}/"):
+    isolation.route(
+        _template,
+        month=_MONTH,
+        open_to={"platform"},
+        reachable=False,
+        reason="every tenant's usage: the platform administrator's alone (tests/pacs_cloud/test_usage.py)",
+    )

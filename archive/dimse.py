@@ -326,56 +326,46 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
     """
 
     peers: PeerConnections | None = None
-    # With several service processes (archive.dimse_processes): the socket
-    # the parent listens on, and this process's share of the associations.
-    listening: socket.socket | None = None
+    # With several service processes (archive.dimse_processes): the channel
+    # the parent hands this process its connections on, and what tells the
+    # parent when one of them has ended.
+    handoff: socket.socket | None = None
     load: Any = None
 
     def server_bind(self) -> None:
-        if self.listening is None:
+        if self.handoff is None:
             super().server_bind()
             return
         if self.socket is not None:
             self.socket.close()
-        self.socket = self.listening
-        self.server_address = self.socket.getsockname()
+        self.socket = self.handoff  # serve_forever waits on it as on a listening socket
 
     def server_activate(self) -> None:
-        if self.listening is None:
+        if self.handoff is None:
             super().server_activate()
 
-    def server_close(self) -> None:
-        if self.listening is None:
-            super().server_close()
-        elif self.socket is not None:
-            self.socket.close()  # this process's descriptor; the others keep listening
-
-    def _handle_request_noblock(self) -> None:
-        if self.load is not None and not self.load.may_accept():
-            # Another process serves fewer associations: leave the connection
-            # to it, and take it after all if it is still waiting after 50 ms.
-            deadline = time.monotonic() + 0.05
-            while True:
-                time.sleep(0.005)
-                try:
-                    if self.socket is None or not select.select([self.socket], [], [], 0)[0]:
-                        return
-                except (OSError, ValueError):
-                    return
-                if time.monotonic() > deadline or self.load.may_accept():
-                    break
-        try:
-            super()._handle_request_noblock()  # type: ignore[misc]
-        except BlockingIOError:  # another process took it
-            pass
-
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = AssociationServer.get_request(self)
+        if self.handoff is None:
+            client, address = AssociationServer.get_request(self)
+        else:
+            from .dimse_processes import take_over
+
+            client = take_over(self.handoff)
+            try:
+                address = client.getpeername()
+            except OSError:  # the peer left before it was served
+                client.close()
+                self._ended()
+                raise
         set_nodelay(client)
         # Accepted sockets do not inherit the listening socket's timeout: without
         # one a peer that stops sending holds its connection for ever.
         client.settimeout(self.ae.network_timeout)
         return client, address
+
+    def _ended(self) -> None:
+        if self.load is not None:
+            self.load.done()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if self.peers is None:
@@ -384,6 +374,7 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
             return True
         log.warning("refused a connection from %s: it holds %d already", client_address[0], self.peers.limit)
         refuse_connection(request)
+        self._ended()
         return False
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -408,16 +399,13 @@ class _CountedRequestHandler(RequestHandler):
     server: NoDelayAssociationServer
 
     def handle(self) -> None:
-        peers, load, address = self.server.peers, self.server.load, self.client_address[0]
+        server, address = self.server, self.client_address[0]
 
         def leave() -> None:
-            if peers is not None:
-                peers.leave(address)
-            if load is not None:
-                load.add(-1)
+            if server.peers is not None:
+                server.peers.leave(address)
+            server._ended()
 
-        if load is not None:
-            load.add(1)
         started = False
         try:
             assoc = self._create_association()
@@ -932,21 +920,22 @@ def start_server(
     port: int,
     providers: Iterable[str] | None = None,
     *,
-    listening: socket.socket | None = None,
+    handoff: socket.socket | None = None,
     prepare: Callable[[NoDelayAssociationServer], None] | None = None,
 ) -> ThreadedAssociationServer:
     """Start serving in background threads; returns the server (``shutdown()`` stops it).
 
-    With ``listening``, on that already listening socket (shared with other
-    service processes: :mod:`archive.dimse_processes`); ``prepare`` sees the
-    server before it accepts anything.
+    With ``handoff``, it serves the connections its parent accepts and hands
+    over on that channel (one of several service processes:
+    :mod:`archive.dimse_processes`); ``prepare`` sees the server before it
+    takes anything.
     """
     tune_pynetdicom()
     ae, handlers = build_ae(ae_title, collect_services(providers))
     _pools[ae] = ConnectionPool()
     server_class: type[NoDelayAssociationServer] = NoDelayAssociationServer
-    if listening is not None:
-        server_class = type("SharedSocketAssociationServer", (NoDelayAssociationServer,), {"listening": listening})  # type: ignore[assignment]
+    if handoff is not None:
+        server_class = type("HandedOverAssociationServer", (NoDelayAssociationServer,), {"handoff": handoff})  # type: ignore[assignment]
     server = ae.make_server((host, port), evt_handlers=handlers, server_class=server_class)
     if prepare is not None:
         prepare(server)  # type: ignore[arg-type]

@@ -33,6 +33,7 @@ import logging
 import math
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -1524,32 +1525,131 @@ def _insert_and_count(instance: Instance, study_pk: Any, now: Any) -> bool:
 
     Returns whether the study was still receiving; raises :class:`_AlreadyIndexed`
     (changing nothing) if the SOP Instance UID is indexed already. On PostgreSQL it is one
-    statement (one round trip, its own transaction outside ``atomic``):
-    the per-instance database work is what limits C-STORE throughput.
+    statement (one round trip): outside a transaction it is committed by
+    :data:`group_commit`, possibly in one transaction with other associations'
+    rows, and returns once that commit is durable.
     """
     connection = transaction.get_connection()
     params = [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in _INSTANCE_FIELDS]
     series_pk = Series._meta.pk.get_db_prep_value(instance.series_id, connection)  # type: ignore[union-attr]
     study_key = Study._meta.pk.get_db_prep_value(study_pk, connection)  # type: ignore[union-attr]
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            _prepare(connection, cursor)
-            copy = copy_params(instance, connection)
-            values = [*params, instance.size, series_pk, *copy, instance.size, now, study_key]
+    if connection.vendor == "postgresql":
+        copy = copy_params(instance, connection)
+        values = [*params, instance.size, series_pk, *copy, instance.size, now, study_key]
+
+        def insert(cursor: Any) -> Any:
+            _prepare(cursor.db, cursor)
             cursor.execute(f"EXECUTE {_PREPARED} ({', '.join(['%s'] * len(values))})", values)
-            row = cursor.fetchone()
-            if row is None:
-                raise _AlreadyIndexed
-            return row[0] == Study.State.RECEIVING
-        with transaction.atomic():
-            cursor.execute(_INSERT_INSTANCE, params)
-            if not cursor.rowcount:
-                raise _AlreadyIndexed
-            cursor.execute(_COUNT_SERIES, [instance.size, series_pk])
-            cursor.execute(COPY_INSERT, copy_params(instance, connection))
-            cursor.execute(_COUNT_STUDY, [instance.size, now, study_key])
-            cursor.execute(f"SELECT state FROM {Study._meta.db_table} WHERE id = %s", [study_key])  # noqa: S608
-            return cursor.fetchone()[0] == Study.State.RECEIVING
+            return cursor.fetchone()
+
+        row = insert_now(insert) if connection.in_atomic_block else group_commit.run(insert)
+        if row is None:
+            raise _AlreadyIndexed
+        return row[0] == Study.State.RECEIVING
+    with connection.cursor() as cursor, transaction.atomic():
+        cursor.execute(_INSERT_INSTANCE, params)
+        if not cursor.rowcount:
+            raise _AlreadyIndexed
+        cursor.execute(_COUNT_SERIES, [instance.size, series_pk])
+        cursor.execute(COPY_INSERT, copy_params(instance, connection))
+        cursor.execute(_COUNT_STUDY, [instance.size, now, study_key])
+        cursor.execute(f"SELECT state FROM {Study._meta.db_table} WHERE id = %s", [study_key])  # noqa: S608
+        return cursor.fetchone()[0] == Study.State.RECEIVING
+
+
+def insert_now(statement: Callable[[Any], Any]) -> Any:
+    """Run ``statement(cursor)`` on this thread's connection, in its transaction if it is in one."""
+    with transaction.get_connection().cursor() as cursor:
+        return statement(cursor)
+
+
+@dataclass(eq=False)
+class _Waiting:
+    statement: Callable[[Any], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False  # woken to commit the next group rather than with a result
+    result: Any = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Index statements of several threads of a process (its associations) committed in one transaction.
+
+    Leader and followers, without a committer thread: a thread with a
+    statement to commit while no other is committing commits it at once, as
+    its own transaction (one association alone pays nothing for this). While
+    it commits, other threads' statements queue; when it is done it wakes the
+    first of them, which commits the whole queue in one transaction, and so
+    on. Each thread returns only once the transaction holding its statement
+    has committed (durably: synchronous commit), so an association is
+    answered when its own row is durable, never before. A group that fails
+    is rolled back and its statements are run again one by one, so one bad
+    row fails only its own request.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._queue: list[_Waiting] = []
+        self._leading = False
+        self.groups = 0  # transactions committed for more than one statement (for tests and profiles)
+
+    def run(self, statement: Callable[[Any], Any]) -> Any:
+        """``statement(cursor)``'s result once it is committed (its exception if it failed)."""
+        waiting = _Waiting(statement)
+        with self._lock:
+            self._queue.append(waiting)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            waiting.done.wait()
+            if waiting.lead:  # the previous group is committed: commit the next
+                waiting.done.clear()
+                lead = True
+        if lead:
+            self._lead()
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting.result
+
+    def _lead(self) -> None:
+        with self._lock:
+            group, self._queue = self._queue[: self.limit], self._queue[self.limit :]
+        try:
+            self._commit(group)
+        finally:
+            with self._lock:
+                successor: _Waiting | None = self._queue[0] if self._queue else None
+                if successor is not None:
+                    successor.lead = True
+                else:
+                    self._leading = False
+            for waiting in group:
+                waiting.done.set()
+            if successor is not None:
+                successor.done.set()
+
+    def _commit(self, group: list[_Waiting]) -> None:
+        if len(group) > 1:
+            try:
+                with transaction.atomic():
+                    results = [insert_now(waiting.statement) for waiting in group]
+            except Exception:
+                log.info("a group of %d index statements failed; running them one by one", len(group), exc_info=True)
+            else:
+                for waiting, result in zip(group, results, strict=True):
+                    waiting.result = result
+                self.groups += 1
+                return
+        for waiting in group:
+            try:
+                waiting.result = insert_now(waiting.statement)  # its own transaction (autocommit)
+            except BaseException as exc:
+                waiting.error = exc
+
+
+# One per process: the associations it serves are its threads.
+group_commit = GroupCommit()
 
 
 def _non_image(modality: str) -> bool:

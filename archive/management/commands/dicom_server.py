@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import signal
+import socket
 import threading
 from typing import Any
 
@@ -49,11 +50,13 @@ class Command(BaseCommand):
     def _serve_in_processes(self, ae_title: str, host: str, port: int, processes: int) -> None:
         listening = dimse_processes.listen(host, port)
 
-        def serve(index: int, counts: dimse_processes.SharedCounts, stop: threading.Event) -> None:
+        def serve(
+            index: int, counts: dimse_processes.SharedCounts, channel: socket.socket, stop: threading.Event
+        ) -> None:
             def prepare(server: Any) -> None:
                 dimse_processes.install(server, counts, index, settings.DICOM_MAX_ASSOCIATIONS_PER_PEER)
 
-            server = start_server(ae_title, host, port, listening=listening, prepare=prepare)
+            server = start_server(ae_title, host, port, handoff=channel, prepare=prepare)
             gc.freeze()
             stop.wait()
             server.shutdown()

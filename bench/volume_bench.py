@@ -128,7 +128,7 @@ def main() -> None:
             data = encode_frame(picture, "image/jpeg", quality)
             return (time.perf_counter() - started) * 1000, len(data)
 
-        return sessions.on_render_thread(work).result()
+        return session.run(work, full=not (interactive or preview)).result()
 
     runs: dict[str, list] = {
         "cold_ms": [],

@@ -172,7 +172,7 @@ def test_a_session_holds_the_2d_cache_volume_once_and_frees_its_memory(archived_
     settings.VIEWER_3D_IDLE_SECONDS = 60
     assert sessions.expire_idle() == 0
     assert sessions.expire_idle(now=session.last_used + 61) == 1
-    sessions.on_render_thread(lambda: None).result()  # the release queued before it has run
+    sessions.settled()  # the release queued before it has run
     gc.collect()
     assert scene() is None
     assert budget.size_bytes == volume.nbytes

@@ -156,3 +156,35 @@ def test_a_large_volume_shows_its_half_resolution_preview_first_and_while_draggi
         assert session.preview is not None and session.preview.volume is session.volume
         assert session.nbytes == session.scene.working_bytes + session.preview.working_bytes
     assert wait_for(lambda: not sessions.open_sessions())
+
+
+def test_dragging_frames_keep_coming_while_the_full_scene_prepares_its_first_frame(
+    archived_phantom, tenants, live_url, settings, monkeypatch
+):
+    from viewer.volume import scene as scene_module
+
+    settings.VIEWER_3D_PREVIEW_MIN_VOXELS = 0
+    original = scene_module.VolumeScene.render
+    slow = {"first": True}
+
+    def render(self, width, height, *, interactive=False):
+        if self.reduce == 1 and slow["first"]:
+            slow["first"] = False
+            time.sleep(3)  # the full scene's first frame: VTK's gradients over every voxel take seconds
+        return original(self, width, height, interactive=interactive)
+
+    monkeypatch.setattr(scene_module.VolumeScene, "render", render)
+    with open_socket(live_url, tenants.a.radiologist, archived_phantom) as socket:
+        assert next_text(socket)["type"] == "ready"
+        header, _ = next_frame(socket)
+        assert header["quality"] == "preview"
+        started = time.monotonic()
+        for _ in range(3):
+            socket.send(json.dumps({"type": "rotate", "dx": 20, "dy": 0}))
+            header, _ = next_frame(socket)
+            assert header["quality"] == "interactive"
+        assert time.monotonic() - started < 2.5  # not held behind the full frame in preparation
+        socket.send(json.dumps({"type": "release"}))
+        while header["quality"] != "full":
+            header, _ = next_frame(socket)
+        assert header["reduced"] == 1

@@ -76,6 +76,9 @@ class VolumeConsumer(AsyncWebsocketConsumer):
         self.full_owed = True
         # A large volume shows its preview scene's picture first, while the full scene prepares.
         self.preview_owed = self.session.preview is not None
+        # The full-quality frame renders on its own thread; dragging frames go on meanwhile.
+        self.full_task: asyncio.Task[None] | None = None
+        self.changes = 0  # gestures that changed the picture, so a full frame overtaken by a drag is dropped
         self.sent: dict[int, tuple[float, int]] = {}
         self.wake = asyncio.Event()
         self.wake.set()
@@ -112,9 +115,9 @@ class VolumeConsumer(AsyncWebsocketConsumer):
         return session
 
     async def disconnect(self, code: int) -> None:
-        pump = getattr(self, "pump", None)
-        if pump is not None:
-            pump.cancel()
+        for task in (getattr(self, "pump", None), getattr(self, "full_task", None)):
+            if task is not None:
+                task.cancel()
         if self.session is not None:
             sessions.close(self.session.id)
             self.session = None
@@ -192,6 +195,7 @@ class VolumeConsumer(AsyncWebsocketConsumer):
                 return
             else:
                 raise RenderError(f"unknown message type {kind!r}")
+        self.changes += 1
         self.dragging = bool(message.get("dragging", kind in ("rotate", "pan", "zoom", "roll", "window")))
         if not self.dragging:
             self.full_owed = True
@@ -205,6 +209,7 @@ class VolumeConsumer(AsyncWebsocketConsumer):
         with session.lock:
             assert session.camera is not None
             session.camera.focal = np.array(point)
+        self.changes += 1
         self.full_owed = self.dirty = True
         await self.send(text_data=json.dumps({"type": "cursor", "point": point}))
 
@@ -212,7 +217,7 @@ class VolumeConsumer(AsyncWebsocketConsumer):
         """Save the current 3D view at full quality into the study as a key image (Secondary Capture)."""
         width, height = self.width, self.height
         picture = await asyncio.wrap_future(
-            sessions.on_render_thread(lambda: session.render(width, height, interactive=False))
+            session.run(lambda: session.render(width, height, interactive=False), full=True)
         )
         with session.lock:
             assert session.camera is not None and session.scene is not None
@@ -273,13 +278,26 @@ class VolumeConsumer(AsyncWebsocketConsumer):
             elif self.dirty and self.dragging:
                 self.dirty = False
                 await self._send_frame(session, interactive=True)
-            elif self.dirty or self.full_owed:
+            elif (self.dirty or self.full_owed) and self.full_task is None:
                 self.dirty = self.full_owed = False
-                await self._send_frame(session, interactive=False)
-            if self.dirty or self.full_owed:
+                self.full_task = asyncio.create_task(self._full_frame(session))
+            if (
+                self.preview_owed
+                or (self.dirty and self.dragging)
+                or ((self.dirty or self.full_owed) and self.full_task is None)
+            ):
                 self.wake.set()
 
-    async def _send_frame(self, session: sessions.RenderSession, *, interactive: bool, preview: bool = False) -> None:
+    async def _full_frame(self, session: sessions.RenderSession) -> None:
+        try:
+            await self._send_frame(session, interactive=False, since=self.changes)
+        finally:
+            self.full_task = None
+            self.wake.set()
+
+    async def _send_frame(
+        self, session: sessions.RenderSession, *, interactive: bool, preview: bool = False, since: int | None = None
+    ) -> None:
         width, height = self.width, self.height
         if interactive and max(width, height) > INTERACTIVE_LONG_SIDE:
             scale = INTERACTIVE_LONG_SIDE / max(width, height)
@@ -293,11 +311,13 @@ class VolumeConsumer(AsyncWebsocketConsumer):
             return encode_frame(picture, media, quality), (time.perf_counter() - started) * 1000
 
         try:
-            data, render_ms = await asyncio.wrap_future(sessions.on_render_thread(produce))
+            data, render_ms = await asyncio.wrap_future(session.run(produce, full=not (interactive or preview)))
         except sessions.SessionClosed:
             await self.send(text_data=json.dumps({"type": "closed", "detail": "the session ended; reopen 3D"}))
             await self.close(code=4410)
             return
+        if since is not None and since != self.changes and self.dragging:
+            return  # overtaken by a drag: its release asks for a new full frame
         number = session.frames
         header = json.dumps(
             {

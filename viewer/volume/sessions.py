@@ -13,10 +13,13 @@ scene prepares (VTK's gradients for shading over every voxel take most of the
 first full frame), and every frame while the user drags; the full scene draws
 the frames on release.
 
-Every VTK call runs on one render thread per process: OpenGL contexts belong
-to a thread, and two rays casts at once on two cores would only slow each
-other. Each viewer keeps at most one frame in flight, so concurrent viewers
-take turns and each sees fewer frames instead of failing.
+Every VTK call runs on one of two render threads per process, each scene
+always on the same one (OpenGL contexts belong to a thread): the full scenes
+of large volumes on the *full* thread, where the first frame's preparation
+takes seconds, and everything else (previews, small volumes) on the *quick*
+thread, so dragging keeps its frames while a full scene prepares. Each
+viewer keeps at most one quick frame in flight, so concurrent viewers take
+turns and each sees fewer frames instead of failing.
 """
 
 from __future__ import annotations
@@ -39,12 +42,8 @@ from .scene import Camera, VolumeScene
 
 T = TypeVar("T")
 
-_render_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-render")
-
-
-def on_render_thread(fn: Callable[[], T]) -> Future[T]:
-    """Run ``fn`` on the process's render thread (every VTK call goes through here)."""
-    return _render_pool.submit(fn)
+_full_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-full")
+_quick_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-quick")
 
 
 @dataclass(eq=False)
@@ -72,6 +71,10 @@ class RenderSession:
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
+
+    def run(self, fn: Callable[[], T], *, full: bool) -> Future[T]:
+        """Run ``fn`` on the thread of the scene it uses: the full scene's (``full``) or the preview's."""
+        return (_full_pool if full and self.preview is not None else _quick_pool).submit(fn)
 
     def evicted(self) -> None:
         """Called by the LRU when the memory budget needs this session's bytes."""
@@ -140,7 +143,7 @@ def open_session(*, user: Any, study_id: Any, series_id: Any, volume: Volume) ->
             session.preview = VolumeScene(volume, reduce=2)
             session.budget += session.preview.working_bytes
 
-    on_render_thread(build).result()
+    _quick_pool.submit(build).result()  # no OpenGL yet: each scene makes its context where it renders
     with _lock:
         _sessions[session.id] = session
     decoded_cache().put(_budget_key(session.id), session)
@@ -167,15 +170,19 @@ def close(session_id: str) -> None:
         return
     session.closed = True
     decoded_cache().discard(_budget_key(session_id))
-    scenes = [scene for scene in (session.scene, session.preview) if scene is not None]
-
-    def release() -> None:
-        for scene in scenes:
-            scene.close()
-
-    on_render_thread(release)
+    full, preview = session.scene, session.preview
+    if full is not None:
+        session.run(full.close, full=True)
+    if preview is not None:
+        session.run(preview.close, full=False)
     session.scene = session.preview = None
     session.volume = None
+
+
+def settled() -> None:
+    """Wait until both render threads have run everything queued before this call."""
+    for pool in (_full_pool, _quick_pool):
+        pool.submit(lambda: None).result()
 
 
 def open_sessions() -> list[RenderSession]:

@@ -522,8 +522,33 @@ CELERY_BEAT_SCHEDULE["workflow-referral-sweep"] = {
     "task": "workflow.referrals.tasks.sweep_referrals",
     "schedule": env.float("REFERRAL_SWEEP_SECONDS", default=60.0),
 }
+# Statistics: the weight of one signed study per modality in a radiologist's
+# workload (JSON, "*" for any other modality), how often each edge's backlog is
+# sampled, and the zone of the platform-wide figures' days.
+STATISTICS_MODALITY_WEIGHTS = env.json(
+    "STATISTICS_MODALITY_WEIGHTS",
+    default={
+        "CR": 0.5,
+        "DX": 0.5,
+        "XA": 1.0,
+        "RF": 0.8,
+        "US": 0.7,
+        "MG": 0.8,
+        "CT": 1.0,
+        "MR": 1.5,
+        "PT": 1.5,
+        "NM": 1.0,
+        "*": 1.0,
+    },
+)
+STATISTICS_EDGE_SAMPLE_SECONDS = env.float("STATISTICS_EDGE_SAMPLE_SECONDS", default=900.0)
+STATISTICS_PLATFORM_TIME_ZONE = env.str("STATISTICS_PLATFORM_TIME_ZONE", default="UTC")
+CELERY_BEAT_SCHEDULE["workflow-statistics-edge-backlog"] = {
+    "task": "workflow.statistics.tasks.sample_edge_backlogs",
+    "schedule": STATISTICS_EDGE_SAMPLE_SECONDS,
+}
 # Autodiscovery loads each app's own tasks module; a part's tasks are named here.
-CELERY_IMPORTS = ["workflow.referrals.tasks"]
+CELERY_IMPORTS = ["workflow.referrals.tasks", "workflow.statistics.tasks"]
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [

@@ -28,4 +28,6 @@ urlpatterns = [
     path("api/v1/", include(router.urls)),
     # Referrals and shares: their pages and /api/v1/referrals/, /api/v1/study-shares/.
     path("", include("workflow.referrals.urls")),
+    # Statistics: the page, each chart's CSV and /api/v1/statistics/<chart>/.
+    path("", include("workflow.statistics.urls")),
 ]

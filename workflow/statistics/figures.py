@@ -104,7 +104,7 @@ class Chart:
     slug: str
     title: str
     columns: tuple[Column, ...]
-    compute: Callable[[Scope, Filters], list[dict[str, Any]]]
+    compute: Callable[..., list[dict[str, Any]]]  # (scope, filters, batch=None)
     draw: str  # "line", "bars" or "series" (one line per label)
     value: str  # the column drawn
     scopes: frozenset[str] = frozenset({"institution", "pool", "platform"})
@@ -209,8 +209,11 @@ def _order(dimension: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # Volumes -------------------------------------------------------------------------
 
 
-def volume_by_day(scope: Scope, filters: Filters) -> list[dict[str, Any]]:
-    counts = dict(studies(scope, filters).values_list("day").annotate(n=Count("pk")).values_list("day", "n"))
+def volume_by_day(scope: Scope, filters: Filters, batch: Batch | None = None) -> list[dict[str, Any]]:
+    if batch is not None:
+        counts = dict(batch.volumes("day"))
+    else:
+        counts = dict(studies(scope, filters).values_list("day").annotate(n=Count("pk")).values_list("day", "n"))
     days = (filters.date_to - filters.date_from).days + 1
     out = []
     for i in range(days):
@@ -219,9 +222,12 @@ def volume_by_day(scope: Scope, filters: Filters) -> list[dict[str, Any]]:
     return out
 
 
-def _volume(dimension: str) -> Callable[[Scope, Filters], list[dict[str, Any]]]:
-    def compute(scope: Scope, filters: Filters) -> list[dict[str, Any]]:
-        counts = list(studies(scope, filters).values_list(dimension).annotate(n=Count("pk")).order_by())
+def _volume(dimension: str) -> Callable[..., list[dict[str, Any]]]:
+    def compute(scope: Scope, filters: Filters, batch: Batch | None = None) -> list[dict[str, Any]]:
+        if batch is not None:
+            counts = batch.volumes(dimension)
+        else:
+            counts = list(studies(scope, filters).values_list(dimension).annotate(n=Count("pk")).order_by())
         labels = _labels(dimension, [k for k, _ in counts])
         rows = [{"key": str(k or ""), "label": labels.get(k, NONE_LABEL), "studies": n} for k, n in counts]
         return _order(dimension, rows)
@@ -240,13 +246,15 @@ STAGES = (
 )
 
 
-def _turnaround(dimension: str) -> Callable[[Scope, Filters], list[dict[str, Any]]]:
-    def compute(scope: Scope, filters: Filters) -> list[dict[str, Any]]:
+def _turnaround(dimension: str) -> Callable[..., list[dict[str, Any]]]:
+    def compute(scope: Scope, filters: Filters, batch: Batch | None = None) -> list[dict[str, Any]]:
         rows_qs = studies(scope, filters)
         if dimension in {"reader_id", "pool_id"}:
             rows_qs = rows_qs.exclude(reader=None)  # who read: nobody yet for an unclaimed study
         grouped: list[dict[str, Any]]
-        if _postgres():
+        if batch is not None:
+            grouped = batch.reads(dimension)
+        elif _postgres():
             aggregates = {name: Percentiles(Minutes(F(end), F(start))) for name, _, end, start in STAGES}
             grouped = list(
                 rows_qs.values(dimension).annotate(studies=Count("pk"), signed=Count("signed_at"), **aggregates)
@@ -293,20 +301,23 @@ TURNAROUND_COLUMNS = tuple(
 # SLA and workload ----------------------------------------------------------------
 
 
-def sla_by_priority(scope: Scope, filters: Filters) -> list[dict[str, Any]]:
-    grouped = (
-        studies(scope, filters)
-        .exclude(due_at=None)
-        .values("priority")
-        .annotate(
-            offered=Count("pk"),
-            signed=Count("signed_at"),
-            met=Count("pk", filter=Q(signed_at__isnull=False, breached=False)),
-            breached=Count("pk", filter=Q(breached=True)),
-            escalated=Count("pk", filter=Q(escalations__gt=0)),
-            escalations=Sum("escalations"),
+def sla_by_priority(scope: Scope, filters: Filters, batch: Batch | None = None) -> list[dict[str, Any]]:
+    if batch is not None:
+        grouped: Any = [g for g in batch.reads("priority") if g["offered"]]
+    else:
+        grouped = (
+            studies(scope, filters)
+            .exclude(due_at=None)
+            .values("priority")
+            .annotate(
+                offered=Count("pk"),
+                signed=Count("signed_at"),
+                met=Count("pk", filter=Q(signed_at__isnull=False, breached=False)),
+                breached=Count("pk", filter=Q(breached=True)),
+                escalated=Count("pk", filter=Q(escalations__gt=0)),
+                escalations=Sum("escalations"),
+            )
         )
-    )
     labels = _labels("priority", [g["priority"] for g in grouped])
     out = []
     for g in grouped:
@@ -331,7 +342,20 @@ def modality_weights() -> dict[str, float]:
     return {k.upper(): float(v) for k, v in settings.STATISTICS_MODALITY_WEIGHTS.items()}
 
 
-def workload(scope: Scope, filters: Filters) -> list[dict[str, Any]]:
+def workload(scope: Scope, filters: Filters, batch: Batch | None = None) -> list[dict[str, Any]]:
+    if batch is not None:
+        read = [g for g in batch.reads("reader_id") if g["signed"]]
+        labels = _labels("reader_id", [g["reader_id"] for g in read])
+        rows = [
+            {
+                "key": str(g["reader_id"]),
+                "label": labels.get(g["reader_id"], NONE_LABEL),
+                "studies": g["signed"],
+                "weighted": round(float(g["weighted"]), 2),
+            }
+            for g in read
+        ]
+        return sorted(rows, key=lambda r: (-r["weighted"], r["label"]))
     weights = modality_weights()
     default = weights.get("*", 1.0)
     weight = CaseExpr(
@@ -362,7 +386,7 @@ def workload(scope: Scope, filters: Filters) -> list[dict[str, Any]]:
 # Referrals and the edge backlog --------------------------------------------------------
 
 
-def referrals(scope: Scope, filters: Filters) -> list[dict[str, Any]]:
+def referrals(scope: Scope, filters: Filters, batch: Batch | None = None) -> list[dict[str, Any]]:
     start, end = filters.bounds(scope.zone)
     sent = Referral.objects.filter(sent_at__gte=start, sent_at__lt=end)
     if scope.institution is not None:
@@ -403,7 +427,7 @@ def referrals(scope: Scope, filters: Filters) -> list[dict[str, Any]]:
     return out
 
 
-def edge_backlog(scope: Scope, filters: Filters) -> list[dict[str, Any]]:
+def edge_backlog(scope: Scope, filters: Filters, batch: Batch | None = None) -> list[dict[str, Any]]:
     start, end = filters.bounds(scope.zone)
     rows = EdgeBacklogSample.objects.filter(taken_at__gte=start, taken_at__lt=end)
     if scope.institution is not None:
@@ -417,10 +441,12 @@ def edge_backlog(scope: Scope, filters: Filters) -> list[dict[str, Any]]:
         .order_by("at", "edge__name")
     )
     fmt = "%Y-%m-%d %H:00" if hourly else "%Y-%m-%d"
+    grouped = grouped.values("at", "edge_id", "edge__name", "edge__institution__name", "depth", "oldest")
     return [
         {
             "key": g["at"].astimezone(scope.zone).strftime(fmt),
-            "label": g["edge__name"],
+            # An edge's name is its institution's business; the platform sees which institution's edge.
+            "label": g["edge__name"] if scope.named else f"{g['edge__institution__name']} {str(g['edge_id'])[:8]}",
             "edge": str(g["edge_id"]),
             "outbox_depth": g["depth"],
             "oldest_minutes": _round(g["oldest"] / 60 if g["oldest"] is not None else None),
@@ -595,5 +621,120 @@ CHARTS: dict[str, Chart] = {
 }
 
 
+def batch_for(scope: Scope, filters: Filters) -> Batch | None:
+    """Shared grouped queries where the database has GROUPING SETS and percentiles (PostgreSQL)."""
+    return Batch(scope, filters) if _postgres() else None
+
+
 def charts_for(scope: Scope) -> list[Chart]:
     return [c for c in CHARTS.values() if scope.kind in c.scopes and (scope.named or not c.names_staff)]
+
+
+# One scan for many charts (PostgreSQL) ------------------------------------------------------
+
+
+VOLUME_SETS = ("day", "modality", "body_part", "station", "institution_id")
+# The pool set keeps apart the studies nobody has read (no reader, so no pool either).
+READ_SETS = ("priority", "modality", "reader_id", "pool_id", "institution_id")
+_UNREAD = '("workflow_studystat"."reader_id" IS NULL)'
+
+
+class Batch:
+    """The figures of every StudyStat chart of one page from two grouped queries (GROUPING SETS).
+
+    A page draws a dozen charts from the same rows; asked one by one they are
+    a dozen scans and round trips. Each set's rows come back tagged by
+    ``GROUPING()``, whose bit for a column is 0 in the set grouped by it.
+    """
+
+    def __init__(self, scope: Scope, filters: Filters) -> None:
+        self.scope, self.filters = scope, filters
+        self._volumes: dict[str, list[tuple[Any, int]]] | None = None
+        self._reads: dict[str, list[dict[str, Any]]] | None = None
+
+    def _where(self) -> tuple[str, list[Any]]:
+        qs = studies(self.scope, self.filters)
+        compiler = qs.query.get_compiler(using=qs.db)
+        sql, params = compiler.compile(qs.query.where)
+        return sql, list(params)
+
+    @staticmethod
+    def _set(mask: int, names: tuple[str, ...]) -> str:
+        width = len(names)
+        return next(n for i, n in enumerate(names) if not (mask >> (width - 1 - i)) & 1)
+
+    def volumes(self, dimension: str) -> list[tuple[Any, int]]:
+        if self._volumes is None:
+            where, params = self._where()
+            cols = ", ".join(f'"{c}"' for c in VOLUME_SETS)
+            sets = ", ".join(f'("{c}")' for c in VOLUME_SETS)
+            sql = (
+                f'SELECT GROUPING({cols}), {cols}, COUNT(*) FROM "workflow_studystat" '  # noqa: S608 - names are ours
+                f"WHERE {where} GROUP BY GROUPING SETS ({sets})"
+            )
+            self._volumes = {c: [] for c in VOLUME_SETS}
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                for mask, *values, count in cursor.fetchall():
+                    name = self._set(mask, VOLUME_SETS)
+                    self._volumes[name].append((values[VOLUME_SETS.index(name)], count))
+        return self._volumes[dimension]
+
+    def reads(self, dimension: str) -> list[dict[str, Any]]:
+        if self._reads is None:
+            self._reads = self._query_reads()
+        return self._reads[dimension]
+
+    def _query_reads(self) -> dict[str, list[dict[str, Any]]]:
+        where, params = self._where()
+        weights = modality_weights()
+        weight_sql = "CASE " + " ".join('WHEN "modality" = %s THEN %s' for m in weights if m != "*")
+        weight_params: list[Any] = [v for m, w in weights.items() if m != "*" for v in (m, w)]
+        weight_sql += " ELSE %s END"
+        weight_params.append(weights.get("*", 1.0))
+        stages = ", ".join(
+            f'percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM ("{end}" - "{start}")) / 60.0)'
+            for _, _, end, start in STAGES
+        )
+        grouping = ", ".join(f'"{c}"' for c in READ_SETS) + f", {_UNREAD}"
+        sets = ", ".join(f'("{c}", {_UNREAD})' if c in {"pool_id", "reader_id"} else f'("{c}")' for c in READ_SETS)
+        sql = (
+            f"SELECT GROUPING({', '.join(chr(34) + c + chr(34) for c in READ_SETS)}), {grouping}, "  # noqa: S608
+            f'COUNT(*), COUNT("signed_at"), {stages}, '
+            'COUNT(*) FILTER (WHERE "due_at" IS NOT NULL), '
+            'COUNT(*) FILTER (WHERE "due_at" IS NOT NULL AND "signed_at" IS NOT NULL AND NOT "breached"), '
+            'COUNT(*) FILTER (WHERE "due_at" IS NOT NULL AND "breached"), '
+            'COUNT(*) FILTER (WHERE "due_at" IS NOT NULL AND "escalations" > 0), '
+            'SUM("escalations") FILTER (WHERE "due_at" IS NOT NULL), '
+            f'SUM({weight_sql}) FILTER (WHERE "signed_at" IS NOT NULL) '
+            f'FROM "workflow_studystat" WHERE {where} GROUP BY GROUPING SETS ({sets})'
+        )
+        out: dict[str, list[dict[str, Any]]] = {c: [] for c in READ_SETS}
+        with connection.cursor() as cursor:
+            cursor.execute(sql, weight_params + params)
+            for row in cursor.fetchall():
+                mask, keys, unread, rest = (
+                    row[0],
+                    row[1 : 1 + len(READ_SETS)],
+                    row[1 + len(READ_SETS)],
+                    row[2 + len(READ_SETS) :],
+                )
+                name = self._set(mask, READ_SETS)
+                if name in {"reader_id", "pool_id"} and unread:
+                    continue  # nobody read these yet
+                n_stages = len(STAGES)
+                studies_n, signed_n = rest[0], rest[1]
+                entry: dict[str, Any] = {name: keys[READ_SETS.index(name)], "studies": studies_n, "signed": signed_n}
+                for (stage, *_), value in zip(STAGES, rest[2 : 2 + n_stages], strict=True):
+                    entry[stage] = value
+                offered, met, breached, escalated, escalations, weighted = rest[2 + n_stages :]
+                entry.update(
+                    offered=offered,
+                    met=met,
+                    breached=breached,
+                    escalated=escalated,
+                    escalations=escalations or 0,
+                    weighted=weighted or 0.0,
+                )
+                out[name].append(entry)
+        return out

@@ -205,8 +205,8 @@ def do_sample_edge_backlogs(*, now: datetime | None = None) -> int:
 _FIELDS = [f.name for f in StudyStat._meta.concrete_fields if f.name != "study"]
 
 
-def _rows(studies: list[Study], zones: dict[Any, str]) -> Iterable[StudyStat]:
-    ids = [s.pk for s in studies]
+def _rows(studies: list[dict[str, Any]], zones: dict[Any, str]) -> Iterable[StudyStat]:
+    ids = [s["pk"] for s in studies]
     orders: dict[Any, Order] = {}
     for order in (
         Order.objects.filter(study_id__in=ids)
@@ -232,22 +232,23 @@ def _rows(studies: list[Study], zones: dict[Any, str]) -> Iterable[StudyStat]:
     members = set(PoolMember.objects.filter(pool_id__in=pools).values_list("pool_id", "user_id"))
     now = timezone.now()
     for study in studies:
+        pk = study["pk"]
         row = StudyStat(
-            study_id=study.pk,
-            institution_id=study.institution_id,
-            day=local_day(study.received_at, zones.get(study.institution_id, "UTC")),
-            modality=_first_modality(study.modalities),
-            body_part=parts.get(study.pk, "")[:64],
-            images_at=study.received_at,
-            completed_at=study.completed_at,
+            study_id=pk,
+            institution_id=study["institution_id"],
+            day=local_day(study["received_at"], zones.get(study["institution_id"], "UTC")),
+            modality=_first_modality(study["modalities"]),
+            body_part=parts.get(pk, "")[:64],
+            images_at=study["received_at"],
+            completed_at=study["completed_at"],
             updated_at=now,
         )
-        order = orders.get(study.pk)
+        order = orders.get(pk)
         if order is not None:
             for name, value in _order_fields(order).items():
                 if value or name not in {"modality", "body_part"}:
                     setattr(row, name, value)
-        task = tasks.get(study.pk)
+        task = tasks.get(pk)
         if task is not None:
             row.priority = task.priority
             row.escalations = task.escalation_level
@@ -271,7 +272,8 @@ def _rows(studies: list[Study], zones: dict[Any, str]) -> Iterable[StudyStat]:
 def rebuild(*, institution: Institution | None = None, batch: int = 2000, progress: Any = None) -> int:
     """Recompute every study's row from the archive, worklist and workflow tables; returns the count."""
     zones = dict(Institution.objects.values_list("pk", "time_zone"))
-    studies = Study.objects.order_by("pk").only("pk", "institution_id", "received_at", "completed_at", "modalities")
+    # Plain values: a model instance with its protected state deferred loads it row by row.
+    studies = Study.objects.order_by("pk").values("pk", "institution_id", "received_at", "completed_at", "modalities")
     if institution is not None:
         studies = studies.filter(institution=institution)
         StudyStat.objects.filter(institution=institution).exclude(study__in=studies.values("pk")).delete()
@@ -289,7 +291,7 @@ def rebuild(*, institution: Institution | None = None, batch: int = 2000, progre
                 list(_rows(chunk, zones)), update_conflicts=True, unique_fields=["study"], update_fields=_FIELDS
             )
         done += len(chunk)
-        last = chunk[-1].pk
+        last = chunk[-1]["pk"]
         if progress is not None:
             progress(done)
     return done

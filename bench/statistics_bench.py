@@ -33,9 +33,9 @@ import os
 import random
 import sys
 import time
-from datetime import UTC, date, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -64,6 +64,11 @@ def setup_django() -> str:
     import django
 
     django.setup()
+    from pacs_cloud import push
+
+    # Membership changes push to open sockets; here there are none, and no web
+    # server to relay to.
+    push.IN_WEB_PROCESS = True
     return url
 
 
@@ -301,7 +306,7 @@ def main() -> None:
         args.results,
         {
             "target": "statistics page with 100,000 studies over a year: < 300 ms server time",
-            "parameters": {"studies": args.studies, "rounds": args.rounds, "date": date.today().isoformat()},
+            "parameters": {"studies": args.studies, "rounds": args.rounds},
             "figures": figures.values,
             "runs_ms": {k: [round(v, 1) for v in vs] for k, vs in samples.items()},
         },

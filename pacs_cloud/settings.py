@@ -525,22 +525,20 @@ CELERY_BEAT_SCHEDULE["workflow-referral-sweep"] = {
 # Statistics: the weight of one signed study per modality in a radiologist's
 # workload (JSON, "*" for any other modality), how often each edge's backlog is
 # sampled, and the zone of the platform-wide figures' days.
-STATISTICS_MODALITY_WEIGHTS = env.json(
-    "STATISTICS_MODALITY_WEIGHTS",
-    default={
-        "CR": 0.5,
-        "DX": 0.5,
-        "XA": 1.0,
-        "RF": 0.8,
-        "US": 0.7,
-        "MG": 0.8,
-        "CT": 1.0,
-        "MR": 1.5,
-        "PT": 1.5,
-        "NM": 1.0,
-        "*": 1.0,
-    },
-)
+STATISTICS_DEFAULT_WEIGHTS = {
+    "CR": 0.5,
+    "DX": 0.5,
+    "XA": 1.0,
+    "RF": 0.8,
+    "US": 0.7,
+    "MG": 0.8,
+    "CT": 1.0,
+    "MR": 1.5,
+    "PT": 1.5,
+    "NM": 1.0,
+    "*": 1.0,
+}
+STATISTICS_MODALITY_WEIGHTS = env.json("STATISTICS_MODALITY_WEIGHTS", default=STATISTICS_DEFAULT_WEIGHTS)
 STATISTICS_EDGE_SAMPLE_SECONDS = env.float("STATISTICS_EDGE_SAMPLE_SECONDS", default=900.0)
 STATISTICS_PLATFORM_TIME_ZONE = env.str("STATISTICS_PLATFORM_TIME_ZONE", default="UTC")
 CELERY_BEAT_SCHEDULE["workflow-statistics-edge-backlog"] = {

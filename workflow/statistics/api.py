@@ -161,7 +161,8 @@ def view_for(chart: Chart) -> Any:
         return StatisticsView.get(self, request)
 
     attrs = {"chart": chart, "get": decorated(get), "__doc__": f"{chart.title}. {chart.note}".strip()}
-    return type(name, (StatisticsView,), attrs).as_view()
+    view: type[StatisticsView] = type(name, (StatisticsView,), attrs)
+    return view.as_view()
 
 
 VIEWS = {slug: view_for(chart) for slug, chart in CHARTS.items()}

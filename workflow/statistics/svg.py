@@ -110,8 +110,8 @@ def lines(chart: Chart, rows: list[dict[str, Any]]) -> str:
         f'<text x="{left - 4}" y="{top_pad + plot_h}" text-anchor="end" {FONT}>0</text>',
     ]
     for tick in sorted({0, len(xs) // 2, len(xs) - 1}):
-        x, _ = at(tick, 0)
-        parts.append(f'<text x="{x:.1f}" y="{height - 22}" text-anchor="middle" {FONT}>{escape(xs[tick])}</text>')
+        tick_x, _ = at(tick, 0)
+        parts.append(f'<text x="{tick_x:.1f}" y="{height - 22}" text-anchor="middle" {FONT}>{escape(xs[tick])}</text>')
     for n, (name, values) in enumerate(series.items()):
         colour = COLOURS[n % len(COLOURS)]
         points = [at(i, values[x]) for i, x in enumerate(xs) if x in values]

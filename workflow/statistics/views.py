@@ -67,7 +67,7 @@ def statistics_page(request: HttpRequest) -> HttpResponse:
         error = str(bad)
         filters = parse_filters(scope, {})
     query = {**scope.query(), **filters.query()}
-    figures = []
+    figures: list[dict[str, Any]] = []
     batch = batch_for(scope, filters)
     for chart in charts_for(scope):
         rows = chart.compute(scope, filters, batch)

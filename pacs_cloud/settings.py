@@ -603,6 +603,8 @@ REPORTS_EXPORT_ON_SIGN = True  # queue the archive and HL7 exports when a versio
 REPORTS_PDF_CJK_FONT = env.str("REPORTS_PDF_CJK_FONT", default="/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
 HOME_PANELS.append("reports.home.report_panels")
 DEMO_SEEDERS.append("reports.demo.seed")
+# The statistics summarise what every seeder before made: last.
+DEMO_SEEDERS.append("workflow.statistics.demo.seed")
 CELERY_BEAT_SCHEDULE["reports-sweep"] = {
     "task": "reports.tasks.sweep",
     "schedule": env.float("REPORTS_SWEEP_SECONDS", default=60.0),

@@ -238,6 +238,13 @@ def test_the_figures_follow_the_actions(scenario, centre, platform_admin):
     assert everyone == {scenario.a.institution.name: 4, scenario.b.institution.name: 1}
     assert api_client(platform_admin).get("/api/v1/statistics/workload/", RANGE).status_code == 404
 
+    # The page computes the same figures in one grouped scan for all its charts.
+    page = web_client(admin).get("/statistics/", RANGE).content.decode()
+    for chart in ("turnaround-by-priority", "turnaround-by-reader", "workload", "sla-by-priority", "volume-by-station"):
+        assert f'id="chart-{chart}"' in page
+    assert "<td>77.5</td><td>91.5</td>" in page  # routine, images → signed
+    assert "<td>王医生</td><td>2</td><td>2.5</td>" in page
+
     # A rebuild from the source tables gives the same rows.
     kept = {
         r.pk: (

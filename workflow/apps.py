@@ -37,7 +37,7 @@ class WorkflowConfig(AppConfig):
         from pacs_cloud.fsm import transition_recorded
         from worklist import signals as worklist_signals
 
-        from .statistics import record
+        from .statistics import checks, record  # noqa: F401 (checks registers the system checks)
 
         archive_signals.study_received.connect(record.on_study_received, dispatch_uid="workflow.statistics.received")
         worklist_signals.order_linked.connect(record.on_order_linked, dispatch_uid="workflow.statistics.linked")

@@ -311,3 +311,15 @@ def test_only_administrators_see_their_own_scope(tenants, centre, platform_admin
     events = AuditEvent.objects.filter(action="workflow.statistics.view", actor_id=a.institution_admin.pk)
     assert events.filter(institution_id=a.institution.pk, object_id="page").exists()
     assert web_client(platform_admin).get("/statistics/", foreign).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "weights", [[1, 2], {"CT": "heavy"}, {"CT": -1}], ids=["not-an-object", "not-a-number", "negative"]
+)
+def test_wrong_modality_weights_are_a_configuration_error(settings, weights):
+    from workflow.statistics.checks import check_statistics
+
+    settings.STATISTICS_MODALITY_WEIGHTS = weights
+    assert [e.id for e in check_statistics(None)] == ["workflow.E101"]
+    settings.STATISTICS_MODALITY_WEIGHTS = {"CT": 1.0, "*": 1}
+    assert check_statistics(None) == []

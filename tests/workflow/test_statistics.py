@@ -237,6 +237,11 @@ def test_the_figures_follow_the_actions(scenario, centre, platform_admin):
     everyone = by_label(figures(platform_admin, "volume-by-institution"), "studies")
     assert everyone == {scenario.a.institution.name: 4, scenario.b.institution.name: 1}
     assert api_client(platform_admin).get("/api/v1/statistics/workload/", RANGE).status_code == 404
+    everything = web_client(platform_admin).get("/statistics/", RANGE).content.decode()
+    assert f"<td>{scenario.a.institution.name}</td><td>4</td>" in everything
+    assert "王医生" not in everything and "Delta night pool" not in everything
+    pool_page = web_client(pool_admin).get("/statistics/", {**RANGE, "pool": str(centre.pool.pk)}).content.decode()
+    assert "<td>李医生</td><td>1</td><td>1.0</td>" in pool_page and "王医生" not in pool_page
 
     # The page computes the same figures in one grouped scan for all its charts.
     page = web_client(admin).get("/statistics/", RANGE).content.decode()

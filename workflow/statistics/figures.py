@@ -651,6 +651,18 @@ class Batch:
         self.scope, self.filters = scope, filters
         self._volumes: dict[str, list[tuple[Any, int]]] | None = None
         self._reads: dict[str, list[dict[str, Any]]] | None = None
+        # Only the groupings the scope's charts show: each one is another sort.
+        own = scope.kind == "institution"
+        self.volume_sets = tuple(
+            c for c in VOLUME_SETS if not (c == "institution_id" and own) and not (c == "station" and not own)
+        )
+        self.read_sets = tuple(
+            c
+            for c in READ_SETS
+            if not (c == "institution_id" and own)
+            and not (c == "reader_id" and not scope.named)
+            and not (c == "pool_id" and not (own and scope.named))
+        )
 
     def _where(self) -> tuple[str, list[Any]]:
         qs = studies(self.scope, self.filters)
@@ -666,8 +678,9 @@ class Batch:
     def volumes(self, dimension: str) -> list[tuple[Any, int]]:
         if self._volumes is None:
             where, params = self._where()
-            cols = ", ".join(f'"{c}"' for c in VOLUME_SETS)
-            sets = ", ".join(f'("{c}")' for c in VOLUME_SETS)
+            names = self.volume_sets
+            cols = ", ".join(f'"{c}"' for c in names)
+            sets = ", ".join(f'("{c}")' for c in names)
             sql = (
                 f'SELECT GROUPING({cols}), {cols}, COUNT(*) FROM "workflow_studystat" '  # noqa: S608 - names are ours
                 f"WHERE {where} GROUP BY GROUPING SETS ({sets})"
@@ -676,8 +689,8 @@ class Batch:
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
                 for mask, *values, count in cursor.fetchall():
-                    name = self._set(mask, VOLUME_SETS)
-                    self._volumes[name].append((values[VOLUME_SETS.index(name)], count))
+                    name = self._set(mask, names)
+                    self._volumes[name].append((values[names.index(name)], count))
         return self._volumes[dimension]
 
     def reads(self, dimension: str) -> list[dict[str, Any]]:
@@ -696,10 +709,13 @@ class Batch:
             f'percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM ("{end}" - "{start}")) / 60.0)'
             for _, _, end, start in STAGES
         )
-        grouping = ", ".join(f'"{c}"' for c in READ_SETS) + f", {_UNREAD}"
-        sets = ", ".join(f'("{c}", {_UNREAD})' if c in {"pool_id", "reader_id"} else f'("{c}")' for c in READ_SETS)
+        names = self.read_sets
+        # The unread flag is a grouping column only where a reader or pool set uses it.
+        unread = _UNREAD if {"reader_id", "pool_id"} & set(names) else "FALSE"
+        grouping = ", ".join(f'"{c}"' for c in names) + f", {unread}"
+        sets = ", ".join(f'("{c}", {_UNREAD})' if c in {"pool_id", "reader_id"} else f'("{c}")' for c in names)
         sql = (
-            f"SELECT GROUPING({', '.join(chr(34) + c + chr(34) for c in READ_SETS)}), {grouping}, "  # noqa: S608
+            f"SELECT GROUPING({', '.join(chr(34) + c + chr(34) for c in names)}), {grouping}, "  # noqa: S608
             f'COUNT(*), COUNT("signed_at"), {stages}, '
             'COUNT(*) FILTER (WHERE "due_at" IS NOT NULL), '
             'COUNT(*) FILTER (WHERE "due_at" IS NOT NULL AND "signed_at" IS NOT NULL AND NOT "breached"), '
@@ -713,18 +729,13 @@ class Batch:
         with connection.cursor() as cursor:
             cursor.execute(sql, weight_params + params)
             for row in cursor.fetchall():
-                mask, keys, unread, rest = (
-                    row[0],
-                    row[1 : 1 + len(READ_SETS)],
-                    row[1 + len(READ_SETS)],
-                    row[2 + len(READ_SETS) :],
-                )
-                name = self._set(mask, READ_SETS)
+                mask, keys, unread, rest = row[0], row[1 : 1 + len(names)], row[1 + len(names)], row[2 + len(names) :]
+                name = self._set(mask, names)
                 if name in {"reader_id", "pool_id"} and unread:
                     continue  # nobody read these yet
                 n_stages = len(STAGES)
                 studies_n, signed_n = rest[0], rest[1]
-                entry: dict[str, Any] = {name: keys[READ_SETS.index(name)], "studies": studies_n, "signed": signed_n}
+                entry: dict[str, Any] = {name: keys[names.index(name)], "studies": studies_n, "signed": signed_n}
                 for (stage, *_), value in zip(STAGES, rest[2 : 2 + n_stages], strict=True):
                     entry[stage] = value
                 offered, met, breached, escalated, escalations, weighted = rest[2 + n_stages :]

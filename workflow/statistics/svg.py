@@ -111,7 +111,11 @@ def lines(chart: Chart, rows: list[dict[str, Any]]) -> str:
     ]
     for tick in sorted({0, len(xs) // 2, len(xs) - 1}):
         tick_x, _ = at(tick, 0)
-        parts.append(f'<text x="{tick_x:.1f}" y="{height - 22}" text-anchor="middle" {FONT}>{escape(xs[tick])}</text>')
+        # The end labels stay inside the drawing.
+        anchor = "start" if tick == 0 else "end" if tick == len(xs) - 1 else "middle"
+        parts.append(
+            f'<text x="{tick_x:.1f}" y="{height - 22}" text-anchor="{anchor}" {FONT}>{escape(xs[tick])}</text>'
+        )
     for n, (name, values) in enumerate(series.items()):
         colour = COLOURS[n % len(COLOURS)]
         points = [at(i, values[x]) for i, x in enumerate(xs) if x in values]

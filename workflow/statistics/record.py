@@ -132,8 +132,10 @@ def on_order_linked(sender: Any, order: Order, study: Study, **kwargs: Any) -> N
 
 
 def on_order_priority_changed(sender: Any, order: Order, **kwargs: Any) -> None:
-    if order.study_id:
-        _guarded("a priority change", _update, order.study_id, priority=order.priority)
+    # Senders may announce an order not yet linked to a study (or a bare stand-in for one).
+    study_id = getattr(order, "study_id", None)
+    if study_id:
+        _guarded("a priority change", _update, study_id, priority=getattr(order, "priority", "routine"))
 
 
 def _pool_of_claim(task: ReadingTask, user: Any) -> Any:

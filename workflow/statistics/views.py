@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.safestring import mark_safe
 
 from pacs_cloud import audit
+from pacs_cloud.models import Institution
 from pacs_cloud.tenancy import current_institution
 
 from ..models import Priority
@@ -85,8 +86,11 @@ def statistics_page(request: HttpRequest) -> HttpResponse:
             }
         )
     audit_view(request, scope, filters, "page")
-    scopes = [("", "All institutions")] if request.user.is_platform_admin else []  # type: ignore[union-attr]
-    scopes += [(f"institution={i.pk}", i.name) for i in admin_institutions(request.user)]
+    platform = bool(getattr(request.user, "is_platform_admin", False))
+    scopes = [("", "All institutions")] if platform else []
+    # The platform administrator may open any institution's figures (without names of staff).
+    institutions = Institution.objects.order_by("name") if platform else admin_institutions(request.user)
+    scopes += [(f"institution={i.pk}", i.name) for i in institutions]
     scopes += [(f"pool={p.pk}", f"Pool: {p.name}") for p in owned_pools(request.user)]
     current = urlencode(scope.query())
     modalities = sorted({r["key"] for f in figures if f["chart"].slug == "volume-by-modality" for r in f["rows"]})

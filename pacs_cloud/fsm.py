@@ -12,9 +12,16 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import models, transaction
+from django.dispatch import Signal
 
 from . import audit
 from .models import Transition
+
+# Sent by :func:`record_transition` inside the caller's transaction, after the
+# history row is written, so a receiver's summary commits or rolls back with the
+# change. kwargs: obj, source, target, method, actor, time. Receivers must be
+# cheap and must not raise (the statistics tables connect here).
+transition_recorded = Signal()
 
 
 def apply_transition(
@@ -92,6 +99,9 @@ def record_transition(
         object_type=label,
         object_id=obj.pk,
         detail={"source": source, "target": target, "reason": reason, **(audit_detail or {})},
+    )
+    transition_recorded.send(
+        type(obj), obj=obj, source=source, target=target, method=method, actor=actor, time=row.time
     )
     return row
 

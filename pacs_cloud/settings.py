@@ -542,8 +542,31 @@ CELERY_BEAT_SCHEDULE["workflow-referral-sweep"] = {
     "task": "workflow.referrals.tasks.sweep_referrals",
     "schedule": env.float("REFERRAL_SWEEP_SECONDS", default=60.0),
 }
+# Statistics: the weight of one signed study per modality in a radiologist's
+# workload (JSON, "*" for any other modality), how often each edge's backlog is
+# sampled, and the zone of the platform-wide figures' days.
+STATISTICS_DEFAULT_WEIGHTS = {
+    "CR": 0.5,
+    "DX": 0.5,
+    "XA": 1.0,
+    "RF": 0.8,
+    "US": 0.7,
+    "MG": 0.8,
+    "CT": 1.0,
+    "MR": 1.5,
+    "PT": 1.5,
+    "NM": 1.0,
+    "*": 1.0,
+}
+STATISTICS_MODALITY_WEIGHTS = env.json("STATISTICS_MODALITY_WEIGHTS", default=STATISTICS_DEFAULT_WEIGHTS)
+STATISTICS_EDGE_SAMPLE_SECONDS = env.float("STATISTICS_EDGE_SAMPLE_SECONDS", default=900.0)
+STATISTICS_PLATFORM_TIME_ZONE = env.str("STATISTICS_PLATFORM_TIME_ZONE", default="UTC")
+CELERY_BEAT_SCHEDULE["workflow-statistics-edge-backlog"] = {
+    "task": "workflow.statistics.tasks.sample_edge_backlogs",
+    "schedule": STATISTICS_EDGE_SAMPLE_SECONDS,
+}
 # Autodiscovery loads each app's own tasks module; a part's tasks are named here.
-CELERY_IMPORTS = ["workflow.referrals.tasks"]
+CELERY_IMPORTS = ["workflow.referrals.tasks", "workflow.statistics.tasks"]
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [
@@ -600,6 +623,8 @@ REPORTS_EXPORT_ON_SIGN = True  # queue the archive and HL7 exports when a versio
 REPORTS_PDF_CJK_FONT = env.str("REPORTS_PDF_CJK_FONT", default="/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
 HOME_PANELS.append("reports.home.report_panels")
 DEMO_SEEDERS.append("reports.demo.seed")
+# The statistics summarise what every seeder before made: last.
+DEMO_SEEDERS.append("workflow.statistics.demo.seed")
 CELERY_BEAT_SCHEDULE["reports-sweep"] = {
     "task": "reports.tasks.sweep",
     "schedule": env.float("REPORTS_SWEEP_SECONDS", default=60.0),

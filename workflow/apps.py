@@ -26,10 +26,25 @@ class WorkflowConfig(AppConfig):
             post_delete.connect(clear_agreement_cache, sender=model, dispatch_uid=f"workflow.cache.d.{model.__name__}")
 
         archive_signals.study_completed.connect(on_study_completed, dispatch_uid="workflow.study_completed")
+        self._connect_statistics()
         worklist_signals.order_cancelled.connect(on_order_cancelled, dispatch_uid="workflow.order_cancelled")
         worklist_signals.order_priority_changed.connect(
             on_order_priority_changed, dispatch_uid="workflow.order_priority_changed"
         )
+
+    def _connect_statistics(self) -> None:
+        from archive import signals as archive_signals
+        from pacs_cloud.fsm import transition_recorded
+        from worklist import signals as worklist_signals
+
+        from .statistics import checks, record  # noqa: F401 (checks registers the system checks)
+
+        archive_signals.study_received.connect(record.on_study_received, dispatch_uid="workflow.statistics.received")
+        worklist_signals.order_linked.connect(record.on_order_linked, dispatch_uid="workflow.statistics.linked")
+        worklist_signals.order_priority_changed.connect(
+            record.on_order_priority_changed, dispatch_uid="workflow.statistics.priority"
+        )
+        transition_recorded.connect(record.on_transition, dispatch_uid="workflow.statistics.transition")
 
 
 def on_study_completed(sender: Any, study: Any, **kwargs: Any) -> None:

@@ -420,3 +420,7 @@ class TaskPrior(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["task", "study"], name="task_prior_unique")]
         indexes = [models.Index(fields=["study"], name="task_prior_study")]
+
+
+# The statistics' summary rows (workflow.statistics.models), found the same way.
+from .statistics.models import EdgeBacklogSample, StudyStat  # noqa: E402, F401

@@ -30,4 +30,6 @@ urlpatterns = [
     path("", include("workflow.referrals.urls")),
     # Onboarding: the checklist page and /api/v1/onboarding/.
     path("", include("workflow.onboarding.urls")),
+    # Statistics: the page, each chart's CSV and /api/v1/statistics/<chart>/.
+    path("", include("workflow.statistics.urls")),
 ]

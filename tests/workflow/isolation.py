@@ -173,3 +173,19 @@ isolation.route(
     reason="POST only: an enrolment",
     bodies={"post": {"name": "Intruder edge"}},
 )
+
+
+# Statistics: no path parameters; the scope is a query (an institution or a pool).
+# The platform administrator may see any institution's figures, never a name
+# the factories hide (pools, edges, members).
+def _statistics_routes() -> None:
+    from workflow.statistics.figures import CHARTS
+
+    scopes = [{"institution": isolation.Ref("institution.id")}, {"pool": isolation.Ref("pool.id")}]
+    isolation.route("/statistics/", queries=scopes, open_to={"platform"})
+    for slug in CHARTS:
+        isolation.route(f"/statistics/{slug}.csv", queries=scopes, open_to={"platform"})
+        isolation.route(f"/api/v1/statistics/{slug}/", queries=scopes, open_to={"platform"})
+
+
+_statistics_routes()

@@ -561,6 +561,8 @@ STATISTICS_DEFAULT_WEIGHTS = {
 STATISTICS_MODALITY_WEIGHTS = env.json("STATISTICS_MODALITY_WEIGHTS", default=STATISTICS_DEFAULT_WEIGHTS)
 STATISTICS_EDGE_SAMPLE_SECONDS = env.float("STATISTICS_EDGE_SAMPLE_SECONDS", default=900.0)
 STATISTICS_PLATFORM_TIME_ZONE = env.str("STATISTICS_PLATFORM_TIME_ZONE", default="UTC")
+# Ranges longer than this many days are summed from the daily rollups (approximate percentiles).
+STATISTICS_ROLLUP_DAYS = env.int("STATISTICS_ROLLUP_DAYS", default=31)
 CELERY_BEAT_SCHEDULE["workflow-statistics-edge-backlog"] = {
     "task": "workflow.statistics.tasks.sample_edge_backlogs",
     "schedule": STATISTICS_EDGE_SAMPLE_SECONDS,

@@ -423,4 +423,4 @@ class TaskPrior(models.Model):
 
 
 # The statistics' summary rows (workflow.statistics.models), found the same way.
-from .statistics.models import EdgeBacklogSample, StudyStat  # noqa: E402, F401
+from .statistics.models import EdgeBacklogSample, StatRollup, StudyStat  # noqa: E402, F401

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from pacs_cloud.tenancy import current_institution
 
 from .access import BadFilter, access_scope, parse_filters
-from .figures import CHARTS, STAGES, Chart, charts_for
+from .figures import CHARTS, STAGES, Chart, charts_for, rollup_for
 from .views import audit_view
 
 
@@ -30,6 +30,17 @@ def _minutes() -> serializers.FloatField:
     return serializers.FloatField(allow_null=True, help_text="Minutes; null without data.")
 
 
+APPROXIMATE = (
+    "Minutes; null without data. Approximate when `approximate` is true (a range of more than "
+    "STATISTICS_ROLLUP_DAYS days without a modality or priority filter): read from the daily rollups' "
+    "histograms, within one bucket (about 20 %) of the exact value."
+)
+
+
+def _percentile() -> serializers.FloatField:
+    return serializers.FloatField(allow_null=True, help_text=APPROXIMATE)
+
+
 class VolumeRowSerializer(_Row):
     studies = serializers.IntegerField()
 
@@ -40,8 +51,8 @@ class TurnaroundRowSerializer(_Row):
 
 
 for _name, _label, *_ in STAGES:
-    TurnaroundRowSerializer._declared_fields[f"{_name}_median"] = _minutes()
-    TurnaroundRowSerializer._declared_fields[f"{_name}_p90"] = _minutes()
+    TurnaroundRowSerializer._declared_fields[f"{_name}_median"] = _percentile()
+    TurnaroundRowSerializer._declared_fields[f"{_name}_p90"] = _percentile()
 
 
 class SlaRowSerializer(_Row):
@@ -98,6 +109,9 @@ def _envelope(kind: str) -> type[serializers.Serializer]:
         "time_zone": serializers.CharField(help_text="Days and times are local to this zone."),
         "date_from": serializers.DateField(),
         "date_to": serializers.DateField(),
+        "approximate": serializers.BooleanField(
+            help_text="Whether the percentiles were read from the daily rollups' histograms (approximate)."
+        ),
         "rows": ROWS[kind](many=True),
     }
     return type(name, (serializers.Serializer,), fields)
@@ -140,6 +154,7 @@ class StatisticsView(APIView):
             "time_zone": scope.time_zone,
             "date_from": filters.date_from,
             "date_to": filters.date_to,
+            "approximate": row_kind(self.chart.slug) == "turnaround" and rollup_for(scope, filters) is not None,
             "rows": rows,
         }
         return Response(ENVELOPES[row_kind(self.chart.slug)](body).data)

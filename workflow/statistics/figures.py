@@ -25,7 +25,8 @@ from pacs_cloud.models import Institution
 
 from ..models import Priority, RadiologistPool
 from ..referrals.models import Referral
-from .models import EdgeBacklogSample, StudyStat
+from . import rollups
+from .models import EdgeBacklogSample, StatRollup, StudyStat
 
 PERCENTILES = (0.5, 0.9)
 
@@ -210,6 +211,7 @@ def _order(dimension: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def volume_by_day(scope: Scope, filters: Filters, batch: Batch | None = None) -> list[dict[str, Any]]:
+    batch = batch or rollup_for(scope, filters)
     if batch is not None:
         counts = dict(batch.volumes("day"))
     else:
@@ -224,6 +226,7 @@ def volume_by_day(scope: Scope, filters: Filters, batch: Batch | None = None) ->
 
 def _volume(dimension: str) -> Callable[..., list[dict[str, Any]]]:
     def compute(scope: Scope, filters: Filters, batch: Batch | None = None) -> list[dict[str, Any]]:
+        batch = batch or rollup_for(scope, filters)
         if batch is not None:
             counts = batch.volumes(dimension)
         else:
@@ -248,6 +251,7 @@ STAGES = (
 
 def _turnaround(dimension: str) -> Callable[..., list[dict[str, Any]]]:
     def compute(scope: Scope, filters: Filters, batch: Batch | None = None) -> list[dict[str, Any]]:
+        batch = batch or rollup_for(scope, filters)
         rows_qs = studies(scope, filters)
         if dimension in {"reader_id", "pool_id"}:
             rows_qs = rows_qs.exclude(reader=None)  # who read: nobody yet for an unclaimed study
@@ -302,6 +306,7 @@ TURNAROUND_COLUMNS = tuple(
 
 
 def sla_by_priority(scope: Scope, filters: Filters, batch: Batch | None = None) -> list[dict[str, Any]]:
+    batch = batch or rollup_for(scope, filters)
     if batch is not None:
         grouped: Any = [g for g in batch.reads("priority") if g["offered"]]
     else:
@@ -343,6 +348,7 @@ def modality_weights() -> dict[str, float]:
 
 
 def workload(scope: Scope, filters: Filters, batch: Batch | None = None) -> list[dict[str, Any]]:
+    batch = batch or rollup_for(scope, filters)
     if batch is not None:
         read = [g for g in batch.reads("reader_id") if g["signed"]]
         labels = _labels("reader_id", [g["reader_id"] for g in read])
@@ -622,8 +628,23 @@ CHARTS: dict[str, Chart] = {
 
 
 def batch_for(scope: Scope, filters: Filters) -> Batch | None:
-    """Shared grouped queries where the database has GROUPING SETS and percentiles (PostgreSQL)."""
-    return Batch(scope, filters) if _postgres() else None
+    """Shared grouped queries where the database has GROUPING SETS and percentiles (PostgreSQL).
+
+    Over more than ``STATISTICS_ROLLUP_DAYS`` days without a modality or
+    priority filter, the daily rollups (approximate percentiles).
+    """
+    if not _postgres():
+        return None
+    return rollup_for(scope, filters) or Batch(scope, filters)
+
+
+def rollup_for(scope: Scope, filters: Filters) -> RollupBatch | None:
+    """The rollups' figures when the range is long and its filters are ones the rollups carry."""
+    if not _postgres() or filters.modality or filters.priority:
+        return None
+    if (filters.date_to - filters.date_from).days + 1 <= rollups.rollup_days():
+        return None
+    return RollupBatch(scope, filters)
 
 
 def charts_for(scope: Scope) -> list[Chart]:
@@ -646,6 +667,8 @@ class Batch:
     a dozen scans and round trips. Each set's rows come back tagged by
     ``GROUPING()``, whose bit for a column is 0 in the set grouped by it.
     """
+
+    approximate = False  # percentiles exact (percentile_cont)
 
     def __init__(self, scope: Scope, filters: Filters) -> None:
         self.scope, self.filters = scope, filters
@@ -749,3 +772,101 @@ class Batch:
                 )
                 out[name].append(entry)
         return out
+
+
+# Long ranges from the daily rollups ---------------------------------------------------------
+
+# A rollup row's grouping and the column holding its key, by the figures' dimension names.
+_ROLLUP_DIMS = {
+    "modality": ("modality", "modality"),
+    "priority": ("priority", "priority"),
+    "body_part": ("body_part", "body_part"),
+    "station": ("station", "station"),
+    "reader_id": ("reader", "reader_id"),
+}
+_SUMS = (*rollups.COUNTS, *rollups.HISTOGRAMS)
+
+
+class RollupBatch(Batch):
+    """The same figures summed from :class:`~.models.StatRollup` rows: a few rows per day, not one per study.
+
+    Medians and 90th percentiles come from the summed histograms
+    (:func:`.rollups.quantiles`): approximate, within one bucket.
+    """
+
+    approximate = True
+
+    def __init__(self, scope: Scope, filters: Filters) -> None:
+        super().__init__(scope, filters)
+        self._groups: dict[str, dict[Any, list[Any]]] | None = None
+        self._by_institution: list[dict[str, Any]] | None = None
+
+    def _rollup_where(self) -> tuple[str, list[Any]]:
+        qs = StatRollup.objects.filter(day__gte=self.filters.date_from, day__lte=self.filters.date_to)
+        if self.scope.institution is not None:
+            qs = qs.filter(institution=self.scope.institution)
+        elif self.scope.pool is not None:
+            qs = qs.filter(pool=self.scope.pool)
+        compiler = qs.query.get_compiler(using=qs.db)
+        sql, params = compiler.compile(qs.query.where)
+        return sql, list(params)
+
+    def _sums(self, dims: tuple[str, ...], keys: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        where, params = self._rollup_where()
+        columns = ", ".join(f'"{k}"' for k in keys)
+        sums = ", ".join(f'SUM("{c}")' for c in _SUMS)
+        placeholders = ", ".join("%s" for _ in dims)
+        sql = (
+            f"SELECT {columns}, {sums} FROM {rollups.TABLE} "  # noqa: S608 - names are ours
+            f'WHERE {where} AND "dim" IN ({placeholders}) GROUP BY {columns}'
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params + list(dims))
+            return cursor.fetchall()
+
+    @staticmethod
+    def _entry(name: str, key: Any, sums: list[Any]) -> dict[str, Any]:
+        counts = dict(zip(rollups.COUNTS, sums[: len(rollups.COUNTS)], strict=True))
+        entry: dict[str, Any] = {name: key, **counts}
+        histograms = sums[len(rollups.COUNTS) :]
+        width = rollups.HISTOGRAM_BUCKETS
+        for i, (stage, *_) in enumerate(STAGES):
+            entry[stage] = rollups.quantiles([int(n) for n in histograms[i * width : (i + 1) * width]])
+        entry["weighted"] = float(entry["weighted"] or 0.0)
+        return entry
+
+    def _grouped(self) -> dict[str, dict[Any, list[Any]]]:
+        """Sums per dimension and key (a pool's sums are its readers' rows)."""
+        if self._groups is None:
+            groups: dict[str, dict[Any, list[Any]]] = {name: {} for name in (*_ROLLUP_DIMS, "pool_id")}
+            by_dim = {dim: (name, column) for name, (dim, column) in _ROLLUP_DIMS.items()}
+            keys = ("dim", *[c for _, c in _ROLLUP_DIMS.values()], "pool_id")
+            for row in self._sums(tuple(by_dim), keys):
+                dim, values, pool, sums = row[0], row[1 : -1 - len(_SUMS)], row[-1 - len(_SUMS)], row[-len(_SUMS) :]
+                name, column = by_dim[dim]
+                key = values[[c for _, c in _ROLLUP_DIMS.values()].index(column)]
+                targets = [(name, key)] + ([("pool_id", pool)] if dim == "reader" else [])
+                for target, k in targets:
+                    acc = groups[target].setdefault(k, [0] * len(_SUMS))
+                    for i, v in enumerate(sums):
+                        acc[i] += v or 0
+            self._groups = groups
+        return self._groups
+
+    def volumes(self, dimension: str) -> list[tuple[Any, int]]:
+        if dimension == "day":
+            return [(day, int(sums[0])) for day, *sums in self._sums(("all",), ("day",))]
+        if dimension == "institution_id":
+            return [(e["institution_id"], e["studies"]) for e in self._institutions()]
+        return [(key, int(sums[0])) for key, sums in self._grouped()[dimension].items()]
+
+    def _institutions(self) -> list[dict[str, Any]]:
+        if self._by_institution is None:
+            rows = self._sums(("all",), ("institution_id",))
+            self._by_institution = [self._entry("institution_id", key, list(sums)) for key, *sums in rows]
+        return self._by_institution
+
+    def reads(self, dimension: str) -> list[dict[str, Any]]:
+        if dimension == "institution_id":
+            return self._institutions()
+        return [self._entry(dimension, key, sums) for key, sums in self._grouped()[dimension].items()]

@@ -67,3 +67,65 @@ class EdgeBacklogSample(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["institution", "taken_at"], name="edgesample_inst_time")]
+
+
+# The turnaround stages a rollup keeps a histogram of (``figures.STAGES`` names them).
+HISTOGRAM_STAGES = ("to_images", "to_complete", "to_claim", "to_sign", "total")
+# Buckets of minutes: 0 is under a minute, 1 to 62 are log-spaced from a minute to 60 days
+# (each about 20 % wider than the one before), 63 is 60 days or more.
+HISTOGRAM_BUCKETS = 64
+HISTOGRAM_MAX_MINUTES = 60 * 24 * 60.0
+
+
+def histogram_column(stage: str, bucket: int) -> str:
+    return f"{stage}_h{bucket}"
+
+
+class StatRollup(models.Model):
+    """One institution's studies of one local day, summed per pool and per one grouping of the charts.
+
+    ``dim`` says which grouping the row is: ``all`` (none), ``modality``,
+    ``priority``, ``body_part``, ``station`` or ``reader`` (the studies a
+    radiologist read); only that grouping's column is set, the others are
+    blank. Each row counts its studies, the SLA figures and the weighted
+    workload, and keeps a histogram of minutes (``<stage>_h<bucket>``, see
+    ``HISTOGRAM_BUCKETS``) per turnaround stage: ranges of more than
+    ``STATISTICS_ROLLUP_DAYS`` days are summed from these rows, their
+    percentiles read from the summed histograms (approximate).
+    Kept by :mod:`.rollups` from the :class:`StudyStat` rows of the day.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="+", db_index=False)
+    day = models.DateField()
+    pool = models.ForeignKey(
+        "workflow.RadiologistPool", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    dim = models.CharField(max_length=16)
+    modality = models.CharField(max_length=16, blank=True)
+    priority = models.CharField(max_length=8, blank=True)
+    body_part = models.CharField(max_length=64, blank=True)
+    station = models.CharField(max_length=64, blank=True)
+    reader = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    studies = models.PositiveIntegerField(default=0)
+    signed = models.PositiveIntegerField(default=0)
+    offered = models.PositiveIntegerField(default=0)
+    met = models.PositiveIntegerField(default=0)
+    breached = models.PositiveIntegerField(default=0)
+    escalated = models.PositiveIntegerField(default=0)
+    escalations = models.PositiveIntegerField(default=0)
+    weighted = models.FloatField(default=0.0, help_text="Signed studies weighted by STATISTICS_MODALITY_WEIGHTS.")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["institution", "day"], name="statrollup_inst_day"),
+            models.Index(fields=["pool", "day"], name="statrollup_pool_day"),
+            models.Index(fields=["day"], name="statrollup_day"),
+        ]
+
+
+for _stage in HISTOGRAM_STAGES:
+    for _bucket in range(HISTOGRAM_BUCKETS):
+        StatRollup.add_to_class(histogram_column(_stage, _bucket), models.IntegerField(default=0))

@@ -27,6 +27,7 @@ from pacs_cloud.models import Institution
 from worklist.models import Order
 
 from ..models import PoolMember, ReadingTask, TaskOffer
+from . import rollups
 from .models import EdgeBacklogSample, StudyStat
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def _update(study: Study | Any, **fields: Any) -> None:
     """Change the study's row, creating it first when the study has none yet."""
     pk = getattr(study, "pk", study)
     if StudyStat.objects.filter(pk=pk).update(updated_at=timezone.now(), **fields):
+        _refresh_rollups(pk)
         return
     if not isinstance(study, Study):
         study = Study.objects.filter(pk=pk).first()
@@ -106,6 +108,13 @@ def _update(study: Study | Any, **fields: Any) -> None:
     except IntegrityError:
         pass  # created meanwhile by another process
     StudyStat.objects.filter(pk=pk).update(**fields)
+    _refresh_rollups(pk)
+
+
+def _refresh_rollups(pk: Any) -> None:
+    """The day's rollups follow the study's row, in the same transaction."""
+    for institution_id, day in StudyStat.objects.filter(pk=pk).values_list("institution_id", "day"):
+        rollups.refresh_day(institution_id, day)
 
 
 def _guarded(what: str, func: Any, *args: Any, **kwargs: Any) -> None:
@@ -272,7 +281,7 @@ def _rows(studies: list[dict[str, Any]], zones: dict[Any, str]) -> Iterable[Stud
 
 
 def rebuild(*, institution: Institution | None = None, batch: int = 2000, progress: Any = None) -> int:
-    """Recompute every study's row from the archive, worklist and workflow tables; returns the count."""
+    """Recompute every study's row from the archive, worklist and workflow tables, then the daily rollups; returns the count."""
     zones = dict(Institution.objects.values_list("pk", "time_zone"))
     # Plain values: a model instance with its protected state deferred loads it row by row.
     studies = Study.objects.order_by("pk").values("pk", "institution_id", "received_at", "completed_at", "modalities")
@@ -296,4 +305,5 @@ def rebuild(*, institution: Institution | None = None, batch: int = 2000, progre
         last = chunk[-1]["pk"]
         if progress is not None:
             progress(done)
+    rollups.rebuild(institution.pk if institution is not None else None)
     return done

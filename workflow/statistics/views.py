@@ -22,6 +22,7 @@ from ..models import Priority
 from . import svg
 from .access import BadFilter, access_scope, admin_institutions, owned_pools, parse_filters
 from .figures import CHARTS, Chart, Filters, Scope, batch_for, charts_for
+from .rollups import rollup_days
 
 
 def audit_view(request: HttpRequest, scope: Scope, filters: Filters, what: str) -> None:
@@ -108,6 +109,8 @@ def statistics_page(request: HttpRequest) -> HttpResponse:
             "current_scope": current,
             "modalities": modalities,
             "priorities": Priority.choices,
+            "approximate": bool(batch is not None and batch.approximate),
+            "rollup_days": rollup_days(),
             "server_ms": round((time.perf_counter() - started) * 1000),
         },
     )

@@ -273,7 +273,6 @@ def main() -> None:
 
     from pacs_cloud.models import Institution, User
     from workflow.models import RadiologistPool, StudyStat
-
     from workflow.statistics import rollups
 
     if args.reuse:
@@ -303,6 +302,8 @@ def main() -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
+        # As autovacuum leaves the table after a rebuild: without the deleted rows' versions.
+        cursor.execute("VACUUM ANALYZE workflow_statrollup")
         cursor.execute("ANALYZE")
     samples: dict[str, list[float]] = {}
     today = datetime.now(ZoneInfo("Asia/Shanghai")).date()

@@ -16,22 +16,26 @@ from django.test import TestCase
 from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import api_client, web_client
-from tests.workflow.test_statistics import RANGE, scenario  # noqa: F401 - the shared scenario fixture
+from tests.workflow.test_statistics import scenario  # noqa: F401 - the shared scenario fixture
 from workflow.models import StatRollup, StudyStat
 from workflow.statistics import rollups
 from worklist.actions import do_edit_order
 from worklist.models import Order
 
 STAGE_NAMES = ("to_images", "to_complete", "to_claim", "to_sign", "total")
+# 52 days: the whole of November from its month rows, the days around it from day rows.
+LONG = {"from": "2026-10-20", "to": "2026-12-10"}
 
 
 def snapshot() -> set[tuple]:
     names = [f.attname for f in StatRollup._meta.concrete_fields if f.name != "id"]
-    return {tuple(round(v, 6) if isinstance(v, float) else v for v in row) for row in StatRollup.objects.values_list(*names)}
+    return {
+        tuple(round(v, 6) if isinstance(v, float) else v for v in row) for row in StatRollup.objects.values_list(*names)
+    }
 
 
 def rows(user, chart: str) -> dict[str, dict]:
-    response = api_client(user).get(f"/api/v1/statistics/{chart}/", RANGE)
+    response = api_client(user).get(f"/api/v1/statistics/{chart}/", LONG)
     assert response.status_code == 200, response.content
     return response.json()
 
@@ -59,11 +63,13 @@ def test_rollups_follow_the_actions_and_answer_long_ranges(scenario, settings): 
     rollups.rebuild()
     assert snapshot() == kept
 
-    # The same range, exact (short) and from the rollups (longer than the setting).
-    settings.STATISTICS_ROLLUP_DAYS = 31
+    november = StatRollup.objects.filter(institution=scenario.a.institution, period="month", day="2026-11-01")
+    assert november.filter(dim="all").count() == 2  # read by its own radiologists, and by the pool
+    # The same range, exact (the setting above it) and from the rollups.
+    settings.STATISTICS_ROLLUP_DAYS = 1000
     exact = {chart: rows(admin, chart) for chart in ("turnaround-by-priority", "turnaround-by-reader")}
     assert not exact["turnaround-by-priority"]["approximate"]
-    settings.STATISTICS_ROLLUP_DAYS = 1
+    settings.STATISTICS_ROLLUP_DAYS = 31
     for chart, body in exact.items():
         summed = rows(admin, chart)
         assert summed["approximate"]
@@ -77,28 +83,30 @@ def test_rollups_follow_the_actions_and_answer_long_ranges(scenario, settings): 
                     values = stage_minutes(scenario.a.institution, chart, e["key"], stage)
                     assert within_a_bucket(s[column], values, p), (chart, e["key"], column, e[column], s[column])
     for chart in ("volume-by-modality", "volume-by-station", "sla-by-priority", "workload", "turnaround-by-pool"):
-        settings.STATISTICS_ROLLUP_DAYS = 31
+        settings.STATISTICS_ROLLUP_DAYS = 1000
         exact_rows = rows(admin, chart)["rows"]
-        settings.STATISTICS_ROLLUP_DAYS = 1
+        settings.STATISTICS_ROLLUP_DAYS = 31
         assert rows(admin, chart)["rows"] == exact_rows, chart
+    per_day = {r["key"]: r["studies"] for r in rows(admin, "volume-by-day")["rows"]}
+    assert (per_day["2026-11-02"], per_day["2026-11-03"], sum(per_day.values())) == (3, 1, 4)
 
     # The page over the long range reads the rollups, never a study's row, and says it is approximate.
     with CaptureQueriesContext(connection) as queries:
-        page = web_client(admin).get("/statistics/", RANGE)
+        page = web_client(admin).get("/statistics/", LONG)
     assert page.status_code == 200
     text = page.content.decode()
     assert 'id="approximate"' in text and "<td>王医生</td><td>2</td><td>2.5</td>" in text
     sql = " ".join(q["sql"] for q in queries.captured_queries)
     assert "workflow_statrollup" in sql and "workflow_studystat" not in sql
     # A modality filter is not carried by the rollups: exact figures.
-    filtered = web_client(admin).get("/statistics/", {**RANGE, "modality": "CT"}).content.decode()
+    filtered = web_client(admin).get("/statistics/", {**LONG, "modality": "CT"}).content.decode()
     assert 'id="approximate"' not in filtered
 
 
 def stage_minutes(institution, chart: str, key: str, stage: str) -> list[float]:
     ends = dict(zip(STAGE_NAMES, rollups.STAGE_FIELDS.values(), strict=True))
     end, start = ends[stage]
-    qs = StudyStat.objects.filter(institution=institution, day__gte=RANGE["from"], day__lte=RANGE["to"])
+    qs = StudyStat.objects.filter(institution=institution)
     qs = qs.exclude(**{f"{end}": None})
     qs = qs.exclude(**{f"{start}": None})
     if chart == "turnaround-by-priority":

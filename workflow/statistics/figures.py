@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Aggregate, Count, F, FloatField, Func, Max, Q, QuerySet, Sum, Value, When
 from django.db.models import Case as CaseExpr
 from django.db.models.functions import TruncDay, TruncHour
@@ -802,7 +802,18 @@ class RollupBatch(Batch):
         self._by_institution: list[dict[str, Any]] | None = None
 
     def _rollup_where(self) -> tuple[str, list[Any]]:
-        qs = StatRollup.objects.filter(day__gte=self.filters.date_from, day__lte=self.filters.date_to)
+        start, end = self.filters.date_from, self.filters.date_to
+        # Whole months from the month rows, the days before and after them from the day rows.
+        first = start if start.day == 1 else (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+        after = (end + timedelta(days=1)).replace(day=1)  # the first day after the last whole month
+        if first < after:
+            qs = StatRollup.objects.filter(
+                Q(period="month", day__gte=first, day__lt=after)
+                | Q(period="day", day__gte=start, day__lt=first)
+                | Q(period="day", day__gte=after, day__lte=end)
+            )
+        else:
+            qs = StatRollup.objects.filter(period="day", day__gte=start, day__lte=end)
         if self.scope.institution is not None:
             qs = qs.filter(institution=self.scope.institution)
         elif self.scope.pool is not None:
@@ -811,16 +822,20 @@ class RollupBatch(Batch):
         sql, params = compiler.compile(qs.query.where)
         return sql, list(params)
 
-    def _sums(self, dims: tuple[str, ...], keys: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    def _sums(
+        self, dims: tuple[str, ...], keys: tuple[str, ...], sums: tuple[str, ...] = _SUMS
+    ) -> list[tuple[Any, ...]]:
         where, params = self._rollup_where()
         columns = ", ".join(f'"{k}"' for k in keys)
-        sums = ", ".join(f'SUM("{c}")' for c in _SUMS)
+        totals = ", ".join(f'SUM("{c}")' for c in sums)
         placeholders = ", ".join("%s" for _ in dims)
         sql = (
-            f"SELECT {columns}, {sums} FROM {rollups.TABLE} "  # noqa: S608 - names are ours
+            f"SELECT {columns}, {totals} FROM {rollups.TABLE} "  # noqa: S608 - names are ours
             f'WHERE {where} AND "dim" IN ({placeholders}) GROUP BY {columns}'
         )
-        with connection.cursor() as cursor:
+        with transaction.atomic(), connection.cursor() as cursor:
+            # Wide rows: sorting them for the groups must not spill to disk.
+            cursor.execute("SET LOCAL work_mem = '64MB'")
             cursor.execute(sql, params + list(dims))
             return cursor.fetchall()
 
@@ -840,11 +855,16 @@ class RollupBatch(Batch):
         if self._groups is None:
             groups: dict[str, dict[Any, list[Any]]] = {name: {} for name in (*_ROLLUP_DIMS, "pool_id")}
             by_dim = {dim: (name, column) for name, (dim, column) in _ROLLUP_DIMS.items()}
-            keys = ("dim", *[c for _, c in _ROLLUP_DIMS.values()], "pool_id")
+            # Body part and station are only counted: their histograms stay unread.
+            for name in ("body_part", "station"):
+                for key, studies_n in self._sums((name,), (name,), ("studies",)):
+                    groups[name][key] = [studies_n]
+            by_dim = {dim: spec for dim, spec in by_dim.items() if dim not in {"body_part", "station"}}
+            keys = ("dim", "modality", "priority", "reader_id", "pool_id")
             for row in self._sums(tuple(by_dim), keys):
                 dim, values, pool, sums = row[0], row[1 : -1 - len(_SUMS)], row[-1 - len(_SUMS)], row[-len(_SUMS) :]
                 name, column = by_dim[dim]
-                key = values[[c for _, c in _ROLLUP_DIMS.values()].index(column)]
+                key = values[("modality", "priority", "reader_id").index(column)]
                 targets = [(name, key)] + ([("pool_id", pool)] if dim == "reader" else [])
                 for target, k in targets:
                     acc = groups[target].setdefault(k, [0] * len(_SUMS))
@@ -855,7 +875,7 @@ class RollupBatch(Batch):
 
     def volumes(self, dimension: str) -> list[tuple[Any, int]]:
         if dimension == "day":
-            return [(day, int(sums[0])) for day, *sums in self._sums(("all",), ("day",))]
+            return [(day, int(n)) for day, n in self._sums(("all",), ("day",), ("studies",))]
         if dimension == "institution_id":
             return [(e["institution_id"], e["studies"]) for e in self._institutions()]
         return [(key, int(sums[0])) for key, sums in self._grouped()[dimension].items()]

@@ -92,12 +92,15 @@ class StatRollup(models.Model):
     ``HISTOGRAM_BUCKETS``) per turnaround stage: ranges of more than
     ``STATISTICS_ROLLUP_DAYS`` days are summed from these rows, their
     percentiles read from the summed histograms (approximate).
-    Kept by :mod:`.rollups` from the :class:`StudyStat` rows of the day.
+    Kept by :mod:`.rollups` from the :class:`StudyStat` rows of the day;
+    ``period = "month"`` rows sum a month's day rows, so a year reads about
+    a month of day rows and a dozen month rows.
     """
 
     id = models.BigAutoField(primary_key=True)
     institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="+", db_index=False)
-    day = models.DateField()
+    period = models.CharField(max_length=5, default="day", help_text="day, or month: the sum of the month's days.")
+    day = models.DateField(help_text="The local day, or a month's first day.")
     pool = models.ForeignKey(
         "workflow.RadiologistPool", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
     )
@@ -120,9 +123,9 @@ class StatRollup(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["institution", "day"], name="statrollup_inst_day"),
-            models.Index(fields=["pool", "day"], name="statrollup_pool_day"),
-            models.Index(fields=["day"], name="statrollup_day"),
+            models.Index(fields=["institution", "period", "day"], name="statrollup_inst_day"),
+            models.Index(fields=["pool", "period", "day"], name="statrollup_pool_day"),
+            models.Index(fields=["period", "day"], name="statrollup_day"),
         ]
 
 

@@ -18,7 +18,7 @@ other's change; ``rebuild`` recomputes them all.
 from __future__ import annotations
 
 import math
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -124,6 +124,7 @@ def _insert_sql(where: str) -> tuple[str, list[Any]]:
     columns = ", ".join(
         f'"{c}"'
         for c in (
+            "period",
             "institution_id",
             "day",
             "pool_id",
@@ -140,7 +141,7 @@ def _insert_sql(where: str) -> tuple[str, list[Any]]:
     sql = (
         f"WITH s AS MATERIALIZED (SELECT *, {weight} AS w, {buckets} FROM {SOURCE} WHERE {where}) "  # noqa: S608 - names are ours
         f"INSERT INTO {TABLE} ({columns}) "
-        "SELECT institution_id, day, pool_id, d.dim, "
+        "SELECT 'day', institution_id, day, pool_id, d.dim, "
         "CASE WHEN d.dim = 'modality' THEN modality ELSE '' END, "
         "CASE WHEN d.dim = 'priority' THEN priority ELSE '' END, "
         "CASE WHEN d.dim = 'body_part' THEN body_part ELSE '' END, "
@@ -156,21 +157,54 @@ def _insert_sql(where: str) -> tuple[str, list[Any]]:
         f"{histograms} "
         f"FROM s CROSS JOIN (VALUES {dims}) AS d(dim) "
         "WHERE d.dim <> 'reader' OR s.reader_id IS NOT NULL "
-        "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9"
+        "GROUP BY 2, 3, 4, 5, 6, 7, 8, 9, 10"
     )
     return sql, params
 
 
+def _month_sql(where: str) -> str:
+    """INSERT … SELECT of month rows summing the day rows matching ``where`` (SQL of the rollup table)."""
+    keys = ("institution_id", "pool_id", "dim", "modality", "priority", "body_part", "station", "reader_id")
+    sums = (*COUNTS, *HISTOGRAMS)
+    columns = ", ".join(f'"{c}"' for c in ("period", "day", *keys, *sums))
+    grouped = ", ".join(f'"{k}"' for k in keys)
+    return (
+        f"INSERT INTO {TABLE} ({columns}) "  # noqa: S608 - names are ours
+        f"SELECT 'month', date_trunc('month', \"day\")::date, {grouped}, "
+        + ", ".join(f'SUM("{c}")' for c in sums)
+        + f" FROM {TABLE} WHERE \"period\" = 'day' AND {where} GROUP BY date_trunc('month', \"day\"), {grouped}"
+    )
+
+
+def _month(day: date) -> tuple[date, date]:
+    first = day.replace(day=1)
+    following = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return first, following
+
+
 def refresh_day(institution_id: Any, day: date) -> None:
-    """Recompute one institution's rollup rows of one day from its study rows (inside the caller's transaction)."""
+    """Recompute one institution's rollup rows of one day, and of its month, from its study rows.
+
+    Inside the caller's transaction, under a lock of the institution's month,
+    so two actions on the same month cannot lose each other's change.
+    """
     if connection.vendor != "postgresql":
         return
     sql, params = _insert_sql('"institution_id" = %s AND "day" = %s')
+    first, following = _month(day)
+    where = '"institution_id" = %s AND "day" >= %s AND "day" < %s'
     with connection.cursor() as cursor:
-        # One writer per institution and day at a time: each sees the other's committed rows.
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"statrollup:{institution_id}:{day}"])
-        cursor.execute(f'DELETE FROM {TABLE} WHERE "institution_id" = %s AND "day" = %s', [institution_id, day])  # noqa: S608
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"statrollup:{institution_id}:{first}"])
+        cursor.execute(
+            f'DELETE FROM {TABLE} WHERE "institution_id" = %s AND "period" = \'day\' AND "day" = %s',  # noqa: S608
+            [institution_id, day],
+        )
         cursor.execute(sql, params + [institution_id, day])
+        cursor.execute(
+            f"DELETE FROM {TABLE} WHERE \"period\" = 'month' AND {where}",  # noqa: S608
+            [institution_id, first, following],
+        )
+        cursor.execute(_month_sql(where), [institution_id, first, following])
 
 
 def rebuild(institution_id: Any = None) -> int:
@@ -182,8 +216,11 @@ def rebuild(institution_id: Any = None) -> int:
             cursor.execute(f"DELETE FROM {TABLE}")  # noqa: S608
             sql, params = _insert_sql("TRUE")
             cursor.execute(sql, params)
+            cursor.execute(_month_sql("TRUE"))
         else:
             cursor.execute(f'DELETE FROM {TABLE} WHERE "institution_id" = %s', [institution_id])  # noqa: S608
             sql, params = _insert_sql('"institution_id" = %s')
             cursor.execute(sql, params + [institution_id])
-        return cursor.rowcount
+            cursor.execute(_month_sql('"institution_id" = %s'), [institution_id])
+        cursor.execute(f"SELECT COUNT(*) FROM {TABLE}")  # noqa: S608
+        return int(cursor.fetchone()[0])

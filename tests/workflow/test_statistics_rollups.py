@@ -82,7 +82,11 @@ def test_rollups_follow_the_actions_and_answer_long_ranges(scenario, settings): 
                         continue
                     values = stage_minutes(scenario.a.institution, chart, e["key"], stage)
                     assert within_a_bucket(s[column], values, p), (chart, e["key"], column, e[column], s[column])
-    for chart in ("volume-by-modality", "volume-by-station", "sla-by-priority", "workload", "turnaround-by-pool"):
+    settings.STATISTICS_ROLLUP_DAYS = 1000
+    exact_pools = [(r["key"], r["studies"], r["signed"]) for r in rows(admin, "turnaround-by-pool")["rows"]]
+    settings.STATISTICS_ROLLUP_DAYS = 31
+    assert [(r["key"], r["studies"], r["signed"]) for r in rows(admin, "turnaround-by-pool")["rows"]] == exact_pools
+    for chart in ("volume-by-modality", "volume-by-station", "sla-by-priority", "workload"):
         settings.STATISTICS_ROLLUP_DAYS = 1000
         exact_rows = rows(admin, chart)["rows"]
         settings.STATISTICS_ROLLUP_DAYS = 31

@@ -801,12 +801,12 @@ class RollupBatch(Batch):
         self._groups: dict[str, dict[Any, list[Any]]] | None = None
         self._by_institution: list[dict[str, Any]] | None = None
 
-    def _rollup_where(self) -> tuple[str, list[Any]]:
+    def _rollup_where(self, *, days_only: bool = False) -> tuple[str, list[Any]]:
         start, end = self.filters.date_from, self.filters.date_to
         # Whole months from the month rows, the days before and after them from the day rows.
         first = start if start.day == 1 else (start.replace(day=28) + timedelta(days=4)).replace(day=1)
         after = (end + timedelta(days=1)).replace(day=1)  # the first day after the last whole month
-        if first < after:
+        if first < after and not days_only:
             qs = StatRollup.objects.filter(
                 Q(period="month", day__gte=first, day__lt=after)
                 | Q(period="day", day__gte=start, day__lt=first)
@@ -857,9 +857,13 @@ class RollupBatch(Batch):
             by_dim = {dim: (name, column) for name, (dim, column) in _ROLLUP_DIMS.items()}
             # Body part and station are only counted: their histograms stay unread.
             for name in ("body_part", "station"):
-                for key, studies_n in self._sums((name,), (name,), ("studies",)):
-                    groups[name][key] = [studies_n]
-            by_dim = {dim: spec for dim, spec in by_dim.items() if dim not in {"body_part", "station"}}
+                if name in self.volume_sets:
+                    for key, studies_n in self._sums((name,), (name,), ("studies",)):
+                        groups[name][key] = [studies_n]
+            skip = {"body_part", "station"}
+            if not {"reader_id", "pool_id"} & set(self.read_sets):
+                skip.add("reader")  # no chart of this scope names readers or pools
+            by_dim = {dim: spec for dim, spec in by_dim.items() if dim not in skip}
             keys = ("dim", "modality", "priority", "reader_id", "pool_id")
             for row in self._sums(tuple(by_dim), keys):
                 dim, values, pool, sums = row[0], row[1 : -1 - len(_SUMS)], row[-1 - len(_SUMS)], row[-len(_SUMS) :]
@@ -875,7 +879,12 @@ class RollupBatch(Batch):
 
     def volumes(self, dimension: str) -> list[tuple[Any, int]]:
         if dimension == "day":
-            return [(day, int(n)) for day, n in self._sums(("all",), ("day",), ("studies",))]
+            # Per day: the day rows of the whole range (the month rows know no days).
+            where, params = self._rollup_where(days_only=True)
+            sql = f'SELECT "day", SUM("studies") FROM {rollups.TABLE} WHERE {where} AND "dim" = %s GROUP BY "day"'  # noqa: S608
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [*params, "all"])
+                return [(day, int(n)) for day, n in cursor.fetchall()]
         if dimension == "institution_id":
             return [(e["institution_id"], e["studies"]) for e in self._institutions()]
         return [(key, int(sums[0])) for key, sums in self._grouped()[dimension].items()]

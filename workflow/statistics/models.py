@@ -123,9 +123,9 @@ class StatRollup(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["institution", "period", "day"], name="statrollup_inst_day"),
-            models.Index(fields=["pool", "period", "day"], name="statrollup_pool_day"),
-            models.Index(fields=["period", "day"], name="statrollup_day"),
+            models.Index(fields=["institution", "period", "dim", "day"], name="statrollup_inst_day"),
+            models.Index(fields=["pool", "period", "dim", "day"], name="statrollup_pool_day"),
+            models.Index(fields=["period", "dim", "day"], name="statrollup_day"),
         ]
 
 

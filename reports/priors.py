@@ -21,6 +21,7 @@ from archive.models import Study
 from archive.priors.selection import select_priors
 from pacs_cloud import audit
 from pacs_cloud.access import HasClinicalRole
+from workflow.links.access import comparable_patients
 
 from .models import Report, ReportVersion
 
@@ -63,6 +64,7 @@ def prior_json(study: Study, reports: list[dict[str, Any]]) -> dict[str, Any]:
         "description": study.description,
         "modalities": study.image_modalities,
         "accession_number": study.accession_number,
+        "hospital": study.institution.name,
         "viewer_url": f"/viewer/studies/{study.pk}/",
         "reports": reports,
     }
@@ -70,7 +72,7 @@ def prior_json(study: Study, reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 def visible_priors(user: Any, study: Study) -> list[Study]:
     """The relevant priors of ``study`` that ``user`` may open, newest first."""
-    priors = select_priors(study)
+    priors = select_priors(study, linked_patients=comparable_patients(study))
     if not priors:
         return []
     visible = set(searchable_studies(user).filter(pk__in=[p.pk for p in priors]).values_list("pk", flat=True))
@@ -94,6 +96,7 @@ _PRIOR_FIELDS = {
     "description": serializers.CharField(),
     "modalities": serializers.ListField(child=serializers.CharField()),
     "accession_number": serializers.CharField(),
+    "hospital": serializers.CharField(help_text="The hospital whose study it is (a linked patient's: another)."),
     "viewer_url": serializers.CharField(),
     "reports": inline_serializer("PriorReport", _REPORT_FIELDS, many=True),
 }

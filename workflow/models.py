@@ -420,3 +420,7 @@ class TaskPrior(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["task", "study"], name="task_prior_unique")]
         indexes = [models.Index(fields=["study"], name="task_prior_study")]
+
+
+# One patient across hospitals (workflow.links): found here by Django, like the referrals'.
+from .links.models import LinkSuggestion, PatientConsent, PatientLink  # noqa: E402, F401

@@ -60,6 +60,7 @@ from pacs_cloud.lib.local_time import format_local
 from pacs_cloud.models import Institution, Role, Transition, role_group_name
 from pacs_cloud.push import institution_group, notify_many
 
+from ..links.actions import link_imported_study, withdraw_linked_priors
 from .access import (
     IMPORT_ROLES,
     REFERRAL_ROLES,
@@ -71,7 +72,6 @@ from .access import (
     is_receiver,
     is_sender,
 )
-from ..links.actions import link_imported_study, withdraw_linked_priors
 from .models import (
     REFERRAL_SHARING_STATES,
     REFERRAL_SWEEP,

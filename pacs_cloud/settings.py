@@ -523,7 +523,12 @@ CELERY_BEAT_SCHEDULE["workflow-referral-sweep"] = {
     "schedule": env.float("REFERRAL_SWEEP_SECONDS", default=60.0),
 }
 # Autodiscovery loads each app's own tasks module; a part's tasks are named here.
-CELERY_IMPORTS = ["workflow.referrals.tasks"]
+CELERY_IMPORTS = ["workflow.referrals.tasks", "workflow.links.tasks"]
+# Patients' consents past their expiry end, and the priors they gave are withdrawn (workflow.links).
+CELERY_BEAT_SCHEDULE["workflow-consent-sweep"] = {
+    "task": "workflow.links.tasks.sweep_consents",
+    "schedule": env.float("CONSENT_SWEEP_SECONDS", default=60.0),
+}
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [

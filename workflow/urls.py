@@ -28,4 +28,6 @@ urlpatterns = [
     path("api/v1/", include(router.urls)),
     # Referrals and shares: their pages and /api/v1/referrals/, /api/v1/study-shares/.
     path("", include("workflow.referrals.urls")),
+    # One patient across hospitals: /patient-links/, /api/v1/patient-links/, /api/v1/consents/, ...
+    path("", include("workflow.links.urls")),
 ]

@@ -72,7 +72,7 @@ def access_suggestion(user: Any, pk: object) -> LinkSuggestion:
 # Consent and comparison -------------------------------------------------------------
 
 
-def _consents_in_force(now: datetime) -> Q:
+def consents_in_force(now: datetime) -> Q:
     return Q(revoked_at__isnull=True) & (Q(expires_at__isnull=True) | Q(expires_at__gt=now))
 
 
@@ -89,7 +89,7 @@ def consented_patients(patient_ids: list[Any], receiving_institution: Any, *, no
     now = now or timezone.now()
     receiver = getattr(receiving_institution, "pk", receiving_institution)
     own = PatientConsent.objects.filter(
-        _consents_in_force(now),
+        consents_in_force(now),
         patient_id__in=patient_ids,
         receiving_institution_id=receiver,
         scope=PatientConsent.Scope.COMPARISON,
@@ -134,3 +134,61 @@ def access_own_patient(user: Any, pk: object) -> Patient:
     """A patient of an institution where ``user`` holds a clinical role (the who-looked page's door)."""
     qs = Patient.objects.filter(institution_id__in=access.institution_ids(user, CLINICAL_ROLES))
     return _get(qs.select_related("institution"), pk, "patient")
+
+
+# Audit events that are reads of one study's data or report (the viewer's, the
+# archive's REST and DICOMweb, the reports').
+_STUDY_OBJECTS = ("study", "archive.study")
+
+
+def outside_reads(patient: Patient, *, limit: int = 200) -> list[dict[str, Any]]:
+    """Who outside ``patient``'s hospital opened the patient's studies or reports there, newest first.
+
+    Read from the audit trail: every opening by a user with no membership at
+    the patient's institution (a linked hospital's reader, a referral's
+    receiver, a reading centre's radiologist), whatever the route.
+    """
+    from pacs_cloud.models import AuditEvent, Membership
+
+    study_ids = [str(pk) for pk in Study.objects.filter(patient=patient).values_list("pk", flat=True)]
+    if not study_ids:
+        return []
+    members = Membership.objects.filter(institution_id=patient.institution_id).values("user_id")
+    events = list(
+        AuditEvent.objects.filter(
+            Q(object_type__in=_STUDY_OBJECTS, object_id__in=study_ids)
+            | Q(object_type="report", detail__study__in=study_ids),
+            institution_id=patient.institution_id,
+            outcome=AuditEvent.Outcome.SUCCESS,
+            actor_id__isnull=False,
+        )
+        .exclude(actor_id__in=members)
+        .order_by("-time", "-id")[:limit]
+    )
+    homes: dict[Any, list[str]] = {}
+    for user_id, name in Membership.objects.filter(user_id__in={e.actor_id for e in events}).values_list(
+        "user_id", "institution__name"
+    ):
+        if name not in homes.setdefault(user_id, []):
+            homes[user_id].append(name)
+    studies = {
+        str(s.pk): s for s in Study.objects.filter(pk__in={e.detail.get("study") or e.object_id for e in events})
+    }
+    rows = []
+    for event in events:
+        study = studies.get(str(event.detail.get("study") or event.object_id))
+        rows.append(
+            {
+                "time": event.time,
+                "user": event.actor,
+                "institutions": sorted(homes.get(event.actor_id, [])),
+                "action": event.action,
+                "object_type": event.object_type,
+                "study": str(study.pk) if study else None,
+                "study_date": study.study_date if study else None,
+                "study_description": study.description if study else "",
+                "as_prior": bool(event.detail.get("as_prior")),
+                "client_address": event.client_address,
+            }
+        )
+    return rows

@@ -220,6 +220,26 @@ def link_imported_study(imported: Any, *, acting_user: Any, request: Any = None)
     )
 
 
+def do_link_patients(patient: Patient, other: Patient, *, acting_user: Any, request: Any = None) -> PatientLink:
+    """A coordinator links their institution's ``patient`` with ``other``, a patient of another hospital.
+
+    Precondition checked here: the actor coordinates at ``patient``'s
+    institution, and ``other``'s hospital recorded the patient's consent
+    (any scope, in force) for that institution: without it the caller could
+    not know of ``other`` at all.
+    """
+    if not _coordinator_of(acting_user, patient.institution_id):
+        raise LinkRefused("Only the patient's institution's referral coordinators link it.", "forbidden")
+    consented = PatientConsent.objects.filter(
+        access.consents_in_force(timezone.now()), patient=other, receiving_institution_id=patient.institution_id
+    )
+    if not consented.exists():
+        raise LinkRefused("The other hospital has recorded no consent of this patient for your institution.")
+    return _create_link(
+        patient, other, source=PatientLink.Source.CONFIRMED_MATCH, acting_user=acting_user, request=request
+    )
+
+
 def do_confirm_suggestion(suggestion: LinkSuggestion, *, acting_user: Any, request: Any = None) -> PatientLink:
     """A coordinator of the receiving institution confirms a suggested match: the two patients are linked."""
     with transaction.atomic():

@@ -40,6 +40,9 @@ class LinkedPatientSerializer(PatientRefSerializer):
     id = serializers.UUIDField()
     institution = InstitutionRefSerializer()
 
+    class Meta:
+        ref_name = "LinkedPatient"
+
 
 class PatientLinkSerializer(serializers.ModelSerializer):
     patient = LinkedPatientSerializer(read_only=True)
@@ -61,7 +64,7 @@ class LinkCreateSerializer(serializers.Serializer):
     other_patient = serializers.UUIDField(help_text="The other hospital's patient, named in its consent for you.")
 
 
-class ReasonSerializer(serializers.Serializer):
+class LinkReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
 
 
@@ -101,12 +104,12 @@ class PatientLinkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             return _refused(refused)
         return Response(self.get_serializer(link).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=ReasonSerializer, responses={200: PatientLinkSerializer, 403: Refusal})
+    @extend_schema(request=LinkReasonSerializer, responses={200: PatientLinkSerializer, 403: Refusal})
     @action(detail=True, methods=["post"])
     def unlink(self, request: Request, pk: str | None = None) -> Response:
         """End the link: the linked priors it gave readers are withdrawn at once."""
         link = self.get_object()
-        body = ReasonSerializer(data=request.data)
+        body = LinkReasonSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
             link = actions.do_unlink_patients(
@@ -177,7 +180,7 @@ class LinkSuggestionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
         return Response(self.get_serializer(self.get_object()).data)
 
 
-class ConsentSerializer(serializers.ModelSerializer):
+class PatientConsentSerializer(serializers.ModelSerializer):
     patient = LinkedPatientSerializer(read_only=True)
     granting_institution = InstitutionRefSerializer(read_only=True)
     receiving_institution = InstitutionRefSerializer(read_only=True)
@@ -208,7 +211,7 @@ class ConsentCreateSerializer(serializers.Serializer):
 class ConsentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Patients' consents given at your institution for another, or at another for yours; ``revoke/`` ends one."""
 
-    serializer_class = ConsentSerializer
+    serializer_class = PatientConsentSerializer
     permission_classes = [IsReferralCoordinator]
 
     def get_queryset(self) -> QuerySet[PatientConsent]:
@@ -221,7 +224,7 @@ class ConsentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def get_object(self) -> PatientConsent:
         return access.access_consent(self.request.user, self.kwargs["pk"])
 
-    @extend_schema(request=ConsentCreateSerializer, responses={201: ConsentSerializer, 400: Refusal, 403: Refusal})
+    @extend_schema(request=ConsentCreateSerializer, responses={201: PatientConsentSerializer, 400: Refusal, 403: Refusal})
     def create(self, request: Request) -> Response:
         """Record a patient's consent; the receiving institution's matching patients are suggested to it."""
         body = ConsentCreateSerializer(data=request.data)
@@ -250,12 +253,12 @@ class ConsentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             return _refused(refused)
         return Response(self.get_serializer(self.get_queryset().get(pk=consent.pk)).data, status=201)
 
-    @extend_schema(request=ReasonSerializer, responses={200: ConsentSerializer, 403: Refusal})
+    @extend_schema(request=LinkReasonSerializer, responses={200: PatientConsentSerializer, 403: Refusal})
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         """End the consent now: the receiving hospital's readers lose the patient's priors at once."""
         consent = self.get_object()
-        body = ReasonSerializer(data=request.data)
+        body = LinkReasonSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
             actions.do_revoke_patient_consent(

@@ -56,7 +56,8 @@ def signed_reports(study_ids: list[Any]) -> dict[Any, list[dict[str, Any]]]:
     return out
 
 
-def prior_json(study: Study, reports: list[dict[str, Any]]) -> dict[str, Any]:
+def prior_json(study: Study, reports: list[dict[str, Any]], *, linked: bool = False) -> dict[str, Any]:
+    """One prior as the API shows it; ``linked``: a study of the same person at another hospital."""
     return {
         "id": str(study.pk),
         "study_instance_uid": study.study_instance_uid,
@@ -65,6 +66,7 @@ def prior_json(study: Study, reports: list[dict[str, Any]]) -> dict[str, Any]:
         "modalities": study.image_modalities,
         "accession_number": study.accession_number,
         "hospital": study.institution.name,
+        "linked": linked,
         "viewer_url": f"/viewer/studies/{study.pk}/",
         "reports": reports,
     }
@@ -96,7 +98,10 @@ _PRIOR_FIELDS = {
     "description": serializers.CharField(),
     "modalities": serializers.ListField(child=serializers.CharField()),
     "accession_number": serializers.CharField(),
-    "hospital": serializers.CharField(help_text="The hospital whose study it is (a linked patient's: another)."),
+    "hospital": serializers.CharField(help_text="The hospital whose study it is."),
+    "linked": serializers.BooleanField(
+        help_text="A study of the same person at another hospital (a patient link with the patient's consent)."
+    ),
     "viewer_url": serializers.CharField(),
     "reports": inline_serializer("PriorReport", _REPORT_FIELDS, many=True),
 }
@@ -131,4 +136,12 @@ class StudyPriorsView(APIView):
             patient_id=study.patient.patient_id,
             detail={"priors": [str(p.pk) for p in priors]},
         )
-        return Response({"study": str(study.pk), "priors": [prior_json(p, reports.get(p.pk, [])) for p in priors]})
+        return Response(
+            {
+                "study": str(study.pk),
+                "priors": [
+                    prior_json(p, reports.get(p.pk, []), linked=p.institution_id != study.institution_id)
+                    for p in priors
+                ],
+            }
+        )

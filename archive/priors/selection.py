@@ -109,7 +109,7 @@ def _years_before(day: dt.date, years: int) -> dt.date:
 _LINKED_COLUMNS = ("study__study_instance_uid", "study__institution_id")
 
 
-def _own_copies_first(rows: list[Any], study: Study) -> list[Any]:
+def _without_linked_copies(rows: list[Any], study: Study) -> list[Any]:
     """The rows without a linked hospital's study of which the reading hospital holds a copy (same UID)."""
     own_uids = {row[5] for row in rows if row[6] == study.institution_id}
     return [row for row in rows if row[6] == study.institution_id or row[5] not in own_uids]
@@ -159,9 +159,8 @@ def select_priors(study: Study, *, linked_patients: Iterable[Any] = ()) -> list[
         )
     )
     candidates: dict[Any, tuple[set[str], str, list[str]]] = {}  # in order, newest first
-    if linked:
-        rows = _own_copies_first(list(rows), study)
-    for study_id, study_modalities, description, modality, body_part, *_ in rows:
+    listed: Iterable[Any] = _without_linked_copies(list(rows), study) if linked else rows
+    for study_id, study_modalities, description, modality, body_part, *_ in listed:
         found = candidates.setdefault(study_id, (_modalities(study_modalities), description, []))
         if modality and modality.upper() not in NON_IMAGE_MODALITIES:
             found[0].add(modality.upper())

@@ -224,7 +224,9 @@ class ConsentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def get_object(self) -> PatientConsent:
         return access.access_consent(self.request.user, self.kwargs["pk"])
 
-    @extend_schema(request=ConsentCreateSerializer, responses={201: PatientConsentSerializer, 400: Refusal, 403: Refusal})
+    @extend_schema(
+        request=ConsentCreateSerializer, responses={201: PatientConsentSerializer, 400: Refusal, 403: Refusal}
+    )
     def create(self, request: Request) -> Response:
         """Record a patient's consent; the receiving institution's matching patients are suggested to it."""
         body = ConsentCreateSerializer(data=request.data)

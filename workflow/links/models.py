@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -67,7 +68,7 @@ class PatientLink(models.Model):
     def is_active(self) -> bool:
         return self.unlinked_at is None
 
-    def side_of(self, institution_id: object) -> tuple[object, object]:
+    def side_of(self, institution_id: object) -> tuple[Any, Any]:
         """(the patient at ``institution_id``, the patient at the other institution)."""
         if self.institution_id == institution_id:
             return self.patient, self.other_patient

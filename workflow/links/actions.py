@@ -248,6 +248,8 @@ def do_confirm_suggestion(suggestion: LinkSuggestion, *, acting_user: Any, reque
             raise LinkRefused("Only the receiving institution's referral coordinators confirm a match.", "forbidden")
         if locked.state != LinkSuggestion.State.PENDING:
             raise LinkRefused(f"This suggestion is {locked.state} already.", "bad_state")
+        if not locked.consent.in_force():
+            raise LinkRefused("The consent that brought this suggestion has ended.", "bad_state")
         link = _create_link(
             locked.patient,
             locked.candidate,

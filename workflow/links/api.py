@@ -153,7 +153,7 @@ class LinkSuggestionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
             "patient__institution", "candidate__institution"
         )
         if self.action == "list" and self.request.query_params.get("all") not in ("1", "true"):
-            qs = qs.filter(state=LinkSuggestion.State.PENDING)
+            qs = qs.filter(state=LinkSuggestion.State.PENDING, consent__revoked_at__isnull=True)
         return qs.order_by("-score", "created_at")
 
     def get_object(self) -> LinkSuggestion:

@@ -36,7 +36,9 @@ def patient_links(request: HttpRequest) -> HttpResponse:
     given = list(consents.filter(granting_institution=institution)[:LIST_ROWS])
     received = list(consents.filter(receiving_institution=institution)[:LIST_ROWS])
     suggestions = list(
-        LinkSuggestion.objects.filter(institution=institution, state=LinkSuggestion.State.PENDING)
+        LinkSuggestion.objects.filter(
+            institution=institution, state=LinkSuggestion.State.PENDING, consent__revoked_at__isnull=True
+        )
         .select_related("patient", "candidate__institution")
         .order_by("-score", "created_at")[:LIST_ROWS]
     )

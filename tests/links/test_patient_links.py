@@ -245,3 +245,9 @@ def test_every_link_unlink_and_cross_hospital_read_is_audited_and_shown_to_the_p
     assert page.status_code == 200 and b.radiologist.username in html and b.institution.name in html
     assert "张三" in html and "UTC+8" in html
     assert AuditEvent.objects.filter(action="workflow.outside_reads", actor=a.clinician.username).count() == 2
+    # Found by patient ID at the patient's own hospital only.
+    found = web_client(a.clinician).get("/patient-links/reads/", {"patient_id": "ZS-A"}).content.decode()
+    assert f"/patients/{older.patient_id}/outside-reads/" in found
+    for outsider in (b.clinician, tenants.c.clinician):
+        elsewhere = web_client(outsider).get("/patient-links/reads/", {"patient_id": "ZS-A"}).content.decode()
+        assert str(older.patient_id) not in elsewhere and "张三" not in elsewhere

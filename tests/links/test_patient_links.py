@@ -189,8 +189,17 @@ def test_suggestions_never_link_until_a_coordinator_confirms(tenants, storage):
     # Rejected: closed, not made again when the consent is recorded anew.
     rejected = api_client(b.referral_coordinator).post(f"/api/v1/link-suggestions/{found[1]['id']}/reject/")
     assert rejected.status_code == 200 and rejected.json()["state"] == "rejected"
-    confirmed = api_client(b.referral_coordinator).post(f"/api/v1/link-suggestions/{found[0]['id']}/confirm/")
-    assert confirmed.status_code == 201, confirmed.content
+    # The coordinators' page lists it with its score; its button links.
+    page = web_client(b.referral_coordinator).get("/patient-links/")
+    html = page.content.decode()
+    assert page.status_code == 200 and f'data-suggestion="{found[0]["id"]}"' in html
+    assert '<td class="score">100</td>' in html and "张三" in html and a.institution.name in html
+    assert f'data-suggestion="{found[1]["id"]}"' not in html  # rejected
+    confirmed = web_client(b.referral_coordinator).post(
+        "/patient-links/act/", {"action": "confirm", "pk": found[0]["id"]}
+    )
+    assert confirmed.status_code == 302
+    assert "data-link=" in web_client(b.referral_coordinator).get("/patient-links/").content.decode()
     link = PatientLink.objects.get()
     assert (link.source, link.score) == (PatientLink.Source.CONFIRMED_MATCH, 100)
     assert namesake.patient_id not in {link.patient_id, link.other_patient_id}

@@ -413,6 +413,7 @@ SPECTACULAR_SETTINGS = {
         "StudyStateEnum": "archive.models.Study.State",
         "DceCurveModelEnum": "viewer.analysis.fitting.MODELS",
         "DceMapModelEnum": "viewer.analysis.maps.MAP_MODELS",
+        "PatientConsentMethodEnum": "workflow.links.models.PatientConsent.Method",
     },
 }
 

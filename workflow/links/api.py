@@ -9,7 +9,7 @@ show only what the caller may see.
 from __future__ import annotations
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -36,12 +36,12 @@ def _refused(error: actions.LinkRefused) -> Response:
     return Response({"detail": error.message, "code": error.code}, status=REFUSAL_STATUS.get(error.code, 400))
 
 
+@extend_schema_serializer(component_name="LinkedPatient")
 class LinkedPatientSerializer(PatientRefSerializer):
+    """A patient with its institution (either side of a link, a consent's patient)."""
+
     id = serializers.UUIDField()
     institution = InstitutionRefSerializer()
-
-    class Meta:
-        ref_name = "LinkedPatient"
 
 
 class PatientLinkSerializer(serializers.ModelSerializer):

@@ -48,7 +48,7 @@ lint: setup
 
 ## The benchmarks beside Orthanc 1.10, one after another (hours; see the README's Performance section).
 ## Each writes its figures to bench/results/<name>.json; `make bench BENCHES="mwl workflow"` runs some.
-BENCHES ?= archive mwl render report workflow edge dce volume
+BENCHES ?= archive mwl render report workflow edge dce volume onboarding
 # PostgreSQL server for the scratch database (re-created before each benchmark: never a real one).
 BENCH_SERVER ?= postgres://postgres@127.0.0.1:5432
 BENCH_DB ?= pacs_bench
@@ -78,6 +78,7 @@ bench: setup
 	$(if $(call bench_wanted,edge),$(FRESH_BENCH_DB) && $(BENCH_ENV) $(BIN)/python bench/edge_bench.py --database $(BENCH_SERVER)/$(BENCH_DB))
 	$(if $(call bench_wanted,dce),$(BENCH_ENV) env -u DATABASE_URL $(BIN)/python bench/dce_bench.py)
 	$(if $(call bench_wanted,volume),$(BENCH_ENV) env -u DATABASE_URL $(BIN)/python bench/volume_bench.py)
+	$(if $(call bench_wanted,onboarding),$(FRESH_BENCH_DB) && $(BENCH_ENV) DATABASE_URL=$(BENCH_SERVER)/$(BENCH_DB) $(BIN)/python bench/onboarding_bench.py)
 	@echo "Figures written to bench/results/; commit them and quote them in the README."
 
 clean:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import pydicom
+from django.conf import settings
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
 from django.db.models import ForeignObjectRel, QuerySet
@@ -26,7 +29,7 @@ from django_fsm import TransitionNotAllowed
 from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition, record_transition
 from pacs_cloud.lib import dicom_datetime
-from pacs_cloud.models import Institution
+from pacs_cloud.models import AuditEvent, Institution
 
 from . import names, signals
 from .access import VIEW_PRIOR, VIEW_STUDY
@@ -542,6 +545,64 @@ def do_delete_dicom_node(node: DicomNode, *, acting_user: Any) -> None:
             detail={"ae_title": node.ae_title},
         )
         node.delete()
+
+
+ECHO_TIMEOUT_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    ok: bool
+    message: str
+    milliseconds: int | None = None
+
+
+def do_echo_dicom_node(node: DicomNode, *, acting_user: Any, request: Any = None) -> EchoResult:
+    """C-ECHO ``node`` from this server (Verification SOP Class, PS3.4 A.4), as the cloud AE. Audited.
+
+    Tests the path from the cloud to the node's host and port: the node's AE
+    title must be accepted there as called AE and ours as calling AE.
+    """
+    if not node.host or not node.port:
+        result = EchoResult(False, "Set the node's host and port first: the echo is sent there.")
+    else:
+        result = _echo(node.host, node.port, node.ae_title)
+    audit.record(
+        "archive.dicomnode.echo",
+        request=request,
+        actor=acting_user,
+        institution=node.institution_id,
+        object_type="archive.dicomnode",
+        object_id=node.pk,
+        outcome=AuditEvent.Outcome.SUCCESS if result.ok else AuditEvent.Outcome.FAILURE,
+        detail={"ae_title": node.ae_title, "host": node.host, "port": node.port, "message": result.message},
+    )
+    return result
+
+
+def _echo(host: str, port: int, called: str) -> EchoResult:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title=settings.DICOM_AE_TITLE)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = ECHO_TIMEOUT_SECONDS
+    started = time.monotonic()
+    assoc = ae.associate(host, port, ae_title=called)
+    try:
+        if assoc.is_rejected:
+            return EchoResult(False, f"{called} at {host}:{port} rejected the association (our AE title or theirs).")
+        if not assoc.is_established:
+            return EchoResult(False, f"No DICOM answer from {host}:{port}.")
+        status = assoc.send_c_echo()
+        elapsed = round((time.monotonic() - started) * 1000)
+        if status and getattr(status, "Status", None) == 0x0000:
+            return EchoResult(True, f"{called} answered the echo in {elapsed} ms.", elapsed)
+        return EchoResult(False, f"{called} accepted the association but not the echo.")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
 
 
 # Study grants --------------------------------------------------------------

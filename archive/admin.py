@@ -55,7 +55,17 @@ class EdgeGatewayAdmin(admin.ModelAdmin):
 class StorageLocationAdmin(admin.ModelAdmin):
     """Where objects are kept: added and changed through the audited action; never deleted while copies remain."""
 
-    list_display = ["name", "kind", "site", "tier", "cost_per_gb_month", "read_rank", "is_default", "healthy"]
+    list_display = [
+        "name",
+        "kind",
+        "site",
+        "tier",
+        "cost_per_gb_month",
+        "restore_minutes",
+        "read_rank",
+        "is_default",
+        "healthy",
+    ]
     list_filter = ["tier", "site", "healthy"]
     readonly_fields = ["is_default", "healthy", "checked_at", "last_error"]
 

@@ -44,6 +44,7 @@ from . import query as q
 from . import retrieve
 from .access import access_study, searchable_studies, seen_as_prior
 from .copies.lifecycle import note_study_read
+from .copies.restore import pending_restore
 from .ingest import (
     IngestError,
     IngestSession,
@@ -169,6 +170,16 @@ def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None 
 
 def _problem(status: int, message: str) -> HttpResponse:
     return HttpResponse(json.dumps({"detail": message}), status=status, content_type="application/json")
+
+
+def _not_restored(request: Request, study: Study, rows: list[Instance]) -> HttpResponse | None:
+    """503 with ``Retry-After`` (PS3.18 8.5.2) while objects asked for wait for a restore from the archive tier."""
+    pending = pending_restore(study, [r.pk for r in rows], requested_by=request.user)
+    if pending is None:
+        return None
+    response = _problem(503, f"{pending.message()}; ask again after the time in Retry-After")
+    response["Retry-After"] = str(pending.retry_after)
+    return response
 
 
 # Resolving studies, series and instances through the access policy ------------------
@@ -623,6 +634,8 @@ def _retrieve(
                 "be converted to the transfer syntax asked for; ask with transfer-syntax=*",
             )
         plan.append((instance, syntax))
+    if (waiting := _not_restored(request, study, rows)) is not None:
+        return waiting
     audit_study_read(
         request, "archive.study.retrieve", study, scope=scope, series_instance_uid=series, instances=len(rows)
     )
@@ -873,6 +886,8 @@ class FramesView(DicomWebView):
             return _problem(400, str(exc))
         if row.pixel_data_offset is None and row.rows is None:
             return _problem(404, "the instance has no pixel data")
+        if (waiting := _not_restored(request, found, [row])) is not None:
+            return waiting
         wanted = parse_accept(request.headers.get("Accept", "")) or [
             Acceptable("multipart/related", "application/octet-stream", "", 1.0)
         ]
@@ -929,6 +944,8 @@ class BulkDataView(DicomWebView):
         parts_of_path = [p for p in path.split("/") if p]
         if not parts_of_path or len(parts_of_path) % 2 == 0:
             raise Http404("No such bulk data")
+        if (waiting := _not_restored(request, found, [row])) is not None:
+            return waiting
         try:
             value = retrieve.bulk_value(row, parts_of_path)
         except KeyError:

@@ -75,6 +75,7 @@ from pacs_cloud.models import Institution
 
 from . import query as q
 from . import retrieve
+from .copies.restore import RestorePending, do_finish_restore, pending_restore
 from .ingest import IngestError, IngestSession, Source, announce_deferred, refusal, store_dataset
 from .models import DicomNode, Instance, Patient, Study
 
@@ -1280,6 +1281,32 @@ def _failure(status_code: int, comment: str) -> Dataset:
     return status
 
 
+def _archived_wait(instances: list[Instance]) -> RestorePending | None:
+    """``None`` when every instance can be sent now; else restore its study from the archive tier, waiting
+    up to ``RESTORE_RETRIEVE_WAIT_SECONDS`` for the restore (the caller answers failure with the time left)."""
+    by_study: dict[Any, list[Any]] = {}
+    for instance in instances:
+        by_study.setdefault(instance.series.study_id, []).append(instance.pk)
+    deadline = time.monotonic() + settings.RESTORE_RETRIEVE_WAIT_SECONDS
+    while True:
+        waiting = None
+        for study in Study.objects.filter(pk__in=list(by_study)):
+            pending = pending_restore(study, by_study[study.pk])
+            if pending is None:
+                continue
+            # Waiting is configured: recall the study here as soon as its store has restored it.
+            if settings.RESTORE_RETRIEVE_WAIT_SECONDS > 0 and do_finish_restore(study.pk):
+                continue
+            waiting = pending
+        if waiting is None or time.monotonic() >= deadline:
+            return waiting
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+
+def _restore_failure(pending: RestorePending) -> Dataset:
+    return _failure(STATUS_UNABLE_TO_PROCESS, f"archived; retry in {pending.minutes} min")
+
+
 def handle_move(event: Any) -> Iterator[Any]:
     """C-MOVE (PS3.4 C.4.2): send matching instances to a configured node of the caller's institution."""
     found = _association_session(event.assoc)
@@ -1306,6 +1333,13 @@ def handle_move(event: Any) -> Iterator[Any]:
         for context in established.assoc.accepted_contexts:
             accepted.setdefault(str(context.abstract_syntax), set()).add(str(context.transfer_syntax[0]))
 
+    if (pending := _archived_wait(instances)) is not None:
+        contexts = _move_contexts(instances)
+        address = destination.host or event.assoc.requestor.address
+        yield address, destination.port, {"contexts": contexts, "evt_handlers": NODELAY_HANDLERS}
+        yield 1  # pynetdicom answers a failure with its comment only once sub-operations began
+        yield _restore_failure(pending), None
+        return
     contexts = _move_contexts(instances)
     handlers = [*NODELAY_HANDLERS, (evt.EVT_ESTABLISHED, remember)]
     yield (
@@ -1351,6 +1385,10 @@ def handle_get(event: Any) -> Iterator[Any]:
     except (q.QueryError, ValueError, TypeError) as exc:
         yield 0
         yield _failure(STATUS_IDENTIFIER_MISMATCH, str(exc)), None
+        return
+    if (pending := _archived_wait(instances)) is not None:
+        yield 1  # with 0 sub-operations pynetdicom answers success
+        yield _restore_failure(pending), None
         return
     accepted: dict[str, set[str]] = {}
     for context in event.assoc.accepted_contexts:

@@ -448,8 +448,21 @@ class StorageLocation(models.Model):
     site = models.CharField(max_length=50)
     tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.ONLINE)
     cost_per_gb_month = models.DecimalField(max_digits=10, decimal_places=5, default=0)
+    # Archive tier: how long the store takes to restore an object before it can be read
+    # (S3 GLACIER Standard retrievals take 3-5 hours, DEEP_ARCHIVE up to 12).
+    restore_minutes = models.PositiveIntegerField(default=300)
     # Reads try healthy locations by rank, lowest first (the fastest).
     read_rank = models.PositiveIntegerField(default=100)
+    # The object store itself replicates this location's objects from another (Ceph multisite, S3
+    # cross-region replication): the copier writes nothing here, it counts the store's replica once verified.
+    replica_of = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="store_replicas",
+        help_text="The location whose objects the store replicates here by itself.",
+    )
     is_default = models.BooleanField(default=False)
     healthy = models.BooleanField(default=True)
     checked_at = models.DateTimeField(null=True, blank=True)
@@ -564,11 +577,27 @@ class LifecycleRule(models.Model):
 
 
 class StudyAccess(models.Model):
-    """When a study was last read, and last recalled to the online tier (lifecycle rules read both)."""
+    """When a study was last read, and last recalled to the online tier (lifecycle rules read both).
+
+    While objects of the study are being restored from the archive tier,
+    ``restore_requested_at`` says since when and ``restore_ready_by`` when the
+    store expects them readable (what readers are told to wait for).
+    """
 
     study = models.OneToOneField(Study, primary_key=True, on_delete=models.CASCADE, related_name="access_record")
     last_read_at = models.DateTimeField(default=timezone.now)
     recalled_at = models.DateTimeField(null=True, blank=True)
+    restore_requested_at = models.DateTimeField(null=True, blank=True)
+    restore_ready_by = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["restore_requested_at"],
+                condition=models.Q(restore_requested_at__isnull=False),
+                name="study_restore_pending",
+            )
+        ]
 
 
 # Break-glass tables live in archive.breakglass.models but belong to this app.

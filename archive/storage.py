@@ -87,6 +87,12 @@ class Storage(Protocol):
         """A local file holding the object, when there is one (for zero-copy sends)."""
 
 
+# What a store says of an object in a class that needs a restore before a read.
+RESTORE_NEEDED = "needed"
+RESTORE_ONGOING = "ongoing"
+RESTORE_READY = "ready"  # readable now (restored, or never archived)
+
+
 class FileSystemStorage:
     """Objects as files under a root folder: temporary file, fsync, rename, fsync the folder."""
 
@@ -237,6 +243,10 @@ def _s3_client(endpoint_url: str, *, attempts: int, connect_timeout: float = 60)
     )
 
 
+# S3 storage classes whose objects are read only after a restore.
+ARCHIVE_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+
+
 class S3Storage:
     """Objects in an S3 bucket (Ceph RGW, MinIO, AWS S3).
 
@@ -382,6 +392,37 @@ class S3Storage:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+    def restore_state(self, key: str) -> str:
+        """Whether ``key`` can be read now, or needs (or is under) a restore from an archive storage class."""
+        head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        restore = head.get("Restore") or ""
+        if 'ongoing-request="false"' in restore:
+            return RESTORE_READY
+        if 'ongoing-request="true"' in restore:
+            return RESTORE_ONGOING
+        if head.get("StorageClass") in ARCHIVE_STORAGE_CLASSES:
+            return RESTORE_NEEDED
+        return RESTORE_READY
+
+    def request_restore(self, key: str, *, days: int, tier: str = "Standard") -> None:
+        """Ask the store to make an archived object readable for ``days`` (S3 RestoreObject); safe to repeat."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.restore_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "RestoreAlreadyInProgress":
+                raise
+
+    def stored_fixity(self, key: str) -> tuple[str, int]:
+        """The SHA-256 recorded with the object and its size, without reading it (archive classes allow no read)."""
+        head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        return head.get("Metadata", {}).get("sha256", ""), int(head.get("ContentLength") or 0)
 
     def sha256_of(self, key: str) -> str:
         """Recompute the SHA-256 of a stored object by reading it back (fixity)."""

@@ -8,9 +8,14 @@ event in the same transaction as the change.
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
 from django.http import HttpRequest
@@ -18,7 +23,7 @@ from django.utils import timezone
 
 from . import audit, authcache
 from .authentication import issue_token
-from .models import ApiToken, Institution, Membership, Role, User
+from .models import LANGUAGES, ApiToken, AuditEvent, CharacterSet, Institution, Invitation, Membership, Role, User
 
 
 class ActionError(Exception):
@@ -225,3 +230,210 @@ def do_set_member_active(
             request,
             account_changed=account_changed,
         )
+
+
+# Institutions and invitations (onboarding) ----------------------------------------
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,49}$")
+_PREFIX = re.compile(r"^[A-Z0-9]{1,8}$")
+
+
+def do_create_institution(
+    *,
+    acting_user: User,
+    name: str,
+    slug: str,
+    accession_prefix: str,
+    patient_id_prefix: str = "",
+    time_zone: str = "Asia/Shanghai",
+    character_set: str = CharacterSet.UTF8,
+    languages: Iterable[str] = ("zh-Hans", "en"),
+    kind: str = Institution.Kind.HOSPITAL,
+    admin_email: str = "",
+    admin_name: str = "",
+    request: HttpRequest | None = None,
+) -> tuple[Institution, Invitation, str]:
+    """Create an institution and invite its first administrator (platform administrators only).
+
+    Returns the institution, the invitation and the invitation's token, which
+    is shown this once. Raises ``ActionError`` naming the first wrong field.
+    """
+    if not (getattr(acting_user, "is_platform_admin", False) and acting_user.is_active):
+        raise ActionError("Only a platform administrator creates institutions.")
+    name, slug = name.strip(), slug.strip().lower()
+    accession_prefix, patient_id_prefix = accession_prefix.strip().upper(), patient_id_prefix.strip().upper()
+    if not name:
+        raise ActionError("Give the institution a name.")
+    if not _SLUG.match(slug):
+        raise ActionError("The short name takes 2–50 lower-case letters, digits and hyphens, e.g. lakeside.")
+    for label, prefix, required in (("accession", accession_prefix, True), ("patient ID", patient_id_prefix, False)):
+        if (prefix or required) and not _PREFIX.match(prefix):
+            raise ActionError(f"The {label} prefix takes 1–8 capital letters or digits.")
+    try:
+        ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ActionError(f"Unknown time zone {time_zone!r}; use an IANA name such as Asia/Shanghai.") from None
+    if character_set not in CharacterSet.values:
+        raise ActionError("Unknown character set.")
+    chosen = list(dict.fromkeys(languages))
+    if not chosen or any(code not in LANGUAGES for code in chosen):
+        raise ActionError("Choose at least one of the languages offered.")
+    if kind not in Institution.Kind.values:
+        raise ActionError("Unknown kind of institution.")
+    with transaction.atomic():
+        if Institution.objects.filter(slug=slug).exists():
+            raise ActionError(f"The short name {slug} is taken.")
+        institution = Institution.objects.create(
+            name=name,
+            slug=slug,
+            kind=kind,
+            accession_prefix=accession_prefix,
+            patient_id_prefix=patient_id_prefix,
+            patient_id_issuer=slug.upper()[:64],
+            time_zone=time_zone,
+            character_set=character_set,
+            languages=chosen,
+        )
+        audit.record(
+            "institution.created",
+            request=request,
+            actor=acting_user,
+            role="platform_admin",
+            institution=institution,
+            object_type="institution",
+            object_id=institution.pk,
+            detail={"name": name, "slug": slug, "time_zone": time_zone, "character_set": character_set},
+        )
+        invitation, token = do_invite(
+            institution,
+            roles=[Role.INSTITUTION_ADMIN],
+            email=admin_email,
+            display_name=admin_name,
+            acting_user=acting_user,
+            request=request,
+        )
+    return institution, invitation, token
+
+
+def do_invite(
+    institution: Institution,
+    *,
+    roles: Iterable[str],
+    email: str = "",
+    display_name: str = "",
+    acting_user: User,
+    request: HttpRequest | None = None,
+) -> tuple[Invitation, str]:
+    """An invitation to join ``institution`` with ``roles``; returns it and its token (shown once).
+
+    The caller has checked that ``acting_user`` administers the institution
+    (or, for a new institution's first administrator, runs the platform).
+    """
+    wanted = sorted(set(roles))
+    if not wanted or any(role not in Role.values for role in wanted):
+        raise ActionError("Give the invitation at least one known role.")
+    token = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        invitation = Invitation.objects.create(
+            institution=institution,
+            token_hash=Invitation.hash_token(token),
+            email=email.strip(),
+            display_name=display_name.strip(),
+            roles=wanted,
+            created_by=acting_user if getattr(acting_user, "pk", None) else None,
+            expires_at=timezone.now() + timedelta(hours=settings.INVITATION_TTL_HOURS),
+        )
+        audit.record(
+            "invitation.created",
+            request=request,
+            actor=acting_user,
+            institution=institution,
+            object_type="invitation",
+            object_id=invitation.pk,
+            detail={"roles": wanted, "email": invitation.email, "expires_at": invitation.expires_at.isoformat()},
+        )
+    return invitation, token
+
+
+def _refuse_invitation(request: HttpRequest | None, invitation: Invitation | None, reason: str, message: str) -> None:
+    # Outside the transaction, so the refusal stays in the trail.
+    audit.record(
+        "invitation.refused",
+        request=request,
+        actor_label="anonymous",
+        institution=invitation.institution_id if invitation else None,
+        object_type="invitation",
+        object_id=invitation.pk if invitation else "",
+        outcome=AuditEvent.Outcome.DENIED,
+        detail={"reason": reason},
+    )
+    raise ActionError(message)
+
+
+def usable_invitation(token: str, *, request: HttpRequest | None = None) -> Invitation:
+    """The open invitation ``token`` belongs to; ``ActionError`` (audited) for a wrong, used or expired one."""
+    invitation = (
+        Invitation.objects.select_related("institution").filter(token_hash=Invitation.hash_token(token or "")).first()
+    )
+    if invitation is None or not invitation.institution.is_active:
+        _refuse_invitation(request, None, "unknown", "This invitation link is not valid.")
+    assert invitation is not None
+    if invitation.accepted_at is not None:
+        _refuse_invitation(request, invitation, "used", "This invitation has been used already; sign in instead.")
+    if invitation.expires_at <= timezone.now():
+        _refuse_invitation(request, invitation, "expired", "This invitation has expired; ask for a new one.")
+    return invitation
+
+
+def do_accept_invitation(
+    token: str, *, username: str, password: str, display_name: str = "", request: HttpRequest | None = None
+) -> User:
+    """Create the invited person's account with the invitation's roles; the link stops working.
+
+    Raises ``ActionError`` (wrong, used or expired link; taken username) and
+    Django's ``ValidationError`` for a password the validators refuse.
+    """
+    invitation = usable_invitation(token, request=request)
+    username = username.strip()
+    if not username:
+        raise ActionError("Choose a username.")
+    candidate = User(
+        username=username, display_name=display_name.strip() or invitation.display_name, email=invitation.email
+    )
+    validate_password(password, user=candidate)
+    try:
+        return _accept(invitation, candidate, password, request)
+    except _Raced:
+        usable_invitation(token, request=request)  # another request used it first: recorded and refused here
+        raise
+
+
+class _Raced(Exception):
+    pass
+
+
+def _accept(invitation: Invitation, candidate: User, password: str, request: HttpRequest | None) -> User:
+    username = candidate.username
+    with transaction.atomic():
+        locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
+        if locked.accepted_at is not None or locked.expires_at <= timezone.now():
+            raise _Raced
+        if User.objects.filter(username__iexact=username).exists():
+            raise ActionError(f"The username {username} is taken; choose another.")
+        candidate.set_password(password)
+        candidate.save()
+        for role in locked.roles:
+            Membership.objects.create(user=candidate, institution=locked.institution, role=role)
+        locked.accepted_at = timezone.now()
+        locked.accepted_by = candidate
+        locked.save(update_fields=["accepted_at", "accepted_by"])
+        audit.record(
+            "invitation.accepted",
+            request=request,
+            actor=candidate,
+            institution=locked.institution,
+            object_type="invitation",
+            object_id=locked.pk,
+            detail={"username": candidate.username, "roles": locked.roles},
+        )
+    return candidate

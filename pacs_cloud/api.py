@@ -25,7 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import access, actions
-from .models import ApiToken, Institution, Membership, Role, User
+from .models import LANGUAGES, ApiToken, CharacterSet, Institution, Invitation, Membership, Role, User
 
 # Tokens -------------------------------------------------------------------
 
@@ -166,8 +166,11 @@ class InstitutionSerializer(serializers.ModelSerializer):
             "name",
             "kind",
             "accession_prefix",
+            "patient_id_prefix",
             "patient_id_issuer",
             "time_zone",
+            "character_set",
+            "languages",
             "is_active",
             "my_roles",
         ]
@@ -185,10 +188,79 @@ def visible_institutions(user: Any) -> QuerySet[Institution]:
     return Institution.objects.filter(pk__in=access.institution_ids(user))
 
 
-class InstitutionViewSet(viewsets.ReadOnlyModelViewSet):
+class InstitutionCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    slug = serializers.SlugField(max_length=50, help_text="Short name, lower case, e.g. lakeside.")
+    kind = serializers.ChoiceField(choices=Institution.Kind.choices, default=Institution.Kind.HOSPITAL)
+    time_zone = serializers.CharField(max_length=64, default="Asia/Shanghai")
+    character_set = serializers.ChoiceField(choices=CharacterSet.choices, default=CharacterSet.UTF8)
+    accession_prefix = serializers.CharField(max_length=8)
+    patient_id_prefix = serializers.CharField(max_length=8, required=False, default="", allow_blank=True)
+    languages = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(LANGUAGES.items())), default=["zh-Hans", "en"], allow_empty=False
+    )
+    admin_name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+    admin_email = serializers.EmailField(required=False, default="", allow_blank=True)
+
+
+class InvitationSerializer(serializers.ModelSerializer):
+    institution = serializers.UUIDField(source="institution_id", read_only=True)
+    state = serializers.CharField(read_only=True, help_text="open, accepted or expired")
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "institution", "email", "display_name", "roles", "created_at", "expires_at", "state"]
+        read_only_fields = fields
+
+
+class NewInvitationSerializer(InvitationSerializer):
+    link = serializers.URLField(read_only=True, help_text="The one-time link; shown only in this response.")
+
+    class Meta(InvitationSerializer.Meta):
+        fields = [*InvitationSerializer.Meta.fields, "link"]
+        read_only_fields = fields
+
+
+class NewInstitutionSerializer(serializers.Serializer):
+    institution = InstitutionSerializer(read_only=True)
+    invitation = NewInvitationSerializer(read_only=True, help_text="For the first administrator.")
+
+
+def _invitation_body(request: Request, invitation: Invitation, token: str) -> dict[str, Any]:
+    from .views import invitation_link
+
+    return {**InvitationSerializer(invitation).data, "link": invitation_link(request._request, token)}
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Institutions you belong to (a platform administrator sees all of them)"),
+    create=extend_schema(
+        summary="Create an institution and invite its first administrator (platform administrators)",
+        request=InstitutionCreateSerializer,
+        responses={201: NewInstitutionSerializer},
+    ),
+)
+class InstitutionViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     """Institutions you belong to (a platform administrator sees all of them)."""
 
     serializer_class = InstitutionSerializer
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        if not getattr(request.user, "is_platform_admin", False):
+            raise PermissionDenied("Only a platform administrator creates institutions.")
+        form = InstitutionCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            institution, invitation, token = actions.do_create_institution(
+                acting_user=request.user, request=request._request, **form.validated_data
+            )
+        except actions.ActionError as exc:
+            raise _action_error(exc) from None
+        body = {
+            "institution": InstitutionSerializer(institution, context=self.get_serializer_context()).data,
+            "invitation": _invitation_body(request, invitation, token),
+        }
+        return Response(body, status=status.HTTP_201_CREATED)
 
     def get_queryset(self) -> QuerySet[Institution]:
         return visible_institutions(self.request.user)
@@ -413,3 +485,115 @@ class MemberViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, viewsets.Gen
 def member_or_404(institution: Institution, user_uuid: Any) -> User:
     """A user holding any role (active or not) at ``institution``."""
     return get_object_or_404(User.objects.filter(memberships__institution=institution).distinct(), uuid=user_uuid)
+
+
+# Invitations -------------------------------------------------------------------------
+
+
+class InvitationCreateSerializer(serializers.Serializer):
+    institution = serializers.UUIDField()
+    roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices), allow_empty=False)
+    email = serializers.EmailField(required=False, default="", allow_blank=True)
+    display_name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Invitations of the institutions you administer (never their links)"),
+    retrieve=extend_schema(summary="One invitation"),
+    create=extend_schema(
+        summary="Invite someone to an institution you administer; the one-time link is in this answer only",
+        request=InvitationCreateSerializer,
+        responses={201: NewInvitationSerializer},
+    ),
+)
+class InvitationViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    serializer_class = InvitationSerializer
+    permission_classes = [access.IsInstitutionAdmin]
+
+    def get_queryset(self) -> QuerySet[Invitation]:
+        return Invitation.objects.filter(institution_id__in=administered_institution_ids(self.request.user))
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        form = InvitationCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        if data["institution"] not in administered_institution_ids(request.user):
+            raise PermissionDenied("Only an administrator of this institution may invite to it.")
+        try:
+            invitation, token = actions.do_invite(
+                Institution.objects.get(pk=data["institution"]),
+                roles=data["roles"],
+                email=data["email"],
+                display_name=data["display_name"],
+                acting_user=request.user,
+                request=request._request,
+            )
+        except actions.ActionError as exc:
+            raise _action_error(exc) from None
+        return Response(_invitation_body(request, invitation, token), status=status.HTTP_201_CREATED)
+
+
+class AcceptInvitationSerializer(serializers.Serializer):
+    token = serializers.CharField(trim_whitespace=False)
+    username = serializers.CharField(max_length=150)
+    display_name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+    password = serializers.CharField(
+        write_only=True,
+        trim_whitespace=False,
+        style={"input_type": "password"},
+        help_text=" ".join(password_validators_help_texts()),
+    )
+
+
+class AcceptedInvitationSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    institution = InstitutionRefSerializer()
+    roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices))
+
+
+class AcceptInvitationView(APIView):
+    """Accept an invitation: the account is created with its roles and the link stops working.
+
+    A wrong, used or expired token is refused (404), and the refusal audited.
+    """
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="invitation_accept",
+        request=AcceptInvitationSerializer,
+        responses={
+            201: AcceptedInvitationSerializer,
+            400: OpenApiResponse(description="Username taken or password refused"),
+            404: OpenApiResponse(description="Wrong, used or expired invitation"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        form = AcceptInvitationSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        try:
+            actions.usable_invitation(data["token"], request=request._request)
+        except actions.ActionError as exc:
+            return Response({"detail": exc.message}, status=status.HTTP_404_NOT_FOUND)
+        try:
+            user = actions.do_accept_invitation(
+                data["token"],
+                username=data["username"],
+                password=data["password"],
+                display_name=data["display_name"],
+                request=request._request,
+            )
+        except (actions.ActionError, DjangoValidationError) as exc:
+            raise _action_error(exc) from None
+        membership = Membership.objects.filter(user=user).select_related("institution")
+        institution = membership[0].institution
+        body = {
+            "username": user.username,
+            "institution": {"id": institution.pk, "name": institution.name},
+            "roles": sorted(m.role for m in membership),
+        }
+        return Response(body, status=status.HTTP_201_CREATED)

@@ -25,6 +25,20 @@ class User(AbstractUser):
         return self.display_name or self.username
 
 
+class CharacterSet(models.TextChoices):
+    # Specific Character Set (0008,0005) defined terms, PS3.3 C.12.1.1.2
+    UTF8 = "ISO_IR 192", "Unicode UTF-8 (ISO_IR 192)"
+    GB18030 = "GB18030", "Chinese GB18030"
+    LATIN1 = "ISO_IR 100", "Latin-1 (ISO_IR 100)"
+
+
+LANGUAGES = {"zh-Hans": "简体中文", "en": "English"}
+
+
+def default_languages() -> list[str]:
+    return ["en"]
+
+
 class Institution(models.Model):
     class Kind(models.TextChoices):
         HOSPITAL = "hospital", "Hospital"
@@ -40,7 +54,23 @@ class Institution(models.Model):
     patient_id_issuer = models.CharField(
         max_length=64, help_text="Issuer of Patient ID (0010,0021) for identifiers assigned here."
     )
+    patient_id_prefix = models.CharField(
+        max_length=8,
+        blank=True,
+        help_text="Leading characters of Patient IDs issued here; blank: the accession prefix.",
+    )
     time_zone = models.CharField(max_length=64, default="UTC")
+    character_set = models.CharField(
+        max_length=16,
+        choices=CharacterSet.choices,
+        default=CharacterSet.UTF8,
+        help_text="Specific Character Set (0008,0005) the hospital's modalities use; each worklist station sets its own.",
+    )
+    languages = models.JSONField(
+        default=default_languages,
+        blank=True,
+        help_text='Languages of its pages and reports, first preferred, e.g. ["zh-Hans", "en"].',
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -49,6 +79,10 @@ class Institution(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def patient_prefix(self) -> str:
+        return self.patient_id_prefix or self.accession_prefix
 
 
 class Role(models.TextChoices):
@@ -175,3 +209,44 @@ class Transition(models.Model):
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["content_type", "object_id", "id"])]
+
+
+class Invitation(models.Model):
+    """A one-time link that lets one person set a password and join an institution with given roles.
+
+    Only the SHA-256 of the link's token is stored; the token itself is shown
+    once, to whoever invited. It works until ``expires_at``, once.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="invitations")
+    token_hash = models.CharField(max_length=64, unique=True)
+    email = models.EmailField(blank=True)
+    display_name = models.CharField(max_length=200, blank=True)
+    roles = models.JSONField(default=list)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    @staticmethod
+    def hash_token(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    @property
+    def role_labels(self) -> list[str]:
+        return [str(Role(role).label) if role in Role.values else role for role in self.roles]
+
+    @property
+    def state(self) -> str:
+        if self.accepted_at is not None:
+            return "accepted"
+        return "open" if self.expires_at > timezone.now() else "expired"

@@ -178,6 +178,8 @@ API_TOKEN_MAX_TTL_HOURS = env.int("API_TOKEN_MAX_TTL_HOURS", default=24 * 365)
 # Seconds a web process reuses a token's and a user's memberships lookup
 # (pacs_cloud.authcache); changes made elsewhere take effect within this time.
 AUTH_CACHE_SECONDS = env.float("AUTH_CACHE_SECONDS", default=5.0)
+# How long an invitation link (a new institution's first administrator, a new member) works.
+INVITATION_TTL_HOURS = env.int("INVITATION_TTL_HOURS", default=72)
 
 # Security headers --------------------------------------------------------
 
@@ -259,6 +261,8 @@ HEALTH_STORAGE_PROBE = "archive.storage.health_probe"
 # object may stay only in the cache before the sweep copies it, and how long
 # cached copies are kept for fast reads after they are in the object store.
 STORAGE_CACHE_DIR = env.str("STORAGE_CACHE_DIR", default=str(DATA_DIR / "storage-cache"))
+# Download archives of institutions' exports (reports.exit), kept until offboarding: as large as an archive.
+EXIT_EXPORT_DIR = env.str("EXIT_EXPORT_DIR", default=str(DATA_DIR / "exports"))
 STORAGE_COPY_WORKERS = env.int("STORAGE_COPY_WORKERS", default=4)
 S3_MULTIPART_BYTES = env.int("S3_MULTIPART_BYTES", default=8 * 1024 * 1024)
 STORAGE_COPY_GRACE_SECONDS = env.int("STORAGE_COPY_GRACE_SECONDS", default=60)
@@ -279,6 +283,11 @@ SCRUB_SWEEP_SECONDS = env.float("SCRUB_SWEEP_SECONDS", default=60.0)
 # study read from a nearline tier stays online again after it was recalled.
 LIFECYCLE_SWEEP_SECONDS = env.float("LIFECYCLE_SWEEP_SECONDS", default=3600.0)
 RECALL_KEEP_DAYS = env.float("RECALL_KEEP_DAYS", default=30.0)
+# Archive tier (a store that restores before a read): how often restores are
+# checked for completion, and how long a C-MOVE/C-GET of an archived study
+# waits for its restore before it answers failure (0: at once, with the time to wait).
+RESTORE_SWEEP_SECONDS = env.float("RESTORE_SWEEP_SECONDS", default=60.0)
+RESTORE_RETRIEVE_WAIT_SECONDS = env.float("RESTORE_RETRIEVE_WAIT_SECONDS", default=0.0)
 
 # Cache, channels, Celery ---------------------------------------------------
 
@@ -318,6 +327,9 @@ VIEWER_RENDER_CACHE_SECONDS = env.int("VIEWER_RENDER_CACHE_SECONDS", default=24 
 VIEWER_AUDIT_WINDOW_SECONDS = env.int("VIEWER_AUDIT_WINDOW_SECONDS", default=1800)
 # 3D render sessions: closed after this long without a gesture (their memory freed).
 VIEWER_3D_IDLE_SECONDS = env.float("VIEWER_3D_IDLE_SECONDS", default=300.0)
+# Volumes of at least this many voxels get a half-resolution preview scene for the first picture
+# and the frames while dragging (a 512x512x300 CT has 78 million).
+VIEWER_3D_PREVIEW_MIN_VOXELS = env.int("VIEWER_3D_PREVIEW_MIN_VOXELS", default=16_000_000)
 if REDIS_URL:
     CACHES["render"] = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -369,6 +381,10 @@ CELERY_BEAT_SCHEDULE: dict = {
     },
     "archive-scrub-copies": {"task": "archive.copies.tasks.scrub_copies", "schedule": SCRUB_SWEEP_SECONDS},
     "archive-check-locations": {"task": "archive.copies.tasks.check_locations", "schedule": 60.0},
+    "archive-finish-restores": {
+        "task": "archive.copies.tasks.finish_restores",
+        "schedule": RESTORE_SWEEP_SECONDS,
+    },
     "archive-apply-lifecycle": {
         "task": "archive.copies.tasks.apply_lifecycle_rules",
         "schedule": LIFECYCLE_SWEEP_SECONDS,
@@ -410,6 +426,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "RoleEnum": "pacs_cloud.models.Role",
+        "InstitutionKindEnum": "pacs_cloud.models.Institution.Kind",
         "StudyStateEnum": "archive.models.Study.State",
         "DceCurveModelEnum": "viewer.analysis.fitting.MODELS",
         "DceMapModelEnum": "viewer.analysis.maps.MAP_MODELS",
@@ -488,6 +505,7 @@ HOME_PANELS = [
     "viewer.home.recent_panel",
     "workflow.home.reading_panels",
     "workflow.referrals.views.home_panels",
+    "workflow.onboarding.views.home_panels",
 ]
 # Columns of the platform administrator's table of institutions, each a
 # function answering (title, {institution id: count}).

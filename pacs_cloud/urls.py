@@ -13,6 +13,7 @@ router = Router()
 router.register("api/v1/auth/tokens", api.ApiTokenViewSet, basename="pacs_cloud-token")
 router.register("api/v1/institutions", api.InstitutionViewSet, basename="pacs_cloud-institution")
 router.register("api/v1/memberships", api.MembershipViewSet, basename="pacs_cloud-membership")
+router.register("api/v1/invitations", api.InvitationViewSet, basename="pacs_cloud-invitation")
 
 members_api = api.MemberViewSet.as_view({"get": "list", "post": "create"})
 
@@ -44,9 +45,12 @@ urlpatterns = [
         views.set_member_active,
         name="pacs_cloud-activate-member",
     ),
+    path("platform/institutions/new/", views.create_institution, name="pacs_cloud-create-institution"),
+    path("invitation/", views.accept_invitation, name="pacs_cloud-accept-invitation"),
     path("healthz", views.healthz, name="healthz"),
     path("internal/push/", views.push_relay, name="pacs_cloud-push-relay"),
     path("api/v1/auth/token/", api.TokenView.as_view(), name="pacs_cloud-create-token"),
+    path("api/v1/invitation/accept/", api.AcceptInvitationView.as_view(), name="pacs_cloud-accept-invitation-api"),
     path("api/v1/institutions/<uuid:institution_id>/members/", members_api, name="pacs_cloud-members"),
     *router.urls,
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

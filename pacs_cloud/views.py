@@ -6,9 +6,10 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -17,7 +18,14 @@ from django.views.decorators.http import require_POST
 from . import access, actions, health, push
 from . import home as home_panels
 from .api import member_or_404
-from .forms import AddExistingMemberForm, MemberCreateForm, MemberRolesForm, TokenForm
+from .forms import (
+    AcceptInvitationForm,
+    AddExistingMemberForm,
+    InstitutionCreateForm,
+    MemberCreateForm,
+    MemberRolesForm,
+    TokenForm,
+)
 from .models import ApiToken, Institution, Membership, Role, User
 from .tenancy import SESSION_KEY, current_institution
 
@@ -187,6 +195,71 @@ def set_member_active(request: HttpRequest, institution_id: Any, user_uuid: Any)
         return redirect("pacs_cloud-edit-member", institution_id=institution.pk, user_uuid=person.uuid)
     messages.success(request, f"{person.username} {'reactivated' if active else 'deactivated'}.")
     return redirect(_members_url(institution))
+
+
+# New institutions and invitations ----------------------------------------------------
+
+
+def invitation_link(request: HttpRequest, token: str) -> str:
+    """The link an invited person opens (absolute, for an e-mail or a chat message)."""
+    return request.build_absolute_uri(reverse("pacs_cloud-accept-invitation")) + f"?token={token}"
+
+
+def _no_store(response: HttpResponse) -> HttpResponse:
+    response["Cache-Control"] = "no-store"  # the page holds a one-time secret
+    return response
+
+
+@login_required
+def create_institution(request: HttpRequest) -> HttpResponse:
+    """The platform administrator creates an institution; its first administrator's link is shown once."""
+    acting: User = request.user  # type: ignore[assignment]
+    if not acting.is_platform_admin:
+        raise Http404("No such page")
+    form = InstitutionCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            institution, invitation, token = actions.do_create_institution(
+                acting_user=acting, request=request, **form.cleaned_data
+            )
+        except actions.ActionError as exc:
+            form.add_error(None, exc.message)
+        else:
+            context = {"institution": institution, "invitation": invitation, "link": invitation_link(request, token)}
+            return _no_store(render(request, "pacs_cloud/institution_created.html", context))
+    return render(request, "pacs_cloud/institution_new.html", {"form": form})
+
+
+def accept_invitation(request: HttpRequest) -> HttpResponse:
+    """An invited person sets their username and password; the link then stops working."""
+    token = request.POST.get("token") or request.GET.get("token", "")
+    try:
+        invitation = actions.usable_invitation(token, request=request)
+    except actions.ActionError as exc:
+        return _no_store(render(request, "pacs_cloud/invitation.html", {"refused": exc.message}, status=404))
+    initial = {"username": invitation.email, "display_name": invitation.display_name}
+    form = AcceptInvitationForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            user = actions.do_accept_invitation(
+                token,
+                username=data["username"],
+                password=data["password"],
+                display_name=data["display_name"],
+                request=request,
+            )
+        except actions.ActionError as exc:
+            form.add_error(None, exc.message)
+        except ValidationError as exc:
+            form.add_error("password", exc)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            request.session[SESSION_KEY] = str(invitation.institution_id)
+            messages.success(request, f"Welcome to {invitation.institution.name}.")
+            return redirect("home")
+    context = {"invitation": invitation, "form": form, "token": token}
+    return _no_store(render(request, "pacs_cloud/invitation.html", context))
 
 
 # Sign-in lockout, health, push relay ------------------------------------------

@@ -322,3 +322,7 @@ class CriticalResult(models.Model):
             ),
             models.Index(fields=["recipient", "acknowledged_at"], name="critical_recipient"),
         ]
+
+
+# The exit sub-package's model, so that Django registers it with this app.
+from .exit.models import ExitJob  # noqa: E402, F401

@@ -36,6 +36,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from archive.access import access_study, seen_as_prior
+from archive.copies.restore import pending_restore
 from archive.models import Instance, Series, Study
 from pacs_cloud import audit
 from pacs_cloud.authentication import BasicAuthentication, BearerTokenAuthentication
@@ -476,6 +477,10 @@ def open_study(request: HttpRequest, study_id: str) -> HttpResponse:
     """The browser viewer for one study (audited as an opening of the study)."""
     study = access_study(request.user, pk=study_id)
     record_study_view(request, study, via="viewer")
+    pending = pending_restore(study, requested_by=request.user)
+    if pending is not None:
+        context = {"study": study, "patient": study.patient, "pending": pending}
+        return render(request, "viewer/restoring.html", {**context, "refresh_seconds": min(60, pending.retry_after)})
     return render(
         request,
         "viewer/study.html",

@@ -30,4 +30,6 @@ urlpatterns = [
     path("", include("workflow.referrals.urls")),
     # One patient across hospitals: /patient-links/, /api/v1/patient-links/, /api/v1/consents/, ...
     path("", include("workflow.links.urls")),
+    # Onboarding: the checklist page and /api/v1/onboarding/.
+    path("", include("workflow.onboarding.urls")),
 ]

@@ -8,9 +8,13 @@ transition and audit rows there, and announces the change after commit.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import logging
+import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -73,8 +77,9 @@ def _next_number(institution: Institution, kind: str, period: str) -> int:
         return counter.value
 
 
-def format_identifier(template: str, institution: Institution, *, seq: int, day: dt.date) -> str:
-    return template.format(prefix=institution.accession_prefix, date=day, seq=seq)
+def format_identifier(template: str, institution: Institution, *, seq: int, day: dt.date, kind: str = "") -> str:
+    prefix = institution.patient_prefix if kind == "patient" else institution.accession_prefix
+    return template.format(prefix=prefix, date=day, seq=seq)
 
 
 def _issue(kind: str, template: str, institution: Institution, exists: Callable[[str], bool], limit: int) -> str:
@@ -82,7 +87,9 @@ def _issue(kind: str, template: str, institution: Institution, exists: Callable[
     # A template with the date restarts its sequence every day.
     period = day.strftime("%Y%m%d") if "{date" in template else ""
     while True:
-        value = format_identifier(template, institution, seq=_next_number(institution, kind, period), day=day)
+        value = format_identifier(
+            template, institution, seq=_next_number(institution, kind, period), day=day, kind=kind
+        )
         if len(value) > limit:
             raise ValidationError(f"The {kind} format {template!r} gives {value!r}, longer than {limit} characters.")
         if not exists(value):
@@ -1109,3 +1116,144 @@ def do_save_catalogue_item(
             detail={f.name: str(f.value_from_object(item)) for f in item._meta.concrete_fields if f.name != "id"},
         )
     return item
+
+
+# Importing a catalogue from CSV ----------------------------------------------------
+
+CATALOGUE_COLUMNS = ("code", "name", "modality", "body_part", "duration_minutes", "coding_scheme")
+CATALOGUE_REQUIRED = ("code", "name", "modality")
+CATALOGUE_MAX_ROWS = 5000
+_CS = re.compile(r"^[A-Z0-9_ ]{1,16}$")  # DICOM CS: upper case, digits, space, underscore (PS3.5 6.2)
+
+
+@dataclass
+class CatalogueRowError:
+    line: int  # the file's line, the header being line 1
+    column: str
+    message: str
+
+
+@dataclass
+class CatalogueImport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    errors: list[CatalogueRowError] = field(default_factory=list)
+    encoding: str = ""
+
+
+def decode_catalogue(data: bytes) -> tuple[str, str]:
+    """The text of an uploaded CSV and the encoding it was in: UTF-8 (with or without BOM), else GB18030."""
+    for encoding in ("utf-8-sig", "gb18030"):
+        try:
+            return data.decode(encoding), "GB18030" if encoding == "gb18030" else "UTF-8"
+        except UnicodeDecodeError:
+            continue
+    raise ValidationError("The file is neither UTF-8 nor GB18030 text.")
+
+
+def _catalogue_rows(text: str, result: CatalogueImport) -> list[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [(name or "").strip().lower() for name in (reader.fieldnames or [])]
+    missing = [c for c in CATALOGUE_REQUIRED if c not in header]
+    unknown = [c for c in header if c not in CATALOGUE_COLUMNS]
+    if missing or unknown:
+        parts = [f"missing {', '.join(missing)}"] if missing else []
+        parts += [f"unknown {', '.join(unknown)}"] if unknown else []
+        result.errors.append(
+            CatalogueRowError(1, "", f"Header: {'; '.join(parts)} (columns: {', '.join(CATALOGUE_COLUMNS)}).")
+        )
+        return []
+    reader.fieldnames = header
+    rows: list[tuple[int, dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    for raw in reader:
+        line = reader.line_num
+        if len(rows) >= CATALOGUE_MAX_ROWS:
+            result.errors.append(CatalogueRowError(line, "", f"At most {CATALOGUE_MAX_ROWS} procedures per file."))
+            break
+        if None in raw:
+            result.errors.append(CatalogueRowError(line, "", "More values than columns."))
+            continue
+        values = {k: (v or "").strip() for k, v in raw.items()}
+        if not any(values.values()):
+            continue  # a blank line
+        row: dict[str, Any] = {}
+
+        def bad(column: str, message: str, line: int = line) -> None:
+            result.errors.append(CatalogueRowError(line, column, message))
+
+        code = values.get("code", "")
+        if not code or len(code) > 16 or "\\" in code:
+            bad("code", "A code of 1–16 characters, without a backslash, is required.")
+        elif code in seen:
+            bad("code", f"Code {code} is on line {seen[code]} already.")
+        else:
+            seen[code] = line
+            row["code"] = code
+        name = values.get("name", "")
+        if not name or len(name) > 64 or "\\" in name:
+            bad("name", "A name of 1–64 characters, without a backslash, is required.")
+        row["name"] = name
+        modality = values.get("modality", "").upper()
+        if not _CS.match(modality):
+            bad("modality", "A modality such as CT, MR, DX or US is required.")
+        row["modality"] = modality
+        body_part = values.get("body_part", "").upper()
+        if body_part and not _CS.match(body_part):
+            bad("body_part", "Body part: up to 16 capital letters, digits or underscores, e.g. CHEST.")
+        row["body_part"] = body_part
+        duration = values.get("duration_minutes", "")
+        if duration:
+            if not duration.isdigit() or not 1 <= int(duration) <= 1440:
+                bad("duration_minutes", "Minutes: a whole number from 1 to 1440.")
+            else:
+                row["duration_minutes"] = int(duration)
+        scheme = values.get("coding_scheme", "")
+        if scheme:
+            if len(scheme) > 16 or "\\" in scheme:
+                bad("coding_scheme", "Coding scheme: up to 16 characters.")
+            row["coding_scheme"] = scheme
+        rows.append((line, row))
+    return rows
+
+
+def do_import_procedures(
+    institution: Institution, data: bytes, *, acting_user: Any, request: HttpRequest | None = None
+) -> CatalogueImport:
+    """Add or update ``institution``'s procedures from a CSV file (by code), all or nothing.
+
+    Columns: ``code,name,modality`` and optionally ``body_part``,
+    ``duration_minutes``, ``coding_scheme``. The file may be UTF-8 or GB18030
+    (as spreadsheets save Chinese text). When any row is wrong nothing is
+    saved and ``errors`` names each wrong row, column and why.
+    """
+    result = CatalogueImport()
+    try:
+        text, result.encoding = decode_catalogue(data)
+    except ValidationError as exc:
+        result.errors.append(CatalogueRowError(1, "", exc.messages[0]))
+        return result
+    rows = _catalogue_rows(text, result)
+    if not rows and not result.errors:
+        result.errors.append(CatalogueRowError(1, "", "The file holds no procedures."))
+    if result.errors:
+        return result
+    with transaction.atomic():
+        existing = {p.code: p for p in Procedure.objects.select_for_update().filter(institution=institution)}
+        for _, row in rows:
+            procedure = existing.get(row["code"]) or Procedure(institution=institution)
+            (result.updated if procedure.pk and not procedure._state.adding else result.created).append(row["code"])
+            for key, value in row.items():
+                setattr(procedure, key, value)
+            procedure.is_active = True
+            procedure.save()
+        audit.record(
+            "worklist.procedure.imported",
+            request=request,
+            actor=acting_user,
+            role=Role.INSTITUTION_ADMIN,
+            institution=institution,
+            object_type="worklist.procedure",
+            detail={"created": result.created, "updated": result.updated, "encoding": result.encoding},
+        )
+    return result

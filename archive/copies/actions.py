@@ -75,6 +75,10 @@ def do_save_copy_policy(
             object_id=policy.pk,
             detail={"before": before, "copies": copies, "sites": sites, "locations": [loc.name for loc in chosen]},
         )
+        from .tasks import backfill_replication
+
+        # The sweep copies new objects; the ones archived before the policy asked for more, this does.
+        backfill_replication.delay_on_commit(str(institution.pk))
     return policy
 
 
@@ -92,6 +96,7 @@ def _targets(good: list[Place], need: Requirement) -> list[Place]:
         for p in locations.places()
         if p.healthy
         and p.tier != StorageLocation.Tier.ARCHIVE
+        and p.replica_of is None
         and p.id not in {g.id for g in good}
         and (not need.location_ids or p.id in need.location_ids or p.is_default)
     ]
@@ -122,6 +127,8 @@ def do_replicate_instance(instance_pk: Any) -> int:
         return 0
     need = requirement(instance.institution_id)
     good = _good_places(instance)
+    if _count_store_replicas(instance, good):
+        good = _good_places(instance)
     targets = _targets(good, need)
     if not targets:
         return 0
@@ -135,6 +142,31 @@ def do_replicate_instance(instance_pk: Any) -> int:
                 made += 1
     _update_alert(instance)
     return made
+
+
+def _count_store_replicas(instance: Instance, good: list[Place]) -> int:
+    """Record the replicas the object stores made themselves of a good copy, each once its SHA-256 is re-read.
+
+    A replica not there yet (the store's replication lags) is looked for again by the next sweep.
+    """
+    sources = {p.id for p in good}
+    counted = 0
+    for place in locations.places():
+        if place.replica_of not in sources or place.id in sources:
+            continue
+        key = instance.storage_key
+        try:
+            digest, size = locations.fixity_of(place, _checked_storage(place, key), key)
+        except Exception as exc:  # not replicated yet, or the store does not answer
+            log.info("no verified store replica of %s at %s yet: %s", key, place.name, exc)
+            continue
+        if (digest, size) == (instance.sha256, instance.size):
+            _record(instance, place, ObjectCopy.Status.GOOD)
+            counted += 1
+        else:
+            log.error("the store's replica of %s at %s has other bytes", key, place.name)
+            _record(instance, place, ObjectCopy.Status.CORRUPT)
+    return counted
 
 
 def _good_places(instance: Instance) -> list[Place]:
@@ -206,7 +238,7 @@ def _write_copy(instance: Instance, target: Place, source: Path) -> bool:
             storage.store.put_file(key, source, instance.sha256)
         else:
             storage.put_file(key, source, instance.sha256)
-        digest, size = locations.sha256_of(_checked_storage(target, key), key)
+        digest, size = locations.fixity_of(target, _checked_storage(target, key), key)
     except Exception as exc:  # the target store failed: the next sweep tries again
         log.warning("copying %s to %s failed: %s", key, target.name, exc)
         return False
@@ -251,7 +283,7 @@ def do_verify_copy(copy_pk: Any, *, repair: bool = True) -> Check:
     instance = copy.instance
     place = locations.place(copy.location_id)
     try:
-        digest, size = locations.sha256_of(_checked_storage(place, copy.key), copy.key)
+        digest, size = locations.fixity_of(place, _checked_storage(place, copy.key), copy.key)
         status = ObjectCopy.Status.GOOD if digest == instance.sha256 else ObjectCopy.Status.CORRUPT
     except FileNotFoundError:
         status, size = ObjectCopy.Status.MISSING, 0

@@ -172,7 +172,7 @@ def _verified_copy_at(instance: Instance, place: Place) -> bool:
     copy = ObjectCopy.objects.filter(instance=instance, location_id=place.id, status=ObjectCopy.Status.GOOD).first()
     if copy is None:
         return False
-    digest, size = locations.sha256_of(actions._checked_storage(place, copy.key), copy.key)
+    digest, size = locations.fixity_of(place, actions._checked_storage(place, copy.key), copy.key)
     if digest != instance.sha256:
         ObjectCopy.objects.filter(pk=copy.pk).update(status=ObjectCopy.Status.CORRUPT, verified_at=timezone.now())
         return False
@@ -241,6 +241,9 @@ def do_recall_study(study_pk: Any) -> int:
             if path is not None and actions._write_copy(instance, default, path):
                 made += 1
     StudyAccess.objects.update_or_create(study=study, defaults={"recalled_at": timezone.now()})
+    from .restore import pending_restore
+
+    pending_restore(study)  # objects only in the archive tier: the store restores them first
     audit.record(
         "archive.study.recall",
         actor_label="lifecycle",

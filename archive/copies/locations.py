@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import urlparse
 
 from django.conf import settings
@@ -46,6 +46,7 @@ class Place:
     healthy: bool
     is_default: bool
     storage: Storage
+    replica_of: Any = None  # the location the store itself replicates here (the copier writes nothing)
 
 
 _backends: dict[tuple, Storage] = {}
@@ -84,7 +85,9 @@ def places(*, fresh: bool = False) -> list[Place]:
     listed_at, listed = _listed
     if (fresh or time.monotonic() - listed_at > _LIST_SECONDS or not listed) and not _in_event_loop():
         rows = list(StorageLocation.objects.order_by("read_rank", "name"))
-        listed = [Place(r.pk, r.name, r.site, r.tier, r.healthy, r.is_default, backend(r)) for r in rows]
+        listed = [
+            Place(r.pk, r.name, r.site, r.tier, r.healthy, r.is_default, backend(r), r.replica_of_id) for r in rows
+        ]
         _listed = (time.monotonic(), listed)
     return listed
 
@@ -250,6 +253,15 @@ def sha256_of(storage: Storage, key: str) -> tuple[str, int]:
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
+
+
+def fixity_of(place: Place, storage: Storage, key: str) -> tuple[str, int]:
+    """A copy's SHA-256 and size: re-read, or in the archive tier (no read before a restore) as the store
+    recorded them when it accepted the upload (after checking its Content-MD5); a restore re-reads it."""
+    recorded = getattr(storage, "stored_fixity", None)
+    if place.tier == StorageLocation.Tier.ARCHIVE and recorded is not None:
+        return cast(tuple[str, int], recorded(key))
+    return sha256_of(storage, key)
 
 
 def _blocks(handle: BinaryIO) -> Iterator[bytes]:

@@ -87,6 +87,21 @@ def sweep_replication(batch: int = 500) -> int:
 
 
 @shared_task(ignore_result=True)
+def backfill_replication(institution_id: str, batch: int = 500) -> int:
+    """Copy every object of an institution, however old, that is short of its policy (after a policy change)."""
+    made, seen_last = 0, None
+    while True:
+        short = short_of_copies().filter(institution_id=institution_id).order_by("pk")
+        if seen_last is not None:
+            short = short.filter(pk__gt=seen_last)
+        pks = [str(pk) for pk in short.values_list("pk", flat=True)[:batch]]
+        if not pks:
+            return made
+        made += replicate_instances(pks)
+        seen_last = pks[-1]
+
+
+@shared_task(ignore_result=True)
 def scrub_copies(max_seconds: float | None = None, limit: int = 10_000) -> int:
     """Re-read copies due for their fixity check, at most ``SCRUB_MB_PER_SECOND``, repairing bad ones.
 
@@ -133,3 +148,17 @@ def apply_lifecycle_rules() -> int:
     from .lifecycle import do_apply_lifecycle_rules
 
     return do_apply_lifecycle_rules()
+
+
+@shared_task(ignore_result=True)
+def finish_restores(limit: int = 100) -> int:
+    """Recall the studies whose archive-tier restores the stores have finished; returns how many."""
+    from .restore import do_finish_restore, restores_in_progress
+
+    done = 0
+    for study_pk in restores_in_progress().values_list("study_id", flat=True)[:limit]:
+        try:
+            done += do_finish_restore(study_pk)
+        except Exception:  # one study's store failing must not stop the others
+            log.exception("finishing the restore of study %s failed", study_pk)
+    return done

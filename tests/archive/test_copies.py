@@ -347,6 +347,7 @@ def test_the_platform_administrator_adds_a_location_through_the_admin_audited(
         "site": "east",
         "tier": "nearline",
         "cost_per_gb_month": "0.01",
+        "restore_minutes": "300",
         "read_rank": "50",
         "bucket": "",
         "prefix": "",

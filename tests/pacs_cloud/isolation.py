@@ -75,3 +75,30 @@ isolation.route(
     },
 )
 isolation.route("/api/v1/memberships/{pk}/", pk="membership.id", bodies={"patch": {"is_active": False}})
+
+
+@isolation.factory
+def invitation(tenant):
+    """An open invitation to the institution, whose invitee's name no other institution may see."""
+    from pacs_cloud.actions import do_invite
+
+    token = secrets.token_hex(4)
+    row, _ = do_invite(
+        tenant.institution,
+        roles=[Role.TECHNOLOGIST],
+        display_name=f"Invitee Secret{token}",
+        email=f"invitee{token}@example.org",
+        acting_user=tenant.institution_admin,
+    )
+    return isolation.Made(values={"invitation.id": row.pk}, secrets=[f"Secret{token}", f"invitee{token}@example.org"])
+
+
+isolation.route(
+    "/api/v1/invitations/",
+    bodies={"post": {"institution": isolation.Ref("institution.id"), "roles": ["technologist"]}},
+)
+isolation.route("/api/v1/invitations/{pk}/", pk="invitation.id")
+isolation.route(
+    "/api/v1/invitation/accept/",
+    bodies={"post": {"token": "not-a-token", "username": "intruder", "password": "a long enough passphrase"}},
+)

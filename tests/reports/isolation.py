@@ -126,3 +126,51 @@ isolation.route(
 )
 isolation.route("/reports/studies/{study_id}/write/", reachable=False, reason=POST_ONLY)
 isolation.route("/reports/critical/{critical_id}/acknowledge/", reachable=False, reason=POST_ONLY)
+
+
+# The exit: an export of each institution, run to the end (its download is reachable).
+@isolation.factory
+def exit_job(tenant):
+    from reports.exit import actions as exit_actions
+
+    job = exit_actions.do_request_export(tenant.institution, acting_user=tenant.institution_admin)
+    exit_actions.do_run_export(job.pk, job.attempt)
+    return isolation.Made(values={"exit_job.id": job.pk})
+
+
+isolation.route(
+    "/api/v1/exits/",
+    bodies={"post": {"institution": isolation.Ref("institution.id"), "destination": "download"}},
+)
+isolation.route("/api/v1/exits/{pk}/", pk="exit_job.id", open_to={"platform"})
+isolation.route("/api/v1/exits/{pk}/download/", pk="exit_job.id")
+isolation.route("/api/v1/exits/{pk}/cancel/", pk="exit_job.id", reachable=False, reason=POST_ONLY)
+isolation.route("/api/v1/exits/{pk}/restart/", pk="exit_job.id", reachable=False, reason=POST_ONLY)
+isolation.route(
+    "/api/v1/exits/{pk}/offboard/",
+    pk="exit_job.id",
+    open_to={"platform"},
+    reachable=False,
+    reason=POST_ONLY,
+    bodies={"post": {"confirm": "not-the-slug"}},
+)
+isolation.route(
+    "/api/v1/exits/{pk}/certificate/",
+    pk="exit_job.id",
+    open_to={"platform"},
+    reachable=False,
+    reason="only an offboarded institution's export has a certificate; before that everyone gets 404",
+)
+
+# The exit's page.
+isolation.route("/reports/exit/")
+isolation.route("/reports/exit/{job_id}/cancel/", job_id="exit_job.id", reachable=False, reason=POST_ONLY)
+isolation.route("/reports/exit/{job_id}/restart/", job_id="exit_job.id", reachable=False, reason=POST_ONLY)
+isolation.route(
+    "/reports/exit/{job_id}/offboard/",
+    job_id="exit_job.id",
+    open_to={"platform"},
+    reachable=False,
+    reason=POST_ONLY,
+    bodies={"post": isolation.Form({"confirm": "not-the-slug"})},
+)

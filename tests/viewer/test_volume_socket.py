@@ -129,3 +129,30 @@ def test_another_hospitals_reader_gets_404_and_no_session(tenants, live_url, tmp
     assert not sessions.open_sessions()
     assert not AuditEvent.objects.filter(action="viewer.volume.open").exists()
     assert AuditEvent.objects.filter(action="viewer.volume.open_refused", actor_id=tenants.c.radiologist.pk).exists()
+
+
+def test_a_large_volume_shows_its_half_resolution_preview_first_and_while_dragging(
+    archived_phantom, tenants, live_url, settings
+):
+    settings.VIEWER_3D_PREVIEW_MIN_VOXELS = 0  # the phantom counts as large
+    with open_socket(live_url, tenants.a.radiologist, archived_phantom) as socket:
+        assert next_text(socket)["type"] == "ready"
+        header, preview = next_frame(socket)
+        assert (header["quality"], header["reduced"]) == ("preview", 2)
+        header, full = next_frame(socket)
+        assert (header["quality"], header["reduced"]) == ("full", 1) and full.size == preview.size
+        # The same picture at half the resolution: close, not identical.
+        difference = np.abs(np.asarray(preview, float) - np.asarray(full, float)).mean()
+        assert 0 < difference < 12, difference
+        socket.send(json.dumps({"type": "rotate", "dx": 30, "dy": 0}))
+        while header["quality"] != "interactive":
+            header, _ = next_frame(socket)
+        assert header["reduced"] == 2
+        socket.send(json.dumps({"type": "release"}))
+        while header["quality"] != "full":
+            header, _ = next_frame(socket)
+        assert header["reduced"] == 1
+        session = sessions.open_sessions()[0]
+        assert session.preview is not None and session.preview.volume is session.volume
+        assert session.nbytes == session.scene.working_bytes + session.preview.working_bytes
+    assert wait_for(lambda: not sessions.open_sessions())

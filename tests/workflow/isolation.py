@@ -142,3 +142,34 @@ isolation.route(
 )
 isolation.route("/workflow/policies/{pk}/", pk="policy.id")
 isolation.route("/workflow/policies/{pk}/diagram.svg", pk="policy.id")
+
+# Onboarding: the checklist of an institution its administrator sets up.
+isolation.route("/api/v1/onboarding/{institution_id}/", institution_id="institution.id")
+isolation.route(
+    "/api/v1/onboarding/{institution_id}/dicom-nodes/{node_id}/echo/",
+    institution_id="institution.id",
+    node_id="dicom_node.id",
+    reachable=False,
+    reason="POST only: a C-ECHO",
+)
+isolation.route(
+    "/api/v1/onboarding/{institution_id}/procedures/",
+    institution_id="institution.id",
+    reachable=False,
+    reason="POST only: a CSV upload",
+    also_allowed={400, 415},
+)
+isolation.route(
+    "/api/v1/onboarding/{institution_id}/routing-policy/",
+    institution_id="institution.id",
+    reachable=False,
+    reason="POST only: a template",
+    bodies={"post": {"template": "own"}},
+)
+isolation.route(
+    "/api/v1/onboarding/{institution_id}/edge/",
+    institution_id="institution.id",
+    reachable=False,
+    reason="POST only: an enrolment",
+    bodies={"post": {"name": "Intruder edge"}},
+)

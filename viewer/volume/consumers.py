@@ -74,6 +74,8 @@ class VolumeConsumer(AsyncWebsocketConsumer):
         self.dragging = False
         self.dirty = True
         self.full_owed = True
+        # A large volume shows its preview scene's picture first, while the full scene prepares.
+        self.preview_owed = self.session.preview is not None
         self.sent: dict[int, tuple[float, int]] = {}
         self.wake = asyncio.Event()
         self.wake.set()
@@ -265,7 +267,10 @@ class VolumeConsumer(AsyncWebsocketConsumer):
                     asyncio.get_running_loop().call_later(0.1, self.wake.set)
                     continue
                 self.sent.clear()
-            if self.dirty and self.dragging:
+            if self.preview_owed:
+                self.preview_owed = False
+                await self._send_frame(session, interactive=False, preview=True)
+            elif self.dirty and self.dragging:
                 self.dirty = False
                 await self._send_frame(session, interactive=True)
             elif self.dirty or self.full_owed:
@@ -274,7 +279,7 @@ class VolumeConsumer(AsyncWebsocketConsumer):
             if self.dirty or self.full_owed:
                 self.wake.set()
 
-    async def _send_frame(self, session: sessions.RenderSession, *, interactive: bool) -> None:
+    async def _send_frame(self, session: sessions.RenderSession, *, interactive: bool, preview: bool = False) -> None:
         width, height = self.width, self.height
         if interactive and max(width, height) > INTERACTIVE_LONG_SIDE:
             scale = INTERACTIVE_LONG_SIDE / max(width, height)
@@ -284,7 +289,7 @@ class VolumeConsumer(AsyncWebsocketConsumer):
 
         def produce() -> tuple[bytes, float]:
             started = time.perf_counter()
-            picture = session.render(width, height, interactive=interactive)
+            picture = session.render(width, height, interactive=interactive, preview=preview)
             return encode_frame(picture, media, quality), (time.perf_counter() - started) * 1000
 
         try:
@@ -297,7 +302,9 @@ class VolumeConsumer(AsyncWebsocketConsumer):
         header = json.dumps(
             {
                 "frame": number,
-                "quality": "interactive" if interactive else "full",
+                "quality": "interactive" if interactive else "preview" if preview else "full",
+                # Every voxel (1) or every second one along each axis (2): the scene the frame came from.
+                "reduced": 2 if (interactive or preview) and session.preview is not None else 1,
                 "width": width,
                 "height": height,
                 "media": media,

@@ -93,7 +93,8 @@ def _rotated(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
 class VolumeScene:
     """A ray-cast rendering of one decoded volume; not thread-safe (one render thread drives it)."""
 
-    def __init__(self, volume: Volume) -> None:
+    def __init__(self, volume: Volume, *, reduce: int = 1) -> None:
+        """A scene over ``volume``, or over every ``reduce``-th voxel along each axis (a quick preview)."""
         import vtkmodules.vtkRenderingVolumeOpenGL2  # noqa: F401  the ray-cast image display helper
         from vtkmodules.util.numpy_support import numpy_to_vtk
         from vtkmodules.vtkCommonDataModel import vtkImageData
@@ -101,10 +102,13 @@ class VolumeScene:
         from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper
 
         self.volume = volume
+        self.reduce = reduce
         geom = volume.geometry
-        data = volume.data
+        # A reduced scene keeps its own, smaller copy; the full one is a view of the decoded volume.
+        data = np.ascontiguousarray(volume.data[::reduce, ::reduce, ::reduce]) if reduce > 1 else volume.data
         slices, rows, columns = data.shape
-        self.spacing = np.array([geom.column_spacing, geom.row_spacing, geom.slice_spacing], dtype=float)
+        self.voxel_spacing = np.array([geom.column_spacing, geom.row_spacing, geom.slice_spacing], dtype=float)
+        self.spacing = self.voxel_spacing * reduce
         self.extent_mm = self.spacing * (np.array([columns, rows, slices]) - 1)
         # Volume frame axis → patient direction (rows of this matrix).
         self.axes = np.array([geom.row_direction, geom.column_direction, geom.normal], dtype=float)
@@ -244,7 +248,7 @@ class VolumeScene:
                 return None
             best = max(runs, key=lambda run: run[1] - run[0])
             edge = (best[1] + 1) * 2 if sign > 0 else (best[0] - 1) * 2
-            self._table_mm = float(min(max(edge, 0), self.volume.data.shape[numpy_axis] - 1)) * self.spacing[axis]
+            self._table_mm = float(min(max(edge, 0), self.volume.data.shape[numpy_axis] - 1)) * self.voxel_spacing[axis]
         origin = self.extent_mm / 2
         origin[axis] = self._table_mm
         normal = np.zeros(3)
@@ -304,8 +308,9 @@ class VolumeScene:
     @property
     def working_bytes(self) -> int:
         """Memory VTK adds on top of the volume: gradients for shading (3 bytes a voxel) and the window."""
-        voxels = int(np.prod(self.volume.data.shape))
-        return voxels * 3 + MAX_SIZE * MAX_SIZE * 8
+        voxels = int(np.prod(self.volume.data.shape)) // self.reduce**3
+        own_copy = voxels * self.volume.data.itemsize if self.reduce > 1 else 0
+        return voxels * 3 + own_copy + MAX_SIZE * MAX_SIZE * 8
 
 
 def encode_frame(pixels: np.ndarray, media_type: str, quality: int) -> bytes:

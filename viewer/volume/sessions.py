@@ -7,6 +7,12 @@ memory VTK adds on top (gradients, the frame buffer) is an entry of the same
 byte-bounded LRU: when the budget is exceeded the least recently used
 session is closed like any other cached volume, and its viewer reopens it.
 
+A large volume also gets a preview scene over every second voxel along each
+axis (an eighth of the voxels): it draws the first picture while the full
+scene prepares (VTK's gradients for shading over every voxel take most of the
+first full frame), and every frame while the user drags; the full scene draws
+the frames on release.
+
 Every VTK call runs on one render thread per process: OpenGL contexts belong
 to a thread, and two rays casts at once on two cores would only slow each
 other. Each viewer keeps at most one frame in flight, so concurrent viewers
@@ -49,6 +55,7 @@ class RenderSession:
     series_id: Any
     volume: Volume | None
     scene: VolumeScene | None = None
+    preview: VolumeScene | None = None
     camera: Camera | None = None
     transfer: TransferFunction = field(default_factory=lambda: preset("bone"))
     clipping: Clipping = field(default_factory=Clipping)
@@ -70,8 +77,12 @@ class RenderSession:
         """Called by the LRU when the memory budget needs this session's bytes."""
         close(self.id)
 
-    def render(self, width: int, height: int, *, interactive: bool) -> np.ndarray:
-        """A frame of the current state; runs on the render thread."""
+    def render(self, width: int, height: int, *, interactive: bool, preview: bool = False) -> np.ndarray:
+        """A frame of the current state; runs on the render thread.
+
+        Interactive frames, and any frame asked as a ``preview``, come from the
+        preview scene when there is one.
+        """
         if self.closed or self.scene is None:
             raise SessionClosed(self.id)
         with self.lock:
@@ -83,7 +94,7 @@ class RenderSession:
                 else self.scene.view("anterior")
             )
             transfer, clipping = self.transfer, self.clipping
-        scene = self.scene
+        scene = self.preview if (interactive or preview) and self.preview is not None else self.scene
         scene.camera = camera
         if scene.transfer != transfer:
             scene.set_transfer(transfer)
@@ -125,6 +136,9 @@ def open_session(*, user: Any, study_id: Any, series_id: Any, volume: Volume) ->
         session.scene = VolumeScene(volume)
         session.camera = session.scene.view("anterior")
         session.budget = session.scene.working_bytes
+        if volume.data.size >= settings.VIEWER_3D_PREVIEW_MIN_VOXELS:
+            session.preview = VolumeScene(volume, reduce=2)
+            session.budget += session.preview.working_bytes
 
     on_render_thread(build).result()
     with _lock:
@@ -153,14 +167,14 @@ def close(session_id: str) -> None:
         return
     session.closed = True
     decoded_cache().discard(_budget_key(session_id))
-    scene = session.scene
+    scenes = [scene for scene in (session.scene, session.preview) if scene is not None]
 
     def release() -> None:
-        if scene is not None:
+        for scene in scenes:
             scene.close()
 
     on_render_thread(release)
-    session.scene = None
+    session.scene = session.preview = None
     session.volume = None
 
 

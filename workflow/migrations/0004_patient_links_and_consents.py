@@ -11,7 +11,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('archive', '0012_patient_national_id'),
+        ('archive', '0014_patient_national_id'),
         ('pacs_cloud', '0002_audit_append_only'),
         ('workflow', '0003_task_priors'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('archive', '0011_merge_copies_priors_break_glass'),
+        ('archive', '0013_store_replicas'),
     ]
 
     operations = [

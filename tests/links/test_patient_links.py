@@ -115,13 +115,15 @@ def test_a_consent_of_its_own_gives_the_priors_until_revoked(tenants, referred):
     a, b = tenants.a, tenants.b
     referral_actions.do_cancel_referral(referred["referral"], acting_user=a.referral_coordinator, reason="done")
     older = study_of(referred["older"])
+    # Claimed before the consent: granted when it is recorded, without a new claim.
+    claimed_task(study_of(referred["current"]), b.radiologist)
+    assert str(older.pk) not in prior_ids(b.radiologist, study_of(referred["current"]))
     consent = api_client(a.referral_coordinator).post(
         "/api/v1/consents/",
         {"patient": str(older.patient_id), "receiving_institution": str(b.institution.pk), "method": "written"},
         format="json",
     )
     assert consent.status_code == 201, consent.content
-    claimed_task(study_of(referred["current"]), b.radiologist)
     assert str(older.pk) in prior_ids(b.radiologist, study_of(referred["current"]))
     assert api_client(b.radiologist).get(f"/api/v1/studies/{older.pk}/").status_code == 200
 

@@ -18,9 +18,10 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from archive.actions import revoke_study_view
+from archive.actions import grant_study_view, revoke_study_view
 from archive.models import Patient
 from archive.names import fold
+from archive.priors.selection import select_priors
 from pacs_cloud import access as core_access
 from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition
@@ -198,6 +199,7 @@ def _create_link(
                     patient=patient.patient_id,
                     linked_institution=(second if patient is first else first).institution_id,
                 )
+            grant_linked_priors([first.pk, second.pk])
     except IntegrityError:  # linked at the same moment by someone else
         return PatientLink.objects.get(patient=first, other_patient=second, unlinked_at__isnull=True)
     return link
@@ -378,6 +380,7 @@ def do_record_patient_consent(
             method=method,
             expires_at=expires_at.isoformat() if expires_at else None,
         )
+        grant_linked_priors([patient.pk])
     do_suggest_links(consent)
     return consent
 
@@ -432,6 +435,48 @@ def do_sweep_consents(*, now: datetime | None = None) -> dict[str, int]:
     for consent in due.iterator():
         expired += do_revoke_patient_consent(consent, actor_label=CONSENT_SWEEP, reason="expired", now=now)
     return {"consents_expired": expired, "priors_withdrawn": withdraw_linked_priors(None, reason="sweep", now=now)}
+
+
+# Grants and withdrawal ----------------------------------------------------------------
+
+
+def grant_linked_priors(patient_ids: list[Any]) -> int:
+    """Give the readers holding tasks on these patients' linked studies the priors a new link or consent allows.
+
+    A task claimed before the link or consent existed gets them now, as if
+    claimed after (the same selection and grant as the claim). Returns the
+    number of task priors added.
+    """
+    reading = set(patient_ids)
+    for pk in patient_ids:
+        reading.update(access.linked_patients(pk))
+    added = 0
+    tasks = ReadingTask.objects.filter(
+        state__in=HELD_STATES, study__patient_id__in=reading, claimed_by__isnull=False
+    ).select_related("study")
+    for task in tasks:
+        linked = access.comparable_patients(task.study)
+        if not linked:
+            continue
+        have = set(TaskPrior.objects.filter(task=task).values_list("study_id", flat=True))
+        new = [
+            p
+            for p in select_priors(task.study, linked_patients=linked)
+            if p.pk not in have and p.institution_id != task.institution_id
+        ]
+        TaskPrior.objects.bulk_create([TaskPrior(task=task, study=prior) for prior in new], ignore_conflicts=True)
+        for prior in new:
+            grant_study_view(prior, user=task.claimed_by_id, as_prior=True)
+            audit.record(
+                "workflow.taskprior.grant",
+                actor_label="patient links",
+                institution=task.institution_id,
+                object_type="workflow.readingtask",
+                object_id=task.pk,
+                detail={"prior": str(prior.pk), "reader": task.claimed_by_id, "reason": "link or consent"},
+            )
+        added += len(new)
+    return added
 
 
 # Withdrawal -------------------------------------------------------------------------

@@ -143,6 +143,9 @@ class VolumeConsumer(AsyncWebsocketConsumer):
                 await self._snapshot(session, str(message.get("note") or "")[:200])
             else:
                 self._apply(session, kind, message)
+                if kind in ("preset", "transfer", "release"):
+                    # What the page's transfer function editor shows (a window drag moves it too).
+                    await self.send(text_data=json.dumps({"type": "transfer", "transfer": session.transfer.describe()}))
         except (ValueError, TypeError, AttributeError, RenderError) as exc:
             await self.send(text_data=json.dumps({"type": "error", "status": 400, "detail": str(exc)}))
             return

@@ -22,6 +22,7 @@ from archive.ingest import store_instance
 from archive.models import DicomNode, Instance, Series, Study
 from archive.storage import get_storage
 from pacs_cloud import celery_app
+from pacs_cloud.fsm import history
 from pacs_cloud.models import AuditEvent
 from tests.archive.conftest import dcmtk
 from tests.conftest import api_client, free_port
@@ -252,7 +253,8 @@ def test_maps_from_a_dynamic_series_recover_the_true_ktrans_and_ve(dce_study, te
     errors = [line for line in checked.stderr.splitlines() if line.startswith("Error")]
     assert errors == [], checked.stderr
     assert AuditEvent.objects.filter(action="analysis.dce.map.start", object_id=job["id"]).exists()
-    assert AuditEvent.objects.filter(action="analysis.dce.map.done", object_id=job["id"]).exists()
+    steps = [(t.source, t.target, t.actor_label) for t in history(DceMapJob.objects.get(pk=job["id"]))]
+    assert steps == [("queued", "running", "dce-maps"), ("running", "done", "dce-maps")]
 
     # The overlay reads a slice of the archived map back as numbers.
     plane = client.get(f"/api/v1/analysis/dce/{job['id']}/maps/ktrans/1/").data
@@ -314,6 +316,11 @@ def test_a_job_is_cancelled_queued_or_running_and_bad_requests_are_refused(dce_s
     # Another institution's user learns nothing about the job.
     assert api_client(tenants.c.radiologist).get(f"/api/v1/analysis/dce/{running['id']}/").status_code == 404
     assert DceMapJob.objects.get(pk=running["id"]).state == "running"
+    # The worker then ends it: the job's history holds each step, the queued one's its cancellation.
+    actions.do_end_dce_map_job(running["id"], DceMapJob.State.CANCELLED)
+    assert [t.target for t in history(DceMapJob.objects.get(pk=running["id"]))] == ["running", "cancelled"]
+    cancelled_at_once = history(DceMapJob.objects.get(pk=queued["id"])).get()
+    assert (cancelled_at_once.method, cancelled_at_once.actor) == ("cancel", tenants.a.radiologist)
 
     # A series outside the study, or a polygon of two points, is refused before anything is queued.
     body = {

@@ -11,6 +11,7 @@ from django.utils import timezone
 from archive.ingest import store_instance
 from archive.models import Series, Study
 from pacs_cloud import audit
+from pacs_cloud.fsm import apply_transition
 
 from .models import DceMapJob, DceRegionAnalysis
 
@@ -69,31 +70,57 @@ def do_cancel_dce_map_job(job: DceMapJob, *, acting_user: Any) -> DceMapJob:
         locked = DceMapJob.objects.select_for_update().select_related("study__patient").get(pk=job.pk)
         if locked.state in DceMapJob.FINISHED:
             return locked
-        locked.cancel_requested = True
-        fields = ["cancel_requested"]
         if locked.state == State.QUEUED:
-            locked.state, locked.finished_at = State.CANCELLED, timezone.now()
-            fields += ["state", "finished_at"]
-        locked.save(update_fields=fields)
+            _transition(locked, "cancel", actor=acting_user, update_fields=["cancel_requested", "finished_at"])
+        else:
+            # The worker holds the job: it sees the flag at its next progress report and ends it.
+            locked.cancel_requested = True
+            locked.save(update_fields=["cancel_requested"])
         _record(locked, "analysis.dce.map.cancel", actor=acting_user, state=locked.state)
     return locked
 
 
-def do_begin_dce_map_job(job_pk: Any) -> DceMapJob | None:
-    """Claim a queued job for this worker (compare-and-swap: a task delivered twice runs once)."""
-    claimed = DceMapJob.objects.filter(pk=job_pk, state=State.QUEUED, cancel_requested=False).update(
-        state=State.RUNNING, progress=0.0
+def _transition(job: DceMapJob, method: str, *, actor: Any = None, reason: str = "", **kwargs: Any) -> None:
+    """Apply ``method`` to the locked ``job`` with its transition row and audit event."""
+    fields = kwargs.pop("update_fields", [])
+    apply_transition(
+        job,
+        method,
+        actor=actor,
+        actor_label="" if actor else "dce-maps",
+        institution=job.institution_id,
+        reason=reason[:200],
+        update_fields=fields,
+        audit_detail={"study": str(job.study_id), "model": job.model},
+        **({"now": timezone.now()} if method != "begin" else {}),
+        **kwargs,
     )
-    return DceMapJob.objects.select_related("study__patient").get(pk=job_pk) if claimed else None
+
+
+def do_begin_dce_map_job(job_pk: Any) -> DceMapJob | None:
+    """Claim a queued job for this worker; None when it is not queued (a task delivered twice runs once)."""
+    with transaction.atomic():
+        job = DceMapJob.objects.select_for_update().select_related("study__patient").filter(pk=job_pk).first()
+        if job is None or job.state != State.QUEUED or job.cancel_requested:
+            return None
+        _transition(job, "begin", update_fields=["progress"])
+    return job
 
 
 def do_report_dce_map_progress(job_pk: Any, progress: float) -> bool:
-    """Record progress; False when the job was cancelled meanwhile (the worker then stops)."""
+    """Record progress; False when the job was cancelled meanwhile (the worker then stops).
+
+    Progress is not a state change: a plain conditional update, no lock held across the fit.
+    """
     return bool(
         DceMapJob.objects.filter(pk=job_pk, state=State.RUNNING, cancel_requested=False).update(
             progress=round(progress, 4)
         )
     )
+
+
+# How a worker ends a running job, by the state it reached.
+ENDINGS = {State.DONE: "finish", State.FAILED: "fail", State.CANCELLED: "cancel"}
 
 
 def do_end_dce_map_job(job_pk: Any, state: str, *, error: str = "", results: dict | None = None) -> None:
@@ -102,13 +129,15 @@ def do_end_dce_map_job(job_pk: Any, state: str, *, error: str = "", results: dic
         job = DceMapJob.objects.select_for_update().select_related("study__patient").get(pk=job_pk)
         if job.state != State.RUNNING:
             return
-        job.state, job.error, job.finished_at = state, error[:2000], timezone.now()
-        fields = ["state", "error", "finished_at"]
-        if results is not None:
-            job.results, job.progress = results, 1.0
-            fields += ["results", "progress"]
-        job.save(update_fields=fields)
-        _record(job, f"analysis.dce.map.{state}", actor_label="dce-maps", error=error[:200])
+        method = ENDINGS[State(state)]
+        kwargs: dict[str, Any] = {}
+        if method == "finish":
+            kwargs = {"results": results or {}, "update_fields": ["results", "progress", "finished_at"]}
+        elif method == "fail":
+            kwargs = {"error": error, "update_fields": ["error", "finished_at"]}
+        else:
+            kwargs = {"update_fields": ["cancel_requested", "finished_at"]}
+        _transition(job, method, reason=error, **kwargs)
 
 
 def do_archive_parametric_map(job: DceMapJob, path: Path) -> Any:

@@ -131,6 +131,28 @@ isolation.route(
     queries=[{"study": isolation.Ref("volume.study.id")}],
     also_allowed={400},
 )
+
+
+@isolation.factory
+def dce_region(tenant):
+    """A region analysed on the institution's phantom series, with the curves its key image plots."""
+    from archive.models import Series
+    from viewer.analysis.actions import do_record_dce_region
+
+    series = Series.objects.select_related("study__patient").get(pk=tenant.made["volume.series.id"])
+    label = f"Secret{secrets.token_hex(4)}"
+    region = do_record_dce_region(
+        acting_user=tenant.radiologist,
+        study=series.study,
+        series=[series],
+        region={"slice": 0},
+        label=label,
+        results={"times_s": [0.0, 10.0, 20.0], "signal": [100.0, 150.0, 160.0], "enhancement": {"curve_type": "I"}},
+    )
+    return isolation.Made(values={"dce_region.id": region.pk}, secrets=[label])
+
+
+isolation.route("/api/v1/analysis/dce/regions/{region_id}/key-image/", region_id="dce_region.id")
 isolation.route("/viewer/series/{series_id}/3d/", series_id="volume.series.id")
 isolation.route(
     "/api/v1/viewer/series/{series_id}/volume/oblique/",

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from archive.ingest import store_instance
-from archive.models import Series, Study
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from archive.ingest import Source, store_instance
+from archive.models import Instance, Series, Study
 from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition
 
+from ..actions import do_mark_key_image
+from ..models import KeyImage
+from ..render import load_dataset
 from .models import DceMapJob, DceRegionAnalysis
+from .plot import curve_picture
 
 State = DceMapJob.State
 
@@ -170,3 +177,70 @@ def do_record_dce_region(
             detail={"study": str(study.pk), "curve_type": (results.get("enhancement") or {}).get("curve_type")},
         )
     return row
+
+
+# Series number of the saved curves: beside the Parametric Maps (900s), after the scanner's own.
+CURVE_SERIES_NUMBER = 950
+
+
+def do_save_dce_curve_key_image(region: DceRegionAnalysis, *, acting_user: Any) -> KeyImage:
+    """Store ``region``'s plotted curve (with the AIF) in its study as a Secondary Capture; mark it a key image.
+
+    The picture goes through the archive's ingest like any image that
+    arrives (archived, replicated, found by QIDO-RS) and is marked as the
+    caller's key image of the study, so the report lists it. The caller has
+    checked that ``acting_user`` may see the study.
+    """
+    import highdicom as hd  # seconds to import: only when a picture is written
+
+    study = region.study
+    first = Instance.objects.filter(series_id__in=region.series).order_by("instance_number", "pk").first()
+    if first is None:
+        raise ValueError("the region's series hold no image")
+    source = load_dataset(first)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=curve_picture(region.results, region.label),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        patient_orientation=("L", "P"),  # emptied below: highdicom asks for one, a plot has none
+        series_instance_uid=generate_uid(),
+        series_number=CURVE_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="Cloud PACS",
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    if "SpecificCharacterSet" in source:
+        sc.SpecificCharacterSet = source.SpecificCharacterSet
+    sc.PatientOrientation = ""  # Type 2 (PS3.3 C.7.6.1): present, empty for a picture with no anatomy
+    # Type 2C for a paired body part (breast): the source's side, else unknown (empty).
+    sc.Laterality = source.get("Laterality", "")
+    enhancement = region.results.get("enhancement") or {}
+    description = f"DCE-MRI curve of {region.label or 'a region'}" + (
+        f", type {enhancement['curve_type']}" if enhancement.get("curve_type") else ""
+    )
+    sc.SeriesDescription = "DCE-MRI curves"
+    sc.DerivationDescription = description
+    sc.ConversionType = "WSD"  # workstation: drawn on the server from the region's curves
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{sc.SOPInstanceUID}.dcm"
+        sc.save_as(path, enforce_file_format=True)
+        stored = store_instance(
+            path,
+            institution=study.institution,
+            source=Source(via="viewer", label=acting_user.get_username(), actor=acting_user),
+            only_study=study.study_instance_uid,
+        )
+    key_image = do_mark_key_image(acting_user=acting_user, instance=stored.instance, frame=1, note=description)
+    audit.record(
+        "analysis.dce.region.key_image",
+        actor=acting_user,
+        object_type="dce_region",
+        object_id=region.pk,
+        patient_id=study.patient.patient_id,
+        institution=study.institution_id,
+        detail={"sop_instance_uid": sc.SOPInstanceUID, "key_image": str(key_image.pk)},
+    )
+    return key_image

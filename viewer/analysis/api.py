@@ -28,7 +28,7 @@ from pacs_cloud.tenancy import current_institution
 from viewer.render import load_dataset
 
 from . import actions, enhancement, fitting, maps, parametric
-from .access import access_map_job
+from .access import access_map_job, access_region
 from .aif import DEFAULT_HEMATOCRIT
 from .models import DceMapJob, DceRegionAnalysis
 from .region import analyse_region
@@ -523,4 +523,43 @@ class MapSlice(APIView):
                 "max": float(plane.max()),
                 "values": [float(f"{v:.4g}") for v in plane.ravel().tolist()],
             }
+        )
+
+
+RegionKeyImageAnswer = inline_serializer(
+    "DceRegionKeyImage",
+    {
+        "key_image": serializers.UUIDField(),
+        "instance": serializers.UUIDField(),
+        "study_instance_uid": serializers.CharField(),
+        "series_instance_uid": serializers.CharField(),
+        "sop_instance_uid": serializers.CharField(),
+    },
+)
+
+
+class RegionKeyImage(APIView):
+    """Save a region's plotted curve (with the AIF) into the study as a key image (a Secondary Capture)."""
+
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(
+        request=None,
+        responses={201: RegionKeyImageAnswer},
+        tags=["analysis"],
+        operation_id="analysis_dce_region_key_image",
+    )
+    def post(self, request: Request, region_id: str) -> Response:
+        region = access_region(request.user, region_id)
+        key_image = actions.do_save_dce_curve_key_image(region, acting_user=request.user)
+        instance = key_image.instance
+        return Response(
+            {
+                "key_image": str(key_image.pk),
+                "instance": str(instance.pk),
+                "study_instance_uid": region.study.study_instance_uid,
+                "series_instance_uid": instance.series.series_instance_uid,
+                "sop_instance_uid": instance.sop_instance_uid,
+            },
+            status=status.HTTP_201_CREATED,
         )

@@ -12,6 +12,11 @@ urlpatterns = [
     path("api/v1/analysis/dce/<uuid:job_id>/cancel/", api.MapJobCancel.as_view(), name="viewer-cancel-dce-maps"),
     path("api/v1/analysis/dce/regions/", api.RegionList.as_view(), name="viewer-analyse-dce-region"),
     path(
+        "api/v1/analysis/dce/regions/<uuid:region_id>/key-image/",
+        api.RegionKeyImage.as_view(),
+        name="viewer-save-dce-curve",
+    ),
+    path(
         "api/v1/analysis/dce/<uuid:job_id>/maps/<str:name>/<int:index>/",
         api.MapSlice.as_view(),
         name="viewer-read-dce-map-slice",

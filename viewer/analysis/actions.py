@@ -8,7 +8,6 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
-
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from archive.ingest import Source, store_instance

@@ -262,6 +262,33 @@ def test_maps_from_a_dynamic_series_recover_the_true_ktrans_and_ve(dce_study, te
     assert plane["values"][11 * SIZE + 11] == pytest.approx(KTRANS[11, 11], abs=0.005 + 0.1 * KTRANS[11, 11])
     assert client.get(f"/api/v1/analysis/dce/{job['id']}/maps/ktrans/2/").status_code == 404
 
+    # The viewer offers the study's maps and overlays one on any time point's image of the same slice.
+    offered = client.get("/api/v1/analysis/parametric-maps/", {"study": str(study.pk)}).data["results"]
+    assert sorted((m["label"], m["unit"]) for m in offered) == [
+        ("Ktrans", "per minute"),
+        ("iAUC60", "millimole per liter times second"),
+        ("kep", "per minute"),
+        ("ve", "milliliter per milliliter"),
+    ]
+    pm = job["results"]["maps"]["ktrans"]["instance"]
+    late = volume.frames[PHASES - 3]  # a post-contrast time point: slices 0 and 1
+    over = client.get(f"/api/v1/analysis/parametric-maps/{pm}/values/", {"over": str(late[1].instance.pk)})
+    assert over.status_code == 200, over.data
+    assert (over.data["rows"], over.data["columns"], over.data["label"]) == (SIZE, SIZE, "Ktrans")
+    assert over.data["values"][11 * SIZE + 20] == pytest.approx(KTRANS[11, 20], abs=0.005 + 0.1 * KTRANS[11, 20])
+    below = client.get(f"/api/v1/analysis/parametric-maps/{pm}/values/", {"over": str(late[0].instance.pk)}).data
+    assert below["frame"] != over.data["frame"] and not any(below["values"])  # slice 0 was outside the mask
+    assert AuditEvent.objects.filter(action="analysis.parametric_map.read", object_id=pm).count() == 2
+    outsider = api_client(tenants.c.radiologist)
+    assert (
+        outsider.get(f"/api/v1/analysis/parametric-maps/{pm}/values/", {"over": str(late[1].instance.pk)}).status_code
+        == 404
+    )
+    # An image outside the study is not found; a malformed one is refused.
+    values_url = f"/api/v1/analysis/parametric-maps/{pm}/values/"
+    assert client.get(values_url, {"over": "00000000-0000-0000-0000-000000000000"}).status_code == 404
+    assert client.get(values_url, {"over": "slice-1"}).status_code == 400
+
 
 def test_a_region_gives_its_curves_descriptors_and_fit(dce_study, tenants, tmp_path):
     study, series = dce_study

@@ -211,8 +211,10 @@ def do_save_dce_curve_key_image(region: DceRegionAnalysis, *, acting_user: Any) 
         manufacturer="Cloud PACS",
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
-    if "SpecificCharacterSet" in source:
-        sc.SpecificCharacterSet = source.SpecificCharacterSet
+    # The archive files the picture under the study's patient only when it names that patient the same way.
+    for keyword in ("SpecificCharacterSet", "IssuerOfPatientID", "OtherPatientIDsSequence"):
+        if keyword in source:
+            setattr(sc, keyword, source[keyword].value)
     sc.PatientOrientation = ""  # Type 2 (PS3.3 C.7.6.1): present, empty for a picture with no anatomy
     # Type 2C for a paired body part (breast): the source's side, else unknown (empty).
     sc.Laterality = source.get("Laterality", "")

@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from archive.access import access_study
+from archive.access import access_study, visible_studies
 from archive.models import Instance, Series, Study
 from pacs_cloud import audit
 from pacs_cloud.access import HasClinicalRole
@@ -562,4 +562,131 @@ class RegionKeyImage(APIView):
                 "sop_instance_uid": instance.sop_instance_uid,
             },
             status=status.HTTP_201_CREATED,
+        )
+
+
+# Parametric Maps over the anatomy in the viewer ---------------------------------------------
+
+
+ParametricMapItems = inline_serializer(
+    "ParametricMapItem",
+    many=True,
+    fields={
+        "id": serializers.UUIDField(),
+        "series": serializers.UUIDField(),
+        "label": serializers.CharField(),
+        "unit": serializers.CharField(),
+        "description": serializers.CharField(),
+        "frame_of_reference_uid": serializers.CharField(),
+    },
+)
+ParametricMapListAnswer = inline_serializer("ParametricMapList", {"results": ParametricMapItems})
+
+ParametricMapPlane = inline_serializer(
+    "ParametricMapPlane",
+    {
+        "map": serializers.UUIDField(),
+        "frame": serializers.IntegerField(help_text="the map's frame shown, 1-based"),
+        "label": serializers.CharField(),
+        "unit": serializers.CharField(),
+        "rows": serializers.IntegerField(),
+        "columns": serializers.IntegerField(),
+        "min": serializers.FloatField(),
+        "max": serializers.FloatField(),
+        "values": serializers.ListField(child=serializers.FloatField(), help_text="row by row"),
+    },
+)
+
+
+def _study_from_query(request: Request) -> Study:
+    try:
+        study_id = UUID(request.query_params.get("study", ""))
+    except ValueError:
+        raise serializers.ValidationError({"study": ["give the study's id: ?study=<uuid>"]}) from None
+    return access_study(request.user, pk=study_id)
+
+
+class ParametricMapList(APIView):
+    """The Parametric Maps stored in a study (the viewer offers them as overlays)."""
+
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("study", OpenApiTypes.UUID, required=True)],
+        responses={200: ParametricMapListAnswer},
+        tags=["analysis"],
+        operation_id="analysis_parametric_maps_list",
+    )
+    def get(self, request: Request) -> Response:
+        study = _study_from_query(request)
+        rows = Instance.objects.filter(series__study=study, sop_class_uid=parametric.PARAMETRIC_MAP_STORAGE).order_by(
+            "series__series_number", "received_at"
+        )
+        return Response(
+            {
+                "results": [
+                    {"id": str(row.pk), "series": str(row.series_id), **parametric.map_description(row.metadata)}
+                    for row in rows
+                ]
+            }
+        )
+
+
+class ParametricMapValues(APIView):
+    """The values of a Parametric Map on one image of the same study (the plane lying on it), for the overlay."""
+
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("over", OpenApiTypes.UUID, required=True, description="the image shown (instance id)"),
+            OpenApiParameter("frame", OpenApiTypes.INT, description="its frame, 1-based (default 1)"),
+        ],
+        responses={200: ParametricMapPlane},
+        tags=["analysis"],
+        operation_id="analysis_parametric_map_values",
+    )
+    def get(self, request: Request, map_id: UUID) -> Response:
+        pm = get_object_or_404(
+            Instance.objects.select_related("series__study__patient"),
+            pk=map_id,
+            sop_class_uid=parametric.PARAMETRIC_MAP_STORAGE,
+            series__study__in=visible_studies(request.user),
+        )
+        try:
+            over, frame = UUID(request.query_params.get("over", "")), int(request.query_params.get("frame", "1"))
+        except ValueError:
+            return _refusal("over", "give the image shown: ?over=<instance id>&frame=<n>")
+        image = get_object_or_404(Instance, pk=over, series__study=pm.series.study)
+        if not 1 <= frame <= max(image.number_of_frames, 1):
+            return _refusal("frame", f"the image has {image.number_of_frames} frames")
+        index = parametric.frame_over(pm.metadata, image.metadata, frame - 1)
+        if index is None:
+            raise Http404("The map has no plane on this image")
+        ds = load_dataset(pm)
+        values = ds.pixel_array
+        plane = (values if values.ndim == 3 else values[None])[index]
+        described = parametric.map_description(pm.metadata)
+        study = pm.series.study
+        audit.record(
+            "analysis.parametric_map.read",
+            request=request,
+            institution=study.institution_id,
+            object_type="instance",
+            object_id=pm.pk,
+            patient_id=study.patient.patient_id,
+            detail={"study": str(study.pk), "over": str(image.pk), "frame": index + 1},
+        )
+        return Response(
+            {
+                "map": str(pm.pk),
+                "frame": index + 1,
+                "label": described["label"],
+                "unit": described["unit"],
+                "rows": int(plane.shape[0]),
+                "columns": int(plane.shape[1]),
+                "min": float(plane.min()),
+                "max": float(plane.max()),
+                "values": [float(f"{v:.4g}") for v in plane.ravel().tolist()],
+            }
         )

@@ -21,5 +21,11 @@ urlpatterns = [
         api.MapSlice.as_view(),
         name="viewer-read-dce-map-slice",
     ),
+    path("api/v1/analysis/parametric-maps/", api.ParametricMapList.as_view(), name="viewer-list-parametric-maps"),
+    path(
+        "api/v1/analysis/parametric-maps/<uuid:map_id>/values/",
+        api.ParametricMapValues.as_view(),
+        name="viewer-read-parametric-map-values",
+    ),
     path("api/v1/analysis/dce/enhancement/", api.EnhancementCurve.as_view(), name="viewer-describe-dce-curve"),
 ]

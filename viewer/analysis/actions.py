@@ -19,6 +19,7 @@ from ..actions import do_mark_key_image
 from ..models import KeyImage
 from ..render import load_dataset
 from .models import DceMapJob, DceRegionAnalysis
+from .parametric import complete_type_2
 from .plot import curve_picture
 
 State = DceMapJob.State
@@ -197,6 +198,7 @@ def do_save_dce_curve_key_image(region: DceRegionAnalysis, *, acting_user: Any) 
     if first is None:
         raise ValueError("the region's series hold no image")
     source = load_dataset(first)
+    complete_type_2(source)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=curve_picture(region.results, region.label),

@@ -26,6 +26,28 @@ UNITS = {
 MANUFACTURER = "Cloud PACS"
 
 
+# Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1) that highdicom
+# copies from the source image; some senders leave them out, where the standard wants them present and empty.
+TYPE_2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def complete_type_2(source: Dataset) -> None:
+    """Add the Type 2 attributes ``source`` lacks, empty, so a derived object can copy them."""
+    for keyword in TYPE_2_COPIED:
+        if keyword not in source:
+            setattr(source, keyword, "")
+
+
 def parametric_map(
     name: str,
     label: str,
@@ -39,6 +61,8 @@ def parametric_map(
     """A Parametric Map of ``values`` (slices, rows, columns; float) over the source slices ``sources``."""
     import highdicom as hd  # seconds to import: only when a map is written
 
+    for source in sources:
+        complete_type_2(source)
     values = np.ascontiguousarray(values, dtype=np.float32)
     low, high = float(np.min(values)), float(np.max(values))
     if high <= low:

@@ -217,7 +217,7 @@ def do_save_dce_curve_key_image(region: DceRegionAnalysis, *, acting_user: Any) 
     for keyword in ("SpecificCharacterSet", "IssuerOfPatientID", "OtherPatientIDsSequence"):
         if keyword in source:
             setattr(sc, keyword, source[keyword].value)
-    sc.PatientOrientation = ""  # Type 2 (PS3.3 C.7.6.1): present, empty for a picture with no anatomy
+    sc.PatientOrientation = []  # Type 2 (PS3.3 C.7.6.1): present, empty for a picture with no anatomy
     # Type 2C for a paired body part (breast): the source's side, else unknown (empty).
     sc.Laterality = source.get("Laterality", "")
     enhancement = region.results.get("enhancement") or {}

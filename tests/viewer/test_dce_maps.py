@@ -288,6 +288,9 @@ def test_maps_from_a_dynamic_series_recover_the_true_ktrans_and_ve(dce_study, te
     values_url = f"/api/v1/analysis/parametric-maps/{pm}/values/"
     assert client.get(values_url, {"over": "00000000-0000-0000-0000-000000000000"}).status_code == 404
     assert client.get(values_url, {"over": "slice-1"}).status_code == 400
+    own = client.get(values_url, {"frame": over.data["frame"]}).data  # the map's own frame, no image named
+    assert own["values"] == over.data["values"]
+    assert client.get(values_url, {"frame": SLICES + 1}).status_code == 404
 
 
 def test_a_region_gives_its_curves_descriptors_and_fit(dce_study, tenants, tmp_path):

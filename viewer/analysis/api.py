@@ -633,14 +633,21 @@ class ParametricMapList(APIView):
 
 
 class ParametricMapValues(APIView):
-    """The values of a Parametric Map on one image of the same study (the plane lying on it), for the overlay."""
+    """The values of a Parametric Map on one image of the same study (the plane lying on it), for the overlay.
+
+    Without ``over``, the map's own frame ``frame``.
+    """
 
     permission_classes = [HasClinicalRole]
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("over", OpenApiTypes.UUID, required=True, description="the image shown (instance id)"),
-            OpenApiParameter("frame", OpenApiTypes.INT, description="its frame, 1-based (default 1)"),
+            OpenApiParameter(
+                "over", OpenApiTypes.UUID, description="the image shown (instance id); none: the map's own frame"
+            ),
+            OpenApiParameter(
+                "frame", OpenApiTypes.INT, description="the image's (or map's) frame, 1-based (default 1)"
+            ),
         ],
         responses={200: ParametricMapPlane},
         tags=["analysis"],
@@ -654,15 +661,22 @@ class ParametricMapValues(APIView):
             series__study__in=visible_studies(request.user),
         )
         try:
-            over, frame = UUID(request.query_params.get("over", "")), int(request.query_params.get("frame", "1"))
+            frame = int(request.query_params.get("frame", "1"))
+            over = UUID(request.query_params["over"]) if "over" in request.query_params else None
         except ValueError:
             return _refusal("over", "give the image shown: ?over=<instance id>&frame=<n>")
-        image = get_object_or_404(Instance, pk=over, series__study=pm.series.study)
-        if not 1 <= frame <= max(image.number_of_frames, 1):
-            return _refusal("frame", f"the image has {image.number_of_frames} frames")
-        index = parametric.frame_over(pm.metadata, image.metadata, frame - 1)
-        if index is None:
-            raise Http404("The map has no plane on this image")
+        if over is None:  # the map's own frame
+            if not 1 <= frame <= max(pm.number_of_frames, 1):
+                raise Http404("No such frame")
+            index = frame - 1
+        else:
+            image = get_object_or_404(Instance, pk=over, series__study=pm.series.study)
+            if not 1 <= frame <= max(image.number_of_frames, 1):
+                return _refusal("frame", f"the image has {image.number_of_frames} frames")
+            found = parametric.frame_over(pm.metadata, image.metadata, frame - 1)
+            if found is None:
+                raise Http404("The map has no plane on this image")
+            index = found
         ds = load_dataset(pm)
         values = ds.pixel_array
         plane = (values if values.ndim == 3 else values[None])[index]
@@ -675,7 +689,7 @@ class ParametricMapValues(APIView):
             object_type="instance",
             object_id=pm.pk,
             patient_id=study.patient.patient_id,
-            detail={"study": str(study.pk), "over": str(image.pk), "frame": index + 1},
+            detail={"study": str(study.pk), "over": str(over or ""), "frame": index + 1},
         )
         return Response(
             {

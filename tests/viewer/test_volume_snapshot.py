@@ -74,9 +74,7 @@ def test_a_3d_and_an_mpr_snapshot_become_key_images_retrievable_by_wado_rs(tenan
     assert KeyImage.objects.filter(study=study).count() == 2
 
 
-def test_a_snapshot_of_a_series_whose_patient_has_an_issuer_and_lacks_type_2_attributes_is_stored(
-    tenants, tmp_path
-):
+def test_a_snapshot_of_a_series_whose_patient_has_an_issuer_and_lacks_type_2_attributes_is_stored(tenants, tmp_path):
     from viewer.volume.actions import do_save_snapshot
 
     datasets = phantom.datasets()

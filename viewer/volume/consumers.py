@@ -310,7 +310,7 @@ class VolumeConsumer(AsyncWebsocketConsumer):
 
         def produce() -> tuple[bytes, float]:
             started = time.perf_counter()
-            picture = session.render(width, height, interactive=interactive, preview=preview)
+            picture = session.render(width, height, interactive=interactive, preview=preview, flat=preview)
             return encode_frame(picture, media, quality), (time.perf_counter() - started) * 1000
 
         try:

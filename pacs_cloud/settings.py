@@ -433,6 +433,8 @@ SPECTACULAR_SETTINGS = {
         "DceCurveModelEnum": "viewer.analysis.fitting.MODELS",
         "DceMapModelEnum": "viewer.analysis.maps.MAP_MODELS",
         "PatientConsentMethodEnum": "workflow.links.models.PatientConsent.Method",
+        "PatientConsentScopeEnum": "workflow.links.models.PatientConsent.Scope",
+        "StatisticsScopeEnum": "workflow.statistics.api.SCOPES",
     },
 }
 

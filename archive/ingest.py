@@ -66,7 +66,7 @@ from pacs_cloud.models import Institution
 
 from . import names, signals
 from .copies.index import COPY_INSERT, copy_params
-from .models import NON_IMAGE_MODALITIES, IngestConflict, Instance, Patient, Series, Study
+from .models import NATIONAL_ID_ISSUERS, NON_IMAGE_MODALITIES, IngestConflict, Instance, Patient, Series, Study
 from .storage import CACHE, CHUNK, STORED, TieredStorage, get_storage, object_key
 
 log = logging.getLogger(__name__)
@@ -1663,6 +1663,17 @@ def _modalities_after(study_pk: Any, modality: str) -> str:
     return "\\".join(sorted(values))[:64]
 
 
+def _national_id(ds: pydicom.Dataset) -> str:
+    """The national identifier among the Other Patient IDs (0010,1002), or ""."""
+    try:
+        for item in ds.get("OtherPatientIDsSequence") or []:
+            if _text(item, "IssuerOfPatientID").upper() in NATIONAL_ID_ISSUERS:
+                return _text(item, "PatientID")[:64]
+    except (TypeError, ValueError):
+        pass
+    return ""
+
+
 def _get_or_create_study(
     ds: pydicom.Dataset, study_uid: str, institution: Institution, now: Any
 ) -> tuple[_StudyRef, bool]:
@@ -1683,6 +1694,7 @@ def _get_or_create_study(
             "name_words": forms.words[:400],
             "birth_date": _safe_date(ds, "PatientBirthDate"),
             "sex": received["PatientSex"][:16],
+            "national_id": _national_id(ds),
             "created_at": now,
             "updated_at": now,
         },

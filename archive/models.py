@@ -41,6 +41,9 @@ class Patient(models.Model):
     name_words = models.CharField(max_length=400, blank=True)
     birth_date = models.DateField(null=True, blank=True)
     sex = models.CharField(max_length=16, blank=True)
+    # A national identifier, where a modality sent one (Other Patient IDs
+    # Sequence with an issuer of NATIONAL_ID_ISSUERS); only for matching patients across hospitals.
+    national_id = models.CharField(max_length=64, blank=True, db_index=True)
     # Demographics as modalities sent them before a correction, so that later
     # images still carrying the old values are recognised as this patient.
     received_forms = models.JSONField(default=list, blank=True)
@@ -55,6 +58,11 @@ class Patient(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name or '(no name)'} [{self.patient_id}]"
+
+
+# Issuers of Patient ID (0010,0021) in the Other Patient IDs Sequence (0010,1002)
+# that name a national identifier: the PRC Resident Identity Card, or a generic one.
+NATIONAL_ID_ISSUERS = frozenset({"CN-RIC", "NATIONAL"})
 
 
 # Modalities of objects that are not images (PS3.3 C.7.3.1.1.1): the archived

@@ -17,7 +17,6 @@ over that time (MB/s, 10^6 bytes). Figures, machine, load and versions go to
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -29,30 +28,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from results import Run  # noqa: E402
+from scratch import scratch_django  # noqa: E402
 
 SCRATCH = Path(tempfile.gettempdir()) / "pacs-exit-bench"
 
 
 def setup_django() -> str:
-    url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pacs_exit_bench")
-    if not url.startswith("postgres"):
-        sys.exit("BENCH_DATABASE_URL must point at PostgreSQL")
-    shutil.rmtree(SCRATCH, ignore_errors=True)
-    SCRATCH.mkdir(parents=True)
-    os.environ["DATABASE_URL"] = url
-    os.environ["PACS_DATA_DIR"] = str(SCRATCH / "data")
-    os.environ["STORAGE_URL"] = f"file://{SCRATCH / 'objects'}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs_cloud.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    call_command("migrate", verbosity=0)
-    return url
+    return scratch_django(SCRATCH, database="pacs_exit_bench", objects="objects")
 
 
 def make_series(folder: Path, slices: int, seed: int) -> list[Path]:

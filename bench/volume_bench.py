@@ -124,7 +124,7 @@ def main() -> None:
     def render(session, size, interactive, quality, preview=False):
         def work():
             started = time.perf_counter()
-            picture = session.render(*size, interactive=interactive, preview=preview)
+            picture = session.render(*size, interactive=interactive, preview=preview, flat=preview)
             data = encode_frame(picture, "image/jpeg", quality)
             return (time.perf_counter() - started) * 1000, len(data)
 

@@ -432,6 +432,9 @@ SPECTACULAR_SETTINGS = {
         "StudyStateEnum": "archive.models.Study.State",
         "DceCurveModelEnum": "viewer.analysis.fitting.MODELS",
         "DceMapModelEnum": "viewer.analysis.maps.MAP_MODELS",
+        "PatientConsentMethodEnum": "workflow.links.models.PatientConsent.Method",
+        "PatientConsentScopeEnum": "workflow.links.models.PatientConsent.Scope",
+        "StatisticsScopeEnum": "workflow.statistics.api.SCOPES",
     },
 }
 
@@ -568,7 +571,12 @@ CELERY_BEAT_SCHEDULE["workflow-statistics-edge-backlog"] = {
     "schedule": STATISTICS_EDGE_SAMPLE_SECONDS,
 }
 # Autodiscovery loads each app's own tasks module; a part's tasks are named here.
-CELERY_IMPORTS = ["workflow.referrals.tasks", "workflow.statistics.tasks"]
+CELERY_IMPORTS = ["workflow.referrals.tasks", "workflow.statistics.tasks", "workflow.links.tasks"]
+# Patients' consents past their expiry end, and the priors they gave are withdrawn (workflow.links).
+CELERY_BEAT_SCHEDULE["workflow-consent-sweep"] = {
+    "task": "workflow.links.tasks.sweep_consents",
+    "schedule": env.float("CONSENT_SWEEP_SECONDS", default=60.0),
+}
 
 # Seeding: each app contributes its part of the demo, lowest layer first.
 DEMO_SEEDERS = [

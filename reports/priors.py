@@ -21,6 +21,7 @@ from archive.models import Study
 from archive.priors.selection import select_priors
 from pacs_cloud import audit
 from pacs_cloud.access import HasClinicalRole
+from workflow.links.access import comparable_patients
 
 from .models import Report, ReportVersion
 
@@ -55,7 +56,8 @@ def signed_reports(study_ids: list[Any]) -> dict[Any, list[dict[str, Any]]]:
     return out
 
 
-def prior_json(study: Study, reports: list[dict[str, Any]]) -> dict[str, Any]:
+def prior_json(study: Study, reports: list[dict[str, Any]], *, linked: bool = False) -> dict[str, Any]:
+    """One prior as the API shows it; ``linked``: a study of the same person at another hospital."""
     return {
         "id": str(study.pk),
         "study_instance_uid": study.study_instance_uid,
@@ -63,6 +65,8 @@ def prior_json(study: Study, reports: list[dict[str, Any]]) -> dict[str, Any]:
         "description": study.description,
         "modalities": study.image_modalities,
         "accession_number": study.accession_number,
+        "hospital": study.institution.name,
+        "linked": linked,
         "viewer_url": f"/viewer/studies/{study.pk}/",
         "reports": reports,
     }
@@ -70,7 +74,7 @@ def prior_json(study: Study, reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 def visible_priors(user: Any, study: Study) -> list[Study]:
     """The relevant priors of ``study`` that ``user`` may open, newest first."""
-    priors = select_priors(study)
+    priors = select_priors(study, linked_patients=comparable_patients(study))
     if not priors:
         return []
     visible = set(searchable_studies(user).filter(pk__in=[p.pk for p in priors]).values_list("pk", flat=True))
@@ -94,6 +98,10 @@ _PRIOR_FIELDS = {
     "description": serializers.CharField(),
     "modalities": serializers.ListField(child=serializers.CharField()),
     "accession_number": serializers.CharField(),
+    "hospital": serializers.CharField(help_text="The hospital whose study it is."),
+    "linked": serializers.BooleanField(
+        help_text="A study of the same person at another hospital (a patient link with the patient's consent)."
+    ),
     "viewer_url": serializers.CharField(),
     "reports": inline_serializer("PriorReport", _REPORT_FIELDS, many=True),
 }
@@ -128,4 +136,12 @@ class StudyPriorsView(APIView):
             patient_id=study.patient.patient_id,
             detail={"priors": [str(p.pk) for p in priors]},
         )
-        return Response({"study": str(study.pk), "priors": [prior_json(p, reports.get(p.pk, [])) for p in priors]})
+        return Response(
+            {
+                "study": str(study.pk),
+                "priors": [
+                    prior_json(p, reports.get(p.pk, []), linked=p.institution_id != study.institution_id)
+                    for p in priors
+                ],
+            }
+        )

@@ -36,6 +36,7 @@ from pacs_cloud.models import Institution, Membership, Role, User
 from . import notify, policy, signals
 from .access import Reader, reader
 from .facts import study_facts
+from .links.access import comparable_patients
 from .models import (
     CAPPED_STATES,
     HELD_STATES,
@@ -712,8 +713,13 @@ def _revoke_unless_needed(user_id: int | None, task: ReadingTask) -> None:
 
 
 def _grant_priors(task: ReadingTask, user: Any) -> list[Any]:
-    """Grant ``user`` the relevant priors of ``task``'s study, as priors; their ids (recorded on the task)."""
-    priors = select_priors(Study.objects.get(pk=task.study_id))
+    """Grant ``user`` the relevant priors of ``task``'s study, as priors; their ids (recorded on the task).
+
+    Priors of the same person at another hospital count too while a patient
+    link and the patient's consent say so (``workflow.links``).
+    """
+    study = Study.objects.get(pk=task.study_id)
+    priors = select_priors(study, linked_patients=comparable_patients(study))
     TaskPrior.objects.filter(task=task).delete()
     TaskPrior.objects.bulk_create([TaskPrior(task=task, study=prior) for prior in priors])
     for prior in priors:

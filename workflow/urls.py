@@ -28,6 +28,8 @@ urlpatterns = [
     path("api/v1/", include(router.urls)),
     # Referrals and shares: their pages and /api/v1/referrals/, /api/v1/study-shares/.
     path("", include("workflow.referrals.urls")),
+    # One patient across hospitals: /patient-links/, /api/v1/patient-links/, /api/v1/consents/, ...
+    path("", include("workflow.links.urls")),
     # Onboarding: the checklist page and /api/v1/onboarding/.
     path("", include("workflow.onboarding.urls")),
     # Statistics: the page, each chart's CSV and /api/v1/statistics/<chart>/.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,8 +105,24 @@ def _years_before(day: dt.date, years: int) -> dt.date:
         return day.replace(year=day.year - years, day=28)
 
 
-def select_priors(study: Study) -> list[Study]:
+# Read only when linked patients are candidates: to count an imported copy once.
+_LINKED_COLUMNS = ("study__study_instance_uid", "study__institution_id")
+
+
+def _without_linked_copies(rows: list[Any], study: Study) -> list[Any]:
+    """The rows without a linked hospital's study of which the reading hospital holds a copy (same UID)."""
+    own_uids = {row[5] for row in rows if row[6] == study.institution_id}
+    return [row for row in rows if row[6] == study.institution_id or row[5] not in own_uids]
+
+
+def select_priors(study: Study, *, linked_patients: Iterable[Any] = ()) -> list[Study]:
     """The relevant priors of ``study``, newest first: earlier studies of its patient at its institution.
+
+    ``linked_patients``: the same person's patients at other hospitals whose
+    studies may be compared (a patient link with consent, ``workflow.links``):
+    their studies are candidates under the same rules (the reading
+    hospital's), and a study imported from one of them counts once, as the
+    reading hospital's own copy.
 
     A study without a date has no priors (nothing says what is earlier). A
     study of the same date counts as earlier when its time is; a study without
@@ -124,19 +141,26 @@ def select_priors(study: Study) -> list[Study]:
     earlier = Q(study__study_date__lt=study.study_date) | Q(
         study__study_date=study.study_date, study__study_time__lt=study.study_time or dt.time.min
     )
+    whose = Q(study__patient_id=study.patient_id, study__institution_id=study.institution_id)
+    linked = list(linked_patients)
+    if linked:
+        whose |= Q(study__patient_id__in=linked)
     rows = (
-        Series.objects.filter(
-            earlier,
-            study__patient_id=study.patient_id,
-            study__institution_id=study.institution_id,
-            study__study_date__gte=since,
-        )
+        Series.objects.filter(earlier, whose, study__study_date__gte=since)
         .exclude(study_id=study.pk)
         .order_by("-study__study_date", "-study__study_time", "study_id")
-        .values_list("study_id", "study__modalities", "study__description", "modality", "body_part")
+        .values_list(
+            "study_id",
+            "study__modalities",
+            "study__description",
+            "modality",
+            "body_part",
+            *_LINKED_COLUMNS[: 2 * bool(linked)],
+        )
     )
     candidates: dict[Any, tuple[set[str], str, list[str]]] = {}  # in order, newest first
-    for study_id, study_modalities, description, modality, body_part in rows:
+    listed: Iterable[Any] = _without_linked_copies(list(rows), study) if linked else rows
+    for study_id, study_modalities, description, modality, body_part, *_ in listed:
         found = candidates.setdefault(study_id, (_modalities(study_modalities), description, []))
         if modality and modality.upper() not in NON_IMAGE_MODALITIES:
             found[0].add(modality.upper())
@@ -153,5 +177,5 @@ def select_priors(study: Study) -> list[Study]:
             break
     if not chosen:
         return []
-    found_rows = Study.objects.in_bulk(chosen)
+    found_rows = Study.objects.select_related("institution").in_bulk(chosen)
     return [found_rows[pk] for pk in chosen if pk in found_rows]

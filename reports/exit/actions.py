@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from pacs_cloud import audit
 from pacs_cloud.fsm import apply_transition, record_transition
+from pacs_cloud.metering.models import UsageCounter
 from pacs_cloud.models import Institution
 
 from . import export, offboard
@@ -263,7 +264,9 @@ def do_offboard_institution(
             "people": people,
             "kept": {
                 "audit_events": _audit_count(institution.pk),
-                "why": "the audit trail is kept as the law requires",
+                "usage_counters": UsageCounter.objects.filter(institution_id=institution.pk).count(),
+                "why": "the audit trail, and the usage billed (counts per day, nothing of a patient), "
+                "are kept as the law requires",
             },
             "edge_copies": edges,
             "started_at": started.isoformat(),

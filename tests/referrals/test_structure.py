@@ -4,7 +4,7 @@
 ``access``, ``api`` and ``models`` (and its URLs, included by name); the
 reading workflow reaches it only through ``actions``, ``access`` and
 ``models``, and it reaches the reading workflow only through those three of
-the workflow app's own. The referral models are imported from the part, not
+the workflow app's own (and of its patient-links part, ``workflow/links/``). The referral models are imported from the part, not
 through ``workflow.models`` (which imports them only so Django finds them).
 The part's own tests (``tests/referrals/``) may import any of its modules.
 """
@@ -28,7 +28,11 @@ SKIPPED_DIRS = {"var", "node_modules", "__pycache__"}
 PART = "workflow.referrals"
 PART_DOORS = {f"{PART}.{name}" for name in ("actions", "access", "api", "models")}
 PART_DOORS_FOR_READING = {f"{PART}.{name}" for name in ("actions", "access", "models")}
-READING_DOORS = {"workflow.actions", "workflow.access", "workflow.models"}
+# The workflow app's own doors, and those of its patient-links part (workflow/links/),
+# which a referral's import and end tell (a link made, linked priors withdrawn).
+READING_DOORS = {"workflow.actions", "workflow.access", "workflow.models"} | {
+    f"workflow.links.{name}" for name in ("actions", "access", "models")
+}
 PART_TESTS = "tests.referrals"
 
 

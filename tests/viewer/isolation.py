@@ -4,6 +4,8 @@ import secrets
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from archive.ingest import store_instance
 from archive.models import Instance
 from tests import isolation
@@ -131,6 +133,28 @@ isolation.route(
     queries=[{"study": isolation.Ref("volume.study.id")}],
     also_allowed={400},
 )
+
+
+@isolation.factory
+def dce_region(tenant):
+    """A region analysed on the institution's phantom series, with the curves its key image plots."""
+    from archive.models import Series
+    from viewer.analysis.actions import do_record_dce_region
+
+    series = Series.objects.select_related("study__patient").get(pk=tenant.made["volume.series.id"])
+    label = f"Secret{secrets.token_hex(4)}"
+    region = do_record_dce_region(
+        acting_user=tenant.radiologist,
+        study=series.study,
+        series=[series],
+        region={"slice": 0},
+        label=label,
+        results={"times_s": [0.0, 10.0, 20.0], "signal": [100.0, 150.0, 160.0], "enhancement": {"curve_type": "I"}},
+    )
+    return isolation.Made(values={"dce_region.id": region.pk}, secrets=[label])
+
+
+isolation.route("/api/v1/analysis/dce/regions/{region_id}/key-image/", region_id="dce_region.id")
 isolation.route("/viewer/series/{series_id}/3d/", series_id="volume.series.id")
 isolation.route(
     "/api/v1/viewer/series/{series_id}/volume/oblique/",
@@ -157,4 +181,46 @@ isolation.route(
     bodies={"post": {"kind": "oblique", "parameters": {"width": "16", "height": "16"}}},
     reachable=False,
     reason="POST only: the owners' snapshots are tested in tests/viewer/test_volume_snapshot.py",
+)
+
+
+@isolation.factory
+def parametric_map(tenant):
+    """A CT series of its own study and a Parametric Map stored over it, as a DCE job stores one."""
+    from pydicom.uid import generate_uid
+
+    from viewer.analysis import parametric
+
+    token = secrets.token_hex(4)
+    datasets, _ = ct_datasets(size=16, slices=2, seed=int(token, 16) % 1000)
+    frame_of_reference = generate_uid()
+    with tempfile.TemporaryDirectory() as folder:
+        images = []
+        for ds in datasets:
+            ds.PatientName, ds.PatientID, ds.FrameOfReferenceUID = (
+                f"Secret{token}^MAP",
+                f"PM-{token}",
+                frame_of_reference,
+            )
+            path = Path(folder) / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            images.append(store_instance(path, institution=tenant.institution).instance)
+        values = np.full((len(datasets), 16, 16), 0.1, dtype=np.float32)
+        pm = parametric.parametric_map("ktrans", "Ktrans", "1/min", values, datasets, series_number=901, model="tofts")
+        stored = store_instance(parametric.write(pm, Path(folder) / "ktrans.dcm"), institution=tenant.institution)
+    return isolation.Made(
+        values={
+            "parametric_map.id": stored.instance.pk,
+            "parametric_map.over": images[0].pk,
+            "parametric_map.study.id": images[0].series.study_id,
+        },
+        secrets=[f"Secret{token}", f"PM-{token}"],
+    )
+
+
+isolation.route("/api/v1/analysis/parametric-maps/", queries=[{"study": isolation.Ref("parametric_map.study.id")}])
+isolation.route(
+    "/api/v1/analysis/parametric-maps/{map_id}/values/",
+    map_id="parametric_map.id",
+    queries=[{"over": isolation.Ref("parametric_map.over")}],
 )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 
 from archive.ingest import store_instance
+from archive.models import Series
 from pacs_cloud import celery_app
 from reports import actions as report_actions
 from tests.conftest import browser_login
 from tests.reports.conftest import make_reading
+from viewer.models import KeyImage
 from viewer.render import load_dataset
 
-from .test_dce_maps import PHASES, SIZE, write_series
+from .test_dce_maps import KTRANS, PHASES, SIZE, write_series
 
 pytestmark = [pytest.mark.browser]
 
@@ -60,6 +62,11 @@ def test_draw_a_region_see_the_curve_map_it_and_report_it(tenants, live_url, bro
     assert page.inner_text("#dce-curve-type").startswith("Curve type "), page.inner_text("#dce-curve-type")
     assert page.locator("#dce-curve polyline").count() == 2  # the region's curve and the AIF
     assert "Ktrans" in page.inner_text("#dce-values")
+    # The plot goes into the study as a key image.
+    page.click("#dce-key-image")
+    page.wait_for_selector("#dce-key-image-state:text-matches('^(Saved|Not saved)')", timeout=30_000)
+    assert page.inner_text("#dce-key-image-state").startswith("Saved"), page.inner_text("#dce-key-image-state")
+    assert KeyImage.objects.filter(study=reading.study, instance__series__description="DCE-MRI curves").exists()
 
     page.click("#dce-start")
     page.wait_for_selector("#dce-job-state:text-matches('Maps (done|failed)|Not started')", timeout=90_000)
@@ -78,6 +85,29 @@ def test_draw_a_region_see_the_curve_map_it_and_report_it(tenants, live_url, bro
         " return c.getContext('2d').getImageData(16, 16, 1, 1).data[3]; }"
     )
     assert painted > 0  # the map is drawn over the anatomy inside the region
+
+    # The main viewer overlays the stored map on the dynamic series, with its colour bar and values.
+    page.goto(f"{live_url}/viewer/studies/{reading.study.pk}/")
+    dynamic = Series.objects.get(study=reading.study, description="DCE T1 FL3D")
+    page.click(f".series-list button[data-series='{dynamic.pk}']")
+    page.wait_for_selector("#map-controls:not([hidden])")
+    ktrans = next(o for o in page.locator("#map-select option").all_inner_texts() if o.startswith("Ktrans"))
+    page.select_option("#map-select", label=ktrans)
+    # The stack opens in its middle: time point 10, slice 0, the slice the region was drawn on.
+    page.wait_for_selector("#stack-viewport[data-map='Ktrans']", timeout=30_000)
+    assert page.inner_text("#map-range").endswith("per minute")
+    assert page.is_visible("#map-colorbar")
+    spot = page.evaluate(
+        "() => { const vp = window.pacsViewer.state.viewports[0]; const p = vp.toCanvas({x: 16.5, y: 16.5});"
+        " const r = vp.canvas.getBoundingClientRect(); const ratio = window.devicePixelRatio || 1;"
+        " const [red, green, blue] = vp.ctx.getImageData(Math.round(p.x), Math.round(p.y), 1, 1).data;"
+        " return {x: r.left + p.x / ratio, y: r.top + p.y / ratio, grey: red === green && green === blue}; }"
+    )
+    assert not spot["grey"]  # coloured by the map, not the grey anatomy alone
+    page.mouse.move(spot["x"], spot["y"])
+    page.wait_for_selector("#map-value:text-matches('^Ktrans')")
+    value = float(page.inner_text("#map-value").split()[1])
+    assert value == pytest.approx(KTRANS[16, 16], abs=0.005 + 0.1 * KTRANS[16, 16])
 
     page.goto(f"{live_url}/reports/{report.pk}/edit/")
     page.wait_for_selector(".dce-insert")

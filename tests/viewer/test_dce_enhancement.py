@@ -104,3 +104,46 @@ def test_bad_curves_are_refused_with_the_reason(client, body, field):
     answer = client.post(URL, body, format="json")
     assert answer.status_code == 400
     assert field in answer.data
+
+
+def test_a_region_drawn_on_a_dynamic_series_has_the_curve_type_of_its_pixels(tenants, tmp_path):
+    """Rows 0–3 enhance persistently, 4–7 reach a plateau, 8–11 wash out; a region on each is typed so."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    from archive.ingest import store_instance
+    from archive.models import Series
+
+    size = 12
+    bands = np.stack([persistent(), plateau(), washout()])  # (3, phases)
+    images = np.repeat(bands, 4, axis=0)[:, None, :] * np.ones((1, size, 1))  # (rows, columns, phases)
+    study_uid, series_uid, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    for p, seconds in enumerate(T):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_of_reference
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName, ds.PatientID, ds.Modality = "Li^Si=李^四", "DCE-TYPES", "MR"
+        ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = 5, p + 1, "DCE types"
+        ds.TemporalPositionIdentifier, ds.NumberOfTemporalPositions = p + 1, len(T)
+        ds.TriggerTime = float(seconds * 1000.0)
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 0.0], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.Rows, ds.Columns = [1.0, 1.0], size, size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = np.rint(images[..., p]).astype(np.uint16).tobytes()
+        path = tmp_path / f"p{p:02d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        store_instance(path, institution=tenants.a.institution)
+    series = Series.objects.get(series_instance_uid=series_uid)
+    client = api_client(tenants.a.radiologist)
+    found = {}
+    for label, top in (("I", 0), ("II", 4), ("III", 8)):
+        region = {"slice": 0, "polygon": [[2, top], [9, top], [9, top + 3], [2, top + 3]]}
+        body = {"study": str(series.study_id), "series": [str(series.pk)], "region": region, "label": label}
+        answer = client.post("/api/v1/analysis/dce/regions/", body, format="json")
+        assert answer.status_code == 201, answer.data
+        found[label] = answer.data["results"]["enhancement"]["curve_type"]
+    assert found == {"I": "I", "II": "II", "III": "III"}

@@ -22,6 +22,7 @@ from archive.ingest import store_instance
 from archive.models import DicomNode, Instance, Series, Study
 from archive.storage import get_storage
 from pacs_cloud import celery_app
+from pacs_cloud.fsm import history
 from pacs_cloud.models import AuditEvent
 from tests.archive.conftest import dcmtk
 from tests.conftest import api_client, free_port
@@ -252,13 +253,44 @@ def test_maps_from_a_dynamic_series_recover_the_true_ktrans_and_ve(dce_study, te
     errors = [line for line in checked.stderr.splitlines() if line.startswith("Error")]
     assert errors == [], checked.stderr
     assert AuditEvent.objects.filter(action="analysis.dce.map.start", object_id=job["id"]).exists()
-    assert AuditEvent.objects.filter(action="analysis.dce.map.done", object_id=job["id"]).exists()
+    steps = [(t.source, t.target, t.actor_label) for t in history(DceMapJob.objects.get(pk=job["id"]))]
+    assert steps == [("queued", "running", "dce-maps"), ("running", "done", "dce-maps")]
 
     # The overlay reads a slice of the archived map back as numbers.
     plane = client.get(f"/api/v1/analysis/dce/{job['id']}/maps/ktrans/1/").data
     assert (plane["rows"], plane["columns"], plane["unit"]) == (SIZE, SIZE, "1/min")
     assert plane["values"][11 * SIZE + 11] == pytest.approx(KTRANS[11, 11], abs=0.005 + 0.1 * KTRANS[11, 11])
     assert client.get(f"/api/v1/analysis/dce/{job['id']}/maps/ktrans/2/").status_code == 404
+
+    # The viewer offers the study's maps and overlays one on any time point's image of the same slice.
+    offered = client.get("/api/v1/analysis/parametric-maps/", {"study": str(study.pk)}).data["results"]
+    assert sorted((m["label"], m["unit"]) for m in offered) == [
+        ("Ktrans", "per minute"),
+        ("iAUC60", "millimole per liter times second"),
+        ("kep", "per minute"),
+        ("ve", "milliliter per milliliter"),
+    ]
+    pm = job["results"]["maps"]["ktrans"]["instance"]
+    late = volume.frames[PHASES - 3]  # a post-contrast time point: slices 0 and 1
+    over = client.get(f"/api/v1/analysis/parametric-maps/{pm}/values/", {"over": str(late[1].instance.pk)})
+    assert over.status_code == 200, over.data
+    assert (over.data["rows"], over.data["columns"], over.data["label"]) == (SIZE, SIZE, "Ktrans")
+    assert over.data["values"][11 * SIZE + 20] == pytest.approx(KTRANS[11, 20], abs=0.005 + 0.1 * KTRANS[11, 20])
+    below = client.get(f"/api/v1/analysis/parametric-maps/{pm}/values/", {"over": str(late[0].instance.pk)}).data
+    assert below["frame"] != over.data["frame"] and not any(below["values"])  # slice 0 was outside the mask
+    assert AuditEvent.objects.filter(action="analysis.parametric_map.read", object_id=pm).count() == 2
+    outsider = api_client(tenants.c.radiologist)
+    assert (
+        outsider.get(f"/api/v1/analysis/parametric-maps/{pm}/values/", {"over": str(late[1].instance.pk)}).status_code
+        == 404
+    )
+    # An image outside the study is not found; a malformed one is refused.
+    values_url = f"/api/v1/analysis/parametric-maps/{pm}/values/"
+    assert client.get(values_url, {"over": "00000000-0000-0000-0000-000000000000"}).status_code == 404
+    assert client.get(values_url, {"over": "slice-1"}).status_code == 400
+    own = client.get(values_url, {"frame": over.data["frame"]}).data  # the map's own frame, no image named
+    assert own["values"] == over.data["values"]
+    assert client.get(values_url, {"frame": SLICES + 1}).status_code == 404
 
 
 def test_a_region_gives_its_curves_descriptors_and_fit(dce_study, tenants, tmp_path):
@@ -314,6 +346,11 @@ def test_a_job_is_cancelled_queued_or_running_and_bad_requests_are_refused(dce_s
     # Another institution's user learns nothing about the job.
     assert api_client(tenants.c.radiologist).get(f"/api/v1/analysis/dce/{running['id']}/").status_code == 404
     assert DceMapJob.objects.get(pk=running["id"]).state == "running"
+    # The worker then ends it: the job's history holds each step, the queued one's its cancellation.
+    actions.do_end_dce_map_job(running["id"], DceMapJob.State.CANCELLED)
+    assert [t.target for t in history(DceMapJob.objects.get(pk=running["id"]))] == ["running", "cancelled"]
+    cancelled_at_once = history(DceMapJob.objects.get(pk=queued["id"])).get()
+    assert (cancelled_at_once.method, cancelled_at_once.actor) == ("cancel", tenants.a.radiologist)
 
     # A series outside the study, or a polygon of two points, is refused before anything is queued.
     body = {

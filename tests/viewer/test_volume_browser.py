@@ -233,3 +233,42 @@ def test_on_a_phone_one_finger_rotates_and_two_fingers_zoom(archived_phantom, li
         """() => { const h = window.pacsVolume.state.lastHeader;
         return h.quality === 'full' && h.width === document.getElementById('v3d-canvas').width; }"""
     )
+
+
+def test_the_transfer_function_editor_reshapes_the_picture_and_follows_presets(
+    archived_phantom, tenants, live_url, browser_context
+):
+    page = browser_login(browser_context(viewport={"width": 1100, "height": 760}), live_url, "radiologist@alpha")
+    open_3d(page, live_url, archived_phantom)
+    page.click("#v3d-tf-editor summary")
+    handles = page.locator("#v3d-tf circle")
+    assert handles.count() == len(the_session().transfer.opacity_points())
+    assert bright_pixels(page) > 500
+    # Every opacity point dragged to the bottom: nothing left to see.
+    editor = page.locator("#v3d-tf").bounding_box()
+    for index in range(handles.count()):
+        dot = handles.nth(index).bounding_box()
+        count = frames(page)
+        page.mouse.move(dot["x"] + dot["width"] / 2, dot["y"] + dot["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(dot["x"] + dot["width"] / 2, editor["y"] + editor["height"] + 20, steps=4)
+        page.mouse.up()
+        wait_for_full_frame_after(page, count)
+    transfer = the_session().transfer
+    assert transfer.name == "custom" and all(a == 0 for _, a in transfer.opacity_points())
+    assert bright_pixels(page, level=20) == 0
+    # A point's colour, chosen on the page, is the server's colour at that HU.
+    handles.nth(0).click()
+    hu = transfer.opacity_points()[0][0]
+    count = frames(page)
+    page.locator("#v3d-tf-colour").fill("#ff0000")
+    wait_for_full_frame_after(page, count)
+    assert (hu, 1.0, 0.0, 0.0) in the_session().transfer.colour_points()
+    # A preset replaces the function, and the editor shows the preset's points.
+    count = frames(page)
+    page.select_option("#v3d-preset", "cta")
+    wait_for_full_frame_after(page, count)
+    expected = [[round(h), round(a, 3)] for h, a in the_session().transfer.opacity_points()]
+    page.wait_for_function("(n) => document.querySelectorAll('#v3d-tf circle').length === n", arg=len(expected))
+    shown = page.evaluate("window.pacsVolume.transferEditor.transfer.opacity")
+    assert [[round(h), round(a, 3)] for h, a in shown] == expected

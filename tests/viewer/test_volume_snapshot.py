@@ -72,3 +72,25 @@ def test_a_3d_and_an_mpr_snapshot_become_key_images_retrievable_by_wado_rs(tenan
     )
     assert refused.status_code == 404
     assert KeyImage.objects.filter(study=study).count() == 2
+
+
+def test_a_snapshot_of_a_series_whose_patient_has_an_issuer_and_lacks_type_2_attributes_is_stored(tenants, tmp_path):
+    from viewer.volume.actions import do_save_snapshot
+
+    datasets = phantom.datasets()
+    for ds in datasets:
+        ds.IssuerOfPatientID = "ALPHA-HIS"
+        ds.pop("PatientBirthDate", None)  # Type 2, left out by some modalities
+    instances = [store(ds, tenants.a.institution, tmp_path) for ds in datasets]
+    series = Series.objects.get(pk=instances[0].series_id)
+    key_image = do_save_snapshot(
+        acting_user=tenants.a.radiologist,
+        series=series,
+        picture=np.zeros((64, 64, 3), dtype=np.uint8),
+        parameters={"kind": "3d"},
+        right=np.array([1.0, 0.0, 0.0]),
+        down=np.array([0.0, 0.0, -1.0]),
+        description="3D bone",
+    )
+    stored = key_image.instance
+    assert stored.series.study_id == series.study_id and stored.sop_class_uid == SECONDARY_CAPTURE

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from archive.ingest import store_instance
-from archive.models import Series, Study
+from archive.ingest import Source, store_instance
+from archive.models import Instance, Series, Study
 from pacs_cloud import audit
+from pacs_cloud.fsm import apply_transition
 
+from ..actions import do_mark_key_image
+from ..models import KeyImage
+from ..render import load_dataset
 from .models import DceMapJob, DceRegionAnalysis
+from .parametric import complete_type_2
+from .plot import curve_picture
 
 State = DceMapJob.State
 
@@ -69,31 +77,57 @@ def do_cancel_dce_map_job(job: DceMapJob, *, acting_user: Any) -> DceMapJob:
         locked = DceMapJob.objects.select_for_update().select_related("study__patient").get(pk=job.pk)
         if locked.state in DceMapJob.FINISHED:
             return locked
-        locked.cancel_requested = True
-        fields = ["cancel_requested"]
         if locked.state == State.QUEUED:
-            locked.state, locked.finished_at = State.CANCELLED, timezone.now()
-            fields += ["state", "finished_at"]
-        locked.save(update_fields=fields)
+            _transition(locked, "cancel", actor=acting_user, update_fields=["cancel_requested", "finished_at"])
+        else:
+            # The worker holds the job: it sees the flag at its next progress report and ends it.
+            locked.cancel_requested = True
+            locked.save(update_fields=["cancel_requested"])
         _record(locked, "analysis.dce.map.cancel", actor=acting_user, state=locked.state)
     return locked
 
 
-def do_begin_dce_map_job(job_pk: Any) -> DceMapJob | None:
-    """Claim a queued job for this worker (compare-and-swap: a task delivered twice runs once)."""
-    claimed = DceMapJob.objects.filter(pk=job_pk, state=State.QUEUED, cancel_requested=False).update(
-        state=State.RUNNING, progress=0.0
+def _transition(job: DceMapJob, method: str, *, actor: Any = None, reason: str = "", **kwargs: Any) -> None:
+    """Apply ``method`` to the locked ``job`` with its transition row and audit event."""
+    fields = kwargs.pop("update_fields", [])
+    apply_transition(
+        job,
+        method,
+        actor=actor,
+        actor_label="" if actor else "dce-maps",
+        institution=job.institution_id,
+        reason=reason[:200],
+        update_fields=fields,
+        audit_detail={"study": str(job.study_id), "model": job.model},
+        **({"now": timezone.now()} if method != "begin" else {}),
+        **kwargs,
     )
-    return DceMapJob.objects.select_related("study__patient").get(pk=job_pk) if claimed else None
+
+
+def do_begin_dce_map_job(job_pk: Any) -> DceMapJob | None:
+    """Claim a queued job for this worker; None when it is not queued (a task delivered twice runs once)."""
+    with transaction.atomic():
+        job = DceMapJob.objects.select_for_update().select_related("study__patient").filter(pk=job_pk).first()
+        if job is None or job.state != State.QUEUED or job.cancel_requested:
+            return None
+        _transition(job, "begin", update_fields=["progress"])
+    return job
 
 
 def do_report_dce_map_progress(job_pk: Any, progress: float) -> bool:
-    """Record progress; False when the job was cancelled meanwhile (the worker then stops)."""
+    """Record progress; False when the job was cancelled meanwhile (the worker then stops).
+
+    Progress is not a state change: a plain conditional update, no lock held across the fit.
+    """
     return bool(
         DceMapJob.objects.filter(pk=job_pk, state=State.RUNNING, cancel_requested=False).update(
             progress=round(progress, 4)
         )
     )
+
+
+# How a worker ends a running job, by the state it reached.
+ENDINGS = {State.DONE: "finish", State.FAILED: "fail", State.CANCELLED: "cancel"}
 
 
 def do_end_dce_map_job(job_pk: Any, state: str, *, error: str = "", results: dict | None = None) -> None:
@@ -102,13 +136,15 @@ def do_end_dce_map_job(job_pk: Any, state: str, *, error: str = "", results: dic
         job = DceMapJob.objects.select_for_update().select_related("study__patient").get(pk=job_pk)
         if job.state != State.RUNNING:
             return
-        job.state, job.error, job.finished_at = state, error[:2000], timezone.now()
-        fields = ["state", "error", "finished_at"]
-        if results is not None:
-            job.results, job.progress = results, 1.0
-            fields += ["results", "progress"]
-        job.save(update_fields=fields)
-        _record(job, f"analysis.dce.map.{state}", actor_label="dce-maps", error=error[:200])
+        method = ENDINGS[State(state)]
+        kwargs: dict[str, Any] = {}
+        if method == "finish":
+            kwargs = {"results": results or {}, "update_fields": ["results", "progress", "finished_at"]}
+        elif method == "fail":
+            kwargs = {"error": error, "update_fields": ["error", "finished_at"]}
+        else:
+            kwargs = {"update_fields": ["cancel_requested", "finished_at"]}
+        _transition(job, method, reason=error, **kwargs)
 
 
 def do_archive_parametric_map(job: DceMapJob, path: Path) -> Any:
@@ -141,3 +177,73 @@ def do_record_dce_region(
             detail={"study": str(study.pk), "curve_type": (results.get("enhancement") or {}).get("curve_type")},
         )
     return row
+
+
+# Series number of the saved curves: beside the Parametric Maps (900s), after the scanner's own.
+CURVE_SERIES_NUMBER = 950
+
+
+def do_save_dce_curve_key_image(region: DceRegionAnalysis, *, acting_user: Any) -> KeyImage:
+    """Store ``region``'s plotted curve (with the AIF) in its study as a Secondary Capture; mark it a key image.
+
+    The picture goes through the archive's ingest like any image that
+    arrives (archived, replicated, found by QIDO-RS) and is marked as the
+    caller's key image of the study, so the report lists it. The caller has
+    checked that ``acting_user`` may see the study.
+    """
+    import highdicom as hd  # seconds to import: only when a picture is written
+
+    study = region.study
+    first = Instance.objects.filter(series_id__in=region.series).order_by("instance_number", "pk").first()
+    if first is None:
+        raise ValueError("the region's series hold no image")
+    source = load_dataset(first)
+    complete_type_2(source)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=curve_picture(region.results, region.label),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        patient_orientation=("L", "P"),  # emptied below: highdicom asks for one, a plot has none
+        series_instance_uid=generate_uid(),
+        series_number=CURVE_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="Cloud PACS",
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    # The archive files the picture under the study's patient only when it names that patient the same way.
+    for keyword in ("SpecificCharacterSet", "IssuerOfPatientID", "OtherPatientIDsSequence"):
+        if keyword in source:
+            setattr(sc, keyword, source[keyword].value)
+    sc.PatientOrientation = []  # Type 2 (PS3.3 C.7.6.1): present, empty for a picture with no anatomy
+    # Type 2C for a paired body part (breast): the source's side, else unknown (empty).
+    sc.Laterality = source.get("Laterality", "")
+    enhancement = region.results.get("enhancement") or {}
+    description = f"DCE-MRI curve of {region.label or 'a region'}" + (
+        f", type {enhancement['curve_type']}" if enhancement.get("curve_type") else ""
+    )
+    sc.SeriesDescription = "DCE-MRI curves"
+    sc.DerivationDescription = description
+    sc.ConversionType = "WSD"  # workstation: drawn on the server from the region's curves
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{sc.SOPInstanceUID}.dcm"
+        sc.save_as(path, enforce_file_format=True)
+        stored = store_instance(
+            path,
+            institution=study.institution,
+            source=Source(via="viewer", label=acting_user.get_username(), actor=acting_user),
+            only_study=study.study_instance_uid,
+        )
+    key_image = do_mark_key_image(acting_user=acting_user, instance=stored.instance, frame=1, note=description)
+    audit.record(
+        "analysis.dce.region.key_image",
+        actor=acting_user,
+        object_type="dce_region",
+        object_id=region.pk,
+        patient_id=study.patient.patient_id,
+        institution=study.institution_id,
+        detail={"sop_instance_uid": sc.SOPInstanceUID, "key_image": str(key_image.pk)},
+    )
+    return key_image

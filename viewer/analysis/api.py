@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from archive.access import access_study
+from archive.access import access_study, visible_studies
 from archive.models import Instance, Series, Study
 from pacs_cloud import audit
 from pacs_cloud.access import HasClinicalRole
@@ -28,7 +28,7 @@ from pacs_cloud.tenancy import current_institution
 from viewer.render import load_dataset
 
 from . import actions, enhancement, fitting, maps, parametric
-from .access import access_map_job
+from .access import access_map_job, access_region
 from .aif import DEFAULT_HEMATOCRIT
 from .models import DceMapJob, DceRegionAnalysis
 from .region import analyse_region
@@ -517,6 +517,186 @@ class MapSlice(APIView):
                 "name": name,
                 "label": stored["label"],
                 "unit": stored["unit"],
+                "rows": int(plane.shape[0]),
+                "columns": int(plane.shape[1]),
+                "min": float(plane.min()),
+                "max": float(plane.max()),
+                "values": [float(f"{v:.4g}") for v in plane.ravel().tolist()],
+            }
+        )
+
+
+RegionKeyImageAnswer = inline_serializer(
+    "DceRegionKeyImage",
+    {
+        "key_image": serializers.UUIDField(),
+        "instance": serializers.UUIDField(),
+        "study_instance_uid": serializers.CharField(),
+        "series_instance_uid": serializers.CharField(),
+        "sop_instance_uid": serializers.CharField(),
+    },
+)
+
+
+class RegionKeyImage(APIView):
+    """Save a region's plotted curve (with the AIF) into the study as a key image (a Secondary Capture)."""
+
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(
+        request=None,
+        responses={201: RegionKeyImageAnswer},
+        tags=["analysis"],
+        operation_id="analysis_dce_region_key_image",
+    )
+    def post(self, request: Request, region_id: str) -> Response:
+        region = access_region(request.user, region_id)
+        key_image = actions.do_save_dce_curve_key_image(region, acting_user=request.user)
+        instance = key_image.instance
+        return Response(
+            {
+                "key_image": str(key_image.pk),
+                "instance": str(instance.pk),
+                "study_instance_uid": region.study.study_instance_uid,
+                "series_instance_uid": instance.series.series_instance_uid,
+                "sop_instance_uid": instance.sop_instance_uid,
+            },
+            status=status.HTTP_201_CREATED,
+        )
+
+
+# Parametric Maps over the anatomy in the viewer ---------------------------------------------
+
+
+ParametricMapItems = inline_serializer(
+    "ParametricMapItem",
+    many=True,
+    fields={
+        "id": serializers.UUIDField(),
+        "series": serializers.UUIDField(),
+        "label": serializers.CharField(),
+        "unit": serializers.CharField(),
+        "description": serializers.CharField(),
+        "frame_of_reference_uid": serializers.CharField(),
+    },
+)
+ParametricMapListAnswer = inline_serializer("ParametricMapList", {"results": ParametricMapItems})
+
+ParametricMapPlane = inline_serializer(
+    "ParametricMapPlane",
+    {
+        "map": serializers.UUIDField(),
+        "frame": serializers.IntegerField(help_text="the map's frame shown, 1-based"),
+        "label": serializers.CharField(),
+        "unit": serializers.CharField(),
+        "rows": serializers.IntegerField(),
+        "columns": serializers.IntegerField(),
+        "min": serializers.FloatField(),
+        "max": serializers.FloatField(),
+        "values": serializers.ListField(child=serializers.FloatField(), help_text="row by row"),
+    },
+)
+
+
+def _study_from_query(request: Request) -> Study:
+    try:
+        study_id = UUID(request.query_params.get("study", ""))
+    except ValueError:
+        raise serializers.ValidationError({"study": ["give the study's id: ?study=<uuid>"]}) from None
+    return access_study(request.user, pk=study_id)
+
+
+class ParametricMapList(APIView):
+    """The Parametric Maps stored in a study (the viewer offers them as overlays)."""
+
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("study", OpenApiTypes.UUID, required=True)],
+        responses={200: ParametricMapListAnswer},
+        tags=["analysis"],
+        operation_id="analysis_parametric_maps_list",
+    )
+    def get(self, request: Request) -> Response:
+        study = _study_from_query(request)
+        rows = Instance.objects.filter(series__study=study, sop_class_uid=parametric.PARAMETRIC_MAP_STORAGE).order_by(
+            "series__series_number", "received_at"
+        )
+        return Response(
+            {
+                "results": [
+                    {"id": str(row.pk), "series": str(row.series_id), **parametric.map_description(row.metadata)}
+                    for row in rows
+                ]
+            }
+        )
+
+
+class ParametricMapValues(APIView):
+    """The values of a Parametric Map on one image of the same study (the plane lying on it), for the overlay.
+
+    Without ``over``, the map's own frame ``frame``.
+    """
+
+    permission_classes = [HasClinicalRole]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "over", OpenApiTypes.UUID, description="the image shown (instance id); none: the map's own frame"
+            ),
+            OpenApiParameter(
+                "frame", OpenApiTypes.INT, description="the image's (or map's) frame, 1-based (default 1)"
+            ),
+        ],
+        responses={200: ParametricMapPlane},
+        tags=["analysis"],
+        operation_id="analysis_parametric_map_values",
+    )
+    def get(self, request: Request, map_id: UUID) -> Response:
+        pm = get_object_or_404(
+            Instance.objects.select_related("series__study__patient"),
+            pk=map_id,
+            sop_class_uid=parametric.PARAMETRIC_MAP_STORAGE,
+            series__study__in=visible_studies(request.user),
+        )
+        try:
+            frame = int(request.query_params.get("frame", "1"))
+            over = UUID(request.query_params["over"]) if "over" in request.query_params else None
+        except ValueError:
+            return _refusal("over", "give the image shown: ?over=<instance id>&frame=<n>")
+        if over is None:  # the map's own frame
+            if not 1 <= frame <= max(pm.number_of_frames, 1):
+                raise Http404("No such frame")
+            index = frame - 1
+        else:
+            image = get_object_or_404(Instance, pk=over, series__study=pm.series.study)
+            if not 1 <= frame <= max(image.number_of_frames, 1):
+                return _refusal("frame", f"the image has {image.number_of_frames} frames")
+            found = parametric.frame_over(pm.metadata, image.metadata, frame - 1)
+            if found is None:
+                raise Http404("The map has no plane on this image")
+            index = found
+        ds = load_dataset(pm)
+        values = ds.pixel_array
+        plane = (values if values.ndim == 3 else values[None])[index]
+        described = parametric.map_description(pm.metadata)
+        study = pm.series.study
+        audit.record(
+            "analysis.parametric_map.read",
+            request=request,
+            institution=study.institution_id,
+            object_type="instance",
+            object_id=pm.pk,
+            patient_id=study.patient.patient_id,
+            detail={"study": str(study.pk), "over": str(over or ""), "frame": index + 1},
+        )
+        return Response(
+            {
+                "map": str(pm.pk),
+                "frame": index + 1,
+                "label": described["label"],
+                "unit": described["unit"],
                 "rows": int(plane.shape[0]),
                 "columns": int(plane.shape[1]),
                 "min": float(plane.min()),

@@ -6,17 +6,24 @@ Rows are written only by ``viewer.analysis.actions``.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+from django_fsm import ConcurrentTransitionMixin, FSMField, transition
 
 from archive.models import Study
 from pacs_cloud.models import Institution
 
 
-class DceMapJob(models.Model):
-    """Voxel-wise pharmacokinetic maps of a dynamic series inside a mask, computed by a Celery task."""
+class DceMapJob(ConcurrentTransitionMixin, models.Model):
+    """Voxel-wise pharmacokinetic maps of a dynamic series inside a mask, computed by a Celery task.
+
+    queued → running (a worker claimed it) → done | failed | cancelled; a
+    queued job is cancelled at once, a running one when its worker next
+    reports progress and finds ``cancel_requested``.
+    """
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -35,7 +42,7 @@ class DceMapJob(models.Model):
     model = models.CharField(max_length=32)
     aif = models.JSONField()
     options = models.JSONField(default=dict, help_text="t1_ms, relaxivity, hematocrit, baseline_points")
-    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    state = FSMField(max_length=16, choices=State.choices, default=State.QUEUED, protected=True)
     progress = models.FloatField(default=0.0, help_text="share of the voxels fitted, 0–1")
     cancel_requested = models.BooleanField(default=False)
     error = models.TextField(blank=True)
@@ -50,6 +57,24 @@ class DceMapJob(models.Model):
 
     def __str__(self) -> str:
         return f"DCE maps {self.model} of study {self.study_id} ({self.state})"
+
+    # Transitions change this row's fields only; actions save and log them.
+
+    @transition(field=state, source=State.QUEUED, target=State.RUNNING)
+    def begin(self) -> None:
+        self.progress = 0.0
+
+    @transition(field=state, source=State.RUNNING, target=State.DONE)
+    def finish(self, *, results: dict, now: datetime) -> None:
+        self.results, self.progress, self.finished_at = results, 1.0, now
+
+    @transition(field=state, source=State.RUNNING, target=State.FAILED)
+    def fail(self, *, error: str, now: datetime) -> None:
+        self.error, self.finished_at = error[:2000], now
+
+    @transition(field=state, source=[State.QUEUED, State.RUNNING], target=State.CANCELLED)
+    def cancel(self, *, now: datetime) -> None:
+        self.cancel_requested, self.finished_at = True, now
 
 
 class AssumedTissueT1(models.Model):

@@ -108,16 +108,18 @@ def arterial_input(
         if not mask.any():
             raise JobError("the arterial region holds no pixel")
         curve = volume.data[:, mask].mean(axis=1)
+        # The bolus reaches the artery before the tissue: its own curve says where its baseline ends.
+        arterial_baseline = int(options.get("baseline_points") or min(baseline, baseline_count(curve)))
         blood = concentration.spgr_concentration(
             curve[None, :],
-            baseline=baseline,
+            baseline=arterial_baseline,
             t10_s=concentration.BLOOD_T1_MS / 1000.0,
             tr_s=tr_s,
             flip_deg=flip,
             relaxivity=relaxivity,
         )[0]
         plasma = blood / (1.0 - hematocrit)
-        arrival = float(t[max(baseline - 1, 0)])
+        arrival = float(t[max(arterial_baseline - 1, 0)])
         return maps.ArterialInput(fine, np.interp(fine, t, plasma), arrival)
     # The bolus reaches the tissue around the last pre-contrast phase; Parker's curve starts there.
     arrival = float(spec.get("bolus_arrival_s", t[max(baseline - 1, 0)]))

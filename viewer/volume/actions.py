@@ -50,10 +50,13 @@ def do_save_snapshot(
     """
     import highdicom as hd
 
+    from ..analysis.parametric import complete_type_2
+
     first = series.instances.order_by("instance_number", "pk").first()
     if first is None:
         raise RenderError("the series has no images")
     source = load_dataset(first)
+    complete_type_2(source)  # highdicom copies them and refuses a source that lacks one
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=np.ascontiguousarray(picture, dtype=np.uint8),
@@ -68,8 +71,10 @@ def do_save_snapshot(
         patient_orientation=(orientation_letters(right), orientation_letters(down)),
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
-    if "SpecificCharacterSet" in source:
-        sc.SpecificCharacterSet = source.SpecificCharacterSet
+    # The archive files the picture under the study's patient only when it names that patient the same way.
+    for keyword in ("SpecificCharacterSet", "IssuerOfPatientID", "OtherPatientIDsSequence"):
+        if keyword in source:
+            setattr(sc, keyword, source[keyword].value)
     sc.SeriesDescription = "3D snapshots"
     sc.DerivationDescription = description[:1024]
     sc.ImageComments = json.dumps({"rendering": parameters}, separators=(",", ":"))

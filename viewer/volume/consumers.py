@@ -143,6 +143,9 @@ class VolumeConsumer(AsyncWebsocketConsumer):
                 await self._snapshot(session, str(message.get("note") or "")[:200])
             else:
                 self._apply(session, kind, message)
+                if kind in ("preset", "transfer", "release"):
+                    # What the page's transfer function editor shows (a window drag moves it too).
+                    await self.send(text_data=json.dumps({"type": "transfer", "transfer": session.transfer.describe()}))
         except (ValueError, TypeError, AttributeError, RenderError) as exc:
             await self.send(text_data=json.dumps({"type": "error", "status": 400, "detail": str(exc)}))
             return
@@ -307,7 +310,7 @@ class VolumeConsumer(AsyncWebsocketConsumer):
 
         def produce() -> tuple[bytes, float]:
             started = time.perf_counter()
-            picture = session.render(width, height, interactive=interactive, preview=preview)
+            picture = session.render(width, height, interactive=interactive, preview=preview, flat=preview)
             return encode_frame(picture, media, quality), (time.perf_counter() - started) * 1000
 
         try:

@@ -265,13 +265,22 @@ class VolumeScene:
             self.window.SetSize(width, height)
             self.size = (width, height)
 
-    def render(self, width: int, height: int, *, interactive: bool = False) -> np.ndarray:
+    def render(self, width: int, height: int, *, interactive: bool = False, flat: bool = False) -> np.ndarray:
         """The picture as an (height, width, 3) uint8 array, top row first.
 
         Full frames sample each ray once per voxel spacing; interactive ones
         at 1.6 times that distance and cast a ray for every 1.5 pixels: about
-        a quarter of the work, for dragging.
+        a quarter of the work, for dragging. A ``flat`` frame leaves shading
+        out: VTK computes the shading gradients of every voxel before a scene's
+        first shaded frame, so a flat one can be shown before that is done.
         """
+        shaded = bool(self.property.GetShade())
+        if flat and shaded:
+            self.property.SetShade(0)
+            try:
+                return self.render(width, height, interactive=interactive)
+            finally:
+                self.property.SetShade(1)
         from vtkmodules.util.numpy_support import vtk_to_numpy
         from vtkmodules.vtkRenderingCore import vtkWindowToImageFilter
 

@@ -8,7 +8,8 @@ byte-bounded LRU: when the budget is exceeded the least recently used
 session is closed like any other cached volume, and its viewer reopens it.
 
 A large volume also gets a preview scene over every second voxel along each
-axis (an eighth of the voxels): it draws the first picture while the full
+axis (an eighth of the voxels): it draws the first picture (without shading,
+which needs gradients of every voxel computed first) while the full
 scene prepares (VTK's gradients for shading over every voxel take most of the
 first full frame), and every frame while the user drags; the full scene draws
 the frames on release.
@@ -80,11 +81,13 @@ class RenderSession:
         """Called by the LRU when the memory budget needs this session's bytes."""
         close(self.id)
 
-    def render(self, width: int, height: int, *, interactive: bool, preview: bool = False) -> np.ndarray:
+    def render(
+        self, width: int, height: int, *, interactive: bool, preview: bool = False, flat: bool = False
+    ) -> np.ndarray:
         """A frame of the current state; runs on the render thread.
 
         Interactive frames, and any frame asked as a ``preview``, come from the
-        preview scene when there is one.
+        preview scene when there is one; a ``flat`` one without shading.
         """
         if self.closed or self.scene is None:
             raise SessionClosed(self.id)
@@ -104,7 +107,7 @@ class RenderSession:
         if scene.clipping != clipping:
             scene.set_clipping(clipping)
         self.frames += 1
-        return scene.render(width, height, interactive=interactive)
+        return scene.render(width, height, interactive=interactive, flat=flat)
 
     def parameters(self) -> dict[str, Any]:
         """Everything that decides the picture: stored with a snapshot so it can be reproduced."""

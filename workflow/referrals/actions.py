@@ -60,6 +60,7 @@ from pacs_cloud.lib.local_time import format_local
 from pacs_cloud.models import Institution, Role, Transition, role_group_name
 from pacs_cloud.push import institution_group, notify_many
 
+from ..links.actions import link_imported_study, withdraw_linked_priors
 from .access import (
     IMPORT_ROLES,
     REFERRAL_ROLES,
@@ -365,6 +366,8 @@ def _revoke_all(
         revoked += do_revoke_share(
             share, acting_user=acting_user, actor_label=actor_label, reason=reason, request=request
         )
+    # The referral's consent ends with it: priors of the patient compared at the receiver go too.
+    withdraw_linked_priors([referral.patient_id], reason=reason)
     return revoked
 
 
@@ -959,6 +962,8 @@ def do_import_shared_study(study: Study, *, patient: Patient, acting_user: Any, 
                 "again": not created,
             },
         )
+        # The receiver chose its patient for this study: the two are one person.
+        link_imported_study(imported, acting_user=acting_user, request=request)
     return imported
 
 

@@ -99,12 +99,16 @@ def row_kind(slug: str) -> str:
     return slug.split("-")[0]
 
 
+# Whose figures a chart holds (named StatisticsScopeEnum in the API schema).
+SCOPES = ["institution", "pool", "platform"]
+
+
 def _envelope(kind: str) -> type[serializers.Serializer]:
     name = f"Statistics{kind.title()}Serializer"
     fields: dict[str, Any] = {
         "chart": serializers.CharField(),
         "title": serializers.CharField(),
-        "scope": serializers.ChoiceField(choices=["institution", "pool", "platform"]),
+        "scope": serializers.ChoiceField(choices=SCOPES),
         "scope_name": serializers.CharField(),
         "time_zone": serializers.CharField(help_text="Days and times are local to this zone."),
         "date_from": serializers.DateField(),

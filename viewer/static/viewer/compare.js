@@ -519,6 +519,14 @@
       impression.className = "impression";
       impression.textContent = prior.reports.length ? prior.reports[0].impression : "No signed report";
       button.append(title, impression);
+      if (prior.linked) {
+        // The same person's study at another hospital, compared with the patient's consent.
+        const hospital = document.createElement("span");
+        hospital.className = "hospital";
+        hospital.textContent = `from ${prior.hospital}`;
+        button.dataset.linked = "true";
+        button.append(hospital);
+      }
       button.addEventListener("click", () => { state.prior = prior; renderPriors(); renderReport(); arrange(); });
       item.appendChild(button);
       list.appendChild(item);

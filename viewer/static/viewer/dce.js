@@ -15,7 +15,7 @@
   const ctx = canvas.getContext("2d");
   const POLL_MS = 400;
 
-  const state = { acquisition: 0, slice: 0, phase: 0, points: [], closed: false, job: null, map: null, region: null };
+  const state = { acquisition: 0, slice: 0, phase: 0, points: [], closed: false, job: null, map: null, region: null, aif: null };
   window.pacsDce = { state };
 
   async function api(url, options = {}) {
@@ -89,11 +89,46 @@
   function updateButtons() {
     $("dce-close").disabled = state.closed || state.points.length < 3;
     $("dce-analyse").disabled = !state.closed;
+    $("dce-artery").disabled = !state.closed;
+    $("dce-key-image").disabled = !state.region;
     $("dce-start").disabled = !state.closed || (state.job && ["queued", "running"].includes(state.job.state));
   }
 
   function region() {
     return { slice: state.slice, polygon: state.points.map(([x, y]) => [Math.round(x * 10) / 10, Math.round(y * 10) / 10]) };
+  }
+
+  // The arterial input of the next curve and maps: Parker's, or a region drawn on an artery.
+  function aifSpec() {
+    return state.aif ? { region: state.aif } : { population: "parker" };
+  }
+
+  function useArtery() {
+    state.aif = region();
+    $("dce-aif-source").textContent =
+      `Arterial input: region drawn on slice ${state.aif.slice + 1} (${state.aif.polygon.length} points)`;
+    $("dce-population").hidden = false;
+    state.points = [];
+    state.closed = false;
+    updateButtons();
+    draw();
+  }
+
+  function usePopulation() {
+    state.aif = null;
+    $("dce-aif-source").textContent = "Arterial input: Parker population AIF";
+    $("dce-population").hidden = true;
+  }
+
+  async function saveKeyImage() {
+    if (!state.region) return;
+    $("dce-key-image-state").textContent = "Saving…";
+    try {
+      await api(`${root.dataset.regions}${state.region.id}/key-image/`, { method: "POST" });
+      $("dce-key-image-state").textContent = "Saved as a key image of the study";
+    } catch (error) {
+      $("dce-key-image-state").textContent = `Not saved: ${error.message}`;
+    }
   }
 
   function polyline(times, values, scale, tMax, vMax, cls) {
@@ -153,9 +188,11 @@
     try {
       const row = await api(root.dataset.regions, {
         method: "POST",
-        body: { study: root.dataset.study, series: current().series, region: region(), label: "Region" },
+        body: { study: root.dataset.study, series: current().series, region: region(), label: "Region", aif: aifSpec() },
       });
       state.region = row;
+      $("dce-key-image-state").textContent = "";
+      updateButtons();
       plot(row.results);
       describe(row.results);
     } catch (error) {
@@ -188,7 +225,7 @@
     try {
       const job = await api(root.dataset.jobs, {
         method: "POST",
-        body: { study: root.dataset.study, series: current().series, mask: [region()], model: $("dce-model").value },
+        body: { study: root.dataset.study, series: current().series, mask: [region()], model: $("dce-model").value, aif: aifSpec() },
       });
       showJob(job);
       await poll(job.id);
@@ -280,6 +317,9 @@
       draw();
     });
     $("dce-analyse").addEventListener("click", analyse);
+    $("dce-artery").addEventListener("click", useArtery);
+    $("dce-population").addEventListener("click", usePopulation);
+    $("dce-key-image").addEventListener("click", saveKeyImage);
     $("dce-start").addEventListener("click", startMaps);
     $("dce-cancel").addEventListener("click", () => cancelMaps().catch(() => {}));
     $("dce-map").addEventListener("change", () => loadMap().catch(() => {}));

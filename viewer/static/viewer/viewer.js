@@ -24,6 +24,7 @@
     cine: null,
     viewports: [],
     keyImages: [],
+    overlay: { map: null, planes: new Map(), pending: new Set(), shown: null },
   };
   const stats = { draws: [] };
   window.pacsViewer = { state, stats };
@@ -418,6 +419,7 @@
         stats.draws.push(performance.now());
         if (stats.draws.length > 2000) stats.draws.splice(0, 1000);
         this.el.dataset.shown = String(this.drawn.index);
+        drawParametricMap(this, l);
       }
       this.drawAnnotations();
       this.updateOverlay();
@@ -553,6 +555,7 @@
         if (steps) this.step(steps);
       }, { passive: false });
       this.el.addEventListener("dblclick", (event) => syncFrom(this, event));
+      this.el.addEventListener("pointermove", (event) => showMapValue(this, event));
     }
 
     addMeasurement(line) {
@@ -867,6 +870,128 @@
     button.setAttribute("aria-pressed", "true");
   }
 
+  // Parametric Maps over the anatomy (DCE-MRI results of viewer/analysis) ---------------
+
+  // Dark blue → cyan → yellow → red, as on the DCE analysis page.
+  function mapColour(x) {
+    const t = clamp(x, 0, 1);
+    const part = (centre) => Math.round(255 * clamp(1.5 - Math.abs(4 * t - centre), 0, 1));
+    return [part(3), part(2), part(1)];
+  }
+
+  // A plane's values as a small canvas (one pixel per value); zero is outside the mask, left clear.
+  function paintPlane(plane) {
+    const inside = plane.values.filter((v) => v !== 0);
+    plane.low = inside.length ? Math.min(...inside) : plane.min;
+    plane.high = inside.length ? Math.max(...inside) : plane.max;
+    const span = plane.high - plane.low || 1;
+    const canvas = document.createElement("canvas");
+    canvas.width = plane.columns;
+    canvas.height = plane.rows;
+    const context = canvas.getContext("2d");
+    const image = context.createImageData(plane.columns, plane.rows);
+    plane.values.forEach((v, i) => {
+      if (v === 0) return;
+      const [r, g, b] = mapColour((v - plane.low) / span);
+      image.data.set([r, g, b, 255], i * 4);
+    });
+    context.putImageData(image, 0, 0);
+    plane.canvas = canvas;
+    return plane;
+  }
+
+  // The chosen map's plane on image ``index`` of a stack; fetched once, null until it has arrived or where none lies.
+  function mapPlane(vp, index) {
+    const overlay = state.overlay;
+    if (!overlay.map || vp.source.kind !== "stack") return null;
+    const { instance, frame } = vp.source.frames[index];
+    const key = `${overlay.map.id}/${instance.id}/${frame}`;
+    if (overlay.planes.has(key)) return overlay.planes.get(key);
+    if (!overlay.pending.has(key)) {
+      overlay.pending.add(key);
+      api(`${root.dataset.maps}${overlay.map.id}/values/?over=${instance.id}&frame=${frame}`)
+        .then((plane) => paintPlane(plane), () => null)
+        .then((plane) => {
+          overlay.pending.delete(key);
+          overlay.planes.set(key, plane);
+          state.viewports.forEach((v) => v.draw());
+        });
+    }
+    return null;
+  }
+
+  function drawParametricMap(vp, l) {
+    const plane = mapPlane(vp, vp.drawn.index);
+    vp.el.dataset.map = plane ? plane.label : "";
+    if (!plane) return;
+    vp.ctx.save();
+    vp.ctx.globalAlpha = 0.6;
+    vp.ctx.imageSmoothingEnabled = false;
+    vp.ctx.drawImage(plane.canvas, l.x, l.y, l.image.naturalWidth * l.scale, l.image.naturalHeight * l.scale);
+    vp.ctx.restore();
+    showColourBar(plane);
+  }
+
+  function showColourBar(plane) {
+    if (state.overlay.shown === plane) return;
+    state.overlay.shown = plane;
+    const bar = document.getElementById("map-colorbar");
+    const context = bar.getContext("2d");
+    for (let x = 0; x < bar.width; x += 1) {
+      const [r, g, b] = mapColour(x / (bar.width - 1));
+      context.fillStyle = `rgb(${r},${g},${b})`;
+      context.fillRect(x, 0, 1, bar.height);
+    }
+    bar.hidden = false;
+    document.getElementById("map-range").textContent =
+      `${plane.low.toPrecision(3)} – ${plane.high.toPrecision(3)} ${plane.unit}`;
+  }
+
+  function showMapValue(vp, event) {
+    if (!state.overlay.map || !vp.drawn || vp.source.kind !== "stack") return;
+    const { instance, frame } = vp.source.frames[vp.drawn.index];
+    const plane = state.overlay.planes.get(`${state.overlay.map.id}/${instance.id}/${frame}`);
+    const point = plane && vp.toSource(event.clientX, event.clientY);
+    const text = document.getElementById("map-value");
+    if (!point) {
+      text.textContent = "";
+      return;
+    }
+    const x = Math.floor(point.x);
+    const y = Math.floor(point.y);
+    if (x < 0 || y < 0 || x >= plane.columns || y >= plane.rows) {
+      text.textContent = "";
+      return;
+    }
+    const value = plane.values[y * plane.columns + x];
+    text.textContent = `${plane.label} ${Number(value).toPrecision(3)} ${plane.unit} at (${x}, ${y})`;
+  }
+
+  function chooseMap(id) {
+    state.overlay.map = state.overlay.maps.find((m) => m.id === id) || null;
+    state.overlay.shown = null;
+    document.getElementById("map-colorbar").hidden = true;
+    document.getElementById("map-range").textContent = "";
+    document.getElementById("map-value").textContent = "";
+    state.viewports.forEach((vp) => vp.draw());
+  }
+
+  async function offerMaps() {
+    const listed = await api(`${root.dataset.maps}?study=${encodeURIComponent(root.dataset.study)}`);
+    state.overlay.maps = listed.results;
+    if (!listed.results.length) return;
+    const select = document.getElementById("map-select");
+    listed.results.forEach((m) => {
+      const option = document.createElement("option");
+      option.value = m.id;
+      option.textContent = `${m.label} (${m.unit})`;
+      option.title = m.description;
+      select.append(option);
+    });
+    select.addEventListener("change", () => chooseMap(select.value));
+    document.getElementById("map-controls").hidden = false;
+  }
+
   // Controls --------------------------------------------------------------------------
 
   function setTool(tool) {
@@ -953,6 +1078,7 @@
     if (window.matchMedia && window.matchMedia("(pointer: coarse)").matches) setTool("scroll");
     selectSeries(state.manifest.series[0]);
     renderKeyImages();
+    offerMaps().catch(() => {});
     root.dataset.ready = "true";
   }
 

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('pacs_cloud', '0004_merge_0003_onboarding_0003_usage_metering'),
-        ('workflow', '0004_statistics'),
+        ('workflow', '0005_merge_0004_patient_links_and_consents_0004_statistics'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -116,7 +116,7 @@ def stage_minutes(institution, chart: str, key: str, stage: str) -> list[float]:
     if chart == "turnaround-by-priority":
         qs = qs.filter(priority=key)
     else:
-        qs = qs.filter(reader_id=key)
+        qs = qs.filter(reader_id=int(key))
     return [(getattr(r, end) - getattr(r, start)).total_seconds() / 60 for r in qs]
 
 

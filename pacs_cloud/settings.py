@@ -566,6 +566,12 @@ STATISTICS_EDGE_SAMPLE_SECONDS = env.float("STATISTICS_EDGE_SAMPLE_SECONDS", def
 STATISTICS_PLATFORM_TIME_ZONE = env.str("STATISTICS_PLATFORM_TIME_ZONE", default="UTC")
 # Ranges longer than this many days are summed from the daily rollups (approximate percentiles).
 STATISTICS_ROLLUP_DAYS = env.int("STATISTICS_ROLLUP_DAYS", default=31)
+# Days whose study rows changed are recomputed in the rollups this often (and before a long range is read).
+STATISTICS_ROLLUP_SWEEP_SECONDS = env.float("STATISTICS_ROLLUP_SWEEP_SECONDS", default=60.0)
+CELERY_BEAT_SCHEDULE["workflow-statistics-rollups"] = {
+    "task": "workflow.statistics.tasks.refresh_stale_rollups",
+    "schedule": STATISTICS_ROLLUP_SWEEP_SECONDS,
+}
 CELERY_BEAT_SCHEDULE["workflow-statistics-edge-backlog"] = {
     "task": "workflow.statistics.tasks.sample_edge_backlogs",
     "schedule": STATISTICS_EDGE_SAMPLE_SECONDS,

@@ -425,4 +425,4 @@ class TaskPrior(models.Model):
 # The statistics' summary rows (workflow.statistics.models), found the same way.
 # One patient across hospitals (workflow.links): found here by Django, like the referrals'.
 from .links.models import LinkSuggestion, PatientConsent, PatientLink  # noqa: E402, F401
-from .statistics.models import EdgeBacklogSample, StatRollup, StudyStat  # noqa: E402, F401
+from .statistics.models import EdgeBacklogSample, StaleRollupDay, StatRollup, StudyStat  # noqa: E402, F401

@@ -17,8 +17,9 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import api_client, web_client
 from tests.workflow.test_statistics import scenario  # noqa: F401 - the shared scenario fixture
-from workflow.models import StatRollup, StudyStat
+from workflow.models import StaleRollupDay, StatRollup, StudyStat
 from workflow.statistics import rollups
+from workflow.statistics.tasks import refresh_stale_rollups
 from worklist.actions import do_edit_order
 from worklist.models import Order
 
@@ -55,13 +56,29 @@ def test_rollups_follow_the_actions_and_answer_long_ranges(scenario, settings): 
     late = StudyStat.objects.get(institution=scenario.a.institution, signed_at=None, day="2026-11-03")
     with TestCase.captureOnCommitCallbacks(execute=True):
         do_edit_order(Order.objects.get(study_id=late.pk), changes={"priority": "urgent"})
+    # The action only marked its day stale; the sweep (or a long-range read) brings the rollups up to date.
+    assert StaleRollupDay.objects.filter(institution_id=scenario.a.institution.pk, day="2026-11-03").exists()
+    assert not StatRollup.objects.filter(dim="priority", priority="urgent", day="2026-11-03").exists()
+    assert refresh_stale_rollups() >= 1
+    assert not StaleRollupDay.objects.exists()
     assert StatRollup.objects.filter(dim="priority", priority="urgent", day="2026-11-03").get().studies == 1
 
-    # Kept by the actions, equal to a fresh rebuild.
+    # Kept by the actions and the sweep, equal to a fresh rebuild.
     kept = snapshot()
     assert kept
     rollups.rebuild()
     assert snapshot() == kept
+
+    # A long-range read brings its institution's stale days up to date first.
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        do_edit_order(Order.objects.get(study_id=late.pk), changes={"priority": "routine"})
+    assert StaleRollupDay.objects.filter(institution_id=scenario.a.institution.pk).exists()
+    rows(admin, "turnaround-by-priority")
+    assert not StaleRollupDay.objects.filter(institution_id=scenario.a.institution.pk).exists()
+    assert not StatRollup.objects.filter(dim="priority", priority="urgent", day="2026-11-03").exists()
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        do_edit_order(Order.objects.get(study_id=late.pk), changes={"priority": "urgent"})
+    refresh_stale_rollups()
 
     november = StatRollup.objects.filter(institution=scenario.a.institution, period="month", day="2026-11-01")
     assert november.filter(dim="all").count() == 2  # read by its own radiologists, and by the pool

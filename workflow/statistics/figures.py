@@ -644,6 +644,8 @@ def rollup_for(scope: Scope, filters: Filters) -> RollupBatch | None:
         return None
     if (filters.date_to - filters.date_from).days + 1 <= rollups.rollup_days():
         return None
+    # Days changed since the beat's last sweep are brought up to date before they are read.
+    rollups.refresh_stale([scope.institution.pk] if scope.institution is not None else None)
     return RollupBatch(scope, filters)
 
 

@@ -81,6 +81,17 @@ def histogram_column(stage: str, bucket: int) -> str:
     return f"{stage}_h{bucket}"
 
 
+class StaleRollupDay(models.Model):
+    """A day of an institution whose rollup rows no longer follow its study rows (refreshed before use)."""
+
+    id = models.BigAutoField(primary_key=True)
+    institution_id = models.UUIDField()
+    day = models.DateField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["institution_id", "day"], name="stale_rollup_day_unique")]
+
+
 class StatRollup(models.Model):
     """One institution's studies of one local day, summed per pool and per one grouping of the charts.
 

@@ -112,9 +112,9 @@ def _update(study: Study | Any, **fields: Any) -> None:
 
 
 def _refresh_rollups(pk: Any) -> None:
-    """The day's rollups follow the study's row, in the same transaction."""
+    """The day's rollups no longer follow the study's row: recomputed before they are next read."""
     for institution_id, day in StudyStat.objects.filter(pk=pk).values_list("institution_id", "day"):
-        rollups.refresh_day(institution_id, day)
+        rollups.mark_stale(institution_id, day)
 
 
 def _guarded(what: str, func: Any, *args: Any, **kwargs: Any) -> None:

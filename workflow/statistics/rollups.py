@@ -9,10 +9,12 @@ summed histograms: approximate, within one bucket (about 20 %) of the exact
 figure. Shorter ranges, and filters the rollups do not carry (modality,
 priority), keep the exact computation.
 
-A day's rows are recomputed from its :class:`~.models.StudyStat` rows in the
-same transaction as any change of one of them (``refresh_day``), under an
-advisory lock of the day, so two actions on the same day cannot lose each
-other's change; ``rebuild`` recomputes them all.
+A change of a study's row only marks its day stale (one small insert in the
+action's transaction: clinical actions never wait for statistics); the
+stale days are recomputed from their :class:`~.models.StudyStat` rows, with
+their months, by a Celery beat sweep and, for the institutions and range it
+reads, by any long-range figure before it reads (``refresh_stale``), so the
+figures are never older than the study rows. ``rebuild`` recomputes them all.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from datetime import date, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from .models import (
     HISTOGRAM_BUCKETS,
     HISTOGRAM_MAX_MINUTES,
     HISTOGRAM_STAGES,
+    StaleRollupDay,
     StatRollup,
     StudyStat,
     histogram_column,
@@ -47,6 +50,7 @@ RATIO = HISTOGRAM_MAX_MINUTES ** (1.0 / (HISTOGRAM_BUCKETS - 2))
 COUNTS = ("studies", "signed", "offered", "met", "breached", "escalated", "escalations", "weighted")
 HISTOGRAMS = [histogram_column(s, b) for s in HISTOGRAM_STAGES for b in range(HISTOGRAM_BUCKETS)]
 TABLE = StatRollup._meta.db_table
+STALE = StaleRollupDay._meta.db_table
 SOURCE = StudyStat._meta.db_table
 
 
@@ -182,24 +186,60 @@ def _month(day: date) -> tuple[date, date]:
     return first, following
 
 
-def refresh_day(institution_id: Any, day: date) -> None:
-    """Recompute one institution's rollup rows of one day, and of its month, from its study rows.
+def mark_stale(institution_id: Any, day: date) -> None:
+    """Note that a day's rollups must be recomputed (cheap: the action's transaction only inserts a row)."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'INSERT INTO {STALE} ("institution_id", "day") VALUES (%s, %s) ON CONFLICT DO NOTHING',  # noqa: S608
+            [institution_id, day],
+        )
 
-    Inside the caller's transaction, under a lock of the institution's month,
-    so two actions on the same month cannot lose each other's change.
+
+def refresh_stale(institution_ids: list[Any] | None = None) -> int:
+    """Recompute the stale days (of these institutions) and their months; returns how many days.
+
+    Another refresher's days are skipped (``SKIP LOCKED``); a month is
+    recomputed under a lock of its own, so two never interleave.
     """
+    if connection.vendor != "postgresql":
+        return 0
+    with transaction.atomic():
+        stale = StaleRollupDay.objects.select_for_update(skip_locked=True).order_by("institution_id", "day")
+        if institution_ids is not None:
+            stale = stale.filter(institution_id__in=institution_ids)
+        rows = list(stale.values_list("pk", "institution_id", "day"))
+        months = sorted({(institution_id, _month(day)[0]) for _, institution_id, day in rows})
+        for _, institution_id, day in rows:
+            refresh_day(institution_id, day, month=False)
+        for institution_id, first in months:
+            refresh_month(institution_id, first)
+        StaleRollupDay.objects.filter(pk__in=[pk for pk, _, _ in rows]).delete()
+    return len(rows)
+
+
+def refresh_day(institution_id: Any, day: date, *, month: bool = True) -> None:
+    """Recompute one institution's rollup rows of one day (and of its month) from its study rows."""
     if connection.vendor != "postgresql":
         return
     sql, params = _insert_sql('"institution_id" = %s AND "day" = %s')
-    first, following = _month(day)
-    where = '"institution_id" = %s AND "day" >= %s AND "day" < %s'
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"statrollup:{institution_id}:{first}"])
         cursor.execute(
             f'DELETE FROM {TABLE} WHERE "institution_id" = %s AND "period" = \'day\' AND "day" = %s',  # noqa: S608
             [institution_id, day],
         )
         cursor.execute(sql, params + [institution_id, day])
+    if month:
+        refresh_month(institution_id, day)
+
+
+def refresh_month(institution_id: Any, day: date) -> None:
+    """Recompute the month rows of ``day``'s month from its day rows, under a lock of that month."""
+    first, following = _month(day)
+    where = '"institution_id" = %s AND "day" >= %s AND "day" < %s'
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"statrollup:{institution_id}:{first}"])
         cursor.execute(
             f"DELETE FROM {TABLE} WHERE \"period\" = 'month' AND {where}",  # noqa: S608
             [institution_id, first, following],
@@ -213,11 +253,13 @@ def rebuild(institution_id: Any = None) -> int:
         return 0
     with connection.cursor() as cursor:
         if institution_id is None:
+            cursor.execute(f"DELETE FROM {STALE}")  # noqa: S608
             cursor.execute(f"DELETE FROM {TABLE}")  # noqa: S608
             sql, params = _insert_sql("TRUE")
             cursor.execute(sql, params)
             cursor.execute(_month_sql("TRUE"))
         else:
+            cursor.execute(f'DELETE FROM {STALE} WHERE "institution_id" = %s', [institution_id])  # noqa: S608
             cursor.execute(f'DELETE FROM {TABLE} WHERE "institution_id" = %s', [institution_id])  # noqa: S608
             sql, params = _insert_sql('"institution_id" = %s')
             cursor.execute(sql, params + [institution_id])

@@ -27,6 +27,7 @@ from django.db.models import ProtectedError, RestrictedError, Sum
 from archive.copies.locations import places
 from archive.models import IngestConflict, Instance, Patient, Series, Study
 from archive.storage import FileSystemStorage, S3Storage, Storage, TieredStorage
+from pacs_cloud.metering.models import UsageCounter
 from pacs_cloud.models import AuditEvent, Institution, Membership, Transition, User
 
 from ..models import Report, ReportVersion
@@ -35,8 +36,8 @@ from .models import ExitJob
 
 CERTIFICATE_FORMAT = "cloud-pacs-certificate-of-deletion/1"
 APPS = ("pacs_cloud", "archive", "worklist", "workflow", "viewer", "reports")
-# Never deleted here: the audit trail and the exit jobs (no foreign keys to an institution anyway).
-KEPT = (AuditEvent, ExitJob)
+# Never deleted here: the audit trail, the usage billed and the exit jobs.
+KEPT = (AuditEvent, UsageCounter, ExitJob)
 # Rows of these, when they belong to another institution, stop the purge.
 CLINICAL = (Patient, Study, Instance, Report)
 
@@ -117,6 +118,7 @@ def remove_export_files(institution_id: Any) -> int:
 
 
 def _institution_fields() -> list[tuple[type[models.Model], str]]:
+    """Each model's field naming an institution: a foreign key, or a plain ``institution_id`` column."""
     found = []
     for model in apps.get_models():
         if model._meta.app_label not in APPS or model in KEPT or model is Institution:
@@ -124,6 +126,8 @@ def _institution_fields() -> list[tuple[type[models.Model], str]]:
         for f in model._meta.fields:
             if f.is_relation and f.related_model is Institution and model is not Transition:
                 found.append((model, f.name))
+            elif not f.is_relation and f.name == "institution_id":
+                found.append((model, f.name))  # a plain column naming it (no foreign key)
     return found
 
 
@@ -179,7 +183,8 @@ def purge_database(institution: Institution) -> tuple[Counter, dict[str, int]]:
             Transition.objects.filter(institution=institution).exclude(content_type=exit_type).delete()[0]
         )
         for model, name in _institution_fields():
-            _delete(model._base_manager.filter(**{name: institution}), institution, counts)
+            value = institution.pk if name == "institution_id" else institution
+            _delete(model._base_manager.filter(**{name: value}), institution, counts)
         for user in list(leaving):
             try:
                 with transaction.atomic():

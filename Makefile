@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export PACS_DATA_DIR ?= $(CURDIR)/var
-# Test processes (pytest-xdist); 2 fits a two-core machine. PYTEST_WORKERS=0 runs in one process.
-PYTEST_WORKERS ?= 2
+# Test processes (pytest-xdist). The tests wait on DICOM peers, servers and browsers more than they
+# compute (two workers kept about one core busy): three keep a two-core machine busy.
+# PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 3
 APPS := pacs_cloud archive worklist workflow viewer reports
 
 .PHONY: setup run test lint bench clean
@@ -38,7 +40,7 @@ run: setup
 
 ## Set up and run the whole test suite (PostgreSQL tests run when DATABASE_URL points at one).
 test: setup
-	PACS_DATA_DIR=$(PACS_DATA_DIR)/test $(BIN)/pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
+	PACS_DATA_DIR=$(PACS_DATA_DIR)/test $(BIN)/pytest --durations=15 $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 
 ## Linters and the type checker, as CI runs them.
 lint: setup

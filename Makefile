@@ -3,9 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export PACS_DATA_DIR ?= $(CURDIR)/var
-# Test processes (pytest-xdist). The tests wait on DICOM peers, servers and browsers more than they
-# compute (two workers kept about one core busy): three keep a two-core machine busy.
-# PYTEST_WORKERS=0 runs in one process.
+# Test processes (pytest-xdist): three on a two-core machine, since the tests wait on DICOM peers,
+# servers and browsers about as much as they compute. PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 3
 APPS := pacs_cloud archive worklist workflow viewer reports
 

@@ -10,7 +10,7 @@ more study (of a patient of its own, nothing else hangs on it) to b:
   viewer), and the outsider c still gets nothing;
 * meanwhile the full walk as each of b's sharing roles still finds nothing of
   a's other objects (the grant opens one study, not the institution);
-* once the referral ends, the full walk with the formerly shared study
+* once the referral ends, the full walk (as b's radiologist) with the formerly shared study
   standing in for a's objects passes for b's users: revoked means closed on
   every route.
 """
@@ -122,13 +122,20 @@ def test_a_shared_study_opens_on_every_study_route_for_the_receiver_only(world, 
 @pytest.mark.parametrize("role", ["clinician", "radiologist", "referral_coordinator"])
 def test_while_shared_nothing_else_of_the_sender_reaches_the_receiver(world, registry, platform_admin, role):
     made = _extra_study(world)
-    referral = _share(world, made)
+    _share(world, made)
     attacker = next(x for x in attackers(world, platform_admin) if x.label == f"b.{role}")
     violations = walk(discover(), registry, world, attacker)
     assert not violations, report(violations)
     assert api_client(attacker.user).get(f"/api/v1/studies/{made.study.pk}/").status_code == 200
 
-    # Revoked: the formerly shared study, standing in for a's objects, is closed on every route.
+
+def test_once_revoked_the_formerly_shared_study_is_closed_on_every_route(world, registry, platform_admin):
+    """The full walk as b's radiologist, whose role reaches the most routes, with the study standing in for a's
+    objects (the study routes are checked for b's clinician in the first test)."""
+    made = _extra_study(world)
+    referral = _share(world, made)
+    attacker = next(x for x in attackers(world, platform_admin) if x.label == "b.radiologist")
+    assert api_client(attacker.user).get(f"/api/v1/studies/{made.study.pk}/").status_code == 200
     actions.do_cancel_referral(referral, acting_user=world["a"].tenant.referral_coordinator, reason="done")
     a = world["a"]
     after = {
